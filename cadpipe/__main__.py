@@ -1,0 +1,3 @@
+from cadpipe.cli import main
+
+raise SystemExit(main())

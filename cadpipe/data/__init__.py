@@ -1,0 +1,1 @@
+"""Dataset adapters (public layouts -> MONAI datalists), study discovery, synthetic data."""

@@ -1,0 +1,1 @@
+"""Synthetic studies with known ground truth, one module per format; labelled synthetic in names and metadata."""

@@ -1,0 +1,1 @@
+"""Batch scoring, reports, heatmaps, engine helpers, serving and CLI glue."""
