@@ -1,0 +1,470 @@
+"""DICOM reading: a MONAI ``ImageReader`` for single files, multi-frame files and series folders.
+
+``DicomReader`` works with ``LoadImage(reader=DicomReader())`` / ``LoadImaged(keys, reader=DicomReader())``.
+
+What it does, in order, for every frame/slice:
+
+1. decodes the pixel data with pydicom 3 (uncompressed, RLE, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000
+   through the installed pylibjpeg / pyjpegls plugins); colour images (YBR_*, PALETTE COLOR) come out as RGB;
+2. applies the modality LUT with ``pydicom.pixels.apply_modality_lut`` (Rescale Slope/Intercept or Modality LUT
+   Sequence), so CT comes out in Hounsfield units;
+3. inverts ``MONOCHROME1`` so that higher always means brighter::
+
+       inverted = (y_min + y_max) - value
+
+   where ``[y_min, y_max]`` is the range of values the file can hold after the modality LUT (stored range from
+   Bits Stored / Pixel Representation through slope/intercept, or ``[0, 2**bits - 1]`` of a Modality LUT Sequence).
+   The VOI window kept in the metadata moves with the inversion so that windowing the inverted image gives the
+   displayed brightness (``1 - pydicom.apply_voi_lut(...)`` normalised):
+   ``LINEAR`` centres become ``S - c + 1`` (DICOM's LINEAR ramp is centred on ``c - 0.5``), ``LINEAR_EXACT`` and
+   ``SIGMOID`` centres become ``S - c`` (``S = y_min + y_max``), widths are unchanged; a VOI LUT Sequence is
+   mirrored (first mapped value ``S - (first + n - 1)``, data ``2**bits - 1 - data[::-1]``).
+   The file's own values stay in ``WindowCenterStored`` / ``VOILUTSequenceStored``.
+
+Output axes follow MONAI's readers (``swap_ij``): numpy ``pixel[row, col]`` becomes ``out[col, row]``; a series or a
+multi-frame file is ``(cols, rows, slices)``; colour adds a last channel axis (``original_channel_dim = -1``).
+``affine`` maps those array indices to RAS millimetres (same convention as MONAI's ``PydicomReader`` with
+``affine_lps_to_ras=True``, ``swap_ij=True``), built from ImagePositionPatient / ImageOrientationPatient /
+PixelSpacing; series slices are sorted by ImagePositionPatient projected on the slice normal, else InstanceNumber.
+
+Metadata keys (besides MONAI's ``affine``, ``original_affine``, ``spatial_shape``, ``original_channel_dim``,
+``spacing``): ``Modality``, ``PhotometricInterpretation`` (as stored), ``PatientID``, ``StudyInstanceUID``,
+``SeriesInstanceUID``, ``SOPInstanceUID`` (first), ``SOPInstanceUIDs`` (list, slice order), ``ImageLaterality``,
+``Laterality``, ``ViewPosition``, ``Rows``, ``Columns``, ``NumberOfFrames``, ``PixelSpacing`` (row, col mm, from
+PixelSpacing or ImagerPixelSpacing), ``BitsStored``, ``PixelRepresentation``, ``RescaleSlope``, ``RescaleIntercept``,
+``TransferSyntaxUID``, ``WindowCenter`` / ``WindowWidth`` (lists of floats, all windows, consistent with the output),
+``VOILUTFunction``, ``VOILUTSequence`` (list of ``{"LUTDescriptor": array(3), "LUTData": array}``),
+``MONOCHROME1_inverted`` (bool), ``inversion_sum`` (``S`` above, for MONOCHROME1).
+Missing string tags are ``""`` (never ``None``, so metadata collates).
+
+Bad input (zero-byte, truncated, not DICOM, unsupported transfer syntax, no pixel data, series with inconsistent
+sizes) raises :class:`cadpipe.errors.CadpipeInputError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from monai.data.image_reader import ImageReader, _copy_compatible_dict, _stack_images
+from monai.data.utils import affine_to_spacing, orientation_ras_lps
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
+from cadpipe.errors import CadpipeInputError
+
+__all__ = ["DicomReader", "is_dicom_file", "list_dicom_files", "read_dicom_dataset"]
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", ".dic")
+
+_STRING_TAGS = (
+    "Modality",
+    "PhotometricInterpretation",
+    "PatientID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "ImageLaterality",
+    "Laterality",
+    "ViewPosition",
+    "SeriesDescription",
+    "StudyDescription",
+    "BodyPartExamined",
+)
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a file starting with the 128-byte preamble + ``DICM`` (any name, any extension)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def list_dicom_files(folder: str | os.PathLike) -> list[str]:
+    """Files of a series folder: DICOM by preamble or by suffix; hidden files and ``DICOMDIR`` are skipped."""
+    out = []
+    for name in sorted(os.listdir(folder)):
+        full = os.path.join(folder, name)
+        if name.startswith(".") or name.upper() == "DICOMDIR" or not os.path.isfile(full):
+            continue
+        if name.lower().endswith(DICOM_SUFFIXES) or is_dicom_file(full):
+            out.append(full)
+    return out
+
+
+def read_dicom_dataset(path: str | os.PathLike, stop_before_pixels: bool = False):
+    """``pydicom.dcmread`` with every failure turned into :class:`CadpipeInputError` (file + reason)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CadpipeInputError(path, "no such file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CadpipeInputError(path, "empty file (0 bytes), not a DICOM file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError as err:
+        raise CadpipeInputError(path, f"not a DICOM file (no DICM preamble / meta header): {err}") from err
+    except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError, NotImplementedError) as err:
+        raise CadpipeInputError(path, f"truncated or corrupt DICOM file: {type(err).__name__}: {err}") from err
+    if len(ds) == 0:
+        raise CadpipeInputError(path, "not a DICOM file (no data elements could be read)")
+    return ds
+
+
+def _transfer_syntax(ds):
+    from pydicom.uid import UID, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    return UID(ts) if ts else ImplicitVRLittleEndian
+
+
+def _check_decodable(ds, path: str) -> None:
+    from pydicom.pixels import get_decoder
+
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise CadpipeInputError(path, "DICOM file has no pixel data (not an image)")
+    ts = _transfer_syntax(ds)
+    if not ts.is_compressed:
+        return
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError as err:
+        raise CadpipeInputError(path, f"unsupported transfer syntax {ts.name} ({ts})") from err
+    if not decoder.is_available:
+        raise CadpipeInputError(
+            path, f"unsupported transfer syntax {ts.name} ({ts}): no decoder plugin installed for it"
+        )
+
+
+def _decode(ds, path: str) -> np.ndarray:
+    """Pixel array (frames, rows, cols[, samples]) or (rows, cols[, samples]) after the modality LUT."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
+
+    _check_decodable(ds, path)
+    ts = _transfer_syntax(ds)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = ds.pixel_array
+    except Exception as err:  # pydicom / plugins raise many types; all mean the same for the user
+        raise CadpipeInputError(
+            path, f"cannot decode pixel data ({ts.name}): truncated or corrupt: {type(err).__name__}: {err}"
+        ) from err
+    pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if pi == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+    elif pi.startswith("MONOCHROME"):
+        arr = apply_modality_lut(arr, ds)
+    return np.asarray(arr)
+
+
+def _modality_range(ds) -> tuple[float, float]:
+    """The range [y_min, y_max] of values after the modality LUT (same rule as pydicom's apply_windowing)."""
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    if ds.get("ModalityLUTSequence"):
+        depth = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**depth - 1)
+    if int(ds.get("PixelRepresentation", 0)) == 0:
+        lo, hi = 0.0, float(2**bits - 1)
+    else:
+        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        lo, hi = sorted((lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)))
+    return lo, hi
+
+
+def _floats(value) -> list[float]:
+    if value is None or value == "":
+        return []
+    return [float(v) for v in ensure_tuple(value if not isinstance(value, str) else [value])]
+
+
+def _voi_luts(ds) -> list[dict]:
+    """VOI LUT Sequence items as arrays, with the LUT data decoded by pydicom itself (handles US/OW)."""
+    from pydicom.pixels import apply_voi
+
+    luts = []
+    for index, item in enumerate(ds.get("VOILUTSequence") or []):
+        n, first, bits = (int(v) for v in item.LUTDescriptor)
+        n = n or 2**16
+        inputs = np.arange(first, first + n, dtype=np.int64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = np.asarray(apply_voi(inputs, ds, index=index)).astype(np.int64)
+        luts.append(
+            {
+                "LUTDescriptor": np.array([n, first, bits], dtype=np.int64),
+                "LUTData": data,
+                "LUTExplanation": str(item.get("LUTExplanation", "")),
+            }
+        )
+    return luts
+
+
+def _dicom_meta(ds, path: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for tag in _STRING_TAGS:
+        value = ds.get(tag, "")
+        meta[tag] = "" if value is None else str(value)
+    meta["Rows"] = int(ds.get("Rows", 0))
+    meta["Columns"] = int(ds.get("Columns", 0))
+    meta["NumberOfFrames"] = int(ds.get("NumberOfFrames", 1) or 1)
+    meta["BitsStored"] = int(ds.get("BitsStored", ds.get("BitsAllocated", 0)) or 0)
+    meta["PixelRepresentation"] = int(ds.get("PixelRepresentation", 0) or 0)
+    meta["RescaleSlope"] = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    meta["RescaleIntercept"] = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    meta["TransferSyntaxUID"] = str(_transfer_syntax(ds))
+    meta["PixelSpacing"] = _pixel_spacing(ds)
+    pi = meta["PhotometricInterpretation"].upper()
+    func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    meta["VOILUTFunction"] = func
+    centres, widths = _floats(ds.get("WindowCenter")), _floats(ds.get("WindowWidth"))
+    luts = _voi_luts(ds) if pi.startswith("MONOCHROME") else []
+    meta["WindowCenterStored"] = list(centres)
+    meta["VOILUTSequenceStored"] = luts
+    meta["MONOCHROME1_inverted"] = pi == "MONOCHROME1"
+    if pi == "MONOCHROME1":
+        lo, hi = _modality_range(ds)
+        s = lo + hi
+        meta["inversion_sum"] = s
+        shift = 1.0 if func == "LINEAR" else 0.0
+        centres = [s - c + shift for c in centres]
+        mirrored = []
+        for lut in luts:
+            n, first, bits = (int(v) for v in lut["LUTDescriptor"])
+            mirrored.append(
+                {
+                    "LUTDescriptor": np.array([n, int(s) - (first + n - 1), bits], dtype=np.int64),
+                    "LUTData": (2**bits - 1) - lut["LUTData"][::-1].copy(),
+                    "LUTExplanation": lut["LUTExplanation"],
+                }
+            )
+        luts = mirrored
+    if centres and widths:
+        meta["WindowCenter"] = centres
+        meta["WindowWidth"] = widths[: len(centres)] + [widths[-1]] * (len(centres) - len(widths))
+    if luts:
+        meta["VOILUTSequence"] = luts
+    return meta
+
+
+def _pixel_spacing(ds) -> list[float]:
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        if ds.get(tag):
+            return [float(v) for v in ds.get(tag)][:2]
+    ps = _functional(ds, "PixelMeasuresSequence", "PixelSpacing")
+    return [float(v) for v in ps][:2] if ps else [1.0, 1.0]
+
+
+def _functional(ds, seq_name: str, tag: str, frame: int | None = None):
+    """A value from the Shared (or Per-Frame, for ``frame``) Functional Groups of an enhanced multi-frame file."""
+    groups = []
+    if frame is not None and ds.get("PerFrameFunctionalGroupsSequence"):
+        pf = ds.PerFrameFunctionalGroupsSequence
+        if frame < len(pf):
+            groups.append(pf[frame])
+    if ds.get("SharedFunctionalGroupsSequence"):
+        groups.append(ds.SharedFunctionalGroupsSequence[0])
+    for group in groups:
+        seq = group.get(seq_name)
+        if seq and tag in seq[0]:
+            return seq[0].get(tag)
+    return None
+
+
+def _geometry(ds, frame: int | None = None):
+    """(IPP, IOP) as float arrays or (None, None)."""
+    ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+    if ipp is None:
+        ipp = _functional(ds, "PlanePositionSequence", "ImagePositionPatient", frame)
+    if iop is None:
+        iop = _functional(ds, "PlaneOrientationSequence", "ImageOrientationPatient", frame)
+    if ipp is None or iop is None:
+        return None, None
+    ipp, iop = np.asarray([float(v) for v in ipp]), np.asarray([float(v) for v in iop])
+    if ipp.shape != (3,) or iop.shape != (6,) or not (np.isfinite(ipp).all() and np.isfinite(iop).all()):
+        return None, None
+    return ipp, iop
+
+
+def _affine(ds, first_ipp, iop, slice_step: np.ndarray | None, n_slices: int) -> np.ndarray:
+    """RAS affine for the (cols, rows[, slices]) array layout."""
+    row_sp, col_sp = _pixel_spacing(ds)
+    affine = np.eye(4)
+    if iop is None:  # no patient geometry (projection radiographs, secondary capture): spacing only
+        affine[0, 0], affine[1, 1] = col_sp, row_sp
+        if slice_step is not None:
+            affine[2, 2] = float(np.linalg.norm(slice_step)) or 1.0
+        return affine
+    row_cos, col_cos = iop[:3], iop[3:]
+    normal = np.cross(row_cos, col_cos)
+    affine[:3, 0] = row_cos * col_sp  # array axis 0 = column index: moves along the row direction
+    affine[:3, 1] = col_cos * row_sp  # array axis 1 = row index: moves along the column direction
+    if slice_step is None or n_slices < 2:
+        thick = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
+        affine[:3, 2] = normal * thick
+    else:
+        affine[:3, 2] = slice_step
+    affine[:3, 3] = first_ipp
+    return orientation_ras_lps(affine)  # DICOM is LPS; MONAI's default space is RAS
+
+
+class _Study:
+    """What :meth:`DicomReader.read` returns for one path: the datasets (one per file) in slice order."""
+
+    def __init__(self, path: str, datasets: list, filenames: list[str], is_series: bool):
+        self.path, self.datasets, self.filenames, self.is_series = path, datasets, filenames, is_series
+
+
+class DicomReader(ImageReader):
+    """MONAI ``ImageReader`` for DICOM files, multi-frame files and series folders (pydicom 3).
+
+    Args:
+        series_suffixes_only: when reading a folder, accept only files with a DICOM suffix or the DICM preamble
+            (always on; kept for clarity).
+        dtype: output dtype of the array (float32: HU and inverted values are exact for 16-bit data).
+
+    ``read(path)`` accepts a file, a folder (one series), or a list of those (stacked on a new first axis like
+    MONAI's readers). ``get_data`` returns ``(array, meta)``: see the module docstring for axes and keys.
+    """
+
+    def __init__(self, dtype=np.float32, **kwargs):
+        super().__init__()
+        self.dtype = dtype
+        self.kwargs = kwargs
+
+    def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
+        for name in ensure_tuple(filename):
+            name = os.fspath(name)
+            if not (os.path.isdir(name) or name.lower().endswith(DICOM_SUFFIXES) or is_dicom_file(name)):
+                return False
+        return True
+
+    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs):
+        studies = [self._read_one(os.fspath(p)) for p in ensure_tuple(data)]
+        return studies[0] if len(studies) == 1 else studies
+
+    def _read_one(self, path: str) -> _Study:
+        if os.path.isdir(path):
+            files = list_dicom_files(path)
+            if not files:
+                raise CadpipeInputError(path, "folder holds no DICOM files")
+            datasets, names = [], []
+            for f in files:
+                ds = read_dicom_dataset(f)
+                if "PixelData" not in ds:
+                    continue  # SR, presentation states etc. beside the images
+                datasets.append(ds)
+                names.append(f)
+            if not datasets:
+                raise CadpipeInputError(path, "folder holds DICOM files but none with pixel data")
+            series = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
+            if len(series) > 1:
+                raise CadpipeInputError(
+                    path, f"folder holds {len(series)} different series (SeriesInstanceUID); give one series folder"
+                )
+            order = self._slice_order(datasets)
+            return _Study(path, [datasets[i] for i in order], [names[i] for i in order], True)
+        ds = read_dicom_dataset(path)
+        return _Study(path, [ds], [path], False)
+
+    @staticmethod
+    def _slice_order(datasets: list) -> list[int]:
+        geos = [_geometry(ds) for ds in datasets]
+        if all(g[0] is not None for g in geos):
+            normal = np.cross(geos[0][1][:3], geos[0][1][3:])
+            keys = [float(np.dot(g[0], normal)) for g in geos]
+            if len(set(np.round(keys, 4))) == len(keys):
+                return sorted(range(len(datasets)), key=lambda i: keys[i])
+        if all("InstanceNumber" in ds for ds in datasets):
+            return sorted(range(len(datasets)), key=lambda i: int(datasets[i].InstanceNumber))
+        return list(range(len(datasets)))
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        studies = img if isinstance(img, (list, tuple)) else [img]
+        arrays, compatible_meta = [], {}
+        for study in studies:
+            array, meta = self._study_data(study)
+            arrays.append(array)
+            _copy_compatible_dict(meta, compatible_meta)
+        return _stack_images(arrays, compatible_meta), compatible_meta
+
+    def _frame_values(self, ds, path: str) -> np.ndarray:
+        arr = _decode(ds, path).astype(np.float64)
+        if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+            lo, hi = _modality_range(ds)
+            arr = (lo + hi) - arr
+        return arr
+
+    def _study_data(self, study: _Study) -> tuple[np.ndarray, dict]:
+        first = study.datasets[0]
+        meta = _dicom_meta(first, study.filenames[0])
+        meta["SOPInstanceUIDs"] = [str(ds.get("SOPInstanceUID", "")) for ds in study.datasets]
+        meta["filenames"] = list(study.filenames)
+        if study.is_series:
+            shapes = {(int(ds.get("Rows", 0)), int(ds.get("Columns", 0))) for ds in study.datasets}
+            if len(shapes) > 1:
+                raise CadpipeInputError(study.path, f"series has slices of inconsistent sizes (rows, cols) {sorted(shapes)}")
+            if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in study.datasets) and len(study.datasets) > 1:
+                raise CadpipeInputError(study.path, "series folder mixes several multi-frame files; read them one by one")
+            slices = []
+            for ds, name in zip(study.datasets, study.filenames):
+                slices.append(self._frame_values(ds, name))
+            shapes = {s.shape for s in slices}
+            if len(shapes) > 1:
+                raise CadpipeInputError(study.path, f"series has slices of inconsistent shapes {sorted(shapes)}")
+            frames = np.stack(slices, axis=0) if len(slices) > 1 else slices[0]
+            n = len(slices) if len(slices) > 1 else int(first.get("NumberOfFrames", 1) or 1)
+            is_multi = len(slices) > 1 or n > 1
+        else:
+            frames = self._frame_values(first, study.filenames[0])
+            n = int(first.get("NumberOfFrames", 1) or 1)
+            is_multi = n > 1
+        samples = int(first.get("SamplesPerPixel", 1) or 1)
+        color = samples > 1 or frames.ndim == (4 if is_multi else 3)
+        # to MONAI layout: (cols, rows[, slices])[, samples]
+        if is_multi:
+            array = np.moveaxis(frames, 0, 2)  # (rows, cols, slices[, s])
+        else:
+            array = frames
+        array = np.swapaxes(array, 0, 1)
+        array = np.ascontiguousarray(array.astype(self.dtype, copy=False))
+
+        # geometry
+        ipp0, iop = _geometry(first, 0)
+        step = None
+        if is_multi and len(study.datasets) > 1:
+            ipp_last, _ = _geometry(study.datasets[-1])
+            if ipp0 is not None and ipp_last is not None:
+                step = (ipp_last - ipp0) / (len(study.datasets) - 1)
+        elif is_multi:
+            ipp_last, _ = _geometry(first, n - 1)
+            if ipp0 is not None and ipp_last is not None and not np.allclose(ipp_last, ipp0):
+                step = (ipp_last - ipp0) / (n - 1)
+            elif first.get("GridFrameOffsetVector") and len(first.GridFrameOffsetVector) > 1:
+                offsets = [float(v) for v in first.GridFrameOffsetVector]
+                normal = np.cross(iop[:3], iop[3:]) if iop is not None else np.array([0.0, 0.0, 1.0])
+                step = normal * (offsets[1] - offsets[0])
+        affine = _affine(first, ipp0, iop, step, n)
+        spatial_shape = array.shape[:-1] if color else array.shape
+        meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(spatial_shape)
+        r = len(spatial_shape)
+        meta[MetaKeys.ORIGINAL_AFFINE] = affine
+        meta[MetaKeys.AFFINE] = affine.copy()
+        meta[MetaKeys.SPACE] = SpaceKeys.RAS
+        meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = -1 if color else float("nan")
+        meta["spacing"] = affine_to_spacing(affine, r=r)
+        meta["is_series"] = bool(study.is_series)
+        return array, meta
