@@ -31,6 +31,7 @@ setup(
         "tqdm>=4.60",
         "tensorboard>=2.14",
         "einops>=0.7",
+        "fire>=0.5",  # python -m monai.bundle run ...
     ],
     extras_require={
         "dev": [
