@@ -1,0 +1,229 @@
+"""The one place that builds a bundle's inference pipeline from its ``configs/inference.json``.
+
+Scoring, the web portal and the MONAI Label glue all call :class:`BundleRunner`; nothing here is task specific
+except reading results out of ``"pred"`` (see the bundle contract in ``docs/architecture.md``):
+
+- ``preprocess(item)``: the bundle's ``preprocessing`` Compose on ``{"image": <path>}``.
+- ``predict(items)``: collate (items of one shape), ``inferer(image, network)`` under ``torch.inference_mode()``,
+  decollate, and the bundle's pure ``postprocessing`` per item.
+- ``heatmap(item)``: GradCAM on the bundle's ``cam_layers`` (classification), via ``cadpipe.pipelines.heatmaps``
+  when that module provides ``gradcam``, else MONAI's ``GradCAM`` directly.
+
+Example::
+
+    runner = BundleRunner("bundles/cxr_pneumonia_classification", device="cpu")
+    item = runner.preprocess({"image": "study/IM0001"})
+    out, = runner.predict([item])
+    runner.summarise(out)  # {"prob_normal": 0.1, "prob_pneumonia": 0.9, "predicted": "pneumonia"}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from cadpipe.errors import CadpipeInputError
+
+__all__ = ["BundleRunner", "file_sha256", "bundle_is_complete"]
+
+REQUIRED_CONFIGS = ("configs/metadata.json", "configs/inference.json")
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def bundle_is_complete(bundle_root: str, need_train: bool = False) -> bool:
+    """True when the bundle has the config files scoring (and, with ``need_train``, training) needs."""
+    need = REQUIRED_CONFIGS + (("configs/train.json",) if need_train else ())
+    return all(os.path.isfile(os.path.join(bundle_root, p)) for p in need)
+
+
+class BundleRunner:
+    """A bundle's network, inferer, preprocessing and postprocessing, ready to score.
+
+    Args:
+        bundle_root: the bundle folder (model-zoo layout).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available.
+        model_file: weights (plain ``state_dict``); default ``<bundle_root>/models/model.pt``.
+        overrides: extra ``ConfigParser`` overrides (id → value), e.g. ``{"inferer#roi_size": [64, 64, 64]}``.
+
+    Raises:
+        CadpipeInputError: missing config or weights, or weights that do not fit the network.
+    """
+
+    def __init__(self, bundle_root: str, device: str | None = None, model_file: str | None = None,
+                 overrides: dict[str, Any] | None = None):
+        from monai.bundle import ConfigParser
+
+        self.bundle_root = os.path.abspath(bundle_root)
+        for rel in REQUIRED_CONFIGS:
+            if not os.path.isfile(os.path.join(self.bundle_root, rel)):
+                raise CadpipeInputError(os.path.join(self.bundle_root, rel), "bundle config file is missing")
+        with open(os.path.join(self.bundle_root, "configs/metadata.json"), encoding="utf-8") as f:
+            self.metadata = json.load(f)
+        info = self.metadata.get("cadpipe", {})
+        self.task = info.get("task", "classification")
+        self.class_names = list(info.get("class_names", []))
+        self.positive_class = info.get("positive_class")
+        self.spatial_dims = int(info.get("spatial_dims", 2))
+        self.name = self.metadata.get("name") or os.path.basename(self.bundle_root.rstrip("/"))
+        self.version = str(self.metadata.get("version", ""))
+
+        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        parser = ConfigParser()
+        parser.read_config(os.path.join(self.bundle_root, "configs/inference.json"))
+        parser["bundle_root"] = self.bundle_root
+        parser["device"] = f"$torch.device('{self.device}')"
+        for key, value in (overrides or {}).items():
+            parser[key] = value
+        self.parser = parser
+
+        self.model_file = os.path.abspath(model_file or os.path.join(self.bundle_root, "models", "model.pt"))
+        if not os.path.isfile(self.model_file):
+            raise CadpipeInputError(self.model_file, "no trained weights (train the bundle first)")
+        self.model_sha256 = file_sha256(self.model_file)
+        self.network = parser.get_parsed_content("network")
+        state = torch.load(self.model_file, map_location=self.device, weights_only=True)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]  # tolerate a {"model": state_dict} checkpoint
+        try:
+            self.network.load_state_dict(state)
+        except (RuntimeError, KeyError) as err:
+            raise CadpipeInputError(self.model_file, f"weights do not fit the bundle's network: {err}") from err
+        self.network.eval()
+        self.inferer = parser.get_parsed_content("inferer")
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.postprocessing = parser.get_parsed_content("postprocessing")
+        self.cam_layers = parser.get("cam_layers") if "cam_layers" in parser else info.get("cam_layers")
+        if not self.class_names:
+            self.class_names = self._channel_def_names()
+
+    def _channel_def_names(self) -> list[str]:
+        outputs = self.metadata.get("network_data_format", {}).get("outputs", {})
+        for spec in outputs.values():
+            cdef = spec.get("channel_def", {})
+            if cdef:
+                return [cdef[k] for k in sorted(cdef, key=lambda x: int(x))]
+        return []
+
+    # -- the three steps ------------------------------------------------------------------------------------
+    def preprocess(self, item: dict) -> dict:
+        """Bundle preprocessing on ``{"image": path}``; any failure becomes ``CadpipeInputError`` naming the path."""
+        path = item.get("image")
+        try:
+            return self.preprocessing(dict(item))
+        except CadpipeInputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - MONAI wraps reader errors in RuntimeError chains
+            raise CadpipeInputError(path, f"cannot load/preprocess: {_root_cause(err)}") from err
+
+    def predict(self, items: list[dict]) -> list[dict]:
+        """Forward a list of preprocessed items whose ``"image"`` shapes agree; returns postprocessed items."""
+        from monai.data import decollate_batch, list_data_collate
+
+        batch = list_data_collate(items)
+        with torch.inference_mode():
+            images = batch["image"].to(self.device)
+            batch["pred"] = self.inferer(images, self.network)
+            outs = decollate_batch(batch)
+            return [self.postprocessing(o) for o in outs]
+
+    def forward_only(self, images: torch.Tensor) -> torch.Tensor:
+        """The network through the bundle's inferer, nothing else (benchmark ceiling)."""
+        with torch.inference_mode():
+            return self.inferer(images.to(self.device), self.network)
+
+    # -- heatmaps -------------------------------------------------------------------------------------------
+    def heatmap(self, item: dict, class_index: int | None = None) -> np.ndarray | None:
+        """GradCAM heatmap in [0, 1] over the preprocessed image's spatial shape, or None without ``cam_layers``."""
+        if self.task not in ("classification", "multilabel") or not self.cam_layers:
+            return None
+        image = item["image"]
+        image = torch.as_tensor(image).unsqueeze(0).to(self.device).float()
+        try:
+            from cadpipe.pipelines import heatmaps  # CXR engineer's shared implementation
+
+            hm = heatmaps.compute_cam(self.network, image, self.cam_layers, class_index)
+            return np.asarray(hm, dtype=np.float32)[0]
+        except ImportError:
+            pass
+        from monai.visualize import GradCAM
+
+        with torch.enable_grad():
+            cam = GradCAM(nn_module=self.network, target_layers=self.cam_layers)
+            hm = cam(x=image, class_idx=class_index)
+        self.network.zero_grad(set_to_none=True)
+        return hm.detach().cpu().numpy()[0, 0]
+
+    # -- reading results out of "pred" ---------------------------------------------------------------------
+    def summarise(self, out: dict) -> dict:
+        """Task columns for results.csv from one postprocessed item."""
+        pred = out["pred"]
+        if self.task in ("classification", "multilabel"):
+            probs = np.asarray(torch.as_tensor(pred).detach().cpu().float()).reshape(-1)
+            names = self.class_names if len(self.class_names) == probs.size else [str(i) for i in range(probs.size)]
+            row = {f"prob_{n}": float(p) for n, p in zip(names, probs)}
+            if self.task == "multilabel":
+                row["predicted"] = ";".join(n for n, p in zip(names, probs) if p >= 0.5)
+            else:
+                row["predicted"] = names[int(probs.argmax())]
+            return row
+        if self.task == "segmentation":
+            mask = self.label_map(out)
+            n = int((mask > 0).sum())
+            row = {"lesion_voxels": n, "lesion_volume_ml": float(n * self.voxel_volume_mm3(out) / 1000.0)}
+            return row
+        if self.task == "detection":
+            scores = np.asarray(torch.as_tensor(out.get("score", [])).detach().cpu().float()).reshape(-1)
+            row = {"n_findings": int(scores.size), "top_score": float(scores.max()) if scores.size else 0.0}
+            if "malignancy" in out and scores.size:
+                mal = np.asarray(torch.as_tensor(out["malignancy"]).detach().cpu().float()).reshape(-1)
+                row["top_malignancy"] = float(mal.max())
+            return row
+        raise CadpipeInputError(self.bundle_root, f"unknown cadpipe.task {self.task!r} in metadata.json")
+
+    @staticmethod
+    def label_map(out: dict) -> np.ndarray:
+        """Segmentation ``pred`` as an integer label map without the channel axis."""
+        pred = torch.as_tensor(out["pred"]).detach().cpu()
+        if pred.ndim >= 3 and pred.shape[0] > 1:  # one-hot → labels
+            pred = pred.argmax(0)
+        elif pred.ndim >= 3:
+            pred = pred[0]
+        return np.asarray(pred).astype(np.uint8)
+
+    @staticmethod
+    def affine(out: dict) -> np.ndarray:
+        pred = out["pred"]
+        meta = getattr(pred, "meta", None) or out.get("image_meta_dict") or {}
+        aff = meta.get("affine") if isinstance(meta, dict) else None
+        if aff is None and hasattr(out.get("image"), "meta"):
+            aff = out["image"].meta.get("affine")
+        return np.eye(4) if aff is None else np.asarray(torch.as_tensor(aff).cpu(), dtype=np.float64)
+
+    def voxel_volume_mm3(self, out: dict) -> float:
+        aff = self.affine(out)
+        d = self.spatial_dims
+        return float(abs(np.linalg.det(aff[:d, :d]))) if d in (2, 3) else 1.0
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost cause's message (MONAI nests reader errors several levels deep)."""
+    seen = err
+    while seen.__cause__ is not None or (seen.__context__ is not None and not seen.__suppress_context__):
+        nxt = seen.__cause__ or seen.__context__
+        if isinstance(nxt, CadpipeInputError):
+            return nxt.reason
+        seen = nxt
+    msg = str(seen).strip().splitlines()
+    return f"{type(seen).__name__}: {msg[-1] if msg else ''}"[:300]

@@ -1,0 +1,299 @@
+"""Find the scoreable units (one image or one volume each) in a folder of studies.
+
+A *unit* is what one forward pass of a bundle scores:
+
+- DICOM files anywhere under the input (any names, nested, no extension) are grouped by
+  StudyInstanceUID / SeriesInstanceUID from their headers (read with ``stop_before_pixels``). For 2D bundles
+  every DICOM file (instance) is one unit; for 3D bundles every series is one unit (volume).
+- NIfTI files (``.nii``, ``.nii.gz``): one unit each.
+- DDSM case folders (a ``.ics`` file beside ``.LJPEG`` files): one unit per view (LJPEG file).
+- Plain image files (JPEG / PNG / TIFF): one unit each.
+- ``--manifest file.csv`` with a ``path`` column and an optional ``study_id`` column lists the units instead.
+
+Files that are not images (reports, ``DICOMDIR``, ``.txt``, hidden files) are skipped silently. A file with an
+image suffix that later fails to load becomes an error row in scoring, not a discovery failure.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+from dataclasses import asdict, dataclass, field
+
+from cadpipe.errors import CadpipeInputError
+
+__all__ = ["Unit", "discover", "read_manifest", "safe_name"]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+LJPEG_SUFFIX = ".ljpeg"
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+# Suffixes that are never images: skipped without opening the file.
+SKIP_SUFFIXES = (
+    ".txt", ".csv", ".json", ".xml", ".html", ".htm", ".pdf", ".md", ".doc", ".docx", ".rtf", ".log", ".ics",
+    ".overlay", ".zip", ".gz", ".py", ".yaml", ".yml", ".ini", ".cfg", ".parquet", ".pt", ".ts", ".sqlite",
+)
+SKIP_NAMES = {"DICOMDIR", "LOCKFILE", "VERSION", "Thumbs.db"}
+
+
+@dataclass
+class Unit:
+    """One scoreable image or volume.
+
+    ``image`` is what goes into the bundle's preprocessing as ``{"image": ...}`` (a file path, or a folder holding
+    exactly one DICOM series). ``paths`` lists every source file. ``dicom_files`` is set for DICOM input (for
+    DICOM SEG references). ``patient`` holds identifiers for the user's report only (never logged).
+    """
+
+    unit_id: str
+    study_id: str
+    series_id: str
+    kind: str  # dicom | nifti | ljpeg | image
+    image: str
+    paths: list[str] = field(default_factory=list)
+    dicom_files: list[str] = field(default_factory=list)
+    patient: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def safe_name(text: str, max_len: int = 80) -> str:
+    """A file-system safe folder name from an id (UIDs stay readable; long names get a hash suffix)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._") or "unnamed"
+    if len(name) > max_len:
+        name = name[: max_len - 9] + "_" + hashlib.sha1(str(text).encode()).hexdigest()[:8]
+    return name
+
+
+def _is_hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in rel.split(os.sep))
+
+
+def _lower_suffix(name: str) -> str:
+    low = name.lower()
+    if low.endswith(".nii.gz"):
+        return ".nii.gz"
+    return os.path.splitext(low)[1]
+
+
+def _looks_dicom(path: str) -> bool:
+    """DICOM Part 10 preamble check (``DICM`` at byte 128); cheap, reads 132 bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _detect(path: str) -> str | None:
+    """Format of ``path`` (``dicom``/``nifti``/``ljpeg``/``image``) or None for non-images.
+
+    Uses ``cadpipe.transforms.io_any.detect_format`` when the foundation provides it, else suffix + DICOM magic.
+    """
+    name = os.path.basename(path)
+    if name in SKIP_NAMES:
+        return None
+    suffix = _lower_suffix(name)
+    if suffix in NIFTI_SUFFIXES:
+        return "nifti"
+    if suffix == LJPEG_SUFFIX:
+        return "ljpeg"
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in DICOM_SUFFIXES:
+        return "dicom"  # named like DICOM: a load failure is an error row, not a silent skip
+    if suffix in SKIP_SUFFIXES:
+        return None
+    try:  # foundation's detector, when it has landed
+        from cadpipe.transforms.io_any import detect_format  # type: ignore
+
+        fmt = detect_format(path)
+        fmt = str(fmt).lower() if fmt else None
+        if fmt in ("dicom", "nifti", "ljpeg", "image"):
+            return fmt
+        if fmt in ("png", "jpeg", "jpg", "tiff"):
+            return "image"
+    except Exception:  # noqa: BLE001 - detector missing or undecided: fall back to magic bytes
+        pass
+    return "dicom" if _looks_dicom(path) else None
+
+
+def _dicom_header(path: str) -> dict | None:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=path.lower().endswith(DICOM_SUFFIXES))
+    except Exception:  # noqa: BLE001
+        return None
+    get = lambda key: str(getattr(ds, key, "") or "")  # noqa: E731
+    return {
+        "study": get("StudyInstanceUID"),
+        "series": get("SeriesInstanceUID"),
+        "sop": get("SOPInstanceUID"),
+        "instance": int(getattr(ds, "InstanceNumber", 0) or 0),
+        "patient": {
+            "PatientID": get("PatientID"),
+            "PatientName": get("PatientName"),
+            "StudyDate": get("StudyDate"),
+            "AccessionNumber": get("AccessionNumber"),
+            "Modality": get("Modality"),
+            "StudyInstanceUID": get("StudyInstanceUID"),
+        },
+    }
+
+
+def _file_study(root: str, path: str) -> tuple[str, str]:
+    """Study id / series id of a non-DICOM file: its first folder under the input root, and its stem."""
+    rel = os.path.relpath(path, root)
+    parts = rel.split(os.sep)
+    base = os.path.basename(path)
+    stem = base[: -len(_lower_suffix(base))] if _lower_suffix(base) else base
+    if len(parts) <= 1:
+        return stem, stem
+    inner = "_".join(parts[1:])
+    return parts[0], inner[: -len(_lower_suffix(base))] if _lower_suffix(base) else inner
+
+
+def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None) -> list[Unit]:
+    """All units under ``root`` (a folder, or one file), sorted by (study, series, unit id).
+
+    Args:
+        root: input folder (or a single file).
+        spatial_dims: the bundle's ``cadpipe.spatial_dims``; 2 → one unit per DICOM file, 3 → one per series.
+        series_dir: where to make folders of symlinks for DICOM series whose files do not sit alone in one
+            folder (3D only); defaults to a temporary folder.
+
+    Raises:
+        CadpipeInputError: ``root`` does not exist.
+    """
+    root = os.path.abspath(root)
+    if not os.path.exists(root):
+        raise CadpipeInputError(root, "input does not exist")
+    files: list[str] = []
+    if os.path.isfile(root):
+        files = [root]
+        root = os.path.dirname(root)
+    else:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+
+    units: list[Unit] = []
+    dicom: dict[tuple[str, str], list[tuple[dict, str]]] = {}
+    for path in files:
+        if _is_hidden(os.path.relpath(path, root)):
+            continue
+        fmt = _detect(path)
+        if fmt is None:
+            continue
+        if fmt == "dicom":
+            header = _dicom_header(path)
+            if header is None or not header["study"] or not header["series"]:
+                # named .dcm but unreadable: scored as an error row
+                study, stem = _file_study(root, path)
+                units.append(Unit(os.path.relpath(path, root), study, stem, "dicom", path, [path], [path]))
+                continue
+            dicom.setdefault((header["study"], header["series"]), []).append((header, path))
+        elif fmt == "ljpeg":
+            case_dir = os.path.dirname(path)
+            study = os.path.basename(case_dir) if case_dir != root else _file_study(root, path)[0]
+            base = os.path.basename(path)
+            view = base.split(".")[-2] if base.count(".") >= 2 else os.path.splitext(base)[0]
+            ics = [os.path.join(case_dir, f) for f in sorted(os.listdir(case_dir)) if f.lower().endswith(".ics")]
+            units.append(Unit(os.path.relpath(path, root), study, view, "ljpeg", path, [path] + ics[:1]))
+        else:
+            study, stem = _file_study(root, path)
+            units.append(Unit(os.path.relpath(path, root), study, stem, fmt, path, [path]))
+
+    for (study, series), members in dicom.items():
+        members.sort(key=lambda hp: (hp[0]["instance"], hp[1]))
+        patient = members[0][0]["patient"]
+        if spatial_dims == 2:
+            for header, path in members:
+                units.append(
+                    Unit(header["sop"] or os.path.relpath(path, root), study, series, "dicom", path, [path], [path],
+                         patient)
+                )
+            continue
+        paths = [p for _, p in members]
+        folders = {os.path.dirname(p) for p in paths}
+        image = None
+        if len(folders) == 1:
+            folder = folders.pop()
+            # the folder may be used as a series folder only if it holds nothing but this series' images
+            siblings = [os.path.join(folder, f) for f in os.listdir(folder) if not f.startswith(".")]
+            siblings = [s for s in siblings if os.path.isfile(s) and _detect(s) is not None]
+            if sorted(siblings) == sorted(paths):
+                image = folder
+        if image is None:
+            base = series_dir or _tmp_series_root()
+            image = os.path.join(base, safe_name(series))
+            os.makedirs(image, exist_ok=True)
+            for i, p in enumerate(paths):
+                link = os.path.join(image, f"{i:05d}.dcm")
+                if not os.path.lexists(link):
+                    os.symlink(p, link)
+        units.append(Unit(series, study, series, "dicom", image, paths, paths, patient))
+
+    units.sort(key=lambda u: (u.study_id, u.series_id, u.unit_id))
+    seen: set[str] = set()
+    for u in units:  # unit ids must be unique (the journal keys on them)
+        if u.unit_id in seen:
+            u.unit_id = f"{u.unit_id}#{os.path.relpath(u.paths[0], root)}"
+        seen.add(u.unit_id)
+    return units
+
+
+_TMP_SERIES: list[str] = []
+
+
+def _tmp_series_root() -> str:
+    import tempfile
+
+    if not _TMP_SERIES:
+        _TMP_SERIES.append(tempfile.mkdtemp(prefix="cadpipe_series_"))
+    return _TMP_SERIES[0]
+
+
+def read_manifest(manifest: str, spatial_dims: int = 2, series_dir: str | None = None) -> list[Unit]:
+    """Units from a CSV with a ``path`` column (file or series folder, relative to the CSV) and optional
+    ``study_id`` / ``series_id`` columns.
+
+    Raises:
+        CadpipeInputError: missing file, no ``path`` column, or a listed path that does not exist.
+    """
+    if not os.path.isfile(manifest):
+        raise CadpipeInputError(manifest, "manifest file does not exist")
+    base = os.path.dirname(os.path.abspath(manifest))
+    with open(manifest, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "path" not in rows[0]:
+        raise CadpipeInputError(manifest, "manifest needs a 'path' column and at least one row")
+    units: list[Unit] = []
+    for i, row in enumerate(rows, start=2):
+        path = os.path.join(base, row["path"]) if not os.path.isabs(row["path"]) else row["path"]
+        if not os.path.exists(path):
+            raise CadpipeInputError(manifest, f"line {i}: listed path {row['path']!r} does not exist")
+        if os.path.isdir(path):
+            found = discover(path, spatial_dims, series_dir)
+        else:
+            fmt = _detect(path) or "image"
+            study, stem = _file_study(base, path)
+            found = [Unit(os.path.relpath(path, base), study, stem, fmt, path, [path],
+                          [path] if fmt == "dicom" else [])]
+            if fmt == "dicom":
+                header = _dicom_header(path)
+                if header:
+                    found[0].series_id, found[0].patient = header["series"] or stem, header["patient"]
+        for u in found:
+            if row.get("study_id"):
+                u.study_id = row["study_id"]
+            if row.get("series_id"):
+                u.series_id = row["series_id"]
+            u.unit_id = f"{row['path']}::{u.unit_id}" if os.path.isdir(path) else u.unit_id
+            units.append(u)
+    return units

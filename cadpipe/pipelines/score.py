@@ -1,0 +1,332 @@
+"""Batch scoring of a folder of studies with one bundle (``cadpipe score``).
+
+Pipeline: discovery (:mod:`cadpipe.pipelines.discovery`) → a DataLoader whose workers run the bundle's
+preprocessing in parallel with inference → batches of same-shape items across studies → :class:`BundleRunner`
+predict under ``torch.inference_mode()`` → per-unit outputs written atomically → one journal line per unit
+(:mod:`cadpipe.pipelines.results`) → ``results.csv`` / ``.parquet`` and per-study reports rebuilt from the journal.
+
+A unit that cannot be loaded or scored becomes an ``error`` row (path + reason) and the run goes on. A killed run
+is resumed by running the same command again; ``force=True`` rescores everything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cadpipe.errors import CadpipeInputError
+from cadpipe.pipelines.discovery import Unit, discover, read_manifest, safe_name
+from cadpipe.pipelines.results import Journal, atomic_write_text, atomic_writer_path, write_results_table
+
+__all__ = ["ScoreConfig", "score", "process_units", "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE"]
+
+log = logging.getLogger("cadpipe.score")
+
+EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED = 0, 2, 3
+
+
+@dataclass
+class ScoreConfig:
+    bundle: str
+    input: str | None
+    output: str
+    manifest: str | None = None
+    device: str | None = None
+    batch_size: int = 4
+    workers: int = 2
+    limit: int | None = None
+    force: bool = False
+    quiet: bool = False
+    ray: str | None = None  # None: local; "" / "local": a local Ray; else the cluster address
+    ray_actors: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    reports: bool = True
+
+
+def _bundle_info(bundle_root: str) -> dict:
+    path = os.path.join(bundle_root, "configs", "metadata.json")
+    if not os.path.isfile(path):
+        raise CadpipeInputError(path, "bundle config file is missing")
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    return meta.get("cadpipe", {}) | {"version": str(meta.get("version", "")),
+                                       "name": meta.get("name") or os.path.basename(os.path.abspath(bundle_root))}
+
+
+# -- loading in workers -----------------------------------------------------------------------------------------
+class _UnitDataset(torch.utils.data.Dataset):
+    """Preprocesses one unit per item; failures come back as values (a worker must not die on a bad file)."""
+
+    def __init__(self, units: list[Unit], preprocess: Callable[[dict], dict]):
+        self.units, self.preprocess = units, preprocess
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def __getitem__(self, i: int):
+        t0 = time.perf_counter()
+        try:
+            item = self.preprocess({"image": self.units[i].image})
+            return i, item, None, time.perf_counter() - t0
+        except Exception as err:  # noqa: BLE001 - becomes an error row
+            return i, None, _reason(self.units[i], err), time.perf_counter() - t0
+
+
+def _first(batch):
+    return batch[0]
+
+
+def _reason(unit: Unit, err: BaseException) -> str:
+    if isinstance(err, CadpipeInputError):
+        return str(err)
+    return str(CadpipeInputError(unit.image, f"{type(err).__name__}: {str(err).strip()[:300]}"))
+
+
+# -- one unit's outputs -----------------------------------------------------------------------------------------
+def _base_row(unit: Unit, runner_info: dict) -> dict:
+    return {
+        "study_id": unit.study_id, "series_id": unit.series_id, "unit_id": unit.unit_id,
+        "input_paths": ";".join(unit.paths), "bundle": runner_info["name"], "bundle_version": runner_info["version"],
+        "model_sha256": runner_info.get("model_sha256", ""),
+    }
+
+
+def _error_row(unit: Unit, info: dict, reason: str, elapsed: float) -> dict:
+    return _base_row(unit, info) | {"status": "error", "error": reason, "elapsed_s": round(elapsed, 4)}
+
+
+def _display_image(runner, pre_item: dict, like: np.ndarray | None) -> np.ndarray:
+    """The preprocessed image mapped back to the input geometry (for overlays), channel axis dropped."""
+    img = pre_item["image"]
+    try:
+        inv = runner.preprocessing.inverse({"image": img.clone() if hasattr(img, "clone") else img})["image"]
+        arr = np.asarray(torch.as_tensor(inv).detach().cpu().float())
+    except Exception:  # noqa: BLE001 - not invertible: show the preprocessed image
+        arr = np.asarray(torch.as_tensor(img).detach().cpu().float())
+    arr = arr.mean(0) if arr.ndim == runner.spatial_dims + 1 else arr
+    if like is not None and arr.shape != like.shape:
+        arr = torch.nn.functional.interpolate(torch.as_tensor(arr)[None, None], size=like.shape,
+                                              mode="bilinear" if like.ndim == 2 else "trilinear")[0, 0].numpy()
+    return arr
+
+
+def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, info: dict) -> dict:
+    """Write the unit's files (atomically) and return its ok row (task columns + ``_findings``/``_outputs``)."""
+    row = runner.summarise(out)
+    folder = os.path.join(out_dir, safe_name(unit.study_id), safe_name(unit.series_id))
+    prefix = safe_name(unit.unit_id.split("#")[0]) if unit.kind == "dicom" else safe_name(unit.series_id)
+    rel = lambda p: os.path.relpath(p, out_dir)  # noqa: E731
+    outputs: dict[str, Any] = {"overlays": []}
+    findings: list[dict] = []
+    from cadpipe.pipelines.report import overlay_png
+
+    if runner.task in ("classification", "multilabel"):
+        names = [k[5:] for k in row if k.startswith("prob_")]
+        probs = [row[f"prob_{n}"] for n in names]
+        target = runner.positive_class if runner.positive_class in names else row.get("predicted")
+        shown = [target] if runner.task == "classification" and target in names else names
+        for n in shown:
+            p = row[f"prob_{n}"]
+            findings.append({"type": n, "probability": p,
+                             "text": f"The model estimates a {p:.0%} probability of {n.replace('_', ' ')}."})
+        cls = names.index(target) if target in names else int(np.argmax(probs))
+        heat = runner.heatmap(pre_item, class_index=cls)
+        image = np.asarray(torch.as_tensor(pre_item["image"]).detach().cpu().float())
+        image = image.mean(0) if image.ndim == runner.spatial_dims + 1 else image
+        png = os.path.join(folder, f"{prefix}_heatmap.png" if heat is not None else f"{prefix}_image.png")
+        overlay_png(image, heatmap=heat, path=png)
+        outputs["overlays"].append(rel(png))
+    elif runner.task == "segmentation":
+        import nibabel as nib
+
+        mask = runner.label_map(out)
+        affine = runner.affine(out)
+        nii = os.path.join(folder, f"{prefix}_mask.nii.gz")
+        tmp = atomic_writer_path(nii)
+        nib.save(nib.Nifti1Image(mask, affine), tmp)
+        os.replace(tmp, nii)
+        outputs["mask"] = rel(nii)
+        if unit.kind == "dicom" and unit.dicom_files:
+            from cadpipe.pipelines.dicom_seg import write_dicom_seg
+
+            seg = os.path.join(folder, f"{prefix}_seg.dcm")
+            label = runner.class_names[1] if len(runner.class_names) > 1 else "lesion"
+            write_dicom_seg(mask, affine, unit.dicom_files, seg, label=label, algorithm=info["name"],
+                            version=info["version"])
+            outputs["dicom_seg"] = rel(seg)
+        png = os.path.join(folder, f"{prefix}_overlay.png")
+        overlay_png(_display_image(runner, pre_item, mask), mask=mask, path=png)
+        outputs["overlays"].append(rel(png))
+        if row["lesion_voxels"]:
+            size = f"{row['lesion_volume_ml']:.2f} mL" if runner.spatial_dims == 3 else f"{row['lesion_voxels']} pixels"
+            findings.append({"type": "lesion", "text": f"A suspicious region of {size} was outlined (red)."})
+        else:
+            findings.append({"type": "none", "text": "No suspicious region was outlined."})
+    elif runner.task == "detection":
+        to_list = lambda k: np.asarray(torch.as_tensor(out.get(k, [])).detach().cpu().float()).tolist()  # noqa: E731
+        boxes = [
+            {"box": b, "label": runner.class_names[int(l)] if int(l) < len(runner.class_names) else int(l),
+             "score": s}
+            for b, l, s in zip(to_list("box"), to_list("label"), to_list("score"))
+        ]
+        if "malignancy" in out:
+            for b, m in zip(boxes, to_list("malignancy")):
+                b["malignancy"] = m
+        js = os.path.join(folder, f"{prefix}_boxes.json")
+        atomic_write_text(js, json.dumps({"format": "xyxy (col_min,row_min,col_max,row_max) pixels", "boxes": boxes},
+                                         indent=1))
+        outputs["boxes"] = rel(js)
+        png = os.path.join(folder, f"{prefix}_overlay.png")
+        overlay_png(_display_image(runner, pre_item, None), boxes=boxes, path=png)
+        outputs["overlays"].append(rel(png))
+        for i, b in enumerate(sorted(boxes, key=lambda b: -b["score"]), start=1):
+            extra = f", malignancy {b['malignancy']:.0%}" if "malignancy" in b else ""
+            findings.append({"type": str(b["label"]), "probability": b["score"],
+                             "text": f"Finding {i}: possible {b['label']} (score {b['score']:.0%}{extra}), boxed."})
+        if not boxes:
+            findings.append({"type": "none", "text": "No finding above the model's threshold."})
+    return _base_row(unit, info) | {"status": "ok", "error": ""} | row | {"_findings": findings, "_outputs": outputs}
+
+
+# -- the scoring loop -------------------------------------------------------------------------------------------
+def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict], None], batch_size: int = 4,
+                  workers: int = 0, progress=None) -> None:
+    """Score ``units`` with ``runner``; call ``emit(row)`` once per unit (ok or error), in completion order."""
+    info = {"name": runner.name, "version": runner.version, "model_sha256": runner.model_sha256}
+    ds = _UnitDataset(units, runner.preprocess)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=False, num_workers=workers, collate_fn=_first,
+                                         prefetch_factor=2 * max(1, batch_size) if workers else None,
+                                         persistent_workers=False)
+    groups: dict[tuple, list[tuple[int, dict, float]]] = {}
+
+    def done(row: dict) -> None:
+        emit(row)
+        if progress is not None:
+            progress.update(1)
+
+    def flush(key: tuple) -> None:
+        pending = groups.pop(key, [])
+        if not pending:
+            return
+        t0 = time.perf_counter()
+        try:
+            outs = runner.predict([p[1] for p in pending])
+            per = (time.perf_counter() - t0) / len(pending)
+            results = [(p, o, per) for p, o in zip(pending, outs)]
+        except Exception:  # noqa: BLE001 - e.g. OOM on a batch: retry one by one so only the culprit fails
+            results = []
+            for p in pending:
+                t1 = time.perf_counter()
+                try:
+                    results.append((p, runner.predict([p[1]])[0], time.perf_counter() - t1))
+                except Exception as err:  # noqa: BLE001
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    done(_error_row(units[p[0]], info, _reason(units[p[0]], err), p[2] + time.perf_counter() - t1))
+        for (i, pre, load_s), out, infer_s in results:
+            t2 = time.perf_counter()
+            try:
+                row = _finish_unit(runner, units[i], pre, out, out_dir, info)
+            except Exception as err:  # noqa: BLE001
+                done(_error_row(units[i], info, _reason(units[i], err), load_s + infer_s))
+                continue
+            row["elapsed_s"] = round(load_s + infer_s + time.perf_counter() - t2, 4)
+            done(row)
+
+    for i, item, err, load_s in loader:
+        if err is not None:
+            done(_error_row(units[i], info, err, load_s))
+            continue
+        key = tuple(torch.as_tensor(item["image"]).shape)
+        groups.setdefault(key, []).append((i, item, load_s))
+        if len(groups[key]) >= batch_size:
+            flush(key)
+    for key in list(groups):
+        flush(key)
+
+
+def _find_units(cfg: ScoreConfig, spatial_dims: int) -> list[Unit]:
+    series_dir = os.path.join(cfg.output, ".cadpipe", "series")
+    if cfg.manifest:
+        units = read_manifest(cfg.manifest, spatial_dims, series_dir)
+    else:
+        units = discover(cfg.input, spatial_dims, series_dir)
+    return units[: cfg.limit] if cfg.limit else units
+
+
+def score(cfg: ScoreConfig) -> dict:
+    """Run scoring; returns the run summary (also written to ``<output>/run_summary.json``).
+
+    Raises:
+        CadpipeInputError: the bundle, the input or the manifest cannot be used (a usage error).
+    """
+    t_start = time.perf_counter()
+    info = _bundle_info(cfg.bundle)
+    os.makedirs(cfg.output, exist_ok=True)
+    units = _find_units(cfg, int(info.get("spatial_dims", 2)))
+    journal = Journal(cfg.output, force=cfg.force)
+    done_rows = journal.rows()
+    todo = [u for u in units if u.unit_id not in done_rows]
+    log.info("%d units found, %d already scored, %d to score", len(units), len(units) - len(todo), len(todo))
+
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=len(todo), disable=cfg.quiet, unit="unit", desc="scoring", dynamic_ncols=True)
+    runner = None
+    try:
+        if todo and cfg.ray is not None:
+            from cadpipe.pipelines.ray_backend import score_with_ray
+
+            bundle_meta = score_with_ray(cfg, todo, journal.append, progress)
+        elif todo:
+            from cadpipe.pipelines.bundle_runner import BundleRunner
+
+            runner = BundleRunner(cfg.bundle, device=cfg.device, overrides=cfg.overrides)
+            process_units(runner, todo, cfg.output, journal.append, cfg.batch_size, cfg.workers, progress)
+    finally:
+        progress.close()
+        journal.close()
+    scored_s = time.perf_counter() - t_start
+
+    rows_by_id = Journal(cfg.output).rows()
+    rows = [rows_by_id[u.unit_id] for u in units if u.unit_id in rows_by_id]
+    table_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    csv_path = write_results_table(table_rows, cfg.output)
+
+    reports = []
+    if cfg.reports and rows:
+        from cadpipe.pipelines.report import write_study_report
+
+        by_study: dict[str, list[dict]] = {}
+        patients: dict[str, dict] = {}
+        for u in units:
+            if u.unit_id in rows_by_id:
+                by_study.setdefault(u.study_id, []).append(rows_by_id[u.unit_id])
+                patients.setdefault(u.study_id, u.patient)
+        bundle = {"name": info["name"], "version": info["version"], "model_sha256": rows[0].get("model_sha256", "")}
+        for study, srows in by_study.items():
+            try:
+                reports += write_study_report(os.path.join(cfg.output, safe_name(study)), study, srows,
+                                              patients[study], bundle, cfg.output)
+            except Exception as err:  # noqa: BLE001 - a report failure must not lose the scores
+                log.warning("report for one study failed: %s", type(err).__name__)
+
+    n_ok = sum(r["status"] == "ok" for r in rows)
+    n_err = sum(r["status"] != "ok" for r in rows)
+    summary = {
+        "units": len(units), "ok": n_ok, "error": n_err, "scored_this_run": len(todo),
+        "skipped_already_done": len(units) - len(todo), "seconds": round(scored_s, 3),
+        "units_per_second": round(len(todo) / scored_s, 3) if todo and scored_s > 0 else None,
+        "studies": len({u.study_id for u in units}), "results_csv": os.path.abspath(csv_path),
+        "reports": len(reports), "output": os.path.abspath(cfg.output),
+        "exit_code": EXIT_OK if n_err == 0 else EXIT_SOME_FAILED,
+    }
+    atomic_write_text(os.path.join(cfg.output, "run_summary.json"), json.dumps(summary, indent=1))
+    return summary
