@@ -86,8 +86,7 @@ def write_synthetic_kermany(
         size: base image size; with ``vary_size`` each image gets a random size within ±25%, like the real data.
         splits: which split folders to write.
         seed: random seed.
-        n_dicom: per split and class, this many images are written as DICOM instead (needs
-            ``cadpipe.data.synthetic.dicom`` or pydicom; window tags set).
+        n_dicom: per split and class, the first ``n_dicom`` images are written as 12-bit DICOM (window tags set).
         formats: cycled per image; "jpeg" files alternate between greyscale and RGB.
 
     Returns:
@@ -122,20 +121,8 @@ def write_synthetic_kermany(
 
 
 def _write_dicom(arr: np.ndarray, path: str) -> None:
-    """A 12-bit MONOCHROME2 DX image with window tags (pydicom), unless the foundation's writer exists."""
-    try:
-        from cadpipe.data.synthetic import dicom as syn_dicom  # issue 2
-
-        writer = getattr(syn_dicom, "write_cxr", None) or getattr(syn_dicom, "write_synthetic_cxr", None)
-    except ImportError:
-        writer = None
+    """A 12-bit MONOCHROME2 DX image (uncompressed) with window tags, holding ``arr`` (the learnable signal)."""
     pix = (np.clip(arr, 0, 1) * 4095).round().astype(np.uint16)
-    if writer is not None:
-        try:
-            writer(path, pix)
-            return
-        except TypeError:
-            pass
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid

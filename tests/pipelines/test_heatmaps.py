@@ -1,0 +1,80 @@
+import csv
+import os
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.networks.nets import DenseNet121
+from PIL import Image
+
+from cadpipe.pipelines.heatmaps import GradCAMWriter, compute_cam, normalize_map, overlay, save_heatmap, save_overlay_png
+
+
+def _net():
+    torch.manual_seed(0)
+    return DenseNet121(spatial_dims=2, in_channels=1, out_channels=2, init_features=8, growth_rate=4, block_config=(2, 2, 2, 2))
+
+
+def test_compute_cam_shapes_range_and_mode_restored():
+    net = _net().train()
+    x = torch.rand(1, 40, 32)
+    cam = compute_cam(net, x, "class_layers.relu", class_idx=1)
+    assert cam.shape == (40, 32) and cam.dtype == np.float32
+    assert cam.min() >= 0 and cam.max() <= 1
+    assert net.training  # mode restored
+    batch = compute_cam(net, torch.rand(3, 1, 40, 32), "class_layers.relu", class_idx=0)
+    assert batch.shape == (3, 40, 32)
+
+
+def test_cam_differs_between_classes():
+    net = _net().eval()
+    x = torch.rand(1, 32, 32)
+    a = compute_cam(net, x, "class_layers.relu", 0)
+    b = compute_cam(net, x, "class_layers.relu", 1)
+    assert not np.allclose(a, b)
+
+
+def test_normalize_constant_map_is_zero():
+    assert normalize_map(np.full((3, 3), 5.0)).max() == 0
+
+
+def test_overlay_png_is_transposed_to_rows_by_cols(tmp_path):
+    # channel-first (C, X, Y): X = columns (8), Y = rows (5). Bright pixel at column 6, row 1.
+    img = np.zeros((1, 8, 5), np.float32)
+    img[0, 6, 1] = 1.0
+    cam = np.zeros((8, 5), np.float32)
+    cam[6, 1] = 1.0
+    path = save_overlay_png(img, cam, str(tmp_path / "o.png"), alpha=0.5)
+    png = np.asarray(Image.open(path))
+    assert png.shape == (5, 8, 3)  # rows x cols
+    grey = png.astype(int).sum(-1)
+    assert np.unravel_index(grey.argmax(), grey.shape) == (1, 6)
+    rgb = overlay(img, cam)
+    assert rgb.shape == (8, 5, 3) and rgb.dtype == np.uint8
+
+
+def test_save_heatmap_npy_and_nifti(tmp_path):
+    cam = np.random.default_rng(0).random((6, 4)).astype(np.float32)
+    p = save_heatmap(cam, str(tmp_path / "h.npy"))
+    assert np.array_equal(np.load(p), cam)
+    p = save_heatmap(cam, str(tmp_path / "h.nii.gz"), affine=np.diag([0.5, 0.5, 1, 1]))
+    import nibabel as nib
+
+    img = nib.load(p)
+    assert np.allclose(img.get_fdata(), cam) and img.affine[0, 0] == 0.5
+
+
+def test_gradcam_writer(tmp_path):
+    net = _net()
+    w = GradCAMWriter(net, "class_layers.relu", str(tmp_path), ["NORMAL", "PNEUMONIA"], class_idx=1, threshold=0.3)
+    for name, p in (("/data/a/x.png", 0.2), ("/data/b/x.png", 0.7)):
+        img = MetaTensor(torch.rand(1, 48, 32), meta={"filename_or_obj": name})
+        w({"image": img, "pred": torch.tensor([1 - p, p])})
+    rows = list(csv.DictReader(open(tmp_path / "predictions.csv")))
+    assert [r["predicted"] for r in rows] == ["NORMAL", "PNEUMONIA"]
+    assert rows[1]["prob_pneumonia"] == "0.700000"
+    # same stem twice -> distinct heatmap names
+    assert os.path.basename(rows[0]["heatmap_png"]) == "x_cam.png"
+    assert os.path.basename(rows[1]["heatmap_png"]) == "x_1_cam.png"
+    assert np.load(rows[1]["heatmap"]).shape == (48, 32)
+    assert np.asarray(Image.open(rows[1]["heatmap_png"])).shape == (32, 48, 3)
