@@ -65,7 +65,7 @@ def detect_format(path: str | os.PathLike) -> str | None:
     if not os.path.isfile(path):
         return None
     lower = name.lower()
-    if lower.endswith(".ljpeg"):
+    if lower.endswith((".ljpeg", ".ljpeg.gz")):
         return "ljpeg"
     if lower.endswith((".nii", ".nii.gz")):
         return "nifti"
