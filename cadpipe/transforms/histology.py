@@ -112,11 +112,14 @@ def _saturation(img: np.ndarray) -> np.ndarray:
     return np.where(mx > 1e-6, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
 
 
-def tissue_mask(img, min_saturation: float = 0.05) -> np.ndarray:
-    """Tissue mask of an RGB image ``(3, X, Y)``: Otsu threshold on HSV saturation, at least ``min_saturation``.
+def tissue_mask(img, min_saturation: float = 0.05, max_saturation: float = 0.15) -> np.ndarray:
+    """Tissue mask of an RGB image ``(3, X, Y)``: Otsu threshold on HSV saturation, clipped to
+    ``[min_saturation, max_saturation]``.
 
-    White/grey background has low saturation, stained tissue high. A blank image (saturation range below
-    ``min_saturation``) gives an all-False mask. Returns a bool numpy array ``(X, Y)``.
+    White/grey glass has low saturation, stained tissue high. The upper clip keeps pale stroma when the image
+    also holds strongly stained regions (Otsu would then split stroma from nuclei instead of glass from tissue).
+    A blank image (saturation range below ``min_saturation``) gives an all-False mask (all-True if uniformly
+    stained). Returns a bool numpy array ``(X, Y)``.
     """
     from skimage.filters import threshold_otsu
 
@@ -127,7 +130,7 @@ def tissue_mask(img, min_saturation: float = 0.05) -> np.ndarray:
     if float(sat.max() - sat.min()) < min_saturation:
         # uniform image: all tissue when uniformly stained, else all background
         return np.full(sat.shape, float(sat.mean()) > min_saturation)
-    thr = max(float(threshold_otsu(sat)), min_saturation)
+    thr = min(max(float(threshold_otsu(sat)), min_saturation), max_saturation)
     return sat > thr
 
 
