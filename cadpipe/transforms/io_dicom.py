@@ -19,7 +19,7 @@ What it does, in order, for every frame/slice:
    ``LINEAR`` centres become ``S - c + 1`` (DICOM's LINEAR ramp is centred on ``c - 0.5``), ``LINEAR_EXACT`` and
    ``SIGMOID`` centres become ``S - c`` (``S = y_min + y_max``), widths are unchanged; a VOI LUT Sequence is
    mirrored (first mapped value ``S - (first + n - 1)``, data ``2**bits - 1 - data[::-1]``).
-   The file's own values stay in ``WindowCenterStored`` / ``VOILUTSequenceStored``.
+   The file's own values stay in ``WindowCentersStored`` / ``VOILUTSequenceStored``.
 
 Output axes follow MONAI's readers (``swap_ij``): numpy ``pixel[row, col]`` becomes ``out[col, row]``; a series or a
 multi-frame file is ``(cols, rows, slices)``; colour adds a last channel axis (``original_channel_dim = -1``).
@@ -29,13 +29,20 @@ PixelSpacing; series slices are sorted by ImagePositionPatient projected on the 
 
 Metadata keys (besides MONAI's ``affine``, ``original_affine``, ``spatial_shape``, ``original_channel_dim``,
 ``spacing``): ``Modality``, ``PhotometricInterpretation`` (as stored), ``PatientID``, ``StudyInstanceUID``,
-``SeriesInstanceUID``, ``SOPInstanceUID`` (first), ``SOPInstanceUIDs`` (list, slice order), ``ImageLaterality``,
+``SeriesInstanceUID``, ``SOPInstanceUID`` (first), ``SOPInstanceUIDs`` (all, slice order), ``ImageLaterality``,
 ``Laterality``, ``ViewPosition``, ``Rows``, ``Columns``, ``NumberOfFrames``, ``PixelSpacing`` (row, col mm, from
 PixelSpacing or ImagerPixelSpacing), ``BitsStored``, ``PixelRepresentation``, ``RescaleSlope``, ``RescaleIntercept``,
-``TransferSyntaxUID``, ``WindowCenter`` / ``WindowWidth`` (lists of floats, all windows, consistent with the output),
-``VOILUTFunction``, ``VOILUTSequence`` (list of ``{"LUTDescriptor": array(3), "LUTData": array}``),
+``TransferSyntaxUID``, ``WindowCenter`` / ``WindowWidth`` (first window, floats), ``WindowCenters`` /
+``WindowWidths`` (all windows), ``VOILUTFunction``, ``VOILUTSequence`` (all VOI LUTs), ``SliceFilenames``,
 ``MONOCHROME1_inverted`` (bool), ``inversion_sum`` (``S`` above, for MONOCHROME1).
-Missing string tags are ``""`` (never ``None``, so metadata collates).
+Window values and VOI LUTs are consistent with the output array (see MONOCHROME1 above).
+
+Collation: metadata must batch through MONAI's ``list_data_collate`` even when two images have a different number
+of windows, LUT lengths or slices, so multi-valued entries are stored as strings — DICOM's backslash form for
+``WindowCenters``, ``WindowWidths``, ``WindowCentersStored``, ``SOPInstanceUIDs`` (``"v1\\v2"``), newline-joined
+``SliceFilenames``, and JSON (LUT data base64 int32) for ``VOILUTSequence`` / ``VOILUTSequenceStored``. Read them
+back with :func:`meta_windows`, :func:`meta_voi_luts` and :func:`split_values` (arrays). Missing string tags are
+``""`` (never ``None``).
 
 Bad input (zero-byte, truncated, not DICOM, unsupported transfer syntax, no pixel data, series with inconsistent
 sizes) raises :class:`cadpipe.errors.CadpipeInputError` naming the file and the reason.
@@ -55,7 +62,15 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from cadpipe.errors import CadpipeInputError
 
-__all__ = ["DicomReader", "is_dicom_file", "list_dicom_files", "read_dicom_dataset"]
+__all__ = [
+    "DicomReader",
+    "is_dicom_file",
+    "list_dicom_files",
+    "read_dicom_dataset",
+    "meta_windows",
+    "meta_voi_luts",
+    "split_values",
+]
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", ".dic")
 
@@ -119,6 +134,76 @@ def read_dicom_dataset(path: str | os.PathLike, stop_before_pixels: bool = False
     if len(ds) == 0:
         raise CadpipeInputError(path, "not a DICOM file (no data elements could be read)")
     return ds
+
+
+def join_values(values) -> str:
+    """DICOM multi-value text form: ``"a\\b\\c"`` (floats with ``repr`` so they round-trip exactly)."""
+    return "\\".join(repr(float(v)) if isinstance(v, (float, np.floating)) else str(v) for v in values)
+
+
+def split_values(value) -> list[str]:
+    """Inverse of :func:`join_values`; also accepts a list/tuple (returned as strings) or ``None``/``""``."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    text = str(value)
+    return text.split("\\") if text else []
+
+
+def _encode_luts(luts: list[dict]) -> str:
+    import base64
+    import json
+
+    return json.dumps(
+        [
+            {
+                "LUTDescriptor": [int(v) for v in lut["LUTDescriptor"]],
+                "LUTData": base64.b64encode(np.asarray(lut["LUTData"], dtype="<i4").tobytes()).decode("ascii"),
+                "LUTExplanation": lut.get("LUTExplanation", ""),
+            }
+            for lut in luts
+        ]
+    )
+
+
+def meta_voi_luts(meta, key: str = "VOILUTSequence") -> list[dict]:
+    """The VOI LUTs kept in ``meta`` as ``[{"LUTDescriptor": array([n, first, bits]), "LUTData": array}]``."""
+    import base64
+    import json
+
+    value = meta.get(key) if meta else None
+    if not value:
+        return []
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], dict):
+        items = value
+    else:
+        items = json.loads(value if isinstance(value, str) else value[0])
+    out = []
+    for item in items:
+        data = item["LUTData"]
+        if isinstance(data, str):
+            data = np.frombuffer(base64.b64decode(data), dtype="<i4").astype(np.int64)
+        out.append(
+            {
+                "LUTDescriptor": np.asarray(item["LUTDescriptor"], dtype=np.int64),
+                "LUTData": np.asarray(data),
+                "LUTExplanation": item.get("LUTExplanation", ""),
+            }
+        )
+    return out
+
+
+def meta_windows(meta, stored: bool = False) -> tuple[list[float], list[float]]:
+    """All (centres, widths) kept in ``meta`` (consistent with the output array; ``stored=True``: the file's)."""
+    if not meta:
+        return [], []
+    ckey = "WindowCentersStored" if stored else "WindowCenters"
+    centres = [float(v) for v in split_values(meta.get(ckey))]
+    widths = [float(v) for v in split_values(meta.get("WindowWidths"))]
+    if not centres and meta.get("WindowCenter") is not None and not stored:
+        centres, widths = [float(np.ravel(meta["WindowCenter"])[0])], [float(np.ravel(meta["WindowWidth"])[0])]
+    return centres, widths
 
 
 def _transfer_syntax(ds):
@@ -232,8 +317,9 @@ def _dicom_meta(ds, path: str) -> dict[str, Any]:
     meta["VOILUTFunction"] = func
     centres, widths = _floats(ds.get("WindowCenter")), _floats(ds.get("WindowWidth"))
     luts = _voi_luts(ds) if pi.startswith("MONOCHROME") else []
-    meta["WindowCenterStored"] = list(centres)
-    meta["VOILUTSequenceStored"] = luts
+    meta["WindowCentersStored"] = join_values(centres)
+    if luts:
+        meta["VOILUTSequenceStored"] = _encode_luts(luts)
     meta["MONOCHROME1_inverted"] = pi == "MONOCHROME1"
     if pi == "MONOCHROME1":
         lo, hi = _modality_range(ds)
@@ -253,10 +339,11 @@ def _dicom_meta(ds, path: str) -> dict[str, Any]:
             )
         luts = mirrored
     if centres and widths:
-        meta["WindowCenter"] = centres
-        meta["WindowWidth"] = widths[: len(centres)] + [widths[-1]] * (len(centres) - len(widths))
+        widths = widths[: len(centres)] + [widths[-1]] * (len(centres) - len(widths))
+        meta["WindowCenter"], meta["WindowWidth"] = centres[0], widths[0]
+        meta["WindowCenters"], meta["WindowWidths"] = join_values(centres), join_values(widths)
     if luts:
-        meta["VOILUTSequence"] = luts
+        meta["VOILUTSequence"] = _encode_luts(luts)
     return meta
 
 
@@ -411,8 +498,8 @@ class DicomReader(ImageReader):
     def _study_data(self, study: _Study) -> tuple[np.ndarray, dict]:
         first = study.datasets[0]
         meta = _dicom_meta(first, study.filenames[0])
-        meta["SOPInstanceUIDs"] = [str(ds.get("SOPInstanceUID", "")) for ds in study.datasets]
-        meta["filenames"] = list(study.filenames)
+        meta["SOPInstanceUIDs"] = join_values(str(ds.get("SOPInstanceUID", "")) for ds in study.datasets)
+        meta["SliceFilenames"] = "\n".join(study.filenames)
         if study.is_series:
             shapes = {(int(ds.get("Rows", 0)), int(ds.get("Columns", 0))) for ds in study.datasets}
             if len(shapes) > 1:

@@ -54,30 +54,22 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 _FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
 
-def _first(value, index: int) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    values = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
-    if values.size == 0:
-        return None
-    return float(values[min(index, values.size - 1)])
-
-
 def window_from_meta(meta: Mapping | None, index: int = 0, prefer_lut: bool = True) -> dict[str, Any] | None:
     """The window a DICOM image's metadata asks for: ``{"lut": (first, data, bits)}`` or
     ``{"center", "width", "function"}``; ``None`` when the metadata has neither."""
     if not meta:
         return None
-    luts = meta.get("VOILUTSequence")
-    if prefer_lut and luts:
+    from cadpipe.transforms.io_dicom import meta_voi_luts, meta_windows
+
+    luts = meta_voi_luts(meta) if prefer_lut else []
+    if luts:
         lut = luts[min(index, len(luts) - 1)]
         n, first, bits = (int(v) for v in np.asarray(lut["LUTDescriptor"]).ravel()[:3])
         return {"lut": (first, np.asarray(lut["LUTData"]), bits)}
-    center, width = _first(meta.get("WindowCenter"), index), _first(meta.get("WindowWidth"), index)
-    if center is None or width is None:
+    centres, widths = meta_windows(meta)
+    if not centres or not widths:
         return None
+    center, width = centres[min(index, len(centres) - 1)], widths[min(index, len(widths) - 1)]
     func = meta.get("VOILUTFunction", "LINEAR")
     func = (func[0] if isinstance(func, (list, tuple)) else str(func or "LINEAR")).upper()
     return {"center": center, "width": width, "function": func if func in _FUNCTIONS else "LINEAR"}

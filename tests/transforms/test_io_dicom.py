@@ -16,7 +16,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from cadpipe.data.synthetic.dicom import write_ct_series, write_cxr_dicom, write_unsupported_syntax_dicom
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms.io_dicom import DicomReader
+from cadpipe.transforms.io_dicom import DicomReader, meta_voi_luts, meta_windows, split_values
 from cadpipe.transforms.window import Window, Windowd
 
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
@@ -108,10 +108,11 @@ def test_metadata_and_affine_match_monai_pydicom_reader():
     img = load(path)
     ds = pydicom.dcmread(path)
     meta = img.meta
-    assert meta["WindowCenter"] == [600.0] and meta["WindowWidth"] == [1600.0]
+    assert meta["WindowCenter"] == 600.0 and meta["WindowWidth"] == 1600.0
+    assert meta_windows(meta) == ([600.0], [1600.0])
     assert meta["Modality"] == "MR" and meta["PatientID"] == ds.PatientID
     assert meta["StudyInstanceUID"] == ds.StudyInstanceUID and meta["SeriesInstanceUID"] == ds.SeriesInstanceUID
-    assert meta["SOPInstanceUIDs"] == [ds.SOPInstanceUID]
+    assert split_values(meta["SOPInstanceUIDs"]) == [ds.SOPInstanceUID]
     assert meta["PixelSpacing"] == [float(v) for v in ds.PixelSpacing]
     assert (meta["Rows"], meta["Columns"]) == (64, 64)
     assert meta["PhotometricInterpretation"] == "MONOCHROME2" and meta["ImageLaterality"] == ""
@@ -125,8 +126,8 @@ def test_synthetic_cxr_metadata(tmp_path):
     img = load(info["path"])
     assert img.meta["ImageLaterality"] == "L" and img.meta["ViewPosition"] == "AP"
     assert img.meta["PixelSpacing"] == [0.15, 0.15]
-    assert img.meta["WindowCenter"] == [w[0] for w in info["windows"]]
-    assert img.meta["WindowWidth"] == [w[1] for w in info["windows"]]
+    assert meta_windows(img.meta) == ([w[0] for w in info["windows"]], [w[1] for w in info["windows"]])
+    assert img.meta["WindowCenter"] == info["windows"][0][0] and img.meta["WindowWidth"] == info["windows"][0][1]
     np.testing.assert_array_equal(np.asarray(img), info["pixels"].T)
 
 
@@ -151,7 +152,11 @@ def test_monochrome1_voi_lut_mirrored(tmp_path):
     info = write_cxr_dicom(tmp_path / "synthetic_m1_lut.dcm", photometric="MONOCHROME1", voi_lut=True)
     ds = pydicom.dcmread(info["path"])
     img = load(info["path"])
-    assert len(img.meta["VOILUTSequence"]) == 1 and len(img.meta["VOILUTSequenceStored"]) == 1
+    luts, stored = meta_voi_luts(img.meta), meta_voi_luts(img.meta, "VOILUTSequenceStored")
+    assert len(luts) == 1 and len(stored) == 1
+    np.testing.assert_array_equal(stored[0]["LUTData"], info["voi_lut"])
+    np.testing.assert_array_equal(luts[0]["LUTData"], 65535 - info["voi_lut"][::-1])
+    assert list(luts[0]["LUTDescriptor"]) == [4096, 0, 16]
     ref = apply_voi_lut(ds.pixel_array, ds) / 65535.0  # VOI LUT preferred over the window, like pydicom
     np.testing.assert_allclose(np.asarray(Window()(img)).T, 1.0 - ref, atol=1e-6)
 
@@ -173,7 +178,8 @@ def test_series_folder_sorted_by_position(tmp_path):
         np.testing.assert_allclose(ras[:3], pos * np.array([-1, -1, 1]), atol=1e-6)
     np.testing.assert_allclose(img.meta["spacing"], [0.7, 0.8, 2.5])
     expected_uids = [str(pydicom.dcmread(p).SOPInstanceUID) for p in truth["paths"]]
-    assert img.meta["SOPInstanceUIDs"] == expected_uids and img.meta["is_series"]
+    assert split_values(img.meta["SOPInstanceUIDs"]) == expected_uids and img.meta["is_series"]
+    assert img.meta["SliceFilenames"].split("\n") == truth["paths"]
     # MONAI's own reader (InstanceNumber order) agrees on values and geometry
     ref = LoadImage(reader=PydicomReader(), image_only=True)(truth["folder"])
     np.testing.assert_allclose(np.asarray(img), np.asarray(ref))
@@ -209,7 +215,7 @@ def test_compose_with_loadimaged_and_windowd(tmp_path):
     )
     out = pipeline({"image": info["path"]})["image"]
     assert out.shape == (1, 48, 64) and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-    assert out.meta["WindowCenter"] == [w[0] for w in info["windows"]]
+    assert meta_windows(out.meta)[0] == [w[0] for w in info["windows"]]
     assert out.meta["filename_or_obj"] == info["path"]
 
 
@@ -300,3 +306,26 @@ def test_reader_errors_directly_and_through_monai_loadimage(tmp_path):
     with pytest.raises(RuntimeError) as caught:  # MONAI wraps the reader's error, keeping our message
         load(path)
     assert f"{path}: not a DICOM file" in str(caught.value)
+
+
+def test_metadata_collates_across_different_files(tmp_path):
+    """Different window counts / LUT lengths / slice counts still batch with MONAI's default collate."""
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Resized
+
+    files = [
+        write_cxr_dicom(tmp_path / "synthetic_a.dcm", photometric="MONOCHROME1", voi_lut=True)["path"],
+        write_cxr_dicom(tmp_path / "synthetic_b.dcm", windows=[(100.0, 50.0)], voi_lut=True, bits=10)["path"],
+        write_cxr_dicom(tmp_path / "synthetic_c.dcm", windows=[])["path"],
+    ]
+    pipeline = Compose(
+        [LoadImaged("image", reader=DicomReader(), ensure_channel_first=True), Windowd("image"), Resized("image", (16, 16))]
+    )
+    batch = next(iter(DataLoader(Dataset([{"image": f} for f in files], pipeline), batch_size=3)))
+    assert batch["image"].shape == (3, 1, 16, 16)
+    series = [write_ct_series(tmp_path / f"s{n}", n_slices=n)["folder"] for n in (3, 4)]
+    vols = [load(f) for f in series]
+    from monai.data import list_data_collate
+
+    collated = list_data_collate([{"image": v[None, :, :, :3]} for v in vols])
+    assert collated["image"].shape == (2, 1, 20, 24, 3)
