@@ -22,7 +22,8 @@ Output: a channel-first ``MetaTensor`` (default float32) with the reader's metad
 - ``"rgb"``: one-channel images are repeated to 3 channels, alpha dropped;
 - ``"keep"``: channels as stored.
 
-Multi-channel NIfTI volumes (e.g. several MR sequences) are never mixed: ``mode`` only acts on 2D colour images.
+Multi-channel NIfTI volumes (e.g. several MR sequences) are never mixed: ``mode`` does not act on NIfTI. Colour
+multi-frame DICOM (ultrasound cine) is converted frame by frame like 2D colour images.
 Any unreadable input raises :class:`cadpipe.errors.CadpipeInputError` naming the file and the reason (library
 errors are wrapped); a NIfTI (or float image) containing NaN is refused.
 """
@@ -128,18 +129,18 @@ def _to_mode(img: MetaTensor, mode: str, fmt: str) -> MetaTensor:
     spatial = img.ndim - 1
     c = img.shape[0]
     if mode == "gray":
-        if c in (3, 4) and spatial == 2:
+        if c in (3, 4):
             w = torch.tensor(_LUMA, dtype=img.dtype, device=img.device).reshape(3, *([1] * spatial))
             out = (img[:3] * w).sum(0, keepdim=True)
-        elif c == 2 and spatial == 2:  # luminance + alpha
+        elif c == 2:  # luminance + alpha
             out = img[:1]
         else:
             return img
     elif mode == "rgb":
         if c == 1:
             out = img.repeat(3, *([1] * spatial))
-        elif c in (2, 4) and spatial == 2:
-            out = img[:1].repeat(3, 1, 1) if c == 2 else img[:3]
+        elif c in (2, 4):
+            out = img[:1].repeat(3, *([1] * spatial)) if c == 2 else img[:3]
         else:
             return img
     else:

@@ -250,8 +250,34 @@ def _decode(ds, path: str) -> np.ndarray:
     if pi == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
     elif pi.startswith("MONOCHROME"):
-        arr = apply_modality_lut(arr, ds)
+        per_frame = _functional_rescale(ds)
+        if per_frame is not None:  # enhanced multi-frame: Pixel Value Transformation per frame
+            slopes, intercepts = per_frame
+            shape = (-1, 1, 1) if arr.ndim == 3 else ()
+            arr = arr.astype(np.float64) * np.reshape(slopes, shape or ()) + np.reshape(intercepts, shape or ())
+        else:
+            arr = apply_modality_lut(arr, ds)
     return np.asarray(arr)
+
+
+def _functional_rescale(ds) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-frame (slopes, intercepts) from an enhanced file's functional groups; None when the file has top-level
+    Rescale Slope/Intercept or a Modality LUT Sequence (pydicom's apply_modality_lut handles those) or none."""
+    if "RescaleSlope" in ds or "RescaleIntercept" in ds or ds.get("ModalityLUTSequence"):
+        return None
+    if not (ds.get("SharedFunctionalGroupsSequence") or ds.get("PerFrameFunctionalGroupsSequence")):
+        return None
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    slopes, intercepts, found = [], [], False
+    for f in range(n):
+        slope = _functional(ds, "PixelValueTransformationSequence", "RescaleSlope", f)
+        intercept = _functional(ds, "PixelValueTransformationSequence", "RescaleIntercept", f)
+        found |= slope is not None or intercept is not None
+        slopes.append(float(slope) if slope is not None else 1.0)
+        intercepts.append(float(intercept) if intercept is not None else 0.0)
+    if not found:
+        return None
+    return np.asarray(slopes if n > 1 else slopes[0]), np.asarray(intercepts if n > 1 else intercepts[0])
 
 
 def _modality_range(ds) -> tuple[float, float]:
@@ -265,6 +291,9 @@ def _modality_range(ds) -> tuple[float, float]:
     else:
         lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    per_frame = _functional_rescale(ds)
+    if per_frame is not None:  # range of the first frame's transformation
+        slope, intercept = float(np.ravel(per_frame[0])[0]), float(np.ravel(per_frame[1])[0])
     if slope is not None and intercept is not None:
         lo, hi = sorted((lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)))
     return lo, hi
@@ -310,6 +339,10 @@ def _dicom_meta(ds, path: str) -> dict[str, Any]:
     meta["PixelRepresentation"] = int(ds.get("PixelRepresentation", 0) or 0)
     meta["RescaleSlope"] = float(ds.get("RescaleSlope", 1.0) or 1.0)
     meta["RescaleIntercept"] = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    per_frame = _functional_rescale(ds)
+    if per_frame is not None:  # enhanced multi-frame: the first frame's values
+        meta["RescaleSlope"] = float(np.ravel(per_frame[0])[0])
+        meta["RescaleIntercept"] = float(np.ravel(per_frame[1])[0])
     meta["TransferSyntaxUID"] = str(_transfer_syntax(ds))
     meta["PixelSpacing"] = _pixel_spacing(ds)
     pi = meta["PhotometricInterpretation"].upper()

@@ -119,6 +119,10 @@ def test_dicom_file_series_and_colour(tmp_path):
     colour = get_testdata_file("SC_rgb_jpeg_dcmtk.dcm", download=False)
     assert LoadStudyImage(mode="keep")(colour).shape == (3, 100, 100)
     assert LoadStudyImage(mode="gray")(colour).shape == (1, 100, 100)
+    cine = get_testdata_file("examples_ybr_color.dcm", download=False)  # 30 colour frames
+    keep, gray = LoadStudyImage(mode="keep")(cine), LoadStudyImage(mode="gray")(cine)
+    assert keep.shape == (3, 320, 240, 30) and gray.shape == (1, 320, 240, 30)
+    np.testing.assert_allclose(gray[0].numpy(), np.tensordot([0.299, 0.587, 0.114], keep.numpy(), 1), atol=1e-3)
 
 
 @pytest.mark.parametrize("name", ["anatomical.nii", "example4d.nii.gz", "standard.nii.gz"])

@@ -329,3 +329,53 @@ def test_metadata_collates_across_different_files(tmp_path):
 
     collated = list_data_collate([{"image": v[None, :, :, :3]} for v in vols])
     assert collated["image"].shape == (2, 1, 20, 24, 3)
+
+
+def write_enhanced_multiframe(path, n=3, rows=8, cols=6):
+    """A minimal enhanced multi-frame file: geometry and rescale only in the functional groups."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 1000, (n, rows, cols)).astype(np.uint16)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality = "SYNTHETIC^CADPIPE", "SYNTHETIC-MF", "CT"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, n
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    shared = Dataset()
+    measures, orient = Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = [0.5, 0.25], 3.0
+    orient.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [measures], [orient]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames, slopes, intercepts = [], [1.0, 2.0, 0.5], [-1024.0, -1000.0, 0.0]
+    for k in range(n):
+        item, pos, rescale = Dataset(), Dataset(), Dataset()
+        pos.ImagePositionPatient = [10.0, 20.0, 30.0 + 3.0 * k]
+        rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = slopes[k], intercepts[k], "HU"
+        item.PlanePositionSequence, item.PixelValueTransformationSequence = [pos], [rescale]
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.PixelData = stored.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    hu = stored * np.asarray(slopes)[:, None, None] + np.asarray(intercepts)[:, None, None]
+    return stored, hu
+
+
+def test_enhanced_multiframe_rescale_and_geometry(tmp_path):
+    path = tmp_path / "synthetic_enhanced.dcm"
+    _, hu = write_enhanced_multiframe(path)
+    img = load(str(path))
+    assert img.shape == (6, 8, 3)
+    np.testing.assert_allclose(np.asarray(img), to_monai_layout(hu, multi=True))
+    # column index along +x (0.25 mm), row index along +y (0.5 mm), frames along +z (3 mm); LPS -> RAS flips x, y
+    np.testing.assert_allclose(np.diag(np.asarray(img.affine))[:3], [-0.25, -0.5, 3.0])
+    np.testing.assert_allclose(np.asarray(img.affine)[:3, 3], [-10.0, -20.0, 30.0])
+    assert img.meta["RescaleSlope"] == 1.0 and img.meta["RescaleIntercept"] == -1024.0
