@@ -54,7 +54,7 @@ def detect_format(path: str | os.PathLike) -> str | None:
     """``"dicom" | "dicom_series" | "ljpeg" | "nifti" | "image"`` or ``None`` when ``path`` is not an image.
 
     Looks at the content where the name is not enough (DICM preamble, PNG/JPEG/TIFF magic numbers), so DICOM
-    files without an extension are found. Hidden files, ``DICOMDIR``, folders without DICOM files and folders
+    files without an extension are found; DICOM files without pixel data (SR, RT plan...) give ``None``. Hidden files, ``DICOMDIR``, folders without DICOM files and folders
     whose DICOM files belong to several series (take those files one by one) give ``None``.
     """
     path = os.fspath(path)
@@ -71,7 +71,7 @@ def detect_format(path: str | os.PathLike) -> str | None:
     if lower.endswith((".nii", ".nii.gz")):
         return "nifti"
     if lower.endswith((".dcm", ".dicom", ".ima")) or is_dicom_file(path):
-        return "dicom"
+        return "dicom" if _dicom_has_pixels(path) else None
     if lower.endswith(IMAGE_SUFFIXES):
         return "image"
     try:
@@ -82,6 +82,18 @@ def detect_format(path: str | os.PathLike) -> str | None:
     if any(head.startswith(m) for m in _MAGIC):
         return "image"
     return None
+
+
+def _dicom_has_pixels(path: str) -> bool:
+    """False only for a readable DICOM file without pixel data (SR, RT plan, presentation state...); unreadable
+    files count as images so that the loader reports them by name."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, defer_size="1 KB")
+    except Exception:
+        return True
+    return any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
 
 
 def _single_series(folder: str) -> bool:

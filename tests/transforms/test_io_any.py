@@ -68,6 +68,11 @@ def test_detect_format(tmp_path):
     assert detect_format(dicomdir) is None
     assert detect_format(mixed) is None  # two series: take the files one by one
     assert detect_format(tmp_path / "empty") is None
+    for no_pixels in ("test-SR.dcm", "rtplan.dcm"):  # DICOM, but not images
+        assert detect_format(get_testdata_file(no_pixels, download=False)) is None
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"")
+    assert detect_format(broken) == "dicom"  # the loader will say why it cannot be read
 
 
 @pytest.mark.parametrize(
