@@ -2,8 +2,8 @@
 
 Layout under DIR: ``dicom/`` (CXRs: MONOCHROME2 with two windows, MONOCHROME1 with a VOI LUT, RLE, JPEG lossless,
 JPEG-LS, JPEG 2000), ``dicom/synthetic_ct_series/`` (a CT series folder), ``nifti/`` (lesion volume + mask),
-``images/`` (PNG 8/16-bit, RGB CXR PNG, JPEG, TIFF), and, for the dataset generators present in
-``cadpipe.data.synthetic`` (cxr, brain, ddsm, histology), one small set each. Prints one line per part.
+``images/`` (PNG 8/16-bit, RGB CXR PNG, JPEG, TIFF), and, for the generators present in
+``cadpipe.data.synthetic`` (ljpeg, cxr, brain, ddsm, histology), one small set each. Prints one line per part.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def write_mixed_folder(output: str | os.PathLike, seed: int = 0, datasets: bool 
     truth["images"].append(images.write_rgb_cxr(os.path.join(i_dir, "synthetic_cxr_rgb.png"), seed=seed))
     if datasets:
         calls = [
+            ("ljpeg", "write_ljpeg_case", "ljpeg", dict(case_number=1)),
             ("cxr", "write_synthetic_kermany", "kermany", dict(n_per_class=2, size=64, splits=("test",))),
             ("brain", "write_msd_synthetic", "msd_brain", dict(n_train=1, n_test=1)),
             ("ddsm", "write_ddsm_dataset", "ddsm", dict(n_cases=1)),
@@ -75,8 +76,9 @@ def write_mixed_folder(output: str | os.PathLike, seed: int = 0, datasets: bool 
 
 
 def run(args: argparse.Namespace) -> int:
-    truth = write_mixed_folder(args.output, seed=args.seed, datasets=not args.no_datasets)
-    for part, value in truth.items():
-        n = len(value) if isinstance(value, (list, dict)) and part not in ("ct_series", "nifti") else 1
-        print(f"{part}: {n} written under {os.path.abspath(args.output)}")
+    write_mixed_folder(args.output, seed=args.seed, datasets=not args.no_datasets)
+    root = os.path.abspath(args.output)
+    for part in sorted(os.listdir(root)):
+        n = sum(len(files) for _, _, files in os.walk(os.path.join(root, part)))
+        print(f"{part}: {n} files in {os.path.join(root, part)}")
     return 0
