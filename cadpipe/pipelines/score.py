@@ -48,6 +48,7 @@ class ScoreConfig:
     ray_actors: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     reports: bool = True
+    heatmaps: bool = True  # GradCAM overlays for classification bundles (off: plain image PNGs)
 
 
 def _bundle_info(bundle_root: str) -> dict:
@@ -289,6 +290,8 @@ def score(cfg: ScoreConfig) -> dict:
             from cadpipe.pipelines.bundle_runner import BundleRunner
 
             runner = BundleRunner(cfg.bundle, device=cfg.device, overrides=cfg.overrides)
+            if not cfg.heatmaps:
+                runner.cam_layers = None
             process_units(runner, todo, cfg.output, journal.append, cfg.batch_size, cfg.workers, progress)
     finally:
         progress.close()

@@ -6,6 +6,7 @@ Exit status: 0 all units scored; 3 some units failed (error rows in results.csv)
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -26,8 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="rescore everything (ignore the resume journal)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.add_argument("--no-reports", action="store_true", help="skip report.html/pdf")
+    parser.add_argument("--no-heatmaps", action="store_true", help="skip GradCAM heatmaps (classification)")
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="score on Ray (one model per actor); no ADDRESS = a local Ray")
+    parser.add_argument("--override", action="append", default=[], metavar="ID=VALUE",
+                        help="bundle config override, VALUE parsed as JSON when it can be (e.g. image_size=64)")
     parser.add_argument("--ray-actors", type=int, default=None, help="number of Ray actors (default: CPUs)")
 
 
@@ -36,10 +40,20 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.workers < 0 or (args.limit is not None and args.limit < 1):
         print("cadpipe score: --batch-size and --limit must be >= 1, --workers >= 0", file=sys.stderr)
         return EXIT_USAGE
-    cfg = ScoreConfig(bundle=args.bundle, input=args.input, output=args.output, manifest=args.manifest,
+    overrides = {}
+    for text in args.override:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            print(f"cadpipe score: --override needs ID=VALUE, got {text!r}", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    cfg = ScoreConfig(overrides=overrides, bundle=args.bundle, input=args.input, output=args.output, manifest=args.manifest,
                       device=args.device, batch_size=args.batch_size, workers=args.workers, limit=args.limit,
                       force=args.force, quiet=args.quiet, ray=args.ray, ray_actors=args.ray_actors,
-                      reports=not args.no_reports)
+                      reports=not args.no_reports, heatmaps=not args.no_heatmaps)
     try:
         summary = score(cfg)
     except CadpipeInputError as err:
