@@ -452,18 +452,20 @@ class DicomReader(ImageReader):
     """MONAI ``ImageReader`` for DICOM files, multi-frame files and series folders (pydicom 3).
 
     Args:
-        series_suffixes_only: when reading a folder, accept only files with a DICOM suffix or the DICM preamble
-            (always on; kept for clarity).
         dtype: output dtype of the array (float32: HU and inverted values are exact for 16-bit data).
 
-    ``read(path)`` accepts a file, a folder (one series), or a list of those (stacked on a new first axis like
-    MONAI's readers). ``get_data`` returns ``(array, meta)``: see the module docstring for axes and keys.
+    ``read(path)`` accepts a file, a folder (one series: files with a DICOM suffix or the DICM preamble; hidden
+    files, ``DICOMDIR`` and non-image DICOM objects are skipped), or a list of those (stacked on a new first axis
+    like MONAI's readers). ``get_data`` returns ``(array, meta)``: see the module docstring for axes and keys.
+
+    Errors: ``read``/``get_data`` raise :class:`CadpipeInputError`. ``LoadImage(reader=DicomReader())`` catches a
+    reader's error and raises MONAI's ``RuntimeError`` whose text contains ours; ``LoadImage()(path,
+    reader=DicomReader())`` and ``cadpipe.transforms.LoadStudyImage`` let the ``CadpipeInputError`` through.
     """
 
-    def __init__(self, dtype=np.float32, **kwargs):
+    def __init__(self, dtype=np.float32):
         super().__init__()
         self.dtype = dtype
-        self.kwargs = kwargs
 
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
         for name in ensure_tuple(filename):
