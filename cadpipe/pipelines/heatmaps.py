@@ -32,7 +32,7 @@ def compute_cam(network: torch.nn.Module, image: torch.Tensor, target_layers: st
 
     single = image.ndim in (3, 4) and image.ndim == _spatial_ndim(network, image) + 1
     x = image.unsqueeze(0) if single else image
-    x = torch.as_tensor(x).float().detach()
+    x = torch.as_tensor(x).float().detach().clone()  # a plain tensor even if it was made under inference_mode
     was_training = network.training
     network.eval()
     try:
