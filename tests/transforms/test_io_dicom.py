@@ -379,3 +379,14 @@ def test_enhanced_multiframe_rescale_and_geometry(tmp_path):
     np.testing.assert_allclose(np.diag(np.asarray(img.affine))[:3], [-0.25, -0.5, 3.0])
     np.testing.assert_allclose(np.asarray(img.affine)[:3, 3], [-10.0, -20.0, 30.0])
     assert img.meta["RescaleSlope"] == 1.0 and img.meta["RescaleIntercept"] == -1024.0
+
+
+def test_oblique_series_geometry_matches_itk(tmp_path):
+    """ITK (GDCM) is the reference for DICOM series geometry: same voxels, same RAS affine."""
+    from monai.data import ITKReader
+
+    truth = write_ct_series(tmp_path / "oblique", n_slices=4, orientation=(0.8660254, 0.5, 0, 0, 0, -1))
+    ours = load(truth["folder"])
+    itk = LoadImage(reader=ITKReader(), image_only=True)(truth["folder"])
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(itk))
+    np.testing.assert_allclose(np.asarray(ours.affine), np.asarray(itk.affine), atol=1e-5)
