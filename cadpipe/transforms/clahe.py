@@ -280,7 +280,7 @@ def clahe_2d(
     # ---- rescale to [0, 1] (skimage's final rescale_intensity; a constant result is clipped instead)
     lo_v, hi_v = float(omin), float(omax)
     if hi_v > lo_v:
-        out.sub_(lo_v).mul_(1.0 / (hi_v - lo_v))
+        out.sub_(lo_v).div_(hi_v - lo_v)
     else:
         out.clamp_(0.0, 1.0)
     return out

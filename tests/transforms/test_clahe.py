@@ -1,0 +1,154 @@
+"""CLAHE / CLAHEd against skimage.exposure.equalize_adapthist (the reference semantics)."""
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from skimage import exposure
+
+from cadpipe.errors import CadpipeInputError
+from cadpipe.transforms import CLAHE, CLAHEd
+from cadpipe.transforms.clahe import clahe_2d
+
+
+def natural(h, w, seed=0, dtype=np.float64, maxv=1.0):
+    """A natural-ish image: smooth shading, an edge, a bright blob, texture noise; values span [0, maxv]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    f = 0.45 + 0.25 * np.sin(xx / (w / 5.3)) * np.cos(yy / (h / 3.1)) + 0.15 * (xx > 0.6 * w)
+    f += 0.3 * np.exp(-((xx - 0.3 * w) ** 2 + (yy - 0.6 * h) ** 2) / (0.02 * h * w))
+    f += 0.06 * rng.normal(size=(h, w))
+    f = (f - f.min()) / (f.max() - f.min())
+    if np.issubdtype(dtype, np.integer):
+        return np.round(f * maxv).astype(dtype)
+    return (f * maxv).astype(dtype)
+
+
+def ours_2d(img, **kw):
+    """Run CLAHE on a numpy (rows, cols) image the MONAI way: channel-first, X = columns (img.T)."""
+    ks = kw.pop("kernel_size", None)
+    if ks is not None and not np.isscalar(ks):
+        ks = tuple(ks)[::-1]  # skimage's (rows, cols) -> our (X, Y) = (cols, rows)
+    out = CLAHE(kernel_size=ks, **kw)(np.ascontiguousarray(img.T)[None])
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (1,) + img.T.shape
+    return out[0].T
+
+
+CASES = [
+    # (h, w, dtype, maxv, kernel_size, clip_limit, nbins)
+    (96, 128, np.uint8, 255, None, 0.01, 256),
+    (131, 97, np.uint16, 4095, None, 0.01, 256),  # 12-bit, sizes not divisible by the kernel
+    (120, 90, np.float64, 1.0, (17, 13), 0.03, 128),
+    (75, 110, np.float32, 0.8, 20, 0.0, 64),  # plain AHE, float32 inside [0, 1]
+    (64, 80, np.uint16, 65535, (9, 30), 0.05, 100),  # full 16-bit range
+    (40, 33, np.uint8, 200, 50, 0.01, 256),  # kernel larger than the image
+    (150, 140, np.uint16, 4095, 16, 1.0, 256),  # clip_limit >= 1: no clipping
+]
+
+
+@pytest.mark.parametrize("h,w,dtype,maxv,kernel_size,clip_limit,nbins", CASES)
+def test_matches_skimage(h, w, dtype, maxv, kernel_size, clip_limit, nbins):
+    img = natural(h, w, seed=h + w, dtype=dtype, maxv=maxv)
+    ref = exposure.equalize_adapthist(img, kernel_size=kernel_size, clip_limit=clip_limit, nbins=nbins)
+    out = ours_2d(img, kernel_size=kernel_size, clip_limit=clip_limit, nbins=nbins)
+    diff = np.abs(out.astype(np.float64) - ref)
+    assert diff.mean() < 1e-3, diff.mean()  # the issue asks < 0.01; we are exact up to float32 rounding
+    assert diff.max() < 2e-4, diff.max()  # at most a one-level (1/16383) floor flip
+    assert out.min() == 0.0 and out.max() == 1.0
+    # CLAHE really changes the image (guards against an identity/min-max implementation)
+    plain = (img - img.min()) / (img.max() - img.min())
+    assert np.abs(out - plain).mean() > 0.02
+
+
+def test_clip_redistribution_heavy_case():
+    """Tiny tiles (clip at 1 count) exercise skimage's residual redistribution loop."""
+    img = natural(48, 48, seed=3, dtype=np.uint8, maxv=255)
+    ref = exposure.equalize_adapthist(img, kernel_size=6, clip_limit=0.01, nbins=256)
+    out = ours_2d(img, kernel_size=6, clip_limit=0.01, nbins=256)
+    assert np.abs(out - ref).mean() < 1e-4
+
+
+def test_constant_image_like_skimage():
+    img = np.full((32, 40), 1000, np.uint16)
+    ref = exposure.equalize_adapthist(img)
+    np.testing.assert_allclose(ours_2d(img), ref, atol=1e-6)
+
+
+def test_axes_and_kernel_order():
+    """kernel_size follows the tensor's own axes: (X, Y) on a (C, X, Y) tensor."""
+    img = natural(90, 60, seed=5, dtype=np.uint16, maxv=4095)
+    ref = exposure.equalize_adapthist(img, kernel_size=(30, 10))  # rows 30, cols 10
+    out = CLAHE(kernel_size=(10, 30))(img.T[None])[0].T
+    assert np.abs(out - ref).mean() < 1e-3
+    wrong = CLAHE(kernel_size=(30, 10))(img.T[None])[0].T
+    assert np.abs(wrong - ref).mean() > 5e-3
+
+
+def test_multichannel_per_channel():
+    a = natural(70, 50, seed=1, dtype=np.uint16, maxv=4095)
+    b = natural(70, 50, seed=2, dtype=np.uint16, maxv=1000)[::-1].copy()
+    out = CLAHE(clip_limit=0.02)(np.stack([a, b]))
+    assert out.shape == (2, 70, 50)
+    for ch, img in enumerate((a, b)):
+        ref = exposure.equalize_adapthist(img, clip_limit=0.02)
+        assert np.abs(out[ch] - ref).mean() < 1e-3
+
+
+def test_volume_slice_wise_along_last_axis():
+    vol = np.stack([natural(48, 40, seed=s, dtype=np.float32) * (s + 1) / 4 for s in range(3)], -1)  # (H, W, D)
+    out = CLAHE(kernel_size=12)(vol[None])
+    assert out.shape == (1, 48, 40, 3)
+    for z in range(3):
+        ref = exposure.equalize_adapthist(vol[..., z], kernel_size=12)
+        assert np.abs(out[0, ..., z] - ref).mean() < 1e-3
+
+
+def test_tensor_in_tensor_out_dtype_device_meta():
+    img = natural(64, 48, seed=7, dtype=np.uint16, maxv=4095)
+    t = MetaTensor(torch.from_numpy(img.astype(np.int32))[None], meta={"filename_or_obj": "x.dcm"})
+    out = CLAHE()(t)
+    assert isinstance(out, MetaTensor) and out.dtype == torch.float32 and out.device == t.device
+    assert out.meta["filename_or_obj"] == "x.dcm"
+    ref = exposure.equalize_adapthist(img)
+    assert np.abs(out[0].numpy() - ref).mean() < 1e-3
+    plain = CLAHE(dtype=torch.float64)(torch.from_numpy(img)[None])
+    assert type(plain) is torch.Tensor and plain.dtype == torch.float64
+    np.testing.assert_allclose(plain.numpy(), out.numpy(), atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+def test_gpu_same_result():
+    img = natural(80, 64, seed=8, dtype=np.uint16, maxv=4095)
+    cpu = CLAHE()(torch.from_numpy(img)[None])
+    gpu = CLAHE()(torch.from_numpy(img)[None].cuda())
+    assert gpu.device.type == "cuda"
+    assert (gpu.cpu() - cpu).abs().mean() < 1e-4
+
+
+def test_dict_twin():
+    img = natural(50, 60, seed=9, dtype=np.uint8, maxv=255)
+    d = {"image": img[None], "label": np.ones((1, 50, 60), np.uint8)}
+    out = CLAHEd(keys="image", kernel_size=10, clip_limit=0.02, nbins=128)(d)
+    np.testing.assert_array_equal(out["label"], d["label"])
+    np.testing.assert_allclose(out["image"], CLAHE(10, 0.02, 128)(img[None]))
+    assert CLAHEd(keys=["image", "missing"], allow_missing_keys=True)(d)["image"].dtype == np.float32
+    with pytest.raises(KeyError):
+        CLAHEd(keys="missing")(d)
+
+
+def test_nan_input_names_file_and_reason():
+    img = natural(32, 32, seed=10, dtype=np.float32)
+    img[3, 4] = np.nan
+    t = MetaTensor(torch.from_numpy(img)[None], meta={"filename_or_obj": "/data/case7.nii.gz"})
+    with pytest.raises(CadpipeInputError) as err:
+        CLAHE()(t)
+    assert str(err.value) == "/data/case7.nii.gz: CLAHE input contains NaN or infinite values"
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="expects"):
+        CLAHE()(np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match="kernel_size"):
+        clahe_2d(torch.zeros(8, 8), kernel_size=(2, 2, 2))
+    with pytest.raises(ValueError, match="nbins"):
+        CLAHE(nbins=0)
