@@ -90,26 +90,36 @@ def split_by_patient(items: Sequence[dict], fractions: Sequence[float] = (0.7, 0
                      names: Sequence[str] = ("training", "validation", "test")) -> dict[str, list[dict]]:
     """Seeded split of datalist items by ``item["patient"]``: no patient on two sides.
 
-    Patients are shuffled with ``numpy.random.default_rng(seed)`` and cut by cumulative patient-count fractions,
-    so the split is reproducible; each non-empty fraction gets at least one patient when there are enough.
+    Stratified by label: patients are grouped by their majority label, each group is shuffled with
+    ``numpy.random.default_rng(seed)`` and cut by cumulative patient-count fractions, so the split is
+    reproducible and every split sees every class when there are enough patients; each non-zero fraction gets at
+    least one patient when there are enough.
     """
     if len(fractions) != len(names):
         raise ValueError("fractions and names must have the same length")
-    patients = sorted({it["patient"] for it in items})
+    label_of: dict = {}
+    for it in items:
+        label_of.setdefault(it["patient"], []).append(int(it.get("label", 0)))
+    patients = sorted(label_of)
     rng = np.random.default_rng(seed)
-    order = [patients[i] for i in rng.permutation(len(patients))]
     total = float(sum(fractions))
-    bounds = np.cumsum(fractions) / total * len(order)
     out = {n: [] for n in names}
     assign = {}
-    for i, p in enumerate(order):
-        k = int(np.searchsorted(bounds, i + 0.5))
-        assign[p] = names[min(k, len(names) - 1)]
+    # stratified: patients grouped by their majority label, each group cut by the fractions
+    strata: dict[int, list] = {}
+    for p in patients:
+        strata.setdefault(max(set(label_of[p]), key=label_of[p].count), []).append(p)
+    for lab in sorted(strata):
+        group = [strata[lab][i] for i in rng.permutation(len(strata[lab]))]
+        bounds = np.cumsum(fractions) / total * len(group)
+        for i, p in enumerate(group):
+            k = int(np.searchsorted(bounds, i + 0.5))
+            assign[p] = names[min(k, len(names) - 1)]
     # make sure every non-zero split has a patient when possible
     for k, n in enumerate(names):
-        if fractions[k] > 0 and n not in assign.values() and len(order) >= len(names):
+        if fractions[k] > 0 and n not in assign.values() and len(patients) >= len(names):
             donor = max(names, key=lambda m: sum(v == m for v in assign.values()))
-            p = next(p for p in order if assign[p] == donor)
+            p = next(p for p in sorted(assign) if assign[p] == donor)
             assign[p] = n
     for it in items:
         out[assign[it["patient"]]].append(dict(it))

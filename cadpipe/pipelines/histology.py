@@ -34,7 +34,7 @@ from cadpipe.transforms.histology import IMAGE_SUFFIXES, GridTissuePatches
 
 __all__ = [
     "AGGREGATIONS", "class_names", "datalist", "find_images", "aggregate", "aggregate_patients",
-    "classification_metrics", "evaluate_records", "PatchStackInferer", "AggregatePatchesd", "HistologyMetric",
+    "classification_metrics", "evaluate_records", "PatchStackInferer", "TissuePatchInferer", "AggregatePatchesd", "HistologyMetric",
     "class_activation_maps", "HistologyInferenceWriter", "save_overlay",
 ]
 
@@ -225,6 +225,31 @@ class PatchStackInferer(Inferer):
         return out.reshape(b, n, *out.shape[1:])
 
 
+class TissuePatchInferer(Inferer):
+    """Whole-image inferer: tissue patches of each image ``(B, 3, X, Y)`` (grid, ``patch_size``/``stride``/
+    ``min_tissue``), network over the patches in chunks, patch softmax aggregated with ``aggregation``; returns
+    ``log`` of the aggregated scores ``(B, C)``, so a softmax in postprocessing gives back the aggregated
+    probabilities (re-normalised for ``exist``/``exist3`` scores)."""
+
+    def __init__(self, patch_size: int = 256, stride: int | None = None, min_tissue: float = 0.5,
+                 aggregation: str = "average", sw_batch_size: int = 16):
+        super().__init__()
+        self.patches = GridTissuePatches(patch_size, stride, min_tissue)
+        self.aggregation = aggregation
+        self.sw_batch_size = int(sw_batch_size)
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):
+        out = []
+        for img in inputs:
+            patches, _, _ = self.patches(img)
+            patches = patches.to(inputs.device)
+            logits = torch.cat([network(patches[i:i + self.sw_batch_size], *args, **kwargs)
+                                for i in range(0, len(patches), self.sw_batch_size)])
+            scores, _ = aggregate(torch.softmax(logits.float(), -1).detach().cpu().numpy(), self.aggregation)
+            out.append(torch.log(torch.as_tensor(scores, dtype=torch.float32).clamp_min(1e-7)))
+        return torch.stack(out).to(inputs.device)
+
+
 class AggregatePatchesd(MapTransform):
     """Pure postprocessing for one decollated item whose ``pred`` is patch logits ``(N, C)``: writes
     ``patch_probs`` (softmax, ``(N, C)``), ``pred`` (image-level scores of ``method``, ``(C,)``), ``pred_label``
@@ -293,13 +318,16 @@ class HistologyMetric(Metric):
 
 # ----------------------------------------------------------------------------------------------- CAM
 def class_activation_maps(network, image: torch.Tensor, target_layer: str = "class_layers.relu",
-                          fc_layer: str = "class_layers.out") -> tuple[torch.Tensor, torch.Tensor]:
+                          fc_layer: str = "class_layers.out", centered: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class CAM of one image ``(3, X, Y)`` at full resolution, from a single forward pass.
 
     Uses MONAI's ``CAM`` hooks on ``target_layer`` (DenseNet121: the features after the last ReLU) and the
     linear head ``fc_layer``: ``map_c = W_c . f + b_c``, bilinearly upsampled to ``(X, Y)``. Maps are raw class
     scores (the logit the class would get from that location), **not** scaled by the class probability or
-    normalised per class, so they are comparable across classes. Returns ``(maps (C, X, Y), logits (C,))``.
+    normalised per class, so they are comparable across classes. ``centered=True`` subtracts, at each location,
+    the mean over classes (``map_c - mean_k map_k``): softmax ignores a per-location constant, so only this part
+    says which class a location supports (binary: half the malignant-vs-benign logit difference). Returns
+    ``(maps (C, X, Y), logits (C,))`` (logits of the whole-image forward).
     """
     from monai.visualize import CAM
 
@@ -314,6 +342,8 @@ def class_activation_maps(network, image: torch.Tensor, target_layer: str = "cla
             fc = cam.nn_module.get_layer(fc_layer)
             a = acti[-1][0]  # (F, h, w)
             maps = torch.einsum("cf,fhw->chw", fc.weight, a) + fc.bias[:, None, None]
+            if centered:
+                maps = maps - maps.mean(0, keepdim=True)
             maps = cam.upsampler(x.shape[2:])(maps[None])[0]
     finally:
         network.train(was_training)
@@ -341,21 +371,26 @@ def save_overlay(rgb, heat, path: str, alpha: float = 0.4) -> str:
 
 
 class HistologyInferenceWriter:
-    """``writers`` transform for inference: per image, patch-wise probabilities (grid of tissue patches,
-    ``aggregation``), per-class CAM (PNG overlay per class + ``.npy`` array ``(C, X, Y)`` float16, shared colour
-    scale across classes), and one row of ``output_dir/predictions.csv``:
-    ``path, prob_<class>... (whole-image forward = "pred"), predicted_class, patch_prob_<class>...,
-    patch_predicted_class, n_patches, aggregation``. The CSV is rewritten by each new writer instance."""
+    """``writers`` transform for inference. Per image it reports both estimates: the patch-aggregated
+    probabilities (tissue patches, ``aggregation``) and the whole-image forward (one pass over the full image,
+    the same pass that gives the CAMs); ``pred`` (from the bundle's inferer) is whichever ``inference_mode``
+    names, the other is computed here. Writes per-class CAM PNG overlays (shared colour scale across classes) and
+    ``<stem>_cam.npy`` ``(C, X, Y)`` float16 (:func:`class_activation_maps`, centred), and one row of
+    ``output_dir/predictions.csv``: ``path, prob_<class>... (= pred), predicted_class, patch_prob_<class>...,
+    patch_predicted_class, whole_prob_<class>..., whole_predicted_class, n_patches, aggregation, inference_mode``.
+    The CSV is rewritten by each new writer instance."""
 
     def __init__(self, network, output_dir: str, class_names: Sequence[str], patch_size: int = 256,
                  stride: int | None = None, min_tissue: float = 0.5, aggregation: str = "average",
-                 cam_layers: str = "class_layers.relu", fc_layer: str = "class_layers.out", save_cam: bool = True,
-                 sw_batch_size: int = 16):
+                 inference_mode: str = "patches", cam_layers: str = "class_layers.relu",
+                 fc_layer: str = "class_layers.out", save_cam: bool = True, sw_batch_size: int = 16):
+        if inference_mode not in ("patches", "whole"):
+            raise ValueError(f"inference_mode must be 'patches' or 'whole', got {inference_mode!r}")
         self.network = network
         self.output_dir = output_dir
         self.class_names = list(class_names)
         self.patches = GridTissuePatches(patch_size, stride, min_tissue)
-        self.aggregation = aggregation
+        self.aggregation, self.inference_mode = aggregation, inference_mode
         self.cam_layers, self.fc_layer, self.save_cam = cam_layers, fc_layer, save_cam
         self.sw_batch_size = sw_batch_size
         self._started = False
@@ -365,17 +400,21 @@ class HistologyInferenceWriter:
         img = torch.as_tensor(d["image"]).float()
         path = str(d.get("path") or getattr(d["image"], "meta", {}).get("filename_or_obj", "image"))
         dev = next(self.network.parameters()).device
+        pred = torch.as_tensor(d["pred"]).detach().cpu().float().reshape(-1).numpy()
         patches, _, _ = self.patches(img.cpu())
-        self.network.eval()
-        with torch.no_grad():
-            logits = torch.cat([self.network(patches[i:i + self.sw_batch_size].to(dev))
-                                for i in range(0, len(patches), self.sw_batch_size)])
-        pscores, ppred = aggregate(torch.softmax(logits, -1).cpu().numpy(), self.aggregation)
-        whole = torch.as_tensor(d["pred"]).detach().cpu().float().reshape(-1).numpy()
+        if self.inference_mode == "patches":
+            pscores = pred
+        else:
+            self.network.eval()
+            with torch.no_grad():
+                logits = torch.cat([self.network(patches[i:i + self.sw_batch_size].to(dev))
+                                    for i in range(0, len(patches), self.sw_batch_size)])
+            pscores, _ = aggregate(torch.softmax(logits.float(), -1).cpu().numpy(), self.aggregation)
+        maps, logits = class_activation_maps(self.network, img.to(dev), self.cam_layers, self.fc_layer)
+        whole = pred if self.inference_mode == "whole" else torch.softmax(logits.float(), -1).cpu().numpy()
         os.makedirs(self.output_dir, exist_ok=True)
         stem = os.path.splitext(os.path.basename(path))[0]
         if self.save_cam:
-            maps, _ = class_activation_maps(self.network, img.to(dev), self.cam_layers, self.fc_layer)
             maps = maps.cpu()
             np.save(os.path.join(self.output_dir, f"{stem}_cam.npy"), maps.numpy().astype(np.float16))
             lo, hi = float(maps.min()), float(maps.max())
@@ -383,12 +422,15 @@ class HistologyInferenceWriter:
             for k, name in enumerate(self.class_names):
                 save_overlay(img.cpu(), norm[k].numpy(), os.path.join(self.output_dir, f"{stem}_cam_{name}.png"))
         row = {"path": path}
-        row.update({f"prob_{n}": float(v) for n, v in zip(self.class_names, whole)})
-        row["predicted_class"] = self.class_names[int(whole.argmax())]
+        row.update({f"prob_{n}": float(v) for n, v in zip(self.class_names, pred)})
+        row["predicted_class"] = self.class_names[int(np.argmax(pred))]
         row.update({f"patch_prob_{n}": float(v) for n, v in zip(self.class_names, pscores)})
-        row["patch_predicted_class"] = self.class_names[ppred]
+        row["patch_predicted_class"] = self.class_names[int(np.argmax(pscores))]
+        row.update({f"whole_prob_{n}": float(v) for n, v in zip(self.class_names, whole)})
+        row["whole_predicted_class"] = self.class_names[int(np.argmax(whole))]
         row["n_patches"] = int(len(patches))
         row["aggregation"] = self.aggregation
+        row["inference_mode"] = self.inference_mode
         csv_path = os.path.join(self.output_dir, "predictions.csv")
         with open(csv_path, "a" if self._started else "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=list(row))

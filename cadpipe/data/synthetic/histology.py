@@ -35,14 +35,14 @@ def synthetic_tissue(label: int, size=(256, 192), rng=None, n_classes: int = 4, 
     img = np.empty((h, w, 3), np.float32)
     img[...] = (0.93, 0.72, 0.84)
     img += rng.normal(0, 0.03, (h, w, 1))
-    # scattered small nuclei everywhere in the tissue
+    kind = label if n_classes > 2 else (0 if label == 0 else 3)
+    # scattered small nuclei everywhere in the tissue (same for every class: the lesion carries the class)
     for _ in range(int(w * h / 600)):
         cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(1.5, 3)
         img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = (0.60, 0.40, 0.75)
     tissue_w = int(round(w * (1 - blank_fraction)))
-    kind = label if n_classes > 2 else (0 if label == 0 else 3)
     colour, texture = _LESION[kind]
-    rx, ry = w * rng.uniform(0.14, 0.2), h * rng.uniform(0.18, 0.26)
+    rx, ry = w * rng.uniform(0.17, 0.22), h * rng.uniform(0.22, 0.3)
     cx = rng.uniform(rx + 2, tissue_w - rx - 2)
     cy = rng.uniform(ry + 2, h - ry - 2)
     inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1
