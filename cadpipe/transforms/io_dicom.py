@@ -129,7 +129,7 @@ def read_dicom_dataset(path: str | os.PathLike, stop_before_pixels: bool = False
             ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError as err:
         raise CadpipeInputError(path, f"not a DICOM file (no DICM preamble / meta header): {err}") from err
-    except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError, NotImplementedError) as err:
+    except Exception as err:  # EOFError, struct.error, OSError, ValueError...: all mean a broken file
         raise CadpipeInputError(path, f"truncated or corrupt DICOM file: {type(err).__name__}: {err}") from err
     if len(ds) == 0:
         raise CadpipeInputError(path, "not a DICOM file (no data elements could be read)")
@@ -518,7 +518,14 @@ class DicomReader(ImageReader):
         studies = img if isinstance(img, (list, tuple)) else [img]
         arrays, compatible_meta = [], {}
         for study in studies:
-            array, meta = self._study_data(study)
+            try:
+                array, meta = self._study_data(study)
+            except CadpipeInputError:
+                raise
+            except Exception as err:  # malformed tags (LUTs, geometry...): name the file, never a raw error
+                raise CadpipeInputError(
+                    study.path, f"cannot interpret DICOM data: {type(err).__name__}: {err}"
+                ) from err
             arrays.append(array)
             _copy_compatible_dict(meta, compatible_meta)
         return _stack_images(arrays, compatible_meta), compatible_meta

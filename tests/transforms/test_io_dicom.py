@@ -390,3 +390,11 @@ def test_oblique_series_geometry_matches_itk(tmp_path):
     itk = LoadImage(reader=ITKReader(), image_only=True)(truth["folder"])
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(itk))
     np.testing.assert_allclose(np.asarray(ours.affine), np.asarray(itk.affine), atol=1e-5)
+
+
+def test_malformed_tags_are_named(tmp_path):
+    info = write_cxr_dicom(tmp_path / "synthetic_badlut.dcm", voi_lut=True)
+    ds = pydicom.dcmread(info["path"])
+    ds.VOILUTSequence[0].LUTDescriptor = [4096, 0, 9]  # 9-bit LUT entries: not allowed (8, 10-16)
+    ds.save_as(info["path"])
+    assert_input_error(info["path"], ["cannot interpret dicom data"])
