@@ -51,6 +51,8 @@ def to_monai_layout(arr: np.ndarray, multi: bool = False) -> np.ndarray:
         "693_J2KI.dcm",  # JPEG 2000, CT with intercept
         "JPGExtended.dcm",  # JPEG extended 12-bit
         "JPEG-LL.dcm",  # JPEG lossless (only when pydicom-data is installed)
+        "SC_rgb_jpeg_gdcm.dcm",  # JPEG lossless SV1 (process 14), RGB: shipped with pydicom
+        "JPEG2000.dcm",  # JPEG 2000 (lossy allowed), signed
     ],
 )
 def test_values_match_pydicom_modality_lut(name):
@@ -398,3 +400,10 @@ def test_malformed_tags_are_named(tmp_path):
     ds.VOILUTSequence[0].LUTDescriptor = [4096, 0, 9]  # 9-bit LUT entries: not allowed (8, 10-16)
     ds.save_as(info["path"])
     assert_input_error(info["path"], ["cannot interpret dicom data"])
+
+
+def test_undecodable_compressed_pixel_data(tmp_path):
+    """pydicom's JPEG-lossy.dcm has a misplaced JPEG marker: no plugin decodes it -> error naming file and syntax."""
+    path = tmp_path / "JPEG-lossy.dcm"
+    shutil.copy(get_testdata_file("JPEG-lossy.dcm", download=False), path)
+    assert_input_error(path, ["cannot decode pixel data", "jpeg extended"])
