@@ -407,3 +407,21 @@ def test_undecodable_compressed_pixel_data(tmp_path):
     path = tmp_path / "JPEG-lossy.dcm"
     shutil.copy(get_testdata_file("JPEG-lossy.dcm", download=False), path)
     assert_input_error(path, ["cannot decode pixel data", "jpeg extended"])
+
+
+def test_monochrome1_with_rescale(tmp_path):
+    """Inversion uses the modality-LUT range: S = (0*m + b) + ((2**12 - 1)*m + b)."""
+    info = write_cxr_dicom(tmp_path / "synthetic_m1_rescale.dcm", photometric="MONOCHROME1", voi_function="LINEAR")
+    ds = pydicom.dcmread(info["path"])
+    ds.RescaleSlope, ds.RescaleIntercept = 2.0, -100.0
+    ds.WindowCenter, ds.WindowWidth = [3000.0, 5000.0], [2000.0, 900.0]
+    ds.save_as(info["path"])
+    ds = pydicom.dcmread(info["path"])
+    img = load(info["path"])
+    s = (0 * 2.0 - 100.0) + (4095 * 2.0 - 100.0)
+    assert img.meta["inversion_sum"] == s
+    np.testing.assert_array_equal(np.asarray(img), (s - (info["pixels"] * 2.0 - 100.0)).T.astype(np.float32))
+    y_min, y_max = -100.0, 4095 * 2.0 - 100.0
+    for index in range(2):
+        ref = (apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds, index=index) - y_min) / (y_max - y_min)
+        np.testing.assert_allclose(np.asarray(Window(index=index)(img)).T, 1.0 - ref, atol=1e-6)
