@@ -19,7 +19,9 @@ SYNTHETIC_AFFINE = np.array(
 )
 
 
-def brain_phantom(shape: tuple[int, ...], rng: np.random.Generator, n_blobs: int = 1, blob_radius=(0.10, 0.2)):
+def brain_phantom(
+    shape: tuple[int, ...], rng: np.random.Generator, n_blobs: int = 1, blob_radius=(0.10, 0.2), z_scale: float = 1.0
+):
     """A head-like ellipse with one or more bright spherical "tumours".
 
     Args:
@@ -27,6 +29,7 @@ def brain_phantom(shape: tuple[int, ...], rng: np.random.Generator, n_blobs: int
         rng: numpy random generator.
         n_blobs: number of tumours (0 gives a healthy image).
         blob_radius: radius range as a fraction of the smallest in-plane size.
+        z_scale: through-plane radius relative to the in-plane one (as a fraction of each axis' size).
 
     Returns:
         ``(image, mask)``: image float32 in [0, 1] of ``shape``, mask uint8 {0, 1} of ``shape``.
@@ -42,7 +45,7 @@ def brain_phantom(shape: tuple[int, ...], rng: np.random.Generator, n_blobs: int
         centre = [rng.uniform(0.3, 0.7) * s for s in shape[:2]] + [rng.uniform(0.35, 0.65) * s for s in shape[2:]]
         idx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
         # anisotropic through-plane radius so a few slices of a volume are tumour-free
-        d2 = sum(((i - c) / (r if k < 2 else max(r * shape[2] / size, 1.0))) ** 2 for k, (i, c) in enumerate(zip(idx, centre)))
+        d2 = sum(((i - c) / (r if k < 2 else max(z_scale * r * shape[2] / size, 1.0))) ** 2 for k, (i, c) in enumerate(zip(idx, centre)))
         blob = d2 <= 1.0
         mask[blob] = 1
     image = image + 0.55 * mask
@@ -112,8 +115,9 @@ def write_msd_synthetic(
     truth, training, test = {}, [], []
     for i in range(n_train + n_test):
         case = f"BRATS_synthetic_{i:03d}"
-        vol, mask = brain_phantom(shape, rng, n_blobs=1)
-        chans = [vol * (1.0 if m == 0 else 0.7) + 0.02 * m for m in range(len(modalities))]
+        vol, mask = brain_phantom(shape, rng, n_blobs=1, z_scale=2.0)
+        # first modality FLAIR-like (tumour bright), the others T1-like (tumour darker than brain)
+        chans = [vol if m == 0 else (0.8 - 0.1 * m) * vol * (1 - 0.5 * mask) for m in range(len(modalities))]
         img = np.stack(chans, axis=-1) if len(chans) > 1 else chans[0]
         is_train = i < n_train
         img_path = os.path.join(root, "imagesTr" if is_train else "imagesTs", case + ".nii.gz")
