@@ -102,6 +102,12 @@ class BundleRunner:
             raise CadpipeInputError(self.model_file, f"weights do not fit the bundle's network: {err}") from err
         self.network.eval()
         self.inferer = parser.get_parsed_content("inferer")
+        self.detector = None
+        if self.task == "detection" and "detector" in parser:  # MONAI detection bundles (as MONAI Label reads them)
+            self.detector = parser.get_parsed_content("detector")
+            if "detector_ops" in parser:
+                parser.get_parsed_content("detector_ops")
+            self.detector.eval()
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.postprocessing = parser.get_parsed_content("postprocessing")
         self.cam_layers = parser.get("cam_layers") if "cam_layers" in parser else info.get("cam_layers")
@@ -131,6 +137,8 @@ class BundleRunner:
         """Forward a list of preprocessed items whose ``"image"`` shapes agree; returns postprocessed items."""
         from monai.data import decollate_batch, list_data_collate
 
+        if self.detector is not None:
+            return self._detect(items)
         batch = list_data_collate(items)
         with torch.inference_mode():
             images = batch["image"].to(self.device)
@@ -138,9 +146,28 @@ class BundleRunner:
             outs = decollate_batch(batch)
             return [self.postprocessing(o) for o in outs]
 
+    def _detect(self, items: list[dict]) -> list[dict]:
+        """Detection: the bundle's ``detector`` on a list of images (any shapes), then per-item postprocessing."""
+        det = self.detector
+        images = [torch.as_tensor(d["image"], dtype=torch.float32).to(self.device) for d in items]
+        images = [i.as_tensor() if hasattr(i, "as_tensor") else i for i in images]
+        with torch.inference_mode():
+            outs = det(images, use_inferer=True)
+            results = []
+            for d, o in zip(items, outs):
+                d = dict(d)
+                d["box"] = o[det.target_box_key].detach().cpu()
+                d["label"] = o[det.target_label_key].detach().cpu()
+                d["score"] = o[det.pred_score_key].detach().cpu()
+                d["pred"] = d["score"]
+                results.append(self.postprocessing(d))
+            return results
+
     def forward_only(self, images: torch.Tensor) -> torch.Tensor:
         """The network through the bundle's inferer, nothing else (benchmark ceiling)."""
         with torch.inference_mode():
+            if self.detector is not None:
+                return self.detector(list(images.to(self.device)), use_inferer=True)
             return self.inferer(images.to(self.device), self.network)
 
     # -- heatmaps -------------------------------------------------------------------------------------------
@@ -209,7 +236,12 @@ class BundleRunner:
         aff = meta.get("affine") if isinstance(meta, dict) else None
         if aff is None and hasattr(out.get("image"), "meta"):
             aff = out["image"].meta.get("affine")
-        return np.eye(4) if aff is None else np.asarray(torch.as_tensor(aff).cpu(), dtype=np.float64)
+        aff = np.eye(4) if aff is None else np.asarray(torch.as_tensor(aff).cpu(), dtype=np.float64)
+        if aff.shape == (3, 3):  # 2D affine → 4x4 (NIfTI needs one); the third axis gets unit spacing
+            a4 = np.eye(4)
+            a4[:2, :2], a4[:2, 3] = aff[:2, :2], aff[:2, 2]
+            aff = a4
+        return aff
 
     def voxel_volume_mm3(self, out: dict) -> float:
         aff = self.affine(out)

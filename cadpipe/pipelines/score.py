@@ -185,7 +185,13 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
                                          indent=1))
         outputs["boxes"] = rel(js)
         png = os.path.join(folder, f"{prefix}_overlay.png")
-        overlay_png(_display_image(runner, pre_item, None), boxes=boxes, path=png)
+        try:  # boxes are in the original pixel grid: show the image as loaded, before any resizing
+            from cadpipe.transforms import LoadStudyImage
+
+            shown = np.asarray(LoadStudyImage(mode="gray")(unit.image))[0]
+        except Exception:  # noqa: BLE001
+            shown = _display_image(runner, pre_item, None)
+        overlay_png(shown, boxes=boxes, path=png)
         outputs["overlays"].append(rel(png))
         for i, b in enumerate(sorted(boxes, key=lambda b: -b["score"]), start=1):
             extra = f", malignancy {b['malignancy']:.0%}" if "malignancy" in b else ""
