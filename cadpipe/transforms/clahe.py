@@ -35,6 +35,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from monai.config import DtypeLike, KeysCollection
@@ -49,8 +51,8 @@ from cadpipe.errors import CadpipeInputError
 __all__ = ["CLAHE", "CLAHEd"]
 
 NR_OF_GRAY = 2**14  # grey levels skimage's CLAHE works with
-# elements per row chunk on the CPU (keeps every per-chunk intermediate in L2 cache)
-_CPU_CHUNK = 1 << 16
+# elements per row chunk on the CPU: below torch's parallel grain size (ops run inline), in L1/L2 cache
+_CPU_CHUNK = 1 << 14
 
 
 def _reflect_index(idx: torch.Tensor, size: int) -> torch.Tensor:
@@ -145,7 +147,7 @@ class _Levels:
                 self.a = 65535.0 / (fmx - fmn)
                 self.b = -fmn * self.a
             ends = torch.tensor([fmn, fmx], dtype=x.dtype, device=dev)
-            mn, mx = (int(t) for t in torch.round(ends * self.a + self.b))
+            mn, mx = (int(t) for t in (ends * self.a + (self.b + 0.5)).to(torch.int64))  # as __call__
         self.x = x
         self.mn = mn
         span = mx - mn
@@ -167,8 +169,8 @@ class _Levels:
 
     def __call__(self, chunk: torch.Tensor, add: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``level(chunk) + add`` as int32/int64 (``add`` broadcasts along the last axis, includes ``-mn``)."""
-        if self.float_mode:
-            chunk = torch.round(chunk * self.a + self.b).to(torch.int32)
+        if self.float_mode:  # round half up (no vml/omp unary op); ties differ from numpy's rint only
+            chunk = (chunk * self.a + (self.b + 0.5)).to(torch.int32)
         return torch.add(chunk, add, out=out) if out is not None else torch.add(chunk, add)
 
 
@@ -202,7 +204,9 @@ def clahe_2d(
     L, mn = lev.n_levels, lev.mn
     nt0, nt1 = -(-H // k0), -(-W // k1)  # tiles (histogram regions) per axis
     n_px = k0 * k1
-    chunk_px = _CPU_CHUNK if dev.type == "cpu" else 1 << 62
+    on_cpu = dev.type == "cpu"
+    chunk_px = _CPU_CHUNK if on_cpu else 1 << 62
+    workers = max(1, torch.get_num_threads()) if on_cpu else 1
     idx_dtype = torch.int32 if (nt1 + 1) * max(L, nbins) < 2**31 else torch.int64
 
     # ---- histograms: tile (i, j) holds rows [i*k0, (i+1)*k0), cols [j*k1, (j+1)*k1), reflect-padded
@@ -211,24 +215,25 @@ def clahe_2d(
     hadd = (torch.div(cols, k1, rounding_mode="floor") * L - mn).to(idx_dtype)
     extra_src = _reflect_index(cols[W:], W)  # padded columns beyond the image
     hist_raw = torch.zeros((nt0, nt1 * L), dtype=torch.int64, device=dev)
-    rows_per_chunk = max(1, min(k0, chunk_px // wp))
-    buf = torch.empty(rows_per_chunk * wp, dtype=idx_dtype, device=dev)
-    for i in range(nt0):
+
+    def hist_rows(i: int) -> None:
+        rows_per_chunk = max(1, min(k0, chunk_px // wp))
+        buf = torch.empty(rows_per_chunk * wp, dtype=idx_dtype, device=dev)
         r0, r1 = i * k0, (i + 1) * k0
         for c0 in range(r0, r1, rows_per_chunk):
             c1 = min(c0 + rows_per_chunk, r1)
             if c1 <= H:
                 xc = x[c0:c1]
-            elif c0 >= H:
-                xc = x.index_select(0, _reflect_index(torch.arange(c0, c1, device=dev), H))
             else:
-                xc = torch.cat([x[c0:H], x.index_select(0, _reflect_index(torch.arange(H, c1, device=dev), H))])
+                xc = x.index_select(0, _reflect_index(torch.arange(c0, c1, device=dev), H))
             n = (c1 - c0) * wp
-            b = buf[:n].view(c1 - c0, wp)
-            lev(xc, hadd[:W], out=b[:, :W])
+            bv = buf[:n].view(c1 - c0, wp)
+            lev(xc, hadd[:W], out=bv[:, :W])
             if wp > W:
-                lev(xc.index_select(1, extra_src), hadd[W:], out=b[:, W:])
+                lev(xc.index_select(1, extra_src), hadd[W:], out=bv[:, W:])
             hist_raw[i] += torch.bincount(buf[:n], minlength=nt1 * L)
+
+    _run(hist_rows, range(nt0), workers)
     hist = torch.zeros((nt0 * nt1, nbins), dtype=torch.int64, device=dev)
     hist.index_add_(1, lev.vlut, hist_raw.view(nt0 * nt1, L))
     del hist_raw
@@ -240,50 +245,87 @@ def clahe_2d(
     lut = torch.floor(torch.clamp_max(lut, NR_OF_GRAY - 1)).to(torch.float32).view(nt0, nt1, nbins)
 
     # ---- mapping: pixel (y, x) sits in block (jy, jx) of the image shifted by half a kernel and is the
-    # bilinear interpolation of tiles (jy-1|jy, jx-1|jx), clamped at the borders
+    # bilinear interpolation of tiles (jy-1|jy, jx-1|jx), clamped at the borders:
+    # a + wx*(b - a) + wy*((c - a) + wx*((d - c) - (b - a))) with a, b the top-left/right and c, d the
+    # bottom-left/right tile values. Per block row, the 4 float32 terms for each (block column, grey level)
+    # are packed in one 16-byte complex128, so one gather per pixel fetches all four. With few grey levels
+    # (integer images up to 13 bits) the tables are indexed by level directly; otherwise by histogram bin,
+    # through one more gather level -> bin.
     xs = torch.arange(W, device=dev) + k1 // 2
     jx = torch.div(xs, k1, rounding_mode="floor")
     wx = ((xs - jx * k1).to(torch.float32) / k1)[None, :]
     jcs = torch.arange(nt1 + 1, device=dev)
     clo, chi = torch.clamp(jcs - 1, 0, nt1 - 1), torch.clamp(jcs, 0, nt1 - 1)
+    by_level = L <= 8192
     madd = (jx * L - mn).to(idx_dtype)
-    out = torch.empty((H, W), dtype=torch.float32, device=dev)
-    rows_per_chunk = max(1, min(k0, chunk_px // W))
-    ibuf = torch.empty(rows_per_chunk * W, dtype=idx_dtype, device=dev)
-    omin, omax = None, None
+    if by_level:
+        lut = lut[..., lev.vlut]  # (nt0, nt1, L)
+    else:  # level + jx*L -> jx*nbins + bin
+        vlut2 = (lev.vlut[None, :] + (jcs * nbins)[:, None]).to(idx_dtype).reshape(-1)
+    tables = []
     for j in range(nt0 + 1):
+        lo, hi = lut[max(j - 1, 0)], lut[min(j, nt0 - 1)]
+        a, b, c, d = lo[clo], lo[chi], hi[clo], hi[chi]
+        tables.append(torch.stack([a, b - a, c - a, (d - c) - (b - a)], -1).reshape(-1).view(torch.complex128))
+    out = torch.empty((H, W), dtype=torch.float32, device=dev)
+
+    def map_rows(j: int):
         y0, y1 = max(j * k0 - k0 // 2, 0), min((j + 1) * k0 - k0 // 2, H)
         if y1 <= y0:
-            continue
-        # per (block column, grey level): a + wx*(b - a) + wy*((c - a) + wx*((d - c) - (b - a))) with a, b the
-        # top-left/right and c, d the bottom-left/right tile values; the 4 float32 terms are packed in one
-        # 16-byte complex128 so one gather fetches all four
-        lo, hi = lut[max(j - 1, 0)][:, lev.vlut], lut[min(j, nt0 - 1)][:, lev.vlut]
-        a, b, c, d = lo[clo], lo[chi], hi[clo], hi[chi]
-        p4 = torch.stack([a, b - a, c - a, (d - c) - (b - a)], -1).reshape(-1).view(torch.complex128)
+            return None
+        p4 = tables[j]
         ys = torch.arange(y0, y1, device=dev) + k0 // 2
         wy = ((ys - j * k0).to(torch.float32) / k0)[:, None]
+        rows_per_chunk = max(1, min(k0, chunk_px // W))
+        ibuf = torch.empty(rows_per_chunk * W, dtype=idx_dtype, device=dev)
+        omin = omax = None
         for c0 in range(y0, y1, rows_per_chunk):
             c1 = min(c0 + rows_per_chunk, y1)
             n = (c1 - c0) * W
-            li = lev(x[c0:c1], madd, out=ibuf[:n].view(c1 - c0, W))
-            g = p4.index_select(0, li.view(-1)).view(torch.float32).view(c1 - c0, W, 4)
+            li = lev(x[c0:c1], madd, out=ibuf[:n].view(c1 - c0, W)).view(-1)
+            if not by_level:
+                li = vlut2.index_select(0, li)
+            g = p4.index_select(0, li).view(torch.float32).view(c1 - c0, W, 4)
             t1 = torch.addcmul(g[..., 2], wx, g[..., 3])
             t0 = torch.addcmul(g[..., 0], wx, g[..., 1])
             o = out[c0:c1]
             torch.addcmul(t0, wy[c0 - y0 : c1 - y0], t1, out=o)
-            o.floor_()  # skimage casts the interpolated levels to uint16
+            o.copy_(o.to(torch.int32))  # skimage casts the interpolated levels to uint16 (values are >= 0)
             cmin, cmax = torch.aminmax(o)
             omin = cmin if omin is None else torch.minimum(omin, cmin)
             omax = cmax if omax is None else torch.maximum(omax, cmax)
+        return omin, omax
+
+    ranges = [r for r in _run(map_rows, range(nt0 + 1), workers) if r is not None]
+    lo_v = float(torch.stack([r[0] for r in ranges]).min())
+    hi_v = float(torch.stack([r[1] for r in ranges]).max())
 
     # ---- rescale to [0, 1] (skimage's final rescale_intensity; a constant result is clipped instead)
-    lo_v, hi_v = float(omin), float(omax)
-    if hi_v > lo_v:
-        out.sub_(lo_v).div_(hi_v - lo_v)
-    else:
-        out.clamp_(0.0, 1.0)
+    rows_per_chunk = max(1, chunk_px // W)
+
+    def rescale(c0: int) -> None:
+        o = out[c0 : c0 + rows_per_chunk]
+        if hi_v > lo_v:
+            o.sub_(lo_v).div_(hi_v - lo_v)
+        else:
+            o.clamp_(0.0, 1.0)
+
+    _run(rescale, range(0, H, rows_per_chunk), workers)
     return out
+
+
+def _run(fn, items, workers: int) -> list:
+    """``[fn(i) for i in items]``, on ``workers`` threads when > 1.
+
+    On the CPU the per-call tensors are kept below torch's parallel grain size, so each op runs inline on
+    its thread, and the parallelism comes from these threads (torch ops release the GIL). This avoids one
+    OpenMP fork/join per small op, which costs milliseconds each on a loaded machine.
+    """
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 class CLAHE(Transform):
