@@ -55,7 +55,7 @@ def main():
     x1 = torch.rand(1, 3, a.patch, a.patch)
     with torch.no_grad():
         net(x1)
-        base = _timed(lambda: net(x1), 3)
+        base = _timed(lambda: net(x1), 2)
     print(f"baseline: one {a.patch}x{a.patch} patch forward = {base:.3f} s")
 
     # training step: forward + backward + AdamW on a batch of patches
