@@ -171,17 +171,33 @@ class BundleRunner:
             return self.inferer(images.to(self.device), self.network)
 
     # -- heatmaps -------------------------------------------------------------------------------------------
+    def cam_class(self) -> int | None:
+        """The class heatmaps explain: the positive class when the bundle names one, else None (predicted class)."""
+        if self.positive_class in self.class_names:
+            return self.class_names.index(self.positive_class)
+        return None
+
+    def heatmaps(self, items: list[dict], class_index: int | None = None) -> list[np.ndarray] | None:
+        """GradCAM for a list of same-shape preprocessed items in one forward/backward pass (see :meth:`heatmap`)."""
+        if self.task not in ("classification", "multilabel") or not self.cam_layers:
+            return None
+        batch = torch.stack([torch.as_tensor(d["image"]).float() for d in items])
+        return list(self._cam(batch, class_index))
+
     def heatmap(self, item: dict, class_index: int | None = None) -> np.ndarray | None:
         """GradCAM heatmap in [0, 1] over the preprocessed image's spatial shape, or None without ``cam_layers``."""
         if self.task not in ("classification", "multilabel") or not self.cam_layers:
             return None
-        image = item["image"]
-        image = torch.as_tensor(image).unsqueeze(0).to(self.device).float()
+        return self._cam(torch.as_tensor(item["image"]).unsqueeze(0).float(), class_index)[0]
+
+    def _cam(self, image: torch.Tensor, class_index: int | None) -> np.ndarray:
+        """(B, C, *spatial) → (B, *spatial) GradCAM maps in [0, 1]."""
+        image = image.to(self.device)
         try:
             from cadpipe.pipelines import heatmaps  # CXR engineer's shared implementation
 
             hm = heatmaps.compute_cam(self.network, image, self.cam_layers, class_index)
-            return np.asarray(hm, dtype=np.float32)[0]
+            return np.asarray(hm, dtype=np.float32).reshape(image.shape[0], *image.shape[2:])
         except ImportError:
             pass
         from monai.visualize import GradCAM
@@ -190,7 +206,10 @@ class BundleRunner:
             cam = GradCAM(nn_module=self.network, target_layers=self.cam_layers)
             hm = cam(x=image, class_idx=class_index)
         self.network.zero_grad(set_to_none=True)
-        return hm.detach().cpu().numpy()[0, 0]
+        hm = hm.detach().cpu().numpy()[:, 0]
+        lo = hm.reshape(len(hm), -1).min(1).reshape(-1, *[1] * (hm.ndim - 1))
+        hi = hm.reshape(len(hm), -1).max(1).reshape(-1, *[1] * (hm.ndim - 1))
+        return (hm - lo) / np.maximum(hi - lo, 1e-8)
 
     # -- reading results out of "pred" ---------------------------------------------------------------------
     def summarise(self, out: dict) -> dict:

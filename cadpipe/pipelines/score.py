@@ -137,8 +137,10 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
             p = row[f"prob_{n}"]
             findings.append({"type": n, "probability": p,
                              "text": f"The model estimates a {p:.0%} probability of {n.replace('_', ' ')}."})
-        cls = names.index(target) if target in names else int(np.argmax(probs))
-        heat = runner.heatmap(pre_item, class_index=cls)
+        heat = pre_item.get("_heatmap")
+        if heat is None and runner.cam_layers:
+            cls = runner.cam_class()
+            heat = runner.heatmap(pre_item, class_index=cls if cls is not None else int(np.argmax(probs)))
         image = np.asarray(torch.as_tensor(pre_item["image"]).detach().cpu().float())
         image = image.mean(0) if image.ndim == runner.spatial_dims + 1 else image
         png = os.path.join(folder, f"{prefix}_heatmap.png" if heat is not None else f"{prefix}_image.png")
@@ -225,6 +227,13 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
         t0 = time.perf_counter()
         try:
             outs = runner.predict([p[1] for p in pending])
+            if runner.cam_layers and runner.task in ("classification", "multilabel"):
+                try:  # one batched GradCAM pass instead of one per unit
+                    maps = runner.heatmaps([p[1] for p in pending], runner.cam_class())
+                    for p, m in zip(pending, maps or []):
+                        p[1]["_heatmap"] = m
+                except Exception:  # noqa: BLE001 - fall back to per-unit heatmaps in _finish_unit
+                    pass
             per = (time.perf_counter() - t0) / len(pending)
             results = [(p, o, per) for p, o in zip(pending, outs)]
         except Exception:  # noqa: BLE001 - e.g. OOM on a batch: retry one by one so only the culprit fails
