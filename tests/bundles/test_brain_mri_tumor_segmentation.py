@@ -173,3 +173,52 @@ def test_spatial_dims_3_from_config(bundle, tmp_path):
     mask = nib.load(res / "BRATS_synthetic_003_seg.nii.gz")
     assert mask.shape == (32, 32, 16)
     np.testing.assert_allclose(mask.affine, SYNTHETIC_AFFINE, atol=1e-5)
+
+
+def test_volume_metrics_known_values():
+    truth = np.zeros((20, 20, 4), bool)
+    truth[5:15, 5:15, 1:3] = True  # 200 voxels
+    pred = np.zeros_like(truth)
+    pred[5:15, 5:15, 1] = True  # 100 voxels, all inside
+    m = seg.volume_metrics(pred, truth, (0.5, 0.5, 2.0))
+    assert m["dice"] == pytest.approx(2 * 100 / 300)
+    assert m["dice_tumor_slices"] == pytest.approx((1.0 + 0.0) / 2)
+    assert m["true_ml"] == pytest.approx(200 * 0.5 / 1000) and m["pred_ml"] == pytest.approx(100 * 0.5 / 1000)
+    shifted = np.roll(truth, 4, axis=0)  # 4 voxels of 0.5 mm = 2 mm
+    assert seg.volume_metrics(shifted, truth, (0.5, 0.5, 2.0))["hd95_mm"] == pytest.approx(2.0, abs=0.01)
+    empty = seg.volume_metrics(np.zeros_like(truth), np.zeros_like(truth), (1, 1, 1))
+    assert empty["dice"] == 1.0 and np.isnan(empty["hd95_mm"])
+
+
+def test_metrics_writer_stacks_lgg_slices_per_patient(tmp_path):
+    from types import SimpleNamespace
+
+    from monai.data import MetaTensor
+
+    writer = seg.SegmentationMetricsWriter(str(tmp_path), slice_thickness_mm=2.0)
+    out, batch = [], []
+    for s in (10, 2, 1):  # arrives out of order; stacked by slice number
+        lab = torch.zeros(1, 8, 8)
+        lab[0, 2:6, 2:6] = float(s == 2)
+        pred = torch.cat([1 - lab, lab])  # one-hot, perfect on every slice
+        out.append({"pred": pred, "label": MetaTensor(lab), "image": MetaTensor(torch.zeros(3, 8, 8))})
+        batch.append({"patient": "P1", "slice": s})
+    engine = SimpleNamespace(state=SimpleNamespace(output=out, batch=batch))
+    writer._collect(engine)
+    writer._write(engine)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n_cases"] == 1 and metrics["mean_dice"] == 1.0 and metrics["mean_dice_tumor_slices"] == 1.0
+    assert metrics["mean_true_ml"] == pytest.approx(16 * 2.0 / 1000)
+    rows = (tmp_path / "per_case_metrics.csv").read_text().splitlines()
+    assert rows[1].startswith("P1,3,1.0")
+
+
+def test_montage_draws_contour():
+    img = np.zeros((32, 24, 3))
+    pred = np.zeros((32, 24, 3), np.uint8)
+    pred[4:10, 6:12, 1] = 1
+    png = seg.montage(img, pred)
+    assert png.shape == (24, 32, 3)  # only the tumour slice, rows = Y
+    red = (png[..., 0] == 255) & (png[..., 1] == 0)
+    rows, cols = np.nonzero(red)
+    assert rows.min() == 6 and rows.max() == 11 and cols.min() == 4 and cols.max() == 9
