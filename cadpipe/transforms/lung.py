@@ -26,7 +26,7 @@ from cadpipe.errors import CadpipeInputError
 
 __all__ = [
     "LoadLungMask", "LoadLungMaskd", "LungThreshold", "LungThresholdd", "MorphOpening", "MorphOpeningd",
-    "LungBox", "LungBoxd", "lung_box",
+    "LungBox", "LungBoxd", "lung_box", "load_lung_bundle", "LungCrop", "LungCropd",
 ]
 
 logger = logging.getLogger(__name__)
@@ -190,4 +190,146 @@ class LungBoxd(MapTransform):
             b = lung_box(d[k])
             d[self.box_key] = b if b is not None else []
             d[self.found_key] = b is not None
+        return d
+
+
+# ------------------------------------------------------------------------------------------------------ lung crop
+_BUNDLES: dict[tuple, tuple] = {}
+_BUNDLES_LOCK = threading.Lock()
+
+
+def load_lung_bundle(bundle_path: str, device: str | torch.device = "cpu", overrides: Mapping | None = None,
+                     ckpt_name: str = "model.pt") -> tuple:
+    """``(preprocessing, network, postprocessing)`` of a trained lung segmentation bundle, built once per
+    ``(bundle_path, device, overrides)`` and cached: ``configs/inference.json`` through MONAI ``ConfigParser`` with
+    ``bundle_root`` = ``bundle_path``, weights from ``models/<ckpt_name>`` (a plain ``state_dict``), network in eval mode.
+
+    Raises:
+        CadpipeInputError: no ``configs/inference.json`` or no weights in the bundle.
+    """
+    from monai.bundle import ConfigParser
+
+    bundle_path = os.path.abspath(os.fspath(bundle_path))
+    key = (bundle_path, str(device), tuple(sorted((k, repr(v)) for k, v in dict(overrides or {}).items())), ckpt_name)
+    with _BUNDLES_LOCK:
+        if key in _BUNDLES:
+            return _BUNDLES[key]
+        cfg = os.path.join(bundle_path, "configs", "inference.json")
+        ckpt = os.path.join(bundle_path, "models", ckpt_name)
+        if not os.path.isfile(cfg):
+            raise CadpipeInputError(bundle_path, "not a lung segmentation bundle: configs/inference.json missing")
+        if not os.path.isfile(ckpt):
+            raise CadpipeInputError(ckpt, "lung segmentation weights missing (train the lung bundle first)")
+        parser = ConfigParser()
+        parser.read_config(cfg)
+        parser["bundle_root"] = bundle_path
+        parser["device"] = f"$torch.device('{torch.device(device)}')"
+        for k, v in dict(overrides or {}).items():
+            parser[k] = v
+        net = parser.get_parsed_content("network_def").to(torch.device(device))
+        net.load_state_dict(torch.load(ckpt, map_location=torch.device(device), weights_only=True))
+        net.eval()
+        entry = (parser.get_parsed_content("preprocessing"), net, parser.get_parsed_content("postprocessing"))
+        _BUNDLES[key] = entry
+        return entry
+
+
+class LungCrop(Transform):
+    """Crop a chest radiograph ``(C, X, Y)`` to its lungs, found by a trained lung segmentation bundle.
+
+    The bundle's preprocessing reads the image's source file (``meta["filename_or_obj"]``) when it exists, otherwise
+    it runs on the given array (its loader skipped); its network and pure postprocessing give the lung mask and box in
+    the source's pixels, which are scaled to the given image when it was already resized. The box is enlarged by
+    ``margin`` (fraction of its width/height) plus ``margin_px`` pixels on each side and clipped to the image. When no
+    lung is found, the whole image passes through (the thesis' fallback).
+
+    Output meta: ``lung_found`` (bool), ``lung_box`` (``xyxy`` in the input's pixels, ``[]`` when none),
+    ``lung_crop_box`` (the region kept, ``xyxy``). The crop is a MONAI ``SpatialCrop`` (affine updated).
+
+    Args:
+        bundle_path: folder of the lung segmentation bundle (``configs/inference.json``, ``models/model.pt``).
+        margin: fraction of the box size added on each side. margin_px: pixels added on each side.
+        device: where the lung network runs. overrides: config ids set on the bundle (e.g. ``{"image_size": 128}``).
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, bundle_path: str, margin: float = 0.05, margin_px: int = 0, device: str = "cpu",
+                 overrides: Mapping | None = None):
+        self.bundle_path, self.margin, self.margin_px = bundle_path, float(margin), int(margin_px)
+        self.device, self.overrides = device, dict(overrides or {})
+
+    def find_box(self, img) -> list[float] | None:
+        """Lung box (``xyxy``) in ``img``'s pixels, or ``None``."""
+        from monai.transforms import Compose
+
+        pre, net, post = load_lung_bundle(self.bundle_path, self.device, self.overrides)
+        src = _fname(img)
+        if src and os.path.exists(src):
+            item = pre({"image": src})
+        else:
+            rest = Compose(list(pre.transforms)[1:])
+            # a fresh MetaTensor: earlier operations on ``img`` must not be inverted by the bundle's Invertd
+            x = MetaTensor(convert_to_tensor(img, track_meta=False)[:1].clone().float(),
+                           meta=dict(getattr(img, "meta", None) or {}))
+            item = rest({"image": x})
+        with torch.no_grad():
+            item["pred"] = net(item["image"][None].to(torch.device(self.device)))[0].cpu()
+        res = post(item)
+        box = lung_box(res["pred"])
+        if box is None:
+            return None
+        sx = img.shape[1] / res["pred"].shape[1]
+        sy = img.shape[2] / res["pred"].shape[2]
+        return [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]
+
+    def __call__(self, img):
+        from monai.transforms import SpatialCrop
+
+        nx, ny = int(img.shape[1]), int(img.shape[2])
+        box = self.find_box(img)
+        if box is None:
+            crop, out = [0, 0, nx, ny], img
+            logger.info("no lung found in %s: whole image kept", _fname(img) or "image")
+        else:
+            w, h = box[2] - box[0], box[3] - box[1]
+            mx, my = self.margin * w + self.margin_px, self.margin * h + self.margin_px
+            crop = [max(0, int(np.floor(box[0] - mx))), max(0, int(np.floor(box[1] - my))),
+                    min(nx, int(np.ceil(box[2] + mx))), min(ny, int(np.ceil(box[3] + my)))]
+            out = SpatialCrop(roi_start=crop[:2], roi_end=crop[2:])(img)
+        if isinstance(out, MetaTensor):
+            out.meta["lung_found"] = box is not None
+            out.meta["lung_box"] = [] if box is None else [float(v) for v in box]
+            out.meta["lung_crop_box"] = [float(v) for v in crop]
+        return out
+
+
+class LungCropd(MapTransform):
+    """Dictionary twin of :class:`LungCrop`: the lungs are found on ``source_key`` (default the first key) and the
+    same region is cropped from every key; ``lung_box``, ``lung_found`` and ``lung_crop_box`` are also set in the
+    dict (and in each cropped image's meta)."""
+
+    backend = LungCrop.backend
+
+    def __init__(self, keys: KeysCollection, bundle_path: str, margin: float = 0.05, margin_px: int = 0,
+                 device: str = "cpu", overrides: Mapping | None = None, source_key: str | None = None,
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.cropper = LungCrop(bundle_path, margin, margin_px, device, overrides)
+        self.source_key = source_key or self.keys[0]
+
+    def __call__(self, data):
+        from monai.transforms import SpatialCrop
+
+        d = dict(data)
+        src = self.cropper(d[self.source_key])
+        meta = src.meta if isinstance(src, MetaTensor) else {}
+        crop = [int(v) for v in meta.get("lung_crop_box", [])]
+        for k in self.key_iterator(d):
+            if k == self.source_key:
+                d[k] = src
+            elif crop:
+                d[k] = SpatialCrop(roi_start=crop[:2], roi_end=crop[2:])(d[k])
+        for name in ("lung_box", "lung_found", "lung_crop_box"):
+            d[name] = meta.get(name)
         return d
