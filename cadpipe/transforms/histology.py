@@ -423,8 +423,8 @@ class MacenkoNormalized(MapTransform):
 class LuminanceCLAHE(Transform):
     """CLAHE on the L channel of CIELAB, colour (a, b) kept: RGB ``(3, X, Y)`` in [0, 1] -> same.
 
-    ``clip_limit`` and ``kernel_size`` follow ``skimage.exposure.equalize_adapthist``. Uses
-    ``cadpipe.transforms.CLAHE`` when the foundation provides it, else skimage.
+    ``clip_limit`` and ``kernel_size`` follow ``skimage.exposure.equalize_adapthist`` (used here, on CPU; the
+    same semantics as ``cadpipe.transforms.CLAHE``).
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
