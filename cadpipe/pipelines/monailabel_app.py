@@ -26,7 +26,7 @@ import sys
 
 from cadpipe.errors import CadpipeInputError
 
-__all__ = ["REPO_ROOT", "add_arguments", "assemble_app", "find_template", "monailabel_type", "run"]
+__all__ = ["REPO_ROOT", "add_arguments", "assemble_app", "find_template", "monailabel_type", "patch_main", "run"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_BUNDLES_DIR = os.path.join(REPO_ROOT, "bundles")
@@ -36,6 +36,13 @@ _NAME_TYPES = ("deepedit", "deepgrow", "detection", "segmentation", "classificat
 # cadpipe metadata task -> the MONAI Label type that serves it
 _TASK_TYPES = {"segmentation": "segmentation", "detection": "detection", "classification": "classification",
                "multilabel": "classification"}
+# MONAI Label 0.8.5's BundleInferTask appends ``Restored`` (resize the prediction back to the image size) to every
+# non-detection bundle's postprocessing; on a classification probability vector that fails
+# ("operands could not be broadcast together"). The app's main.py is patched to pass add_post_restore=False for
+# classification bundles; ClassificationWriter then returns the probabilities in the result JSON.
+_MAIN_ORIGINAL = "i = BundleInferTask(b, self.conf)\n"
+_MAIN_PATCHED = ("i = BundleInferTask(b, self.conf, add_post_restore=\"classification\" not in n.lower())"
+                 "  # cadpipe: no Restored on class vectors\n")
 _COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "eval", "outputs", "runs", "*.ts")
 
 
@@ -79,6 +86,19 @@ def find_template(template: str | None = None, monailabel_python: str | None = N
                                 "(run scripts/monailabel_venv.sh or pass --template)")
 
 
+def patch_main(main_py: str) -> None:
+    """Make the monaibundle app's ``main.py`` skip ``Restored`` for classification bundles (idempotent)."""
+    with open(main_py, encoding="utf-8") as fp:
+        text = fp.read()
+    if _MAIN_PATCHED in text:
+        return
+    if text.count(_MAIN_ORIGINAL) != 1:
+        raise CadpipeInputError(main_py, "unexpected monaibundle main.py (MONAI Label version other than 0.8.5?): "
+                                         f"expected one line '{_MAIN_ORIGINAL.strip()}'")
+    with open(main_py, "w", encoding="utf-8") as fp:
+        fp.write(text.replace(_MAIN_ORIGINAL, _MAIN_PATCHED))
+
+
 def _check_bundle(src: str, name: str) -> dict:
     meta_file = os.path.join(src, "configs", "metadata.json")
     if not os.path.isfile(meta_file):
@@ -120,6 +140,7 @@ def assemble_app(app_dir: str, bundles: list[str] | None = None, bundles_dir: st
         _check_bundle(src, name)
     tpl = find_template(template, monailabel_python)
     shutil.copytree(tpl, app_dir, ignore=_COPY_IGNORE, dirs_exist_ok=True)
+    patch_main(os.path.join(app_dir, "main.py"))
     types = {}
     for name, src in srcs.items():
         dst = os.path.join(app_dir, "model", name)

@@ -26,6 +26,7 @@ from cadpipe.pipelines.monailabel_app import REPO_ROOT, assemble_app
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BRAIN = "brain_mri_tumor_segmentation"
+CXR = "cxr_pneumonia_classification"
 # tiny network/windows written into the tmp bundle copy's configs: MONAI Label reads the configs as they are
 TINY = {"roi_size": [32, 32], "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1, "num_workers": 0,
         "epochs": 1, "batch_size": 4, "num_samples": 2, "dataset_layout": "nifti", "val_fraction": 0.34,
@@ -42,14 +43,15 @@ def ml_python():
     return proc.stdout.strip().splitlines()[-1]
 
 
-def _tiny_copy(name, dst):
+def _tiny_copy(name, dst, tiny=TINY, net=None):
     shutil.copytree(os.path.join(REPO_ROOT, "bundles", name), dst,
                     ignore=shutil.ignore_patterns("*.pt", "*.ts", "eval", "outputs", "__pycache__"))
     for cfg in ("inference.json", "train.json"):
         path = os.path.join(dst, "configs", cfg)
         with open(path, encoding="utf-8") as fp:
             conf = json.load(fp)
-        conf.update({k: v for k, v in TINY.items() if k in conf})
+        conf.update({k: v for k, v in tiny.items() if k in conf})
+        conf["network_def"].update(net or {})
         with open(path, "w", encoding="utf-8") as fp:
             json.dump(conf, fp, indent=1)
 
@@ -60,6 +62,7 @@ def workspace(tmp_path_factory):
     from monai.bundle import run
 
     from cadpipe.data.synthetic.brain import write_msd_synthetic
+    from cadpipe.data.synthetic.cxr import write_synthetic_kermany
 
     root = tmp_path_factory.mktemp("monailabel")
     bundles = root / "bundles"
@@ -71,11 +74,21 @@ def workspace(tmp_path_factory):
         logging_file=str(brain / "configs" / "logging.conf"))
     assert (brain / "models" / "model.pt").is_file()
 
+    cxr = bundles / CXR
+    _tiny_copy(CXR, cxr, {"image_size": 64, "num_workers": 0, "epochs": 1, "batch_size": 8},
+               {"init_features": 16, "growth_rate": 8})
+    kermany = root / "kermany"
+    write_synthetic_kermany(str(kermany), {"train": {"NORMAL": 4, "PNEUMONIA": 4}, "test": 2}, size=72, n_dicom=0)
+    run(config_file=str(cxr / "configs" / "train.json"), bundle_root=str(cxr), dataset_dir=str(kermany),
+        output_dir=str(root / "cxr_train"), logging_file=str(cxr / "configs" / "logging.conf"))
+    assert (cxr / "models" / "model.pt").is_file()
+
     studies = root / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
     for f in sorted((msd / "imagesTr").glob("*.nii.gz")):
         shutil.copy(f, studies / f.name)
         shutil.copy(msd / "labelsTr" / f.name, studies / "labels" / "final" / f.name)
+    shutil.copy(sorted(kermany.glob("test/*/*.png"))[0], studies / "cxr_0001.png")
     return {"root": root, "bundles": bundles, "studies": studies}
 
 
@@ -95,15 +108,15 @@ def _request(url, method="GET", data=None, timeout=300):
 @pytest.fixture(scope="module")
 def server(ml_python, workspace):
     app = workspace["root"] / "app"
-    types = assemble_app(str(app), [BRAIN], str(workspace["bundles"]), monailabel_python=ml_python)
-    assert types == {BRAIN: "segmentation"}
+    types = assemble_app(str(app), [BRAIN, CXR], str(workspace["bundles"]), monailabel_python=ml_python)
+    assert types == {BRAIN: "segmentation", CXR: "classification"}
     port = _free_port()
     env = {**os.environ, "BUNDLE_DOWNLOAD_SRC": "github", "OMP_NUM_THREADS": "1",
            "PATH": os.path.dirname(ml_python) + os.pathsep + os.environ.get("PATH", "")}
     env.pop("PYTHONPATH", None)
     log = open(workspace["root"] / "server.log", "wb")
     cmd = [ml_python, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies",
-           str(workspace["studies"]), "--conf", "models", BRAIN, "--conf", "sam2", "false", "--conf", "preload",
+           str(workspace["studies"]), "--conf", "models", f"{BRAIN},{CXR}", "--conf", "sam2", "false", "--conf", "preload",
            "false", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(workspace["root"]),
                             start_new_session=True)
@@ -133,13 +146,40 @@ def server(ml_python, workspace):
         log.close()
 
 
-def test_info_lists_bundle(server):
-    model = server["info"]["models"][BRAIN]
-    assert model["type"] == "segmentation"
-    assert model["labels"] == {"tumor": 1}
-    assert model["dimension"] == 2
+def test_info_lists_bundles(server):
+    models = server["info"]["models"]
+    assert set(models) == {BRAIN, CXR}
+    assert (models[BRAIN]["type"], models[BRAIN]["labels"], models[BRAIN]["dimension"]) == ("segmentation", {"tumor": 1}, 2)
+    assert (models[CXR]["type"], models[CXR]["labels"]) == ("classification", {"normal": 0, "pneumonia": 1})
     assert BRAIN in server["info"]["trainers"]
-    assert server["info"]["datastore"]["total"] == 3
+    assert server["info"]["datastore"]["total"] == 4
+
+
+def _bundle_probabilities(bundle, image):
+    """The bundle's own preprocessing -> network -> postprocessing in this (main) venv, for comparison."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    parser["device"] = "$torch.device('cpu')"
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.eval()
+    item = parser.get_parsed_content("preprocessing")({"image": str(image)})
+    with torch.no_grad():
+        item["pred"] = net(item["image"][None])[0]
+    return parser.get_parsed_content("postprocessing")(item)["pred"].numpy()
+
+
+def test_infer_classification_returns_probabilities(server, workspace):
+    status, body = _request(f"{server['base']}/infer/{CXR}?image=cxr_0001&output=json", method="POST")
+    assert status == 200
+    pred = {p["label"]: p["score"] for p in json.loads(body)["prediction"]}
+    assert set(pred) == {"normal", "pneumonia"}
+    expected = _bundle_probabilities(workspace["bundles"] / CXR, workspace["studies"] / "cxr_0001.png")
+    np.testing.assert_allclose([pred["normal"], pred["pneumonia"]], expected, atol=1e-4)
 
 
 def test_infer_segmentation_keeps_geometry(server, workspace, tmp_path):
