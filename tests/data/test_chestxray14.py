@@ -1,0 +1,79 @@
+"""NIH ChestX-ray14 adapter: labels, official split lists honoured, patient-wise validation, bad rows reported."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from cadpipe.data.chestxray14 import NIH_LABELS, chestxray14_splits, read_entries
+from cadpipe.data.synthetic.chestxray14 import write_synthetic_chestxray14
+from cadpipe.errors import CadpipeInputError
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_labels_and_layouts(tmp_path, nested):
+    truth = write_synthetic_chestxray14(str(tmp_path), 6, 2, size=32, nested=nested, seed=1)
+    items = read_entries(str(tmp_path))
+    assert len(items) == 12 and len(NIH_LABELS) == 15
+    for it in items:
+        vec = np.array(it["label"])
+        assert vec.shape == (15,) and [NIH_LABELS[i] for i in np.nonzero(vec)[0]] == sorted(
+            truth[it["name"]], key=NIH_LABELS.index)
+        assert os.path.isfile(it["image"])
+    assert any(t == ["No Finding"] for t in truth.values()) and any(t != ["No Finding"] for t in truth.values())
+
+
+def test_official_lists_honoured_and_val_by_patient(tmp_path):
+    write_synthetic_chestxray14(str(tmp_path), 12, 3, size=32, seed=2)
+    test_names = set(open(tmp_path / "test_list.txt").read().split())
+    s = chestxray14_splits(str(tmp_path), val_fraction=0.25, seed=0)
+    assert {i["name"] for i in s["test"]} == test_names
+    assert not ({i["name"] for i in s["train"] + s["val"]} & test_names)
+    pats = {k: {i["patient"] for i in v} for k, v in s.items()}
+    assert pats["train"] and pats["val"] and pats["test"]
+    assert not (pats["train"] & pats["val"]) and not (pats["train"] & pats["test"]) and not (pats["val"] & pats["test"])
+    assert s == chestxray14_splits(str(tmp_path), val_fraction=0.25, seed=0)
+
+
+def _rewrite(csv_path, edit):
+    rows = list(csv.reader(open(csv_path)))
+    edit(rows)
+    with open(csv_path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return rows
+
+
+def test_bad_rows_reported_with_row_and_file(tmp_path, caplog):
+    write_synthetic_chestxray14(str(tmp_path), 4, 2, size=32, seed=3)
+    csv_path = tmp_path / "Data_Entry_2017.csv"
+
+    def edit(rows):
+        rows[2][1] = "Atelectasis|Pneumonitis"  # unknown label, CSV row 3
+        rows[5][0] = "missing_file.png"  # CSV row 6
+
+    rows = _rewrite(csv_path, edit)
+    with pytest.raises(CadpipeInputError) as e:
+        read_entries(str(tmp_path))
+    msg = str(e.value)
+    assert msg.startswith(str(csv_path)) and "2 bad row(s)" in msg
+    assert f"row 3 ({rows[2][0]}): unknown label(s) ['Pneumonitis']" in msg
+    assert "row 6 (missing_file.png): image file not found" in msg
+    with caplog.at_level("WARNING"):
+        items = read_entries(str(tmp_path), strict=False)
+    assert len(items) == 6 and "row 3" in caplog.text and "missing_file.png" in caplog.text
+
+
+def test_missing_files_and_overlapping_lists(tmp_path):
+    with pytest.raises(CadpipeInputError, match="ChestX-ray14 label file not found"):
+        read_entries(str(tmp_path))
+    write_synthetic_chestxray14(str(tmp_path), 4, 1, size=32, seed=4)
+    first_test = open(tmp_path / "test_list.txt").read().split()[0]
+    with open(tmp_path / "train_val_list.txt", "a") as f:
+        f.write(first_test + "\n")
+    with pytest.raises(CadpipeInputError) as e:
+        chestxray14_splits(str(tmp_path))
+    assert "test_list.txt" in str(e.value) and first_test in str(e.value)
+    os.remove(tmp_path / "test_list.txt")
+    with pytest.raises(CadpipeInputError, match="official split list not found"):
+        chestxray14_splits(str(tmp_path))
