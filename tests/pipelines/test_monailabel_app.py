@@ -1,0 +1,100 @@
+"""``cadpipe monailabel-app``: bundle checks, template lookup and the main.py patch (no MONAI Label needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cadpipe.cli import main as cli_main
+from cadpipe.errors import CadpipeInputError
+from cadpipe.pipelines.monailabel_app import assemble_app, monailabel_type, patch_main
+
+MAIN = "class MyApp:\n    def init_infers(self):\n        for n, b in self.models.items():\n                i = BundleInferTask(b, self.conf)\n"
+
+
+def _template(tmp_path, text=MAIN):
+    tpl = tmp_path / "tpl"
+    (tpl / "lib").mkdir(parents=True)
+    (tpl / "main.py").write_text(text)
+    return tpl
+
+
+def _bundle(root, name, task, trained=True):
+    b = root / name
+    (b / "configs").mkdir(parents=True)
+    (b / "models").mkdir()
+    (b / "configs" / "metadata.json").write_text(json.dumps({"cadpipe": {"task": task}}))
+    (b / "configs" / "inference.json").write_text("{}")
+    if trained:
+        (b / "models" / "model.pt").write_bytes(b"weights")
+    return b
+
+
+@pytest.mark.parametrize("name,kind", [("brain_mri_tumor_segmentation", "segmentation"),
+                                       ("mammo_mass_detection", "detection"),
+                                       ("cxr_pneumonia_classification", "classification"),
+                                       ("something_else", "segmentation")])
+def test_monailabel_type_from_name(name, kind):
+    assert monailabel_type(name) == kind
+
+
+def test_assemble_copies_bundles_and_patches_main(tmp_path):
+    bundles = tmp_path / "bundles"
+    _bundle(bundles, "a_segmentation", "segmentation")
+    _bundle(bundles, "b_classification", "classification")
+    _bundle(bundles, "c_detection", "detection", trained=False)  # untrained: left out by default
+    app = tmp_path / "app"
+    types = assemble_app(str(app), None, str(bundles), template=str(_template(tmp_path)))
+    assert types == {"a_segmentation": "segmentation", "b_classification": "classification"}
+    assert (app / "model" / "b_classification" / "models" / "model.pt").read_bytes() == b"weights"
+    main_py = (app / "main.py").read_text()
+    assert 'add_post_restore="classification" not in n.lower()' in main_py
+    patch_main(str(app / "main.py"))  # idempotent
+    assert (app / "main.py").read_text() == main_py
+
+
+def test_cli_prints_start_command(tmp_path, capsys):
+    bundles = tmp_path / "bundles"
+    _bundle(bundles, "a_segmentation", "segmentation")
+    rc = cli_main(["monailabel-app", str(tmp_path / "app"), "--bundles", "a_segmentation", "--bundles-dir",
+                   str(bundles), "--template", str(_template(tmp_path))])
+    out = capsys.readouterr().out
+    assert rc == 0 and "a_segmentation: segmentation" in out and "--conf models a_segmentation" in out
+
+
+def test_untrained_bundle_named(tmp_path):
+    bundles = tmp_path / "bundles"
+    b = _bundle(bundles, "a_segmentation", "segmentation", trained=False)
+    with pytest.raises(CadpipeInputError) as err:
+        assemble_app(str(tmp_path / "app"), ["a_segmentation"], str(bundles), template=str(_template(tmp_path)))
+    assert str(b / "models" / "model.pt") in str(err.value) and "train the bundle first" in str(err.value)
+
+
+def test_name_task_mismatch(tmp_path):
+    bundles = tmp_path / "bundles"
+    b = _bundle(bundles, "cxr_model", "classification")
+    with pytest.raises(CadpipeInputError) as err:
+        assemble_app(str(tmp_path / "app"), ["cxr_model"], str(bundles), template=str(_template(tmp_path)))
+    assert str(b) in str(err.value) and "must contain 'classification'" in str(err.value)
+
+
+def test_unknown_bundle_and_bad_template(tmp_path, capsys):
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    with pytest.raises(CadpipeInputError, match="no such bundle"):
+        assemble_app(str(tmp_path / "app"), ["nope"], str(bundles), template=str(_template(tmp_path)))
+    _bundle(bundles, "a_segmentation", "segmentation")
+    with pytest.raises(CadpipeInputError) as err:
+        assemble_app(str(tmp_path / "app"), ["a_segmentation"], str(bundles), template=str(tmp_path / "missing"))
+    assert str(tmp_path / "missing") in str(err.value) and "no main.py" in str(err.value)
+    rc = cli_main(["monailabel-app", str(tmp_path / "app"), "--bundles", "nope", "--bundles-dir", str(bundles)])
+    assert rc == 1 and "no such bundle" in capsys.readouterr().err
+
+
+def test_unexpected_main_py(tmp_path):
+    main_py = tmp_path / "main.py"
+    main_py.write_text("print('another app')\n")
+    with pytest.raises(CadpipeInputError) as err:
+        patch_main(str(main_py))
+    assert str(main_py) in str(err.value) and "unexpected monaibundle main.py" in str(err.value)
