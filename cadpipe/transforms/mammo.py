@@ -176,12 +176,17 @@ class CanonicalSided(MapTransform):
 
 
 class ResizeLongSide(Transform):
-    """Resize ``(C, X, Y)`` so that its longer side is ``long_side`` (aspect kept, bilinear, anti-aliased)."""
+    """Resize ``(C, X, Y)`` so that its longer side is ``long_side`` (aspect kept).
+
+    Default ``mode="area"`` (average pooling: anti-aliased when shrinking, ~10x faster on a 3000x4700 mammogram
+    than bilinear with Gaussian anti-aliasing); any MONAI ``Resize`` mode may be given.
+    """
 
     backend = Resize.backend
 
-    def __init__(self, long_side: int = 1024):
-        self.resizer = Resize(spatial_size=int(long_side), size_mode="longest", mode="bilinear", anti_aliasing=True)
+    def __init__(self, long_side: int = 1024, mode: str = "area"):
+        aa = mode not in ("area", "nearest", "nearest-exact")
+        self.resizer = Resize(spatial_size=int(long_side), size_mode="longest", mode=mode, anti_aliasing=aa)
 
     def __call__(self, img):
         return self.resizer(img)
@@ -190,10 +195,11 @@ class ResizeLongSide(Transform):
 class ResizeLongSided(MapTransform):
     """Dictionary twin of :class:`ResizeLongSide`; ``box_keys`` scaled with MONAI's ``zoom_boxes``."""
 
-    def __init__(self, keys: KeysCollection, long_side: int = 1024, box_keys: KeysCollection = (), allow_missing_keys=True):
+    def __init__(self, keys: KeysCollection, long_side: int = 1024, box_keys: KeysCollection = (), mode: str = "area",
+                 allow_missing_keys=True):
         super().__init__(keys, allow_missing_keys)
         self.box_keys = [box_keys] if isinstance(box_keys, str) else list(box_keys)
-        self.resizer = ResizeLongSide(long_side)
+        self.resizer = ResizeLongSide(long_side, mode)
 
     def __call__(self, data):
         d = dict(data)
