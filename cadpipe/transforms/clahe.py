@@ -56,7 +56,9 @@ __all__ = ["CLAHE", "CLAHEd"]
 
 NR_OF_GRAY = 2**14  # grey levels skimage's CLAHE works with
 # elements per row chunk on the CPU: the per-chunk intermediates stay in L2 cache
-_CPU_CHUNK = 1 << 16
+_CPU_CHUNK = 1 << 15
+# mapping tables indexed by grey level (no level -> bin gather) up to this many levels
+_MAX_LEVELS_BY_LEVEL = 8192
 
 
 def _reflect_index(idx: torch.Tensor, size: int) -> torch.Tensor:
@@ -260,7 +262,7 @@ def clahe_2d(
     wx = ((xs - jx * k1).to(torch.float32) / k1)[None, :]
     jcs = torch.arange(nt1 + 1, device=dev)
     clo, chi = torch.clamp(jcs - 1, 0, nt1 - 1), torch.clamp(jcs, 0, nt1 - 1)
-    by_level = L <= 8192
+    by_level = L <= _MAX_LEVELS_BY_LEVEL
     madd = (jx * L - mn).to(idx_dtype)
     if by_level:
         lut = lut[..., lev.vlut]  # (nt0, nt1, L)
@@ -276,13 +278,12 @@ def clahe_2d(
     def map_rows(j: int):
         y0, y1 = max(j * k0 - k0 // 2, 0), min((j + 1) * k0 - k0 // 2, H)
         if y1 <= y0:
-            return None
+            return
         p4 = tables[j]
         ys = torch.arange(y0, y1, device=dev) + k0 // 2
         wy = ((ys - j * k0).to(torch.float32) / k0)[:, None]
         rows_per_chunk = max(1, min(k0, chunk_px // W))
         ibuf = torch.empty(rows_per_chunk * W, dtype=idx_dtype, device=dev)
-        omin = omax = None
         for c0 in range(y0, y1, rows_per_chunk):
             c1 = min(c0 + rows_per_chunk, y1)
             n = (c1 - c0) * W
@@ -294,14 +295,10 @@ def clahe_2d(
             t0 = torch.addcmul(g[..., 0], wx, g[..., 1])
             o = out[c0:c1]
             torch.addcmul(t0, wy[c0 - y0 : c1 - y0], t1, out=o)
-            cmin, cmax = torch.aminmax(o)
-            omin = cmin if omin is None else torch.minimum(omin, cmin)
-            omax = cmax if omax is None else torch.maximum(omax, cmax)
-        return omin, omax
 
-    ranges = [r for r in (map_rows(j) for j in range(nt0 + 1)) if r is not None]
-    lo_v = float(torch.stack([r[0] for r in ranges]).min())
-    hi_v = float(torch.stack([r[1] for r in ranges]).max())
+    for j in range(nt0 + 1):
+        map_rows(j)
+    lo_v, hi_v = (float(v) for v in torch.aminmax(out))
 
     # ---- rescale to [0, 1] (skimage's final rescale_intensity; a constant result is clipped instead)
     if hi_v > lo_v:
