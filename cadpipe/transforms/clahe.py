@@ -26,26 +26,24 @@ rows on a GPU. The same code runs wherever the tensor is.
 Differences from skimage, together below ``1e-4`` mean absolute difference on ``[0, 1]`` output:
 
 - the interpolated levels are not truncated to integers before the final rescale (up to 1/16383 each);
-
 - arithmetic in float32 where skimage uses float64 (the interpolation accumulates in float32 in both);
-- integer images are rescaled from their own min-max: identical to skimage for ``uint8`` and ``uint16``
-  and for signed integer images without negative values (skimage rescales those by its own dtype rules
-  first). Float images inside ``[0, 1]`` are quantised to 16 bits like ``img_as_uint`` does; float images
-  outside ``[0, 1]`` (CT in HU, say), which skimage refuses (or clips at 0), are min-max normalised first.
+- integer images are rescaled from their own min-max: identical to skimage for ``uint8`` and ``uint16``;
+  signed integers (skimage first converts them by its dtype rules, negative values to 0) are min-max
+  rescaled directly. Float images inside ``[0, 1]`` are quantised to 16 bits like ``img_as_uint`` does
+  (rounding half up rather than to even); float images outside ``[0, 1]`` (CT in HU, say), which skimage
+  refuses (or clips at 0), are min-max normalised first.
 - colour images: skimage equalises the HSV value of an RGB image; this transform equalises each channel.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 from monai.config import DtypeLike, KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
-from monai.data.meta_obj import get_track_meta
 from monai.data.meta_tensor import MetaTensor
 from monai.transforms.transform import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor

@@ -152,3 +152,15 @@ def test_bad_arguments():
         clahe_2d(torch.zeros(8, 8), kernel_size=(2, 2, 2))
     with pytest.raises(ValueError, match="nbins"):
         CLAHE(nbins=0)
+
+
+def test_num_threads_restored():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        img = natural(40, 30, seed=11, dtype=np.uint16, maxv=4095)[None]
+        a = CLAHE()(img)  # runs on one intra-op thread
+        assert torch.get_num_threads() == 2
+        np.testing.assert_array_equal(a, CLAHE(num_threads=None)(img))
+    finally:
+        torch.set_num_threads(prev)
