@@ -126,10 +126,11 @@ def test_lgg_end_to_end(bundle, tmp_path):
     n = len(truth[held_out[0]]["mask"][0, 0])
     masks = sorted(res.glob("*_seg.nii.gz"))
     assert len(masks) == n and len(list(res.glob("*_montage.png"))) == n
-    stem = f"{held_out[0]}_6"
-    m = nib.load(res / f"{stem}_seg.nii.gz").get_fdata()
+    pmask = truth[held_out[0]]["mask"]
+    k = int(pmask.sum(axis=(0, 1)).argmax())  # the slice with the largest tumour (file number k + 1)
+    m = nib.load(res / f"{held_out[0]}_{k + 1}_seg.nii.gz").get_fdata()
     assert m.shape == (64, 64)
-    truth_slice = truth[held_out[0]]["mask"][..., 5].T  # numpy [row, col] -> MONAI (X=col, Y=row)
+    truth_slice = pmask[..., k].T  # numpy [row, col] -> MONAI (X=col, Y=row)
     assert seg.volume_metrics(m > 0, truth_slice, (1, 1))["dice"] > 0.5
 
 
@@ -149,7 +150,7 @@ def test_nifti_end_to_end_keeps_geometry(bundle, tmp_path):
     assert metrics["mean_dice"] > baseline + 0.3, metrics  # volume Dice after 16 tiny epochs (~0.5-0.6 seen)
 
     res = tmp_path / "infer_out"
-    _run(bundle, "inference.json", dataset_dir=str(data), output_dir=str(res), save_prob=True)
+    _run(bundle, "inference.json", dataset_dir=str(data), output_dir=str(res), in_channels=2, save_prob=True)
     for case in ("BRATS_synthetic_006", "BRATS_synthetic_007"):  # the imagesTs volumes
         src = nib.load(truth[case]["image"])
         mask = nib.load(res / f"{case}_seg.nii.gz")
