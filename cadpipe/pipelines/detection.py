@@ -81,10 +81,8 @@ class ResNetFPN(torch.nn.Module):
         )
         self.out_channels = out_channels
 
-    def forward(self, x):
-        from collections import OrderedDict
-
-        feats = OrderedDict()
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats: dict[str, torch.Tensor] = {}  # insertion-ordered, TorchScript-compatible
         for name, module in self.body.items():
             x = module(x)
             if name in self.return_layers:
