@@ -97,3 +97,49 @@ def test_ckpt_export_torchscript_matches(bundle, request):
                 torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
     else:
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def _cpu_gloo_override(bundle):
+    """The bundle's multi_gpu_train.json turned into a CPU/gloo one: device cpu, no device_ids, no cuda calls."""
+    conf = json.loads((bundle / "configs" / "multi_gpu_train.json").read_text())
+    init = [s.replace("'nccl'", "'gloo'").replace('"nccl"', '"gloo"') for s in conf["initialize"] if "cuda" not in s]
+    assert any("gloo" in s for s in init), "multi_gpu_train.json does not initialise a process group"
+    network = {k: v for k, v in conf["network"].items() if k != "device_ids"}
+    assert network["_target_"].endswith("DistributedDataParallel")
+    override = {"device": "$torch.device('cpu')", "network": network, "initialize": init}
+    path = bundle / "configs" / "cpu_gloo.json"
+    path.write_text(json.dumps(override))
+    return path
+
+
+@pytest.mark.slow
+def test_multi_gpu_train_torchrun_gloo_cpu(tmp_path):
+    """``torchrun --nproc_per_node 2`` on CPU with gloo, brain bundle, one tiny epoch: rank 0 saves the checkpoint."""
+    import subprocess
+    import sys
+
+    from cadpipe.data.synthetic.brain import write_msd_synthetic
+
+    name = "brain_mri_tumor_segmentation"
+    bundle = tmp_path / name
+    shutil.copytree(os.path.join(BUNDLES_DIR, name), bundle, ignore=shutil.ignore_patterns("*.pt", "*.ts", "eval", "outputs"))
+    conf = json.loads((bundle / "configs" / "multi_gpu_train.json").read_text())
+    assert conf["train#sampler"]["_target_"] == "DistributedSampler"
+    assert "dist.get_rank() > 0" in conf["validate#evaluator#val_handlers"]
+    cpu = _cpu_gloo_override(bundle)
+    data = tmp_path / "msd"
+    write_msd_synthetic(data, n_train=4, n_test=0, shape=(32, 32, 4), modalities=("FLAIR",), seed=0)
+    configs = [str(bundle / "configs" / c) for c in ("train.json", "multi_gpu_train.json")] + [str(cpu)]
+    tiny = {"roi_size": "[32,32]", "channels": "[8,16,32]", "strides": "[2,2]", "num_res_units": "1", "num_workers": "0",
+            "epochs": "1", "batch_size": "2", "num_samples": "2", "dataset_layout": "nifti", "val_fraction": "0.5",
+            "test_fraction": "0.0", "cache_rate": "0.0"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "monai.bundle", "run", "--config_file", repr(configs), "--bundle_root", str(bundle),
+           "--dataset_dir", str(data), "--logging_file", str(bundle / "configs" / "logging.conf")]
+    cmd += [a for k, v in tiny.items() for a in (f"--{k}", v)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (bundle / "models" / "model.pt").is_file()
+    state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state), "checkpoint should hold the plain network state_dict"
