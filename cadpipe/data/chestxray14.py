@@ -19,7 +19,7 @@ import numpy as np
 
 from cadpipe.errors import CadpipeInputError
 
-__all__ = ["NIH_LABELS", "find_images", "read_entries", "chestxray14_splits", "chestxray14_datalist"]
+__all__ = ["NIH_LABELS", "find_images", "read_entries", "rsna_items", "chestxray14_splits", "chestxray14_datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +85,45 @@ def _read_list(path: str) -> set[str]:
         return {line.strip() for line in f if line.strip()}
 
 
-def chestxray14_splits(dataset_dir: str, val_fraction: float = 0.1, seed: int = 0, strict: bool = True
-                       ) -> dict[str, list[dict]]:
+def rsna_items(rsna_dir: str, strict: bool = True) -> list[dict]:
+    """RSNA Pneumonia Detection Challenge: ``stage_2_train_labels.csv`` (``patientId``, ``Target``; several box rows
+    per patient) and ``stage_2_train_images/<patientId>.dcm``. ``Target`` 1 → Pneumonia, 0 → No Finding (any 1 wins).
+    Bad rows (``Target`` not 0/1, missing DICOM) are reported like :func:`read_entries`."""
+    csv_path = os.path.join(rsna_dir, "stage_2_train_labels.csv")
+    if not os.path.isfile(csv_path):
+        raise CadpipeInputError(csv_path, "RSNA label file not found")
+    target, bad = {}, []
+    with open(csv_path, newline="") as f:
+        for row_no, row in enumerate(csv.DictReader(f), start=2):
+            pid, t = (row.get("patientId") or "").strip(), (row.get("Target") or "").strip()
+            dcm = os.path.join(rsna_dir, "stage_2_train_images", f"{pid}.dcm")
+            if t not in ("0", "1"):
+                bad.append(f"row {row_no} ({pid}): Target {t!r} is not 0 or 1")
+            elif not os.path.isfile(dcm):
+                bad.append(f"row {row_no} ({pid}.dcm): image file not found")
+            else:
+                target[pid] = max(target.get(pid, 0), int(t))
+    if bad:
+        if strict:
+            raise CadpipeInputError(csv_path, f"{len(bad)} bad row(s): " + "; ".join(bad))
+        for b in bad:
+            logger.warning("%s: skipping %s", csv_path, b)
+    out = []
+    for pid, t in sorted(target.items()):
+        vec = np.zeros(len(NIH_LABELS), np.float32)
+        vec[NIH_LABELS.index("Pneumonia" if t else "No Finding")] = 1
+        out.append({"image": os.path.join(rsna_dir, "stage_2_train_images", f"{pid}.dcm"), "name": f"{pid}.dcm",
+                    "label": vec.tolist(), "patient": f"rsna:{pid}"})
+    return out
+
+
+def chestxray14_splits(dataset_dir: str, val_fraction: float = 0.1, seed: int = 0, strict: bool = True,
+                       layout: str = "nih", rsna_dir: str = "") -> dict[str, list[dict]]:
     """``train`` / ``val`` / ``test`` datalists: ``test`` = ``test_list.txt``; ``train_val_list.txt`` split by patient
-    (``val_fraction`` of its patients, seeded, into ``val``). Rows in neither list are logged and left out."""
+    (``val_fraction`` of its patients, seeded, into ``val``). Rows in neither list are logged and left out.
+    ``layout="nih+rsna"`` adds the RSNA items of ``rsna_dir`` to train/val (split by patient with NIH's)."""
+    if layout not in ("nih", "nih+rsna"):
+        raise CadpipeInputError(dataset_dir, f"unknown dataset_layout {layout!r} (use nih or nih+rsna)")
     items = read_entries(dataset_dir, strict=strict)
     trval = _read_list(os.path.join(dataset_dir, "train_val_list.txt"))
     test_names = _read_list(os.path.join(dataset_dir, "test_list.txt"))
@@ -97,6 +132,10 @@ def chestxray14_splits(dataset_dir: str, val_fraction: float = 0.1, seed: int = 
         raise CadpipeInputError(os.path.join(dataset_dir, "test_list.txt"),
                                 f"{len(both)} image(s) also in train_val_list.txt, e.g. {sorted(both)[0]}")
     tv = [i for i in items if i["name"] in trval]
+    if layout == "nih+rsna":
+        if not rsna_dir:
+            raise CadpipeInputError(dataset_dir, "dataset_layout nih+rsna needs rsna_dir")
+        tv = tv + rsna_items(rsna_dir, strict=strict)
     test = [i for i in items if i["name"] in test_names]
     rest = len(items) - len(tv) - len(test)
     if rest:
@@ -112,6 +151,6 @@ def chestxray14_splits(dataset_dir: str, val_fraction: float = 0.1, seed: int = 
 
 
 def chestxray14_datalist(dataset_dir: str, split: str = "train", val_fraction: float = 0.1, seed: int = 0,
-                         strict: bool = True) -> list[dict]:
+                         strict: bool = True, layout: str = "nih", rsna_dir: str = "") -> list[dict]:
     """One split of :func:`chestxray14_splits`."""
-    return chestxray14_splits(dataset_dir, val_fraction, seed, strict)[split]
+    return chestxray14_splits(dataset_dir, val_fraction, seed, strict, layout, rsna_dir)[split]

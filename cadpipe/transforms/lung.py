@@ -129,11 +129,12 @@ class MorphOpening(Transform):
     def __call__(self, img):
         if self.radius <= 0:
             return img
-        from skimage.morphology import binary_opening, disk
+        from scipy.ndimage import binary_opening
+        from skimage.morphology import disk
 
         arr = np.asarray(convert_to_tensor(img, track_meta=False).detach().cpu().numpy()) > 0
         fp = disk(self.radius)
-        out = np.stack([binary_opening(c, fp) for c in arr]).astype(np.float32)
+        out = np.stack([binary_opening(c, structure=fp) for c in arr]).astype(np.float32)
         return convert_to_dst_type(out, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
 
 

@@ -20,13 +20,15 @@ __all__ = ["write_synthetic_chestxray14"]
 
 
 def _place(k: int) -> tuple[float, float]:
-    side = 0.31 if k % 2 == 0 else 0.69
-    return 0.3 + 0.05 * (k // 2), side + (0.04 if k % 4 < 2 else -0.04)  # (row, col) as fractions
+    side = 0.31 if k % 2 == 0 else 0.69  # classes 0-3 are well apart (upper/lower, left/right); later ones overlap
+    low = (k // 2) % 2
+    return 0.3 + 0.25 * low + 0.03 * (k // 4), side + (0.05 if low else -0.05)  # (row, col) as fractions
 
 
 def write_synthetic_chestxray14(root: str, n_patients: int = 12, images_per_patient: int = 2, size: int = 64,
                                 classes: tuple[int, ...] = tuple(range(14)), test_fraction: float = 0.25,
-                                p_finding: float = 0.5, seed: int = 0, nested: bool = True) -> dict[str, list[str]]:
+                                p_finding: float = 0.5, seed: int = 0, nested: bool = True, radius: float = 0.1
+                                ) -> dict[str, list[str]]:
     """Write the folder; ``nested`` puts images in ``images_001/images/`` (the archive layout), else ``images/``."""
     rng = np.random.default_rng(seed)
     img_dir = os.path.join(root, "images_001", "images") if nested else os.path.join(root, "images")
@@ -40,7 +42,7 @@ def write_synthetic_chestxray14(root: str, n_patients: int = 12, images_per_pati
             found = [c for c in classes if rng.random() < p_finding / max(1, len(classes)) * 2]
             for c in found:
                 r, cc = _place(c)
-                img[((yy - r) ** 2 + (xx - cc) ** 2) < 0.05**2] = 0.95
+                img[((yy - r) ** 2 + (xx - cc) ** 2) < radius**2] = 0.95
             name = f"synthetic_{p + 1:08d}_{k:03d}.png"
             Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(os.path.join(img_dir, name))
             labels = [NIH_LABELS[c] for c in found] or ["No Finding"]

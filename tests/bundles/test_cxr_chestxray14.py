@@ -1,0 +1,129 @@
+"""ChestX-ray14 multi-label bundle: schema, net in/out, ids, and synthetic train -> evaluate (per-class AUC) ->
+inference (15 probabilities + Grad-CAM), alone and with the lung crop."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cadpipe.data.synthetic.chestxray14 import write_synthetic_chestxray14
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUNDLE = os.path.join(ROOT, "bundles", "cxr_chestxray14_classification")
+TINY = {"network_def#init_features": 16, "network_def#growth_rate": 8, "network_def#block_config": [2, 2, 2, 2]}
+CLASSES = (0, 1, 2)  # pathologies drawn in the synthetic set (Atelectasis, Cardiomegaly, Effusion)
+
+
+def _workflow(bundle, names, wtype, **override):
+    from monai.bundle import ConfigWorkflow
+
+    return ConfigWorkflow(config_file=[os.path.join(bundle, "configs", n) for n in names],
+                          meta_file=os.path.join(bundle, "configs", "metadata.json"),
+                          logging_file=os.path.join(bundle, "configs", "logging.conf"), workflow_type=wtype, **override)
+
+
+def test_metadata_schema(tmp_path, shared_dir):
+    from monai.bundle import verify_metadata
+
+    schema = tmp_path / "meta_schema_20240725.json"
+    shutil.copy(os.path.join(shared_dir, "monai", "meta_schema_20240725.json"), schema)
+    meta_file = os.path.join(BUNDLE, "configs", "metadata.json")
+    verify_metadata(meta_file=meta_file, filepath=str(schema))
+    meta = json.load(open(meta_file))
+    from cadpipe.data.chestxray14 import NIH_LABELS
+
+    assert meta["version"] in meta["changelog"] and meta["cadpipe"]["task"] == "multilabel"
+    assert meta["cadpipe"]["class_names"] == list(NIH_LABELS)
+    assert list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values()) == list(NIH_LABELS)
+
+
+def test_verify_net_in_out():
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=os.path.join(BUNDLE, "configs", "metadata.json"),
+                      config_file=os.path.join(BUNDLE, "configs", "inference.json"), n=1, any=64, device="cpu")
+
+
+def test_config_ids():
+    train = json.load(open(os.path.join(BUNDLE, "configs", "train.json")))
+    for k in ("bundle_root", "dataset_dir", "dataset_layout", "output_dir", "device", "epochs", "batch_size",
+              "image_size", "learning_rate", "num_workers", "pretrained_path", "lung_crop", "lung_bundle", "val_interval"):
+        assert k in train, k
+    assert train["learning_rate"] == 0.001 and train["batch_size"] == 16 and train["image_size"] == 224
+    assert train["lr_factor"] == 0.1 and train["lr_patience"] == 8 and train["lung_crop"] is False
+    infer = json.load(open(os.path.join(BUNDLE, "configs", "inference.json")))
+    for k in ("bundle_root", "device", "dataset_dir", "output_dir", "network_def", "network", "inferer",
+              "preprocessing", "postprocessing", "writers", "cam_layers", "cam_threshold", "lung_crop", "lung_bundle"):
+        assert k in infer, k
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cx14")
+    bundle = str(tmp / "bundle")
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("*.pt", "eval", "outputs"))
+    data = str(tmp / "data")
+    truth = write_synthetic_chestxray14(data, 48, 2, size=64, classes=CLASSES, p_finding=0.75, test_fraction=0.25, seed=0)
+    common = dict(bundle_root=bundle, dataset_dir=data, image_size=64, batch_size=8, num_workers=0, **TINY)
+    # no augmentation: a short CPU run; the augmentation itself is exercised by the lung bundle tests
+    wf = _workflow(bundle, ["train.json"], "train", epochs=14, val_fraction=0.25, **{"train#augmentation": []}, output_dir=str(tmp / "tout"), **common)
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    return {"tmp": tmp, "bundle": bundle, "data": data, "truth": truth, "common": common}
+
+
+@pytest.mark.slow
+def test_evaluate_per_pathology_auc(trained):
+    assert {"model.pt", "model_last.pt"} <= set(os.listdir(os.path.join(trained["bundle"], "models")))
+    out = str(trained["tmp"] / "eval")
+    wf = _workflow(trained["bundle"], ["train.json", "evaluate.json"], "eval", output_dir=out, val_fraction=0.25,
+                   **trained["common"])
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    test_names = open(os.path.join(trained["data"], "test_list.txt")).read().split()
+    assert m["n"] == len(test_names) and m["split"] == "test"
+    drawn = [m["auc"][c] for c in ("Atelectasis", "Cardiomegaly", "Effusion")]
+    assert min(drawn) > 0.6 and np.mean(drawn) > 0.8, m["auc"]  # held-out, chance is 0.5
+    assert m["auc"]["Hernia"] is None  # no positives: not scored, not faked
+    assert m["mean_auc"] == pytest.approx(np.mean([v for v in m["auc"].values() if v is not None]))
+    rows = list(csv.DictReader(open(os.path.join(out, "predictions.csv"))))
+    assert len(rows) == len(test_names) and len([k for k in rows[0] if k.startswith("prob_")]) == 15
+    assert {os.path.basename(r["path"]) for r in rows} == set(test_names)
+
+
+@pytest.mark.slow
+def test_inference_probabilities_and_heatmaps(trained):
+    out = str(trained["tmp"] / "infer")
+    img_dir = os.path.join(trained["data"], "images_001", "images")
+    names = sorted(open(os.path.join(trained["data"], "test_list.txt")).read().split())[:6]
+    sub = str(trained["tmp"] / "sub")
+    os.makedirs(sub)
+    for n in names:
+        shutil.copy(os.path.join(img_dir, n), sub)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+           os.path.join(trained["bundle"], "configs", "inference.json"), "--bundle_root", trained["bundle"],
+           "--dataset_dir", sub, "--output_dir", out, "--image_size", "64", "--cam_threshold", "0.5",
+           "--device", "$torch.device('cpu')"]
+    cmd += [a for k, v in TINY.items() for a in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(os.path.join(out, "predictions.csv"))))
+    assert len(rows) == 6
+    from PIL import Image
+
+    for r in rows:
+        probs = {k[5:]: float(v) for k, v in r.items() if k.startswith("prob_")}
+        assert len(probs) == 15 and all(0 <= p <= 1 for p in probs.values())
+        expect = [c for c, p in probs.items() if p >= 0.5 and c != "No Finding"]
+        assert r["findings"].split("|") == expect or (not expect and r["findings"] == "")
+        for png in filter(None, r["heatmaps"].split("|")):
+            assert np.asarray(Image.open(png)).shape == (64, 64, 3)
