@@ -111,7 +111,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         overrides={"epochs": 1, "batch_size": 2, "num_workers": 0, "num_samples": 1, "sw_batch_size": 1}),
     "mammo_mass_detection": dict(
         train=_mammo_train, studies=_mammo_studies,
-        overrides={"epochs": 1, "batch_size": 2, "num_workers": 0, "image_long_side": 256, "cache_rate": 0.0}),
+        overrides={"epochs": 1, "batch_size": 2, "num_workers": 0, "image_long_side": 256, "cache_rate": 0.0,
+                   "split_fractions": [0.5, 0.25, 0.25]}),  # 4 synthetic cases: at least one validation case
     "breast_histology_classification": dict(
         train=_histo_train, studies=_histo_studies,
         overrides={"epochs": 1, "batch_size": 2, "num_workers": 0, "patches_per_image": 2, "patch_size": 64}),
