@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BRAIN = "brain_mri_tumor_segmentation"
 CXR = "cxr_pneumonia_classification"
+MAMMO = "mammo_mass_detection"
 # tiny network/windows written into the tmp bundle copy's configs: MONAI Label reads the configs as they are
 TINY = {"roi_size": [32, 32], "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1, "num_workers": 0,
         "epochs": 1, "batch_size": 4, "num_samples": 2, "dataset_layout": "nifti", "val_fraction": 0.34,
@@ -83,13 +84,44 @@ def workspace(tmp_path_factory):
         output_dir=str(root / "cxr_train"), logging_file=str(cxr / "configs" / "logging.conf"))
     assert (cxr / "models" / "model.pt").is_file()
 
+    # detection: seeded tiny weights (no training) and score threshold 0: checks the plumbing, boxes come back
+    mammo = bundles / MAMMO
+    _tiny_copy(MAMMO, mammo, {"image_long_side": 256, "infer_patch_size": [256, 256], "num_workers": 0,
+                              "score_thresh": 0.0}, {"layers": [1, 1, 1, 1], "block_inplanes": [8, 16, 32, 64],
+                                                    "fpn_channels": 32})
+    _seeded_weights(mammo)
+
     studies = root / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
+    _ljpeg_case_to_png(root / "ddsm", studies / "mammo_0001.png")
     for f in sorted((msd / "imagesTr").glob("*.nii.gz")):
         shutil.copy(f, studies / f.name)
         shutil.copy(msd / "labelsTr" / f.name, studies / "labels" / "final" / f.name)
     shutil.copy(sorted(kermany.glob("test/*/*.png"))[0], studies / "cxr_0001.png")
     return {"root": root, "bundles": bundles, "studies": studies}
+
+
+def _seeded_weights(bundle):
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+
+
+def _ljpeg_case_to_png(ddsm_dir, png):
+    """One synthetic DDSM view as an 8-bit PNG (MONAI Label's local datastore does not list .LJPEG)."""
+    from PIL import Image
+
+    from cadpipe.data.synthetic.ddsm import write_ddsm_dataset
+    from cadpipe.transforms import LoadStudyImage
+
+    write_ddsm_dataset(ddsm_dir, n_cases=1, seed=0, radius_range=(12, 20))
+    img = np.asarray(LoadStudyImage(mode="gray")(str(sorted(ddsm_dir.rglob("*.LJPEG"))[0]))[0]).T
+    Image.fromarray((255 * (img - img.min()) / (np.ptp(img) + 1e-9)).astype(np.uint8)).save(png)
 
 
 def _free_port():
@@ -108,15 +140,15 @@ def _request(url, method="GET", data=None, timeout=300):
 @pytest.fixture(scope="module")
 def server(ml_python, workspace):
     app = workspace["root"] / "app"
-    types = assemble_app(str(app), [BRAIN, CXR], str(workspace["bundles"]), monailabel_python=ml_python)
-    assert types == {BRAIN: "segmentation", CXR: "classification"}
+    types = assemble_app(str(app), [BRAIN, CXR, MAMMO], str(workspace["bundles"]), monailabel_python=ml_python)
+    assert types == {BRAIN: "segmentation", CXR: "classification", MAMMO: "detection"}
     port = _free_port()
     env = {**os.environ, "BUNDLE_DOWNLOAD_SRC": "github", "OMP_NUM_THREADS": "1",
            "PATH": os.path.dirname(ml_python) + os.pathsep + os.environ.get("PATH", "")}
     env.pop("PYTHONPATH", None)
     log = open(workspace["root"] / "server.log", "wb")
     cmd = [ml_python, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies",
-           str(workspace["studies"]), "--conf", "models", f"{BRAIN},{CXR}", "--conf", "sam2", "false", "--conf", "preload",
+           str(workspace["studies"]), "--conf", "models", f"{BRAIN},{CXR},{MAMMO}", "--conf", "sam2", "false", "--conf", "preload",
            "false", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(workspace["root"]),
                             start_new_session=True)
@@ -148,11 +180,12 @@ def server(ml_python, workspace):
 
 def test_info_lists_bundles(server):
     models = server["info"]["models"]
-    assert set(models) == {BRAIN, CXR}
+    assert set(models) == {BRAIN, CXR, MAMMO}
     assert (models[BRAIN]["type"], models[BRAIN]["labels"], models[BRAIN]["dimension"]) == ("segmentation", {"tumor": 1}, 2)
     assert (models[CXR]["type"], models[CXR]["labels"]) == ("classification", {"normal": 0, "pneumonia": 1})
     assert BRAIN in server["info"]["trainers"]
-    assert server["info"]["datastore"]["total"] == 4
+    assert (models[MAMMO]["type"], models[MAMMO]["labels"]) == ("detection", {"benign": 1, "malignant": 2})
+    assert server["info"]["datastore"]["total"] == 5
 
 
 def _bundle_probabilities(bundle, image):
@@ -204,3 +237,14 @@ def test_train_one_epoch_writes_checkpoint(server):
     assert status == 200
     assert ckpt.read_bytes() != before, "training did not write a new checkpoint"
     assert "Training Finished" in server["log"].read_text()
+
+
+@pytest.mark.xfail(strict=True, reason="mammo bundle: preprocessing copies to 'image_path' (MONAI Label already sets it) "
+                                       "and postprocessing reads 'score' (the detector gives 'label_scores'); "
+                                       "see docs/monailabel.md")
+def test_infer_detection_returns_boxes(server):
+    status, body = _request(f"{server['base']}/infer/{MAMMO}?image=mammo_0001&output=json", method="POST")
+    assert status == 200
+    result = json.loads(body)
+    boxes, labels = np.asarray(result["box"]), np.asarray(result["label"])
+    assert boxes.ndim == 2 and boxes.shape[1] == 4 and len(boxes) == len(labels) > 0
