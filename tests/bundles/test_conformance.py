@@ -46,10 +46,7 @@ def test_verify_metadata(bundle, tmp_path, shared_dir):
 
 
 # Known failures, kept visible (strict: the test fails once they are fixed, so the mark gets removed).
-EXPORT_XFAIL = {
-    "mammo_mass_detection": "cadpipe/pipelines/detection.py: the backbone's forward has an import statement "
-                            "(and builds an OrderedDict) that TorchScript cannot compile",
-}
+EXPORT_XFAIL: dict[str, str] = {}  # bundle name -> reason (none now: mammo's backbone became scriptable in 55d23bd)
 
 
 def test_verify_net_in_out(bundle):
