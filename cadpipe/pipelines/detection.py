@@ -323,7 +323,7 @@ class DetectionEvaluator(SupervisedEvaluator):
 class DetectionMalignancyd(MapTransform):
     """Class-agnostic merge of a two-class (benign, malignant) detection into mass boxes with a malignancy.
 
-    Reads ``box`` (N,4), ``label`` (N) and ``score`` (N); writes ``box``, ``score`` (max class score),
+    Reads ``box`` (N,4), ``label`` (N) and ``score`` (N) (or MONAI Label's ``label_scores``); writes ``box``, ``score`` (max class score),
     ``malignancy`` (s_mal / (s_ben + s_mal) over raw boxes with IoU >= ``iou`` to the kept box) and
     ``label`` (1 when malignancy >= 0.5). Pure; tensors in, tensors out.
     """
@@ -336,7 +336,9 @@ class DetectionMalignancyd(MapTransform):
         d = dict(data)
         boxes = convert_to_tensor(d["box"], dtype=torch.float32).reshape(-1, 4)
         labels = convert_to_tensor(d["label"], dtype=torch.long).reshape(-1)
-        scores = convert_to_tensor(d["score"], dtype=torch.float32).reshape(-1)
+        # MONAI Label hands postprocessing the detector's raw key ``label_scores``; our engines write ``score``.
+        raw = d["score"] if "score" in d else d["label_scores"]
+        scores = convert_to_tensor(raw, dtype=torch.float32).reshape(-1)
         if boxes.shape[0] == 0:
             d.update(box=boxes, label=labels, score=scores, malignancy=scores.clone())
             return d
@@ -380,7 +382,7 @@ class DetectionJSONWriterd(MapTransform):
         d = dict(data)
         os.makedirs(self.output_dir, exist_ok=True)
         recs = [r for r in _records(d) if r["score"] >= self.min_score]
-        name = output_name(d.get("image_path", ""), d.get("name"))
+        name = output_name(d.get("source_path", ""), d.get("name"))
         with open(os.path.join(self.output_dir, f"{name}.json"), "w") as f:
             json.dump(recs, f, indent=1)
         return d
@@ -400,7 +402,7 @@ class DetectionOverlayWriterd(MapTransform):
         from cadpipe.transforms import LoadStudyImage
 
         d = dict(data)
-        path = d.get("image_path")
+        path = d.get("source_path")
         img = convert_to_numpy(LoadStudyImage(mode="gray")(path), dtype=np.float32)[0].T  # rows, cols
         lo, hi = np.percentile(img, (0.5, 99.5))
         u8 = (np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
@@ -507,7 +509,7 @@ def detection_metrics(items: Sequence[Mapping], iou_thr: float = 0.2, fp_rates=F
             k = int(ks[0]) if ks.size else -1
             rows.append(
                 {
-                    "image": it.get("image_path", ""),
+                    "image": it.get("source_path", ""),
                     "name": it.get("name", ""),
                     "finding": j,
                     "gt_box": " ".join(f"{v:.1f}" for v in g[j]),
@@ -561,7 +563,7 @@ class DetectionMetrics(Metric):
 
     def update(self, output):
         for it in _to_list(output):
-            self.items.append({k: it[k] for k in ("box", "score", "malignancy", "gt_box", "gt_label", "image_path", "name") if k in it})
+            self.items.append({k: it[k] for k in ("box", "score", "malignancy", "gt_box", "gt_label", "source_path", "name") if k in it})
 
     def compute(self):
         metrics, rows = detection_metrics(self.items, self.iou_thr)

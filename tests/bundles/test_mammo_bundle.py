@@ -105,7 +105,7 @@ def test_malignancy_merge_and_empty_json(tmp_path):
     assert out["malignancy"].tolist() == pytest.approx([0.2 / 0.8, 0.0])
     assert out["label"].tolist() == [0, 0]
     empty = DetectionMalignancyd()({"box": torch.zeros(0, 4), "label": torch.zeros(0), "score": torch.zeros(0)})
-    DetectionJSONWriterd(str(tmp_path))({**empty, "image_path": "/x/A_0001_1.LEFT_CC.LJPEG"})
+    DetectionJSONWriterd(str(tmp_path))({**empty, "source_path": "/x/A_0001_1.LEFT_CC.LJPEG"})
     assert json.loads((tmp_path / "A_0001_1.LEFT_CC.json").read_text()) == []
 
 

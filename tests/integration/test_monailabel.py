@@ -239,9 +239,6 @@ def test_train_one_epoch_writes_checkpoint(server):
     assert "Training Finished" in server["log"].read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="mammo bundle: preprocessing copies to 'image_path' (MONAI Label already sets it) "
-                                       "and postprocessing reads 'score' (the detector gives 'label_scores'); "
-                                       "see docs/monailabel.md")
 def test_infer_detection_returns_boxes(server):
     status, body = _request(f"{server['base']}/infer/{MAMMO}?image=mammo_0001&output=json", method="POST")
     assert status == 200
