@@ -77,3 +77,27 @@ def test_missing_files_and_overlapping_lists(tmp_path):
     os.remove(tmp_path / "test_list.txt")
     with pytest.raises(CadpipeInputError, match="official split list not found"):
         chestxray14_splits(str(tmp_path))
+
+
+def test_rsna_merge_and_bad_rows(tmp_path):
+    from cadpipe.data.chestxray14 import rsna_items
+
+    write_synthetic_chestxray14(str(tmp_path / "nih"), 6, 1, size=32, seed=5)
+    rsna = tmp_path / "rsna"
+    (rsna / "stage_2_train_images").mkdir(parents=True)
+    for pid in ("aa", "bb"):
+        (rsna / "stage_2_train_images" / f"{pid}.dcm").write_bytes(b"")  # only existence is checked here
+    rows = "patientId,x,y,width,height,Target\naa,,,,,0\nbb,1,2,3,4,1\nbb,5,6,7,8,1\n"
+    (rsna / "stage_2_train_labels.csv").write_text(rows)
+    items = rsna_items(str(rsna))
+    assert [(i["name"], NIH_LABELS[int(np.argmax(i["label"]))]) for i in items] == [("aa.dcm", "No Finding"),
+                                                                                    ("bb.dcm", "Pneumonia")]
+    s = chestxray14_splits(str(tmp_path / "nih"), 0.3, layout="nih+rsna", rsna_dir=str(rsna))
+    names = {i["name"] for i in s["train"] + s["val"]}
+    assert {"aa.dcm", "bb.dcm"} <= names and not any(i["name"].endswith(".dcm") for i in s["test"])
+    (rsna / "stage_2_train_labels.csv").write_text(rows + "cc,,,,,0\naa,,,,,2\n")
+    with pytest.raises(CadpipeInputError) as e:
+        rsna_items(str(rsna))
+    assert "row 5 (cc.dcm): image file not found" in str(e.value) and "row 6 (aa): Target '2'" in str(e.value)
+    with pytest.raises(CadpipeInputError, match="needs rsna_dir"):
+        chestxray14_splits(str(tmp_path / "nih"), layout="nih+rsna")
