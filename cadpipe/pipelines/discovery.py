@@ -23,6 +23,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.transforms.io_any import detect_format
 
 __all__ = ["Unit", "discover", "read_manifest", "safe_name"]
 
@@ -79,20 +80,10 @@ def _lower_suffix(name: str) -> str:
     return os.path.splitext(low)[1]
 
 
-def _looks_dicom(path: str) -> bool:
-    """DICOM Part 10 preamble check (``DICM`` at byte 128); cheap, reads 132 bytes."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def _detect(path: str) -> str | None:
     """Format of ``path`` (``dicom``/``nifti``/``ljpeg``/``image``) or None for non-images.
 
-    Uses ``cadpipe.transforms.io_any.detect_format`` when the foundation provides it, else suffix + DICOM magic.
+    Suffix first (cheap), then ``cadpipe.transforms.io_any.detect_format`` for files without a telling suffix.
     """
     name = os.path.basename(path)
     if name in SKIP_NAMES:
@@ -108,18 +99,8 @@ def _detect(path: str) -> str | None:
         return "dicom"  # named like DICOM: a load failure is an error row, not a silent skip
     if suffix in SKIP_SUFFIXES:
         return None
-    try:  # foundation's detector, when it has landed
-        from cadpipe.transforms.io_any import detect_format  # type: ignore
-
-        fmt = detect_format(path)
-        fmt = str(fmt).lower() if fmt else None
-        if fmt in ("dicom", "nifti", "ljpeg", "image"):
-            return fmt
-        if fmt in ("png", "jpeg", "jpg", "tiff"):
-            return "image"
-    except Exception:  # noqa: BLE001 - detector missing or undecided: fall back to magic bytes
-        pass
-    return "dicom" if _looks_dicom(path) else None
+    fmt = detect_format(path)  # content sniffing: DICOM without extension, non-images -> None
+    return fmt if fmt in ("dicom", "nifti", "ljpeg", "image") else None
 
 
 def _dicom_header(path: str) -> dict | None:
