@@ -33,6 +33,9 @@ bench: venv
 	$(PY) benchmarks/clahe.py
 	$(PY) benchmarks/ljpeg.py
 	$(PY) benchmarks/score.py
+	$(PY) benchmarks/brain_segmentation.py
+	$(PY) benchmarks/mammo_detection.py
+	$(PY) benchmarks/histology.py
 
 clean:
 	rm -rf $(VENV) .build demo_out
