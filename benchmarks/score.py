@@ -22,22 +22,6 @@ import time
 import torch
 
 
-def _bundle_copy(bundle: str, dest: str, overrides: dict) -> str:
-    from monai.bundle import ConfigParser
-
-    root = os.path.join(dest, "bundle")
-    shutil.copytree(bundle, root, ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
-    os.makedirs(os.path.join(root, "models"))
-    parser = ConfigParser()
-    parser.read_config(os.path.join(root, "configs", "inference.json"))
-    parser["bundle_root"] = root
-    for k, v in overrides.items():
-        parser[k] = v
-    torch.manual_seed(0)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), os.path.join(root, "models", "model.pt"))
-    return root
-
-
 def _studies(root: str, n: int, rows: int, cols: int) -> None:
     from cadpipe.data.synthetic.dicom import write_cxr_dicom
 
@@ -67,12 +51,13 @@ def main() -> None:
         except json.JSONDecodeError:
             overrides[k] = v
 
+    from cadpipe.data.synthetic.weights import copy_bundle_untrained
     from cadpipe.pipelines.bundle_runner import BundleRunner
     from cadpipe.pipelines.score import ScoreConfig, score
 
     work = tempfile.mkdtemp(prefix="cadpipe_bench_")
     try:
-        bundle = _bundle_copy(args.bundle, work, overrides)
+        bundle = copy_bundle_untrained(args.bundle, os.path.join(work, "bundle"), overrides)
         src = os.path.join(work, "studies")
         _studies(src, args.studies, args.rows, args.cols)
         n = args.studies

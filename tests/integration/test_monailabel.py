@@ -21,6 +21,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from cadpipe.data.synthetic.weights import write_untrained_weights
 from cadpipe.pipelines.monailabel_app import REPO_ROOT, assemble_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -89,7 +90,7 @@ def workspace(tmp_path_factory):
     _tiny_copy(MAMMO, mammo, {"image_long_side": 256, "infer_patch_size": [256, 256], "num_workers": 0,
                               "score_thresh": 0.0}, {"layers": [1, 1, 1, 1], "block_inplanes": [8, 16, 32, 64],
                                                     "fpn_channels": 32})
-    _seeded_weights(mammo)
+    write_untrained_weights(mammo)
 
     studies = root / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
@@ -99,17 +100,6 @@ def workspace(tmp_path_factory):
         shutil.copy(msd / "labelsTr" / f.name, studies / "labels" / "final" / f.name)
     shutil.copy(sorted(kermany.glob("test/*/*.png"))[0], studies / "cxr_0001.png")
     return {"root": root, "bundles": bundles, "studies": studies}
-
-
-def _seeded_weights(bundle):
-    import torch
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle)
-    torch.manual_seed(0)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
 
 
 def _ljpeg_case_to_png(ddsm_dir, png):

@@ -7,8 +7,8 @@ import os
 
 import pandas as pd
 import pytest
-import torch
 
+from cadpipe.data.synthetic.weights import copy_bundle_untrained
 from cadpipe.pipelines.bundle_runner import bundle_is_complete
 from cadpipe.pipelines.score import EXIT_OK, ScoreConfig, score
 
@@ -16,24 +16,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _copy_with_random_weights(name: str, dest: str, overrides: dict) -> str:
-    import shutil
-
-    from monai.bundle import ConfigParser
-
     src = os.path.join(REPO, "bundles", name)
     if not bundle_is_complete(src):
         pytest.skip(f"{name} is not complete yet")
-    root = os.path.join(dest, name)
-    shutil.copytree(src, root, ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
-    os.makedirs(os.path.join(root, "models"))
-    parser = ConfigParser()
-    parser.read_config(os.path.join(root, "configs", "inference.json"))
-    parser["bundle_root"] = root
-    for k, v in overrides.items():
-        parser[k] = v
-    torch.manual_seed(0)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), os.path.join(root, "models", "model.pt"))
-    return root
+    return copy_bundle_untrained(src, os.path.join(dest, name), overrides)
 
 
 def _cxr(d):
