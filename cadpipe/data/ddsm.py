@@ -21,7 +21,6 @@ from __future__ import annotations
 import gzip
 import os
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -263,38 +262,27 @@ def _int(tok, k, path, lineno) -> int:
         raise CadpipeInputError(path, f"line {lineno}: expected an integer after {tok[0]}") from None
 
 
-_VIEW_LINE = re.compile(r"^(LEFT|RIGHT)_(CC|MLO)\b(.*)$", re.IGNORECASE)
-
-
 def read_ics_views(path: str | os.PathLike) -> dict[str, dict]:
     """Per-view sizes from a DDSM ``.ics``: ``{"LEFT_CC": {"rows", "cols", "bits", "resolution", "overlay"}}``.
 
-    (Only what the adapter needs; the full parser is ``cadpipe.transforms.io_ljpeg.read_ics``.)
+    A view of :func:`cadpipe.transforms.io_ljpeg.read_ics` (the one ``.ics`` parser), in the adapter's names.
+
+    Raises:
+        CadpipeInputError: whatever ``read_ics`` rejects (unreadable file, no view line, a view line lacking
+            LINES/PIXELS_PER_LINE/BITS_PER_PIXEL/RESOLUTION or with non-numeric values), naming the file and line.
     """
-    path = os.fspath(path)
-    out = {}
-    for k, raw in enumerate(_open_text(path), 1):
-        m = _VIEW_LINE.match(raw.strip())
-        if not m:
-            continue
-        view = f"{m.group(1).upper()}_{m.group(2).upper()}"
-        tok = m.group(3).split()
-        vals = {}
-        for j in range(len(tok) - 1):
-            vals[tok[j].upper()] = tok[j + 1]
-        try:
-            out[view] = {
-                "rows": int(vals["LINES"]),
-                "cols": int(vals["PIXELS_PER_LINE"]),
-                "bits": int(vals.get("BITS_PER_PIXEL", 12)),
-                "resolution": float(vals.get("RESOLUTION", "nan")),
-                "overlay": "NON_OVERLAY" not in (t.upper() for t in tok),
-            }
-        except (KeyError, ValueError):
-            raise CadpipeInputError(path, f"line {k}: {view} line lacks LINES / PIXELS_PER_LINE") from None
-    if not out:
-        raise CadpipeInputError(path, "no LEFT_/RIGHT_ CC/MLO view lines")
-    return out
+    from cadpipe.transforms.io_ljpeg import read_ics
+
+    return {
+        view: {
+            "rows": v["LINES"],
+            "cols": v["PIXELS_PER_LINE"],
+            "bits": v["BITS_PER_PIXEL"],
+            "resolution": v["RESOLUTION"],
+            "overlay": bool(v.get("OVERLAY", False)),
+        }
+        for view, v in read_ics(path)["views"].items()
+    }
 
 
 def find_ddsm_cases(root: str | os.PathLike) -> list[Path]:

@@ -122,8 +122,8 @@ def test_ics_views_and_errors(tmp_path):
     assert not v["RIGHT_CC"]["overlay"]
     (tmp_path / "other").mkdir()
     bad = tmp_path / "other" / "bad.ics"
-    bad.write_text("ics_version 1.0\nLEFT_CC LINES x PIXELS_PER_LINE 3\n")
-    with pytest.raises(CadpipeInputError, match="bad.ics: line 2: LEFT_CC line lacks"):
+    bad.write_text("ics_version 1.0\nLEFT_CC LINES x PIXELS_PER_LINE 3\nfilename A-0001-1\n")
+    with pytest.raises(CadpipeInputError, match=r"bad.ics: malformed .ics line 2: LINES .x. is not a number"):
         read_ics_views(bad)
     # LJPEG named in the .ics but missing
     bad.unlink()
