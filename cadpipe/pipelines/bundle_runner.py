@@ -9,6 +9,12 @@ except reading results out of ``"pred"`` (see the bundle contract in ``docs/arch
 - ``heatmap(item)``: GradCAM on the bundle's ``cam_layers`` (classification), via ``cadpipe.pipelines.heatmaps``
   when that module provides ``gradcam``, else MONAI's ``GradCAM`` directly.
 
+Result keys (additive hook, issue 10): any preprocessing/postprocessing transform may put into the item
+``RESULT_COLUMNS_KEY`` (``"result_columns"``): ``{column: bool | int | float | str | list}`` — added to the unit's
+row in ``results.csv`` (lists JSON-encoded; e.g. the lung box from ``LungCropd``) — and ``RESULT_NOTES_KEY``
+(``"result_notes"``): a list of sentences shown in the per-study report. ``predict`` keeps both out of the collated
+batch (they need not be collatable) and puts them back on each output item.
+
 Example::
 
     runner = BundleRunner("bundles/cxr_pneumonia_classification", device="cpu")
@@ -29,7 +35,25 @@ import torch
 
 from cadpipe.errors import CadpipeInputError
 
-__all__ = ["BundleRunner", "file_sha256", "bundle_is_complete"]
+__all__ = ["BundleRunner", "file_sha256", "bundle_is_complete", "RESULT_COLUMNS_KEY", "RESULT_NOTES_KEY",
+           "result_columns"]
+
+RESULT_COLUMNS_KEY, RESULT_NOTES_KEY = "result_columns", "result_notes"
+_RESULT_KEYS = (RESULT_COLUMNS_KEY, RESULT_NOTES_KEY)
+
+
+def result_columns(out: dict) -> dict:
+    """The ``RESULT_COLUMNS_KEY`` columns of one item as plain values (tensors → numbers, lists → JSON)."""
+    row = {}
+    for key, value in dict(out.get(RESULT_COLUMNS_KEY) or {}).items():
+        if isinstance(value, torch.Tensor):
+            value = value.item() if value.numel() == 1 else value.tolist()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, (list, tuple, np.ndarray)):
+            value = json.dumps(np.asarray(value).tolist())
+        row[str(key)] = value
+    return row
 
 REQUIRED_CONFIGS = ("configs/metadata.json", "configs/inference.json")
 
@@ -111,6 +135,8 @@ class BundleRunner:
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.postprocessing = parser.get_parsed_content("postprocessing")
         self.cam_layers = parser.get("cam_layers") if "cam_layers" in parser else info.get("cam_layers")
+        # multi-label bundles: one heatmap per class at or above ``cam_threshold`` (issue 10)
+        self.cam_threshold = float(parser.get_parsed_content("cam_threshold")) if "cam_threshold" in parser else None
         if not self.class_names:
             self.class_names = self._channel_def_names()
 
@@ -139,12 +165,13 @@ class BundleRunner:
 
         if self.detector is not None:
             return self._detect(items)
-        batch = list_data_collate(items)
+        side = [{k: d[k] for k in _RESULT_KEYS if k in d} for d in items]  # result keys: not collated
+        batch = list_data_collate([{k: v for k, v in d.items() if k not in _RESULT_KEYS} for d in items])
         with torch.inference_mode():
             images = batch["image"].to(self.device)
             batch["pred"] = self.inferer(images, self.network)
             outs = decollate_batch(batch)
-            return [self.postprocessing(o) for o in outs]
+            return [self.postprocessing({**o, **s}) for o, s in zip(outs, side)]
 
     def _detect(self, items: list[dict]) -> list[dict]:
         """Detection: the bundle's ``detector`` on a list of images (any shapes), then per-item postprocessing."""
@@ -176,6 +203,14 @@ class BundleRunner:
         if self.positive_class in self.class_names:
             return self.class_names.index(self.positive_class)
         return None
+
+    def cam_classes(self, probs, skip: tuple[str, ...] = ("No Finding",)) -> list[int]:
+        """Multi-label: indices of the classes (``skip`` left out) whose probability is at least ``cam_threshold``."""
+        if self.task != "multilabel" or self.cam_threshold is None or not self.cam_layers:
+            return []
+        names = self.class_names
+        return [i for i, p in enumerate(np.asarray(probs, dtype=np.float64).reshape(-1))
+                if p >= self.cam_threshold and not (i < len(names) and names[i] in skip)]
 
     def heatmaps(self, items: list[dict], class_index: int | None = None) -> list[np.ndarray] | None:
         """GradCAM for a list of same-shape preprocessed items in one forward/backward pass (see :meth:`heatmap`)."""
@@ -213,7 +248,10 @@ class BundleRunner:
 
     # -- reading results out of "pred" ---------------------------------------------------------------------
     def summarise(self, out: dict) -> dict:
-        """Task columns for results.csv from one postprocessed item."""
+        """Task columns for results.csv from one postprocessed item, plus its ``RESULT_COLUMNS_KEY`` columns."""
+        return self._task_columns(out) | result_columns(out)
+
+    def _task_columns(self, out: dict) -> dict:
         pred = out["pred"]
         if self.task in ("classification", "multilabel"):
             probs = np.asarray(torch.as_tensor(pred).detach().cpu().float()).reshape(-1)

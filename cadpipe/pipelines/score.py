@@ -146,6 +146,17 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
         png = os.path.join(folder, f"{prefix}_heatmap.png" if heat is not None else f"{prefix}_image.png")
         overlay_png(image, heatmap=heat, path=png)
         outputs["overlays"].append(rel(png))
+        # -- issue 10: multi-label bundles with cam_threshold get one heatmap per class above it ----------------
+        per_class = []
+        for ci in runner.cam_classes(probs):
+            n = runner.class_names[ci]
+            cpng = os.path.join(folder, f"{prefix}_heatmap_{safe_name(n)}.png")
+            overlay_png(image, heatmap=runner.heatmap(pre_item, class_index=ci), path=cpng)
+            outputs["overlays"].append(rel(cpng))
+            per_class.append(rel(cpng))
+        if runner.task == "multilabel" and runner.cam_threshold is not None:
+            row["heatmaps"] = ";".join(per_class)
+        # -- end issue 10 -------------------------------------------------------------------------------------------
     elif runner.task == "segmentation":
         import nibabel as nib
 
@@ -201,6 +212,16 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
                              "text": f"Finding {i}: possible {b['label']} (score {b['score']:.0%}{extra}), boxed."})
         if not boxes:
             findings.append({"type": "none", "text": "No finding above the model's threshold."})
+    # -- issue 10: result keys set by the bundle's transforms (see bundle_runner): report notes + a details file --
+    from cadpipe.pipelines.bundle_runner import RESULT_NOTES_KEY, result_columns
+
+    findings += [{"type": "note", "text": str(t)} for t in (out.get(RESULT_NOTES_KEY) or [])]
+    extra = result_columns(out)
+    if extra:
+        js = os.path.join(folder, f"{prefix}_details.json")
+        atomic_write_text(js, json.dumps(extra, indent=1, default=str))
+        outputs["details"] = rel(js)
+    # -- end issue 10 -------------------------------------------------------------------------------------------
     return _base_row(unit, info) | {"status": "ok", "error": ""} | row | {"_findings": findings, "_outputs": outputs}
 
 

@@ -9,6 +9,7 @@ Axes follow MONAI's readers: ``(C, X, Y)`` with X = column, Y = row; boxes are `
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -244,8 +245,9 @@ class LungCrop(Transform):
     ``margin`` (fraction of its width/height) plus ``margin_px`` pixels on each side and clipped to the image. When no
     lung is found, the whole image passes through (the thesis' fallback).
 
-    Output meta: ``lung_found`` (bool), ``lung_box`` (``xyxy`` in the input's pixels, ``[]`` when none),
-    ``lung_crop_box`` (the region kept, ``xyxy``). The crop is a MONAI ``SpatialCrop`` (affine updated).
+    Output meta: ``lung_found`` (bool), ``lung_box`` (``xyxy`` in the input's pixels; four NaNs when none, so that
+    items with and without lungs still collate into one batch), ``lung_crop_box`` (the region kept, ``xyxy``). The
+    crop is a MONAI ``SpatialCrop`` (affine updated).
 
     Args:
         bundle_path: folder of the lung segmentation bundle (``configs/inference.json``, ``models/model.pt``).
@@ -300,7 +302,7 @@ class LungCrop(Transform):
             out = SpatialCrop(roi_start=crop[:2], roi_end=crop[2:])(img)
         if isinstance(out, MetaTensor):
             out.meta["lung_found"] = box is not None
-            out.meta["lung_box"] = [] if box is None else [float(v) for v in box]
+            out.meta["lung_box"] = [float("nan")] * 4 if box is None else [float(v) for v in box]
             out.meta["lung_crop_box"] = [float(v) for v in crop]
         return out
 
@@ -308,16 +310,23 @@ class LungCrop(Transform):
 class LungCropd(MapTransform):
     """Dictionary twin of :class:`LungCrop`: the lungs are found on ``source_key`` (default the first key) and the
     same region is cropped from every key; ``lung_box``, ``lung_found`` and ``lung_crop_box`` are also set in the
-    dict (and in each cropped image's meta)."""
+    dict (and in each cropped image's meta).
+
+    For batch scoring it also fills the documented result keys of :mod:`cadpipe.pipelines.bundle_runner`
+    (``result_columns``: ``lung_found``, ``lung_crop_fallback`` (True when the whole image was kept),
+    ``lung_box`` and ``lung_crop_box`` as JSON ``[col_min, row_min, col_max, row_max]`` in the loaded input's pixels
+    (``lung_box`` is ``""`` when no lung was found); ``result_notes``: one sentence for the report), which
+    ``cadpipe score`` turns into ``results.csv`` columns and report lines. ``result_keys=False`` leaves them out."""
 
     backend = LungCrop.backend
 
     def __init__(self, keys: KeysCollection, bundle_path: str, margin: float = 0.05, margin_px: int = 0,
                  device: str = "cpu", overrides: Mapping | None = None, source_key: str | None = None,
-                 allow_missing_keys: bool = False):
+                 result_keys: bool = True, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.cropper = LungCrop(bundle_path, margin, margin_px, device, overrides)
         self.source_key = source_key or self.keys[0]
+        self.result_keys = bool(result_keys)
 
     def __call__(self, data):
         from monai.transforms import SpatialCrop
@@ -333,4 +342,14 @@ class LungCropd(MapTransform):
                 d[k] = SpatialCrop(roi_start=crop[:2], roi_end=crop[2:])(d[k])
         for name in ("lung_box", "lung_found", "lung_crop_box"):
             d[name] = meta.get(name)
+        if self.result_keys:
+            found = bool(meta.get("lung_found"))
+            box = [round(float(v), 1) for v in meta.get("lung_box", [])] if found else []
+            cols = {"lung_found": found, "lung_crop_fallback": not found,
+                    "lung_box": json.dumps(box) if found else "", "lung_crop_box": json.dumps(crop)}
+            d["result_columns"] = {**dict(d.get("result_columns") or {}), **cols}
+            note = (f"Lung crop: lungs found, box (col, row) {box[:2]} to {box[2:]} px; the classifier saw the "
+                    f"region {crop[:2]} to {crop[2:]}." if found else
+                    "Lung crop: no lung region found, the whole image was classified (fallback).")
+            d["result_notes"] = list(d.get("result_notes") or []) + [note]
         return d

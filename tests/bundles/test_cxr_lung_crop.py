@@ -85,8 +85,30 @@ def test_no_lung_passes_whole_image(lung_bundle):
 
     crop = LungCropd(keys="image", bundle_path=lung_bundle["bundle"], overrides={**OVR, "threshold": 1.01})
     d = crop(LoadStudyImaged(keys="image", mode="gray")({"image": lung_bundle["held_out"][0]}))
-    assert d["lung_found"] is False and d["lung_box"] == [] and d["image"].meta["lung_found"] is False
+    assert d["lung_found"] is False and np.isnan(d["lung_box"]).all() and len(d["lung_box"]) == 4
+    assert d["image"].meta["lung_found"] is False
     assert tuple(d["image"].shape) == (1, 96, 96) and d["lung_crop_box"] == [0, 0, 96, 96]
+    assert d["result_columns"] == {"lung_found": False, "lung_crop_fallback": True, "lung_box": "",
+                                   "lung_crop_box": "[0, 0, 96, 96]"}
+    assert "whole image" in d["result_notes"][0]
+
+
+@pytest.mark.slow
+def test_found_and_fallback_items_collate_into_one_batch(lung_bundle):
+    """Training with lung_crop batches items with and without lungs: their crop keys must collate."""
+    from monai.data import list_data_collate
+    from monai.transforms import Resized
+
+    from cadpipe.transforms import LoadStudyImaged, LungCropd
+
+    load, size = LoadStudyImaged(keys="image", mode="gray"), Resized(keys="image", spatial_size=(32, 32))
+    found = LungCropd(keys="image", bundle_path=lung_bundle["bundle"], overrides=OVR)
+    none = LungCropd(keys="image", bundle_path=lung_bundle["bundle"], overrides={**OVR, "threshold": 1.01})
+    a = size(found(load({"image": lung_bundle["held_out"][0]})))
+    b = size(none(load({"image": lung_bundle["held_out"][0]})))
+    assert a["lung_found"] and not b["lung_found"]
+    batch = list_data_collate([a, b])
+    assert tuple(batch["image"].shape) == (2, 1, 32, 32)
 
 
 def test_missing_bundle_or_weights(tmp_path):
