@@ -40,6 +40,7 @@ setup(
             "pytest-timeout>=2",
             "opencv-python-headless>=4.8",
             "pyarrow>=14",
+            "httpx>=0.27", "selenium>=4.15",  # portal: FastAPI TestClient; browser test drives Debian's chromium
         ],
         "ray": ["ray>=2.9"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9", "reportlab>=4.0"],

@@ -1,0 +1,274 @@
+"""The portal's FastAPI application: upload page, study API, reports.
+
+Endpoints (OpenAPI at ``/docs``):
+
+- ``GET /`` the upload page; ``GET /static/...`` its script and style.
+- ``GET /api/health`` service state and loaded tasks (no token needed; no job data).
+- ``GET /api/tasks`` the tasks (bundles) this service scores.
+- ``POST /api/studies`` multipart ``files`` (one or more) + optional ``task`` → ``202`` with the job id.
+- ``GET /api/studies/{id}`` status, progress steps, findings and probabilities once scored.
+- ``GET /api/studies/{id}/report`` the HTML report, ``/report.pdf`` the PDF (the ``cadpipe score`` report).
+- ``GET /api/studies/{id}/overlays/{n}.png`` the overlay images.
+
+When the service has a token, every ``/api/studies`` call needs it: ``Authorization: Bearer <token>``, a
+``token`` query parameter, or a ``token`` form field on upload. Errors are JSON ``{"error": "<file>: <reason>",
+"file": ..., "reason": ...}`` with a 4xx/5xx status; the service stays up.
+"""
+
+
+import hmac
+import html
+import logging
+import os
+import shutil
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+
+from cadpipe.pipelines.portal.jobs import STEPS, JobStore, is_job_id, new_job_id
+from cadpipe.pipelines.portal.uploads import (ACCEPTED_SUFFIXES, UploadLimits, UploadRejected, check_upload_set,
+                                              store_upload, suffix_of)
+from cadpipe.pipelines.portal.worker import QueueFull, Worker
+
+__all__ = ["PortalSettings", "create_app"]
+
+log = logging.getLogger("cadpipe.portal")
+access_log = logging.getLogger("cadpipe.portal.access")
+
+
+@dataclass
+class PortalSettings:
+    data_dir: str
+    token: str | None = None
+    limits: UploadLimits = field(default_factory=UploadLimits)
+    queue_size: int = 16
+
+
+def _error(status: int, message: str, file: str = "", reason: str = ""):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message, "file": file, "reason": reason or message}, status_code=status)
+
+
+def _task_info(key: str, runner) -> dict:
+    from cadpipe.pipelines.portal.engine import task_hint
+
+    return {"key": key, "label": runner.metadata.get("name") or key, "task": runner.task,
+            "kind": task_hint(key), "class_names": runner.class_names, "version": runner.version}
+
+
+def _page(tasks: list[dict], settings: PortalSettings) -> str:
+    template = resources.files("cadpipe.pipelines").joinpath("templates", "portal.html").read_text("utf-8")
+    options = "\n".join(f'<option value="{html.escape(t["key"])}" data-kind="{html.escape(t["kind"] or "")}">'
+                        f'{html.escape(t["label"])}</option>' for t in tasks)
+    accept = ",".join(sorted(s for s in ACCEPTED_SUFFIXES if s))
+    lim = settings.limits
+    return (template.replace("{{TASK_OPTIONS}}", options)
+            .replace("{{ACCEPT}}", accept)
+            .replace("{{MAX_FILES}}", str(lim.max_files))
+            .replace("{{MAX_FILE_MB}}", f"{lim.max_file_mb:g}")
+            .replace("{{MAX_TOTAL_MB}}", f"{lim.max_total_mb:g}")
+            .replace("{{TOKEN_REQUIRED}}", "true" if settings.token else "false"))
+
+
+def create_app(runners: dict, settings: PortalSettings):
+    """The FastAPI app scoring uploads with ``runners`` (``{task key: BundleRunner}``, loaded once by the caller).
+
+    The worker thread starts and stops with the app's lifespan (``with TestClient(app)`` or uvicorn).
+    """
+    from fastapi import FastAPI, File, Form, Request, UploadFile
+    from fastapi.responses import FileResponse, HTMLResponse, Response
+    from fastapi.staticfiles import StaticFiles
+
+    store = JobStore(settings.data_dir)
+    worker = Worker(store, runners, settings.queue_size)
+    tasks = [_task_info(k, r) for k, r in runners.items()]
+    labels = {t["key"]: t["label"] for t in tasks}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        worker.start()
+        try:
+            yield
+        finally:
+            worker.stop()
+
+    app = FastAPI(title="cadpipe portal", version="1", lifespan=lifespan,
+                  description="Upload a study, get the cadpipe report. Research software, not for clinical use.")
+    app.state.store, app.state.worker, app.state.settings = store, worker, settings
+    static_dir = str(resources.files("cadpipe.pipelines").joinpath("static"))
+    app.mount("/static", StaticFiles(directory=static_dir), name="static")
+    slack = 1 << 20  # multipart framing around the files
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        t0 = time.perf_counter()
+        if request.method == "POST" and request.url.path == "/api/studies":
+            length = request.headers.get("content-length")
+            if length and length.isdigit() and int(length) > settings.limits.max_total_bytes + slack:
+                msg = f"upload is larger than the limit of {settings.limits.max_total_mb:g} MB in total"
+                response = _error(413, msg, reason=msg)
+                response.headers["Connection"] = "close"
+                access_log.info("%s %s %d %.3fs", request.method, request.url.path, 413, time.perf_counter() - t0)
+                return response
+        response = await call_next(request)
+        # the path only: query strings may carry the token; job ids are random
+        access_log.info("%s %s %d %.3fs", request.method, request.url.path, response.status_code,
+                        time.perf_counter() - t0)
+        return response
+
+    def authorised(request: Request, form_token: str | None = None) -> bool:
+        if not settings.token:
+            return True
+        given = [form_token or "", request.query_params.get("token", "")]
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given.append(auth[7:].strip())
+        return any(g and hmac.compare_digest(g.encode(), settings.token.encode()) for g in given)
+
+    def unauthorised():
+        r = _error(401, "a valid access token is required (Authorization: Bearer <token>)")
+        r.headers["WWW-Authenticate"] = "Bearer"
+        return r
+
+    def job_or_error(request: Request, job_id: str):
+        if not authorised(request):
+            return None, unauthorised()
+        job = store.get(job_id) if is_job_id(job_id) else None
+        if job is None:
+            return None, _error(404, f"no study with id {job_id[:40]!r}")
+        return job, None
+
+    def public(job: dict) -> dict:
+        base = f"/api/studies/{job['id']}"
+        reached = STEPS.index(job["step"]) if job["step"] in STEPS else 0
+        result = job["result"] or {}
+        done = job["status"] == "done"
+        return {
+            "id": job["id"], "status": job["status"], "step": job["step"],
+            "steps": [{"name": s, "done": i <= reached and (i < len(STEPS) - 1 or done)} for i, s in enumerate(STEPS)],
+            "task": job["task"], "task_label": labels.get(job["task"], job["task"]),
+            "files": [{"name": f["name"], "size": f["size"], "kind": f["kind"]} for f in job["files"]],
+            "error": job["error"] or None,
+            "created": job["created"], "finished": job["finished"],
+            "elapsed_s": round(job["finished"] - job["created"], 3) if job["finished"] else None,
+            "rows": result.get("rows", []),
+            "report_url": f"{base}/report" if result.get("report_html") else None,
+            "report_pdf_url": f"{base}/report.pdf" if result.get("report_pdf") else None,
+            "overlay_urls": [f"{base}/overlays/{i}.png" for i in range(len(result.get("overlays", [])))],
+        }
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index():
+        return HTMLResponse(_page(tasks, settings), headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/health", summary="service state")
+    def health():
+        return {"status": "ok", "tasks": [t["key"] for t in tasks], "queue": worker.queue.qsize(),
+                "queue_size": worker.queue.maxsize, "token_required": bool(settings.token),
+                "limits": {"max_files": settings.limits.max_files, "max_file_mb": settings.limits.max_file_mb,
+                           "max_total_mb": settings.limits.max_total_mb}}
+
+    @app.get("/api/tasks", summary="the tasks (bundles) this service scores")
+    def list_tasks():
+        return tasks
+
+    @app.post("/api/studies", status_code=202, summary="upload one study (one or more files) for scoring")
+    def upload(request: Request, files: list[UploadFile] = File(..., description="DICOM, LJPEG + .ics, NIfTI, "
+                                                                                  "JPEG/PNG/TIFF"),
+               task: str = Form("auto", description="a task key from /api/tasks, or 'auto' to infer it"),
+               token: str | None = Form(None, description="access token (or Authorization: Bearer)")):
+        if not authorised(request, token):
+            return unauthorised()
+        names = [f.filename or "" for f in files]
+        job_id = new_job_id()
+        job_dir = store.job_dir(job_id)
+        try:
+            check_upload_set(names, settings.limits)
+            if task not in ("", "auto") and task not in runners:
+                raise UploadRejected("", f"unknown task {task!r}; choose one of {', '.join(runners)}", 400)
+            in_dir = os.path.join(job_dir, "input")
+            ljpegs = [n for n in names if suffix_of(n) == ".ljpeg"]
+            ics_name = None
+            if ljpegs:
+                from cadpipe.pipelines.portal.uploads import ljpeg_stored_names
+
+                ics_name = ljpeg_stored_names(ljpegs[0])[1]
+            stored, total = [], 0
+            for i, f in enumerate(files):
+                s = store_upload(names[i], f.file, in_dir, i, settings.limits, total, ics_name)
+                total += s.size
+                stored.append(s)
+            if task in ("", "auto"):
+                from cadpipe.pipelines.portal.engine import infer_task
+
+                task = infer_task(stored, list(runners))
+                if task is None:
+                    raise UploadRejected(names[0], "cannot tell the task from this file; choose one of "
+                                                   + ", ".join(labels.values()), 400)
+        except UploadRejected as err:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            return _error(err.status, str(err), err.path, err.reason)
+        finally:
+            for f in files:
+                f.file.close()
+        record = [{"name": s.original, "stored": os.path.relpath(s.stored, job_dir), "kind": s.kind, "size": s.size}
+                  for s in stored]
+        job = store.create(job_id, task, record)
+        try:
+            worker.submit(job_id)
+        except QueueFull as err:
+            store.update(job_id, status="error", error=f"the service is busy: {err}", finished=time.time())
+            shutil.rmtree(os.path.join(job_dir, "input"), ignore_errors=True)
+            r = _error(503, f"the service is busy: {err}")
+            r.headers["Retry-After"] = "30"
+            return r
+        log.info("job %s (%s): queued, %d file(s), %d bytes", job_id, task, len(stored), total)
+        body = public(job)
+        body["status_url"] = f"/api/studies/{job_id}"
+        return body
+
+    @app.get("/api/studies/{job_id}", summary="status, progress steps and results of one study")
+    def status(job_id: str, request: Request):
+        job, err = job_or_error(request, job_id)
+        return err or public(job)
+
+    def result_file(request: Request, job_id: str, key: str, media: str):
+        job, err = job_or_error(request, job_id)
+        if err:
+            return err
+        rel = (job["result"] or {}).get(key)
+        if not rel:
+            return _error(409 if job["status"] in ("queued", "running") else 404,
+                          f"the report is not available (status {job['status']})")
+        path = os.path.join(store.job_dir(job["id"]), rel)
+        if not os.path.isfile(path):
+            return _error(404, "the report file is missing from the data folder")
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "no-store"},
+                            filename=None if media == "text/html" else f"cadpipe_report_{job['id'][:8]}.pdf")
+
+    @app.get("/api/studies/{job_id}/report", response_class=HTMLResponse, summary="the HTML report")
+    def report(job_id: str, request: Request):
+        return result_file(request, job_id, "report_html", "text/html")
+
+    @app.get("/api/studies/{job_id}/report.pdf", summary="the PDF report",
+             responses={200: {"content": {"application/pdf": {}}}})
+    def report_pdf(job_id: str, request: Request):
+        return result_file(request, job_id, "report_pdf", "application/pdf")
+
+    @app.get("/api/studies/{job_id}/overlays/{index}.png", summary="an overlay image of the report",
+             responses={200: {"content": {"image/png": {}}}})
+    def overlay(job_id: str, index: int, request: Request):
+        job, err = job_or_error(request, job_id)
+        if err:
+            return err
+        overlays = (job["result"] or {}).get("overlays", [])
+        if not 0 <= index < len(overlays):
+            return _error(404, f"no overlay {index}")
+        path = os.path.join(store.job_dir(job["id"]), overlays[index])
+        if not os.path.isfile(path):
+            return _error(404, "the overlay file is missing from the data folder")
+        return FileResponse(path, media_type="image/png")
+
+    return app
