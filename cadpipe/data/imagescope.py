@@ -17,7 +17,7 @@ import numpy as np
 from cadpipe.errors import CadpipeInputError
 
 __all__ = ["read_imagescope_xml", "regions_to_mask", "xml_to_mask", "mask_to_regions", "write_imagescope_xml",
-           "patch_label"]
+           "patch_label", "find_annotation", "annotation_mask", "check_annotation", "ellipse_region"]
 
 
 def read_imagescope_xml(path: str | os.PathLike, image_size: Sequence[int] | None = None) -> list[dict]:
@@ -129,3 +129,65 @@ def patch_label(mask: np.ndarray, location: Sequence[int], patch_size: int, min_
         return -1
     k = int(np.argmax(counts))
     return k if counts[k] / float(patch_size * patch_size) >= min_overlap else -1
+
+
+def find_annotation(image_path, annotations_dir: str | os.PathLike | None = None) -> str:
+    """The ImageScope XML of an image: ``<annotations_dir>/<stem>.xml`` when ``annotations_dir`` is given, else
+    ``<stem>.xml`` beside the image (``.XML`` accepted too). Returns ``""`` when there is none."""
+    image_path = os.fspath(image_path)
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    folder = os.fspath(annotations_dir) if annotations_dir else os.path.dirname(image_path)
+    for ext in (".xml", ".XML"):
+        cand = os.path.join(folder, stem + ext)
+        if os.path.isfile(cand):
+            return cand
+    return ""
+
+
+def _match_classes(path: str, regions: list[dict], class_names: Sequence[str], class_map: dict | None) -> list[dict]:
+    lower = {c.lower(): c for c in class_names}
+    cmap = {str(k).lower(): v for k, v in (class_map or {}).items()}
+    for r in regions:
+        name = cmap.get(r["class_name"].lower(), r["class_name"])
+        r["class_name"] = lower.get(str(name).lower(), name)
+        if r["class_name"] not in class_names:
+            raise CadpipeInputError(path, f"region class {r['class_name']!r} not in {list(class_names)} "
+                                          f"(map other names with region_class_map)")
+    return regions
+
+
+def check_annotation(path, image_path, class_names: Sequence[str], class_map: dict | None = None) -> int:
+    """Validate an ImageScope XML against its image without decoding the image (size from the file header):
+    well-formed, vertices inside the image, every region class known. Returns the number of regions; raises
+    :class:`CadpipeInputError` naming the XML file (or the image, when it cannot be opened)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(os.fspath(image_path)) as im:
+            size = im.size  # (columns, rows) = (X, Y)
+    except (OSError, UnidentifiedImageError) as e:
+        raise CadpipeInputError(os.fspath(image_path), f"not a readable image ({e})") from e
+    path = os.fspath(path)
+    return len(_match_classes(path, read_imagescope_xml(path, size), class_names, class_map))
+
+
+def annotation_mask(path, image_size: Sequence[int], class_names: Sequence[str],
+                    class_map: dict | None = None) -> np.ndarray:
+    """Label mask ``(X, Y)`` (``k + 1`` = ``class_names[k]``, 0 = no region) of an ImageScope XML for an image of
+    ``image_size = (X, Y)``.
+
+    Region class names are mapped through ``class_map`` (e.g. ``{"Carcinoma in situ": "InSitu"}``) and then
+    matched to ``class_names`` ignoring case. Malformed XML, vertices outside the image or a class that matches
+    none of ``class_names`` raise :class:`CadpipeInputError` naming the file.
+    """
+    path = os.fspath(path)
+    regions = _match_classes(path, read_imagescope_xml(path, image_size), class_names, class_map)
+    return regions_to_mask(regions, image_size, class_names, path)
+
+
+def ellipse_region(box: Sequence[float], class_name: str, n: int = 32) -> dict:
+    """Polygon region (``n`` vertices) of the ellipse inscribed in ``box = (x0, y0, x1, y1)``."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    verts = np.stack([(x0 + x1) / 2 + (x1 - x0) / 2 * np.cos(t), (y0 + y1) / 2 + (y1 - y0) / 2 * np.sin(t)], 1)
+    return {"class_name": class_name, "vertices": verts}

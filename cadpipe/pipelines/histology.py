@@ -52,20 +52,33 @@ def class_names(layout: str, subtypes: bool = False) -> list[str]:
 
 
 def datalist(dataset_dir: str, layout: str, split: str | None = None, magnification=None, seed: int = 0,
-             fractions: Sequence[float] = (0.7, 0.15, 0.15), subtypes: bool = False) -> list[dict]:
+             fractions: Sequence[float] = (0.7, 0.15, 0.15), subtypes: bool = False, region_labels: bool = True,
+             annotations_dir: str | None = None, region_class_map: dict | None = None) -> list[dict]:
     """Datalist of one split (``training``/``validation``/``test``, ``None`` = all) for ``layout``.
 
     Splits are by patient (BreaKHis; BACH has one image per group) with :func:`split_by_patient` and ``seed``.
-    Each item also carries ``"path"`` (the image file) for reporting.
+    Each item also carries ``"path"`` (the image file) for reporting and ``"annotation"``: the image's Aperio
+    ImageScope XML (``<stem>.xml`` beside the image, or in ``annotations_dir`` when given;
+    :func:`cadpipe.data.imagescope.find_annotation`), ``""`` when it has none or ``region_labels`` is false.
+    Every XML found is validated here, before training starts (well-formed, vertices inside the image, region
+    classes known after ``region_class_map``): a bad one raises :class:`CadpipeInputError` naming it.
     """
+    from cadpipe.data.imagescope import check_annotation, find_annotation
+
+    if annotations_dir and not os.path.isdir(annotations_dir):
+        raise CadpipeInputError(os.fspath(annotations_dir), "annotations_dir does not exist")
     if layout == "bach":
         items = bach_datalist(dataset_dir)
     elif layout == "breakhis":
         items = breakhis_datalist(dataset_dir, magnification, subtypes)
     else:
         raise ValueError(f"dataset_layout must be 'bach' or 'breakhis', got {layout!r}")
+    names = class_names(layout, subtypes)
     for it in items:
         it["path"] = it["image"]
+        it["annotation"] = find_annotation(it["image"], annotations_dir) if region_labels else ""
+        if it["annotation"]:
+            check_annotation(it["annotation"], it["image"], names, region_class_map)
     if split is None:
         return items
     return split_by_patient(items, fractions, seed)[split]

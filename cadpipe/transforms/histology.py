@@ -263,49 +263,125 @@ class GridTissuePatchesd(MapTransform):
         return out
 
 
+def _box_fraction(mask: np.ndarray, p: int) -> np.ndarray:
+    """Fraction of ``mask`` (bool ``(X, Y)``) inside every ``p x p`` window: ``(X - p + 1, Y - p + 1)``, window
+    corners ``(x, y)`` (summed-area table, one vectorised pass)."""
+    c = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
+    c[1:, 1:] = np.asarray(mask, dtype=np.int64).cumsum(0).cumsum(1)
+    return (c[p:, p:] - c[:-p, p:] - c[p:, :-p] + c[:-p, :-p]) / float(p * p)
+
+
 class RandTissuePatchesd(Randomizable, MapTransform):
-    """Random square crops that pass the tissue filter (training), ``num_samples`` per image, as a list of dicts.
+    """Random square crops that pass the tissue filter (training), ``num_samples`` per image, as a list of dicts
+    (each with ``patch_location`` = its ``(x, y)`` corner).
 
     Candidate corners are drawn uniformly; up to ``max_tries`` candidates per sample are tried and the first with
     tissue fraction >= ``min_tissue`` is kept (else the best one tried). Images smaller than the patch are padded
     with ``pad_value``.
+
+    Region labels: when the item has an Aperio ImageScope XML path under ``annotation_key`` (a non-empty string;
+    see :func:`cadpipe.data.imagescope.find_annotation`), its regions are rasterised
+    (:func:`cadpipe.data.imagescope.annotation_mask`, region names matched to ``class_names`` through
+    ``class_map``, ignoring case) and each patch takes, under ``label_key``, the class of the region covering the
+    largest fraction of it if that fraction is at least ``min_region_overlap``
+    (:func:`cadpipe.data.imagescope.patch_label`). Patches with no such region:
+
+    - ``unlabelled="image"`` (default): keep the item's own (image-level) label;
+    - ``unlabelled="drop"``: never drawn - corners are drawn uniformly among the windows that have a qualifying
+      region and at least ``min_tissue`` tissue (if none has that much tissue, among those with a qualifying
+      region); an annotated image with no qualifying window raises :class:`CadpipeInputError` naming the XML.
+
+    Items without an annotation keep the image label for every patch. Malformed XML, vertices outside the image
+    or an unknown region class raise :class:`CadpipeInputError` naming the XML file.
     """
 
     def __init__(self, keys: KeysCollection, patch_size: int = 256, num_samples: int = 4, min_tissue: float = 0.5,
-                 max_tries: int = 10, pad_value: float = 1.0, allow_missing_keys: bool = False):
+                 max_tries: int = 10, pad_value: float = 1.0, annotation_key: str | None = "annotation",
+                 label_key: str = "label", class_names: Sequence[str] | None = None,
+                 min_region_overlap: float = 0.5, unlabelled: str = "image", class_map: Mapping | None = None,
+                 allow_missing_keys: bool = False):
         MapTransform.__init__(self, keys, allow_missing_keys)
+        if unlabelled not in ("image", "drop"):
+            raise ValueError(f"unlabelled must be 'image' or 'drop', got {unlabelled!r}")
         self.patch_size = int(patch_size)
         self.num_samples = int(num_samples)
         self.min_tissue = float(min_tissue)
         self.max_tries = int(max_tries)
         self.pad_value = pad_value
+        self.annotation_key = annotation_key
+        self.label_key = label_key
+        self.class_names = list(class_names) if class_names is not None else None
+        self.min_region_overlap = float(min_region_overlap)
+        self.unlabelled = unlabelled
+        self.class_map = dict(class_map or {})
 
     def randomize(self, data=None):
         pass
 
+    def _region_mask(self, d, size) -> tuple[str, np.ndarray | None]:
+        xml = d.get(self.annotation_key) if self.annotation_key else None
+        if not xml:
+            return "", None
+        from cadpipe.data.imagescope import annotation_mask
+
+        if self.class_names is None:
+            raise ValueError("RandTissuePatchesd needs class_names to read ImageScope region labels")
+        return os.fspath(xml), annotation_mask(xml, size, self.class_names, self.class_map)
+
     def __call__(self, data):
         d = dict(data)
         key = self.first_key(d)
-        t = _pad_to(convert_to_tensor(d[key], track_meta=False), self.patch_size, self.pad_value)
+        img = d[key]
+        xml, region = self._region_mask(d, tuple(int(s) for s in img.shape[1:3]))
+        t = _pad_to(convert_to_tensor(img, track_meta=False), self.patch_size, self.pad_value)
         mask = torch.from_numpy(tissue_mask(t).astype(np.float32))
         p = self.patch_size
+        if region is not None and region.shape != tuple(t.shape[1:]):
+            region = np.pad(region, ((0, t.shape[1] - region.shape[0]), (0, t.shape[2] - region.shape[1])))
+        if region is not None and self.unlabelled == "drop":
+            corners = self._region_corners(xml, region, mask.numpy() > 0.5)
+            picks = [corners[int(self.R.randint(len(corners)))] for _ in range(self.num_samples)]
+        else:
+            picks = [self._draw(t, mask) for _ in range(self.num_samples)]
         out = []
-        for _ in range(self.num_samples):
-            best, best_frac = (0, 0), -1.0
-            for _ in range(self.max_tries):
-                x = int(self.R.randint(0, t.shape[1] - p + 1))
-                y = int(self.R.randint(0, t.shape[2] - p + 1))
-                frac = float(mask[x:x + p, y:y + p].mean())
-                if frac > best_frac:
-                    best, best_frac = (x, y), frac
-                if frac >= self.min_tissue:
-                    break
-            x, y = best
+        for x, y in picks:
             di = dict(d)
             di[key] = t[:, x:x + p, y:y + p].clone()
             di["patch_location"] = torch.tensor([x, y])
+            if region is not None:
+                from cadpipe.data.imagescope import patch_label
+
+                lab = patch_label(region, (x, y), p, self.min_region_overlap)
+                if lab >= 0:
+                    di[self.label_key] = lab
             out.append(di)
         return out
+
+    def _draw(self, t, mask) -> tuple[int, int]:
+        p = self.patch_size
+        best, best_frac = (0, 0), -1.0
+        for _ in range(self.max_tries):
+            x = int(self.R.randint(0, t.shape[1] - p + 1))
+            y = int(self.R.randint(0, t.shape[2] - p + 1))
+            frac = float(mask[x:x + p, y:y + p].mean())
+            if frac > best_frac:
+                best, best_frac = (x, y), frac
+            if frac >= self.min_tissue:
+                break
+        return best
+
+    def _region_corners(self, xml: str, region: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+        p = self.patch_size
+        n = int(region.max())
+        best = np.zeros((region.shape[0] - p + 1, region.shape[1] - p + 1))
+        for k in range(1, n + 1):
+            best = np.maximum(best, _box_fraction(region == k, p))
+        ok = best >= self.min_region_overlap
+        if not ok.any():
+            raise CadpipeInputError(xml, f"no {p}x{p} patch is covered by one region for at least "
+                                         f"min_region_overlap={self.min_region_overlap:g} (unlabelled='drop')")
+        with_tissue = ok & (_box_fraction(tissue, p) >= self.min_tissue)
+        return np.argwhere(with_tissue if with_tissue.any() else ok)
 
 
 # ----------------------------------------------------------------------------------------------- Macenko

@@ -49,6 +49,16 @@ def test_verify_net_in_out(bundle):
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+def _input_error(exc) -> CadpipeInputError | None:
+    """The CadpipeInputError in an exception's cause chain (MONAI wraps errors raised in config expressions)."""
+    found = None
+    while exc is not None:
+        if isinstance(exc, CadpipeInputError):
+            found = exc
+        exc = exc.__cause__
+    return found
+
+
 def _parser(bundle, files=("inference.json",), **over):
     p = ConfigParser()
     p.read_config([str(bundle / "configs" / f) for f in files])
@@ -77,11 +87,7 @@ def test_contract_ids_and_preprocessing_edge_cases(bundle, tmp_path):
     tif.write_bytes(tif.read_bytes()[:3000])
     with pytest.raises(Exception) as e:
         pre({"image": str(tif)})
-    chain, err = e.value, None
-    while chain is not None:
-        if isinstance(chain, CadpipeInputError):
-            err = chain
-        chain = chain.__cause__
+    err = _input_error(e.value)
     assert err is not None and str(tif) in str(err)
     # training config ids
     t = _parser(bundle, ("train.json",))
@@ -159,13 +165,102 @@ def test_train_evaluate_infer_and_cam(bundle, tmp_path):
 
 @pytest.mark.slow
 def test_bach_layout_short_run(bundle, tmp_path):
-    write_synthetic_bach(tmp_path / "bach", n_per_class=3, size=(128, 96))
+    """One epoch on the BACH layout with ImageScope XMLs beside the photos and unlabelled_patches='drop' (every
+    training patch comes from a lesion region)."""
+    gt = write_synthetic_bach(tmp_path / "bach", n_per_class=3, size=(128, 96), imagescope_xml=True)
+    assert all(os.path.isfile(g["annotation"]) for g in gt)
     w = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), workflow_type="train",
-                       bundle_root=str(bundle), dataset_dir=str(tmp_path / "bach"), patch_size=64, num_workers=0,
-                       epochs=1, batch_size=2, patches_per_image=2, output_dir=str(tmp_path / "tb"), **TINY)
+                       bundle_root=str(bundle), dataset_dir=str(tmp_path / "bach"), patch_size=32, num_workers=0,
+                       epochs=1, batch_size=2, patches_per_image=2, output_dir=str(tmp_path / "tb"),
+                       unlabelled_patches="drop", **TINY)
     w.initialize()
     w.run()
     w.finalize()
     assert (bundle / "models" / "model.pt").is_file()
     sd = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert sd["class_layers.out.weight"].shape[0] == 4
+
+
+def test_training_patches_follow_imagescope_regions(bundle, tmp_path):
+    """Training path (train.json datalist + train#preprocessing): an image labelled benign whose ImageScope XML
+    (beside it, same stem) marks a malignant region gives malignant patches where a window is at least
+    min_region_overlap inside the region and benign (image label) ones elsewhere; bad XML fails at datalist time."""
+    from cadpipe.data.imagescope import annotation_mask, ellipse_region, write_imagescope_xml
+
+    gt = write_synthetic_breakhis(tmp_path / "data", n_patients=2, images_per_patient=1, size=(128, 96),
+                                  magnifications=("40X",), imagescope_xml=True)
+    benign = next(g for g in gt if g["label"] == 0)
+    write_imagescope_xml(benign["annotation"], [ellipse_region((8, 8, 100, 90), "malignant")])
+    p = _parser(bundle, ("train.json",), dataset_dir=str(tmp_path / "data"), dataset_layout="breakhis",
+                patch_size=32, patches_per_image=40, split_fractions=[1.0, 0.0, 0.0], min_tissue=0.0)
+    assert p["min_region_overlap"] == 0.5 and p["unlabelled_patches"] == "image"
+    data = p.get_parsed_content("train#dataset#data")
+    assert {d["image"]: d["annotation"] for d in data} == {g["image"]: g["annotation"] for g in gt}
+    pre = p.get_parsed_content("train#preprocessing")
+    pre.set_random_state(0)
+    item = next(d for d in data if d["image"] == benign["image"])
+    patches = pre(item)
+    mask = annotation_mask(benign["annotation"], (128, 96), ["benign", "malignant"])
+    labels = []
+    for o in patches:
+        x, y = (int(v) for v in o["patch_location"])
+        inside = float((mask[x:x + 32, y:y + 32] == 2).mean())
+        labels.append(int(o["label"]))
+        assert labels[-1] == (1 if inside >= 0.5 else 0), (x, y, inside)
+        assert o["image"].shape == (3, 32, 32)
+    assert 0 < sum(labels) < len(labels)
+    # unlabelled_patches='drop': only region patches, all malignant
+    p["unlabelled_patches"] = "drop"
+    pre = p.get_parsed_content("train#preprocessing", lazy=False)
+    assert {int(o["label"]) for o in pre(item)} == {1}
+    # malformed XML / a vertex outside the image: CadpipeInputError naming the XML when the datalist is built
+    bad = benign["annotation"]
+    with open(bad, "w") as f:
+        f.write("<Annotations><Annotation Name='malignant'><Regions>")
+    with pytest.raises(Exception) as e:
+        _parser(bundle, ("train.json",), dataset_dir=str(tmp_path / "data"), dataset_layout="breakhis",
+                split_fractions=[1.0, 0.0, 0.0]).get_parsed_content("train#dataset#data")
+    assert str(bad) in str(_input_error(e.value)) and "malformed ImageScope XML" in str(_input_error(e.value))
+    write_imagescope_xml(bad, [ellipse_region((8, 8, 300, 90), "malignant")])
+    with pytest.raises(Exception) as e:
+        _parser(bundle, ("train.json",), dataset_dir=str(tmp_path / "data"), dataset_layout="breakhis",
+                split_fractions=[1.0, 0.0, 0.0]).get_parsed_content("train#dataset#data")
+    assert str(bad) in str(_input_error(e.value)) and "outside the image (128, 96)" in str(_input_error(e.value))
+    # region_labels false: XMLs are ignored
+    off = _parser(bundle, ("train.json",), dataset_dir=str(tmp_path / "data"), dataset_layout="breakhis",
+                  split_fractions=[1.0, 0.0, 0.0], region_labels=False).get_parsed_content("train#dataset#data")
+    assert {d["annotation"] for d in off} == {""}
+
+
+@pytest.mark.slow
+def test_mlflow_tracking_one_epoch(bundle, tmp_path):
+    """`monai.bundle run ... --tracking mlflow` (MONAI's default MLflow settings: MLFlowHandler on train#handlers and
+    validate#handlers, SQLite store at <output_dir>/mlruns.db) records one run with the training loss and the
+    validation metric."""
+    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")  # MONAI's default MLflow backend is SQLite
+    from monai.utils import path_to_sqlite_uri
+
+    write_synthetic_bach(tmp_path / "bach", n_per_class=2, size=(96, 64))
+    out = tmp_path / "out"
+    over = {"dataset_dir": tmp_path / "bach", "patch_size": 32, "num_workers": 0, "epochs": 1, "batch_size": 2,
+            "patches_per_image": 2, "split_fractions": "[0.5,0.5,0.0]", "output_dir": out,
+            **{k: str(v).replace(" ", "") for k, v in TINY.items()}}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.json"),
+           "--bundle_root", str(bundle), "--tracking", "mlflow"]
+    for k, v in over.items():
+        cmd += [f"--{k}", str(v)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (bundle / "models" / "model.pt").is_file()
+    client = mlflow.MlflowClient(path_to_sqlite_uri(str(out / "mlruns.db")))
+    exp = client.get_experiment_by_name("monai_experiment")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    metrics = runs[0].data.metrics
+    assert {"train_loss", "val_accuracy"} <= set(metrics), metrics
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0 and np.isfinite(metrics["train_loss"])
+    history = client.get_metric_history(runs[0].info.run_id, "train_loss")
+    assert len(history) >= 2  # one value per iteration (iteration_log) of the epoch
+    assert runs[0].data.params["max_epochs"] == "1"

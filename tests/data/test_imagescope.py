@@ -85,3 +85,41 @@ def test_unknown_class_in_mask(tmp_path):
     with pytest.raises(CadpipeInputError) as e:
         xml_to_mask(p, (80, 60), ["Normal"])
     assert str(p) in str(e.value) and "Invasive" in str(e.value)
+
+
+def test_find_and_check_annotation(tmp_path):
+    from PIL import Image
+
+    from cadpipe.data.imagescope import check_annotation, find_annotation
+
+    img = tmp_path / "photo.tif"
+    Image.fromarray(np.zeros((60, 80, 3), np.uint8)).save(img)  # 60 rows x 80 columns: (X, Y) = (80, 60)
+    assert find_annotation(img) == ""
+    (tmp_path / "photo.xml").write_text(XML)
+    assert find_annotation(img) == str(tmp_path / "photo.xml")
+    other = tmp_path / "ann"
+    other.mkdir()
+    assert find_annotation(img, other) == ""
+    (other / "photo.xml").write_text(XML)
+    assert find_annotation(img, other) == str(other / "photo.xml")
+    assert check_annotation(other / "photo.xml", img, ["benign", "INVASIVE"]) == 2  # class names ignore case
+    with pytest.raises(CadpipeInputError) as e:
+        check_annotation(other / "photo.xml", img, ["Normal", "Invasive"])
+    assert str(other / "photo.xml") in str(e.value) and "'Benign' not in" in str(e.value)
+    assert check_annotation(other / "photo.xml", img, ["Normal", "Invasive"], {"benign": "Normal"}) == 2
+    # the same XML against a smaller image: a vertex falls outside, found from the image header alone
+    small = tmp_path / "small.tif"
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(small)
+    with pytest.raises(CadpipeInputError) as e:
+        check_annotation(other / "photo.xml", small, NAMES)
+    assert str(other / "photo.xml") in str(e.value) and "outside the image (40, 30)" in str(e.value)
+
+
+def test_annotation_mask_and_ellipse_region(tmp_path):
+    from cadpipe.data.imagescope import annotation_mask, ellipse_region
+
+    p = write_imagescope_xml(tmp_path / "e.xml", [ellipse_region((10, 20, 50, 40), "invasive")])
+    mask = annotation_mask(p, (64, 48), NAMES)
+    assert mask[30, 30] == 3 and mask[11, 21] == 0 and mask[5, 5] == 0
+    area = np.pi * 20 * 10
+    assert abs((mask == 3).sum() - area) / area < 0.1

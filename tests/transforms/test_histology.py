@@ -147,3 +147,67 @@ def test_truncated_tiff_names_the_file(tmp_path):
     with pytest.raises(CadpipeInputError) as e:
         load_rgb(tmp_path / "missing.tif")
     assert "missing.tif" in str(e.value) and "not found" in str(e.value)
+
+
+def _region_case(tmp_path, unlabelled="image"):
+    """A synthetic benign-looking tissue image (X=128, Y=96) whose ImageScope XML marks a malignant rectangle."""
+    from cadpipe.data.imagescope import write_imagescope_xml
+
+    img, _ = synthetic_tissue(0, (128, 96), rng=1, n_classes=2, blank_fraction=0.0)
+    x = torch.from_numpy(img.transpose(2, 1, 0).astype(np.float32) / 255)
+    xml = write_imagescope_xml(tmp_path / "img.xml", [{"class_name": "Malignant", "vertices": np.array(
+        [[20.0, 10.0], [80.0, 10.0], [80.0, 70.0], [20.0, 70.0]])}])
+    op = RandTissuePatchesd("image", patch_size=32, num_samples=60, min_tissue=0.0, class_names=["benign", "malignant"],
+                            min_region_overlap=0.5, unlabelled=unlabelled)
+    return x, xml, op.set_random_state(0)
+
+
+def test_rand_patches_take_the_region_label(tmp_path):
+    from cadpipe.data.imagescope import annotation_mask, patch_label
+
+    x, xml, op = _region_case(tmp_path)
+    out = op({"image": x, "label": 0, "annotation": xml})
+    mask = annotation_mask(xml, (128, 96), ["benign", "malignant"])  # region name 'Malignant' matched ignoring case
+    assert mask[50, 40] == 2 and mask[100, 40] == 0 and (mask == 2).sum() > 55 * 55
+    labels = [int(o["label"]) for o in out]
+    for o, lab in zip(out, labels):
+        cx, cy = (int(v) for v in o["patch_location"])
+        assert torch.equal(o["image"], x[:, cx:cx + 32, cy:cy + 32])
+        inside = float((mask[cx:cx + 32, cy:cy + 32] == 2).mean())
+        assert lab == (1 if inside >= 0.5 else 0), (cx, cy, inside)  # region, else the image label
+        assert lab == max(patch_label(mask, (cx, cy), 32), 0)
+    assert 0 < sum(labels) < len(labels)  # both region-labelled and image-labelled patches were drawn
+    # no annotation: every patch keeps the image label
+    assert {int(o["label"]) for o in op({"image": x, "label": 0, "annotation": ""})} == {0}
+    assert {int(o["label"]) for o in op({"image": x, "label": 0})} == {0}
+
+
+def test_rand_patches_drop_unlabelled_and_bad_xml(tmp_path):
+    from cadpipe.data.imagescope import annotation_mask
+
+    x, xml, op = _region_case(tmp_path, unlabelled="drop")
+    out = op({"image": x, "label": 0, "annotation": xml})
+    mask = annotation_mask(xml, (128, 96), ["benign", "malignant"])
+    assert len(out) == 60 and {int(o["label"]) for o in out} == {1}
+    for o in out:
+        cx, cy = (int(v) for v in o["patch_location"])
+        assert (mask[cx:cx + 32, cy:cy + 32] == 2).mean() >= 0.5
+    # a region too small for any 32x32 patch to be half covered: error naming the XML (drop mode)
+    from cadpipe.data.imagescope import write_imagescope_xml
+
+    tiny = write_imagescope_xml(tmp_path / "tiny.xml", [{"class_name": "malignant", "vertices": np.array(
+        [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0]])}])
+    with pytest.raises(CadpipeInputError) as e:
+        op({"image": x, "label": 0, "annotation": tiny})
+    assert str(tiny) in str(e.value) and "min_region_overlap" in str(e.value)
+    # malformed XML and a vertex outside the image: errors naming the file
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<Annotations><Annotation Name='malignant'>")
+    with pytest.raises(CadpipeInputError) as e:
+        op({"image": x, "label": 0, "annotation": str(bad)})
+    assert str(bad) in str(e.value) and "malformed ImageScope XML" in str(e.value)
+    out_xml = write_imagescope_xml(tmp_path / "out.xml", [{"class_name": "malignant", "vertices": np.array(
+        [[0.0, 0.0], [200.0, 0.0], [10.0, 10.0]])}])
+    with pytest.raises(CadpipeInputError) as e:
+        op({"image": x, "label": 0, "annotation": out_xml})
+    assert str(out_xml) in str(e.value) and "outside the image (128, 96)" in str(e.value)

@@ -4,7 +4,8 @@ synthetic in file/folder names and in the returned ground truth).
 Each image (``size = (width, height)``, default 256x192) has pink stroma with noise and nuclei, a blank white
 band (background, for the tissue filter) along the right edge, and one elliptic lesion whose colour and
 texture depend on the class. The ground truth gives the lesion box ``(x0, y0, x1, y1)`` in pixels
-(x = column, y = row).
+(x = column, y = row). With ``imagescope_xml=True`` the writers also put an Aperio ImageScope XML beside each image
+(same stem, ``.xml``) whose one region is the lesion ellipse, named after the image's class.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from PIL import Image
 
 from cadpipe.data.bach import BACH_CLASSES
 from cadpipe.data.breakhis import SUBTYPE_CODES
+from cadpipe.data.imagescope import ellipse_region, write_imagescope_xml
 
 __all__ = ["synthetic_tissue", "write_synthetic_bach", "write_synthetic_breakhis"]
 
@@ -63,8 +65,14 @@ def synthetic_tissue(label: int, size=(256, 192), rng=None, n_classes: int = 4, 
     return img, box
 
 
-def write_synthetic_bach(root, n_per_class: int = 4, size=(256, 192), seed: int = 0) -> list[dict]:
-    """Write ``root/Photos/<class>/synthetic_<class>_<i>.tif``; returns ``[{"image", "label", "class_name", "box"}]``."""
+def _lesion_xml(image_path: str, box, class_name: str) -> str:
+    return write_imagescope_xml(os.path.splitext(image_path)[0] + ".xml", [ellipse_region(box, class_name)])
+
+
+def write_synthetic_bach(root, n_per_class: int = 4, size=(256, 192), seed: int = 0,
+                         imagescope_xml: bool = False) -> list[dict]:
+    """Write ``root/Photos/<class>/synthetic_<class>_<i>.tif``; returns ``[{"image", "label", "class_name", "box"}]``
+    (plus ``"annotation"``, the lesion's ImageScope XML beside the image, when ``imagescope_xml``)."""
     rng = np.random.default_rng(seed)
     out = []
     for label, cls in enumerate(BACH_CLASSES):
@@ -75,14 +83,17 @@ def write_synthetic_bach(root, n_per_class: int = 4, size=(256, 192), seed: int 
             path = os.path.join(folder, f"synthetic_{cls.lower()}_{i:03d}.tif")
             Image.fromarray(img).save(path)
             out.append({"image": path, "label": label, "class_name": cls, "box": box, "synthetic": True})
+            if imagescope_xml:
+                out[-1]["annotation"] = _lesion_xml(path, box, cls)
     return out
 
 
 def write_synthetic_breakhis(root, n_patients: int = 6, images_per_patient: int = 3, size=(256, 192),
-                             magnifications=("40X", "100X"), seed: int = 0) -> list[dict]:
+                             magnifications=("40X", "100X"), seed: int = 0, imagescope_xml: bool = False) -> list[dict]:
     """Write a synthetic BreaKHis tree; half the patients benign, half malignant, subtypes cycling.
 
-    Returns ``[{"image", "label" (0 benign, 1 malignant), "class_name", "patient", "magnification", "subtype", "box"}]``.
+    Returns ``[{"image", "label" (0 benign, 1 malignant), "class_name", "patient", "magnification", "subtype", "box"}]``
+    (plus ``"annotation"``, the lesion's ImageScope XML beside the image, when ``imagescope_xml``).
     """
     rng = np.random.default_rng(seed)
     codes = list(SUBTYPE_CODES)
@@ -104,4 +115,6 @@ def write_synthetic_breakhis(root, n_patients: int = 6, images_per_patient: int 
                 Image.fromarray(img).save(path)
                 out.append({"image": path, "label": int(malignant), "class_name": bm, "patient": patient,
                             "magnification": mag, "subtype": SUBTYPE_CODES[code], "box": box, "synthetic": True})
+                if imagescope_xml:
+                    out[-1]["annotation"] = _lesion_xml(path, box, bm)
     return out
