@@ -86,7 +86,10 @@ def score_job(runner, units: list, out_dir: str, on_step: Callable[[str], None] 
     order = {u.unit_id: i for i, u in enumerate(units)}
     rows.sort(key=lambda r: order.get(r["unit_id"], 0))
     names = display_names or {}
-    for row in rows:
+    stems = {os.path.basename(p).split(".")[0] for p in names}
+    for i, row in enumerate(rows, start=1):
+        if str(row.get("series_id")) in stems:  # a generated stored name (f000) means nothing to the user
+            row["series_id"] = str(i)
         shown = [names.get(p, os.path.basename(p)) for p in str(row.get("input_paths", "")).split(";") if p]
         row["input_paths"] = ";".join(shown)
         if row.get("error"):

@@ -147,7 +147,7 @@
     if (job.report_pdf_url) { $("download-pdf").href = withToken(job.report_pdf_url); $("download-pdf").hidden = false; }
     const section = $("result");
     section.hidden = false;
-    section.scrollIntoView({behavior: "smooth", block: "start"});
+    section.scrollIntoView({block: "start"});  // instant: later layout changes cannot cut it short
     section.focus({preventScroll: true});
   }
 
