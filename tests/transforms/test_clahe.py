@@ -8,6 +8,7 @@ from skimage import exposure
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.transforms import CLAHE, CLAHEd
+from cadpipe.transforms import clahe as clahe_mod
 from cadpipe.transforms.clahe import clahe_2d
 
 
@@ -46,8 +47,15 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["row_tables", "corner_gather"])
+def mapping_path(request, monkeypatch):
+    """Run a test with each of the two mapping implementations (chosen by table size in clahe_2d)."""
+    monkeypatch.setattr(clahe_mod, "_ROW_TABLE_RATIO", 1e9 if request.param == "row_tables" else 0)
+    return request.param
+
+
 @pytest.mark.parametrize("h,w,dtype,maxv,kernel_size,clip_limit,nbins", CASES)
-def test_matches_skimage(h, w, dtype, maxv, kernel_size, clip_limit, nbins):
+def test_matches_skimage(h, w, dtype, maxv, kernel_size, clip_limit, nbins, mapping_path):
     img = natural(h, w, seed=h + w, dtype=dtype, maxv=maxv)
     ref = exposure.equalize_adapthist(img, kernel_size=kernel_size, clip_limit=clip_limit, nbins=nbins)
     out = ours_2d(img, kernel_size=kernel_size, clip_limit=clip_limit, nbins=nbins)
@@ -60,7 +68,7 @@ def test_matches_skimage(h, w, dtype, maxv, kernel_size, clip_limit, nbins):
     assert np.abs(out - plain).mean() > 0.02
 
 
-def test_clip_redistribution_heavy_case():
+def test_clip_redistribution_heavy_case(mapping_path):
     """Tiny tiles (clip at 1 count) exercise skimage's residual redistribution loop."""
     img = natural(48, 48, seed=3, dtype=np.uint8, maxv=255)
     ref = exposure.equalize_adapthist(img, kernel_size=6, clip_limit=0.01, nbins=256)
@@ -164,3 +172,12 @@ def test_num_threads_restored():
         np.testing.assert_array_equal(a, CLAHE(num_threads=None)(img))
     finally:
         torch.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("offset", [700, 30000])
+def test_offset_values_like_skimage(offset, mapping_path):
+    """A minimum far above 0 (indices relative to the minimum) or near it (tables padded from 0)."""
+    img = (natural(70, 90, seed=12, dtype=np.uint16, maxv=1000) + offset).astype(np.uint16)
+    ref = exposure.equalize_adapthist(img, kernel_size=20)
+    out = ours_2d(img, kernel_size=20)
+    assert np.abs(out - ref).mean() < 1e-4
