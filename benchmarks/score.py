@@ -1,11 +1,21 @@
 """Throughput of ``cadpipe score`` vs the model forward alone (ceiling) vs ``monai.bundle run`` per study (naive).
 
-All three are measured in one run on the same synthetic study folder (synthetic DICOM CXRs, one image per
-study) with the same bundle and the same (random, untrained: speed does not depend on training) weights.
-Prints studies/s for each and the ratios. Timings on a shared machine are noisy; compare ratios from one run.
+All measurements run in one process on the same synthetic study folder (synthetic DICOM CXRs, one image per
+study) with the same bundle and the same (random, untrained: speed does not depend on training) weights:
 
-    python benchmarks/score.py [--bundle bundles/cxr_pneumonia_classification] [--studies 48]
-        [--override image_size=128] [--naive-studies 4]
+- ``cadpipe score`` end to end (discovery, model load, DataLoader workers, outputs, results.csv), once per
+  ``--workers`` value, and its *steady* rate (after the first quarter of the units: no start-up) with the start-up
+  seconds the steady rate does not explain (``run_summary.json``: ``startup_s``);
+- the ceiling: the network through the bundle's inferer on preprocessed plain tensors already in memory;
+- the CPU cost per study of preprocessing (bundle ``preprocessing``, one thread) and of the forward at one thread,
+  and from them the best ratio to the ceiling any pipeline can reach on this many cores when preprocessing and
+  forward share them (``bound``);
+- naive: ``python -m monai.bundle run`` once per study (``--naive-studies`` of them).
+
+Timings on a shared machine are noisy; compare the ratios of one run.
+
+    python benchmarks/score.py [--bundle bundles/cxr_pneumonia_classification] [--studies 128]
+        [--override image_size=128] [--naive-studies 2] [--workers 2] [--workers 1 ...]
 """
 
 from __future__ import annotations
@@ -30,19 +40,26 @@ def _studies(root: str, n: int, rows: int, cols: int) -> None:
         write_cxr_dicom(os.path.join(root, f"study{i:03d}", "synthetic_IM0001"), rows=rows, cols=cols, seed=i)
 
 
+def _rate_line(label: str, rate: float, ceiling: float, naive: float | None, extra: str = "") -> str:
+    vs_naive = f"{rate / naive:7.1f}x naive" if naive else "      - naive"
+    return f"{label:58s} {rate:8.2f} studies/s  {rate / ceiling:5.2f}x ceiling  {vs_naive}{extra}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="bundles/cxr_pneumonia_classification")
-    ap.add_argument("--studies", type=int, default=48)
-    ap.add_argument("--naive-studies", type=int, default=4)
+    ap.add_argument("--studies", type=int, default=128, help="enough that start-up (model load, workers) amortises")
+    ap.add_argument("--naive-studies", type=int, default=2)
     ap.add_argument("--rows", type=int, default=512)
     ap.add_argument("--cols", type=int, default=400)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, action="append", default=None,
+                    help="DataLoader workers of cadpipe score; repeat to compare variants back to back (default 2)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--override", action="append", default=["use_clahe=false", "image_size=128"],
-                    help="bundle overrides ID=JSON used by all three measurements")
+                    help="bundle overrides ID=JSON used by all measurements")
     args = ap.parse_args()
+    workers_list = args.workers or [2]
     overrides = {}
     for text in args.override:
         k, _, v = text.partition("=")
@@ -53,6 +70,7 @@ def main() -> None:
 
     from cadpipe.data.synthetic.weights import copy_bundle_untrained
     from cadpipe.pipelines.bundle_runner import BundleRunner
+    from cadpipe.pipelines.discovery import discover
     from cadpipe.pipelines.score import ScoreConfig, score
 
     work = tempfile.mkdtemp(prefix="cadpipe_bench_")
@@ -61,54 +79,80 @@ def main() -> None:
         src = os.path.join(work, "studies")
         _studies(src, args.studies, args.rows, args.cols)
         n = args.studies
+        threads = torch.get_num_threads()
         print(f"bundle {args.bundle} overrides {overrides}; {n} synthetic DICOM studies {args.rows}x{args.cols}; "
-              f"device {args.device or ('cuda' if torch.cuda.is_available() else 'cpu')}; "
-              f"torch threads {torch.get_num_threads()}")
+              f"batch {args.batch_size}; device {args.device or ('cuda' if torch.cuda.is_available() else 'cpu')}; "
+              f"torch threads {threads}; CPUs {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
 
-        results = {}
-        for label, kw in [("cadpipe score (no heatmaps, no reports)", dict(heatmaps=False, reports=False)),
-                          ("cadpipe score (all outputs: GradCAM, reports)", dict())]:
+        runs = []  # (label, end-to-end rate, summary)
+        variants = [(f"cadpipe score --no-heatmaps --no-reports, {w} workers", w, dict(heatmaps=False, reports=False))
+                    for w in workers_list]
+        variants.append((f"cadpipe score, all outputs (GradCAM, reports), {workers_list[0]} workers",
+                         workers_list[0], {}))
+        for i, (label, w, kw) in enumerate(variants):
             t = time.perf_counter()
-            s = score(ScoreConfig(bundle=bundle, input=src, output=os.path.join(work, f"out{len(results)}"),
-                                  device=args.device, batch_size=args.batch_size, workers=args.workers, quiet=True,
-                                  overrides=overrides, **kw))
+            s = score(ScoreConfig(bundle=bundle, input=src, output=os.path.join(work, f"out{i}"), device=args.device,
+                                  batch_size=args.batch_size, workers=w, quiet=True, overrides=overrides, **kw))
             dt = time.perf_counter() - t
             assert s["ok"] == n, s
-            results[label] = n / dt
+            runs.append((label, n / dt, s))
 
-        # ceiling: preprocessed tensors in memory, model forward through the bundle's inferer only
+        # ceiling: preprocessed plain tensors in memory, the network through the bundle's inferer only
         runner = BundleRunner(bundle, device=args.device, overrides=overrides)
-        from cadpipe.pipelines.discovery import discover
-
-        items = [runner.preprocess({"image": u.image})["image"] for u in discover(src)]
-        batches = [torch.stack([torch.as_tensor(x) for x in items[i:i + args.batch_size]])
+        units = discover(src)
+        torch.set_num_threads(1)
+        t = time.perf_counter()
+        items = [runner.preprocess({"image": u.image})["image"] for u in units]
+        pre_ms = 1000 * (time.perf_counter() - t) / n
+        batches = [torch.stack([torch.as_tensor(x).as_tensor() for x in items[i:i + args.batch_size]])
                    for i in range(0, n, args.batch_size)]
         runner.forward_only(batches[0])  # warm-up
         t = time.perf_counter()
+        for b in batches[: max(1, len(batches) // 4)]:
+            runner.forward_only(b)
+        fwd1_ms = 1000 * (time.perf_counter() - t) / (max(1, len(batches) // 4) * args.batch_size)
+        torch.set_num_threads(threads)
+        runner.forward_only(batches[0])
+        t = time.perf_counter()
         for b in batches:
             runner.forward_only(b)
-        results["ceiling: forward on preloaded tensors"] = n / (time.perf_counter() - t)
+        ceiling = n / (time.perf_counter() - t)
+        cores = os.cpu_count() or 1
+        # best case: preprocessing and a 1-thread forward spread perfectly over the cores, nothing else
+        bound = min(1.0, (1000 / ceiling) / ((pre_ms + fwd1_ms) / cores)) if cores > 1 else 1000 / ceiling / (
+            pre_ms + 1000 / ceiling)
 
         # naive: python -m monai.bundle run per study
         k = min(args.naive_studies, n)
-        ov = [f"--{key} {json.dumps(v) if not isinstance(v, str) else v}" for key, v in overrides.items()]
-        t = time.perf_counter()
-        for i in range(k):
-            cmd = (f"{sys.executable} -m monai.bundle run --config_file {bundle}/configs/inference.json "
-                   f"--meta_file {bundle}/configs/metadata.json --bundle_root {bundle} "
-                   f"--dataset_dir {src}/study{i:03d} --output_dir {work}/naive{i} " + " ".join(ov))
-            if args.device:
-                cmd += f" --device \"\\$torch.device('{args.device}')\""
-            r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
-            if r.returncode != 0:
-                print("naive run failed:", r.stderr[-2000:])
-                break
-        results[f"naive: monai.bundle run per study ({k} studies)"] = k / (time.perf_counter() - t)
+        naive = None
+        if k:
+            ov = [f"--{key} {json.dumps(v) if not isinstance(v, str) else v}" for key, v in overrides.items()]
+            t = time.perf_counter()
+            for i in range(k):
+                cmd = (f"{sys.executable} -m monai.bundle run --config_file {bundle}/configs/inference.json "
+                       f"--meta_file {bundle}/configs/metadata.json --bundle_root {bundle} "
+                       f"--dataset_dir {src}/study{i:03d} --output_dir {work}/naive{i} " + " ".join(ov))
+                if args.device:
+                    cmd += f" --device \"\\$torch.device('{args.device}')\""
+                r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+                if r.returncode != 0:
+                    print("naive run failed:", r.stderr[-2000:])
+                    k = 0
+                    break
+            naive = k / (time.perf_counter() - t) if k else None
 
-        ceiling = results["ceiling: forward on preloaded tensors"]
-        naive = results[f"naive: monai.bundle run per study ({k} studies)"]
-        for label, rate in results.items():
-            print(f"{label:55s} {rate:8.2f} studies/s   {rate / ceiling:5.2f}x ceiling   {rate / naive:7.1f}x naive")
+        print(f"per study: preprocessing {pre_ms:.1f} ms (1 thread), forward {fwd1_ms:.1f} ms (1 thread), "
+              f"forward {1000 / ceiling:.1f} ms ({threads} threads, the ceiling)")
+        print(f"bound on {cores} cores when preprocessing shares them with the forward: {bound:.2f}x ceiling "
+              f"(= ceiling ms / ((preprocessing + 1-thread forward ms) / cores))")
+        for label, rate, s in runs:
+            steady = s.get("steady_units_per_second")
+            extra = (f"   steady {steady:.2f}/s = {steady / ceiling:.2f}x; start-up {s['startup_s']:.1f} s "
+                     f"(model load {s['model_load_s']:.1f} s), tables/reports {s['finish_s']:.1f} s") if steady else ""
+            print(_rate_line(label + " (end to end)", rate, ceiling, naive, extra))
+        print(_rate_line("ceiling: forward on preloaded tensors", ceiling, ceiling, naive))
+        if naive:
+            print(_rate_line(f"naive: monai.bundle run per study ({k} studies)", naive, ceiling, naive))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

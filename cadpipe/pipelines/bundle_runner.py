@@ -169,7 +169,7 @@ class BundleRunner:
         batch = list_data_collate([{k: v for k, v in d.items() if k not in _RESULT_KEYS} for d in items])
         with torch.inference_mode():
             images = batch["image"].to(self.device)
-            batch["pred"] = self.inferer(images, self.network)
+            batch["pred"] = _with_meta_of(self.inferer(_plain(images), self.network), images)
             outs = decollate_batch(batch)
             return [self.postprocessing({**o, **s}) for o, s in zip(outs, side)]
 
@@ -194,8 +194,8 @@ class BundleRunner:
         """The network through the bundle's inferer, nothing else (benchmark ceiling)."""
         with torch.inference_mode():
             if self.detector is not None:
-                return self.detector(list(images.to(self.device)), use_inferer=True)
-            return self.inferer(images.to(self.device), self.network)
+                return self.detector(list(_plain(images).to(self.device)), use_inferer=True)
+            return self.inferer(_plain(images).to(self.device), self.network)
 
     # -- heatmaps -------------------------------------------------------------------------------------------
     def cam_class(self) -> int | None:
@@ -304,6 +304,30 @@ class BundleRunner:
         aff = self.affine(out)
         d = self.spatial_dims
         return float(abs(np.linalg.det(aff[:d, :d]))) if d in (2, 3) else 1.0
+
+
+def _plain(images: torch.Tensor) -> torch.Tensor:
+    """A MetaTensor's data as a plain tensor (no copy).
+
+    The network runs on plain tensors: with a MetaTensor every op of every layer goes through
+    ``MetaTensor.__torch_function__`` (metadata copied per op), a large share of a small CPU forward
+    (see ``benchmarks/score.py``). :func:`_with_meta_of` puts the metadata back on the output.
+    """
+    return images.as_tensor() if hasattr(images, "as_tensor") else images
+
+
+def _with_meta_of(pred, images):
+    """``pred`` as a MetaTensor carrying ``images``' metadata, as a MetaTensor forward gives it
+    (``MetaTensor.update_meta``: ``is_batch`` kept, meta + applied operations copied from the input), so the
+    bundle's postprocessing (``Invertd``...) sees what it sees under ``monai.bundle run``."""
+    from monai.data import MetaTensor
+
+    if not isinstance(images, MetaTensor) or not isinstance(pred, torch.Tensor) or isinstance(pred, MetaTensor):
+        return pred
+    out = MetaTensor(pred)
+    out.is_batch = images.is_batch
+    out.copy_meta_from(images, copy_attr=not images.is_batch)
+    return out
 
 
 def _root_cause(err: BaseException) -> str:

@@ -12,6 +12,18 @@ A *unit* is what one forward pass of a bundle scores:
 
 Files that are not images (reports, ``DICOMDIR``, ``.txt``, hidden files) are skipped silently. A file with an
 image suffix that later fails to load becomes an error row in scoring, not a discovery failure.
+
+Ground-truth masks / label maps are not studies and are skipped silently (:func:`is_ground_truth`), so a dataset
+folder in its published layout (LGG ``*_mask.tif`` beside each slice, MSD ``labelsTr/``) can be scored as is:
+
+- a file whose name without its image suffix ends with ``_mask``, ``_seg``, ``_label`` or ``_labels``
+  (case-insensitive; e.g. ``TCGA_CS_4941_19960909_11_mask.tif``, ``BraTS_001_seg.nii.gz``, ``x_label.png``,
+  and cadpipe's own ``*_mask.nii.gz`` / ``*_seg.dcm`` outputs);
+- any file under a folder named (case-insensitive) ``mask``, ``masks``, ``ManualMask``, ``label``, ``labels``,
+  ``labelsTr``, ``labelsTs``, ``segmentation``, ``segmentations`` or ``ground_truth``;
+- DICOM objects that are not images: Modality ``SEG``, ``RTSTRUCT``, ``SR``, ``PR``, ``KO``, ``REG``.
+
+``discover(..., skip_ground_truth=False)`` scores them all. A manifest lists units explicitly: no rule applies.
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from cadpipe.errors import CadpipeInputError
 from cadpipe.transforms.io_any import detect_format
 
-__all__ = ["Unit", "discover", "read_manifest", "safe_name"]
+__all__ = ["Unit", "discover", "read_manifest", "safe_name", "is_ground_truth"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -37,6 +49,11 @@ SKIP_SUFFIXES = (
     ".overlay", ".zip", ".gz", ".py", ".yaml", ".yml", ".ini", ".cfg", ".parquet", ".pt", ".ts", ".sqlite",
 )
 SKIP_NAMES = {"DICOMDIR", "LOCKFILE", "VERSION", "Thumbs.db"}
+# Ground truth (see the module docstring): stem endings, folder names (lower case), non-image DICOM modalities.
+GROUND_TRUTH_STEM_ENDINGS = ("_mask", "_seg", "_label", "_labels")
+GROUND_TRUTH_FOLDERS = {"mask", "masks", "manualmask", "label", "labels", "labelstr", "labelsts", "segmentation",
+                        "segmentations", "ground_truth"}
+NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "SR", "PR", "KO", "REG"}
 
 
 @dataclass
@@ -80,6 +97,18 @@ def _lower_suffix(name: str) -> str:
     return os.path.splitext(low)[1]
 
 
+def is_ground_truth(rel_path: str) -> bool:
+    """True for a ground-truth mask / label file by its path relative to the input root (module docstring rule:
+    stem ending ``_mask``/``_seg``/``_label``/``_labels``, or a ``masks``/``ManualMask``/``labelsTr``/... folder)."""
+    parts = rel_path.replace("\\", "/").split("/")
+    if any(p.lower() in GROUND_TRUTH_FOLDERS for p in parts[:-1]):
+        return True
+    name = parts[-1]
+    suffix = _lower_suffix(name)
+    stem = (name[: -len(suffix)] if suffix else name).lower()
+    return stem.endswith(GROUND_TRUTH_STEM_ENDINGS)
+
+
 def _detect(path: str) -> str | None:
     """Format of ``path`` (``dicom``/``nifti``/``ljpeg``/``image``) or None for non-images.
 
@@ -112,6 +141,7 @@ def _dicom_header(path: str) -> dict | None:
         return None
     get = lambda key: str(getattr(ds, key, "") or "")  # noqa: E731
     return {
+        "modality": get("Modality").upper(),
         "study": get("StudyInstanceUID"),
         "series": get("SeriesInstanceUID"),
         "sop": get("SOPInstanceUID"),
@@ -139,7 +169,8 @@ def _file_study(root: str, path: str) -> tuple[str, str]:
     return parts[0], inner[: -len(_lower_suffix(base))] if _lower_suffix(base) else inner
 
 
-def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None) -> list[Unit]:
+def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None,
+             skip_ground_truth: bool = True) -> list[Unit]:
     """All units under ``root`` (a folder, or one file), sorted by (study, series, unit id).
 
     Args:
@@ -147,6 +178,7 @@ def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None) ->
         spatial_dims: the bundle's ``cadpipe.spatial_dims``; 2 → one unit per DICOM file, 3 → one per series.
         series_dir: where to make folders of symlinks for DICOM series whose files do not sit alone in one
             folder (3D only); defaults to a temporary folder.
+        skip_ground_truth: skip ground-truth masks/label maps and non-image DICOM objects (module docstring).
 
     Raises:
         CadpipeInputError: ``root`` does not exist.
@@ -166,13 +198,16 @@ def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None) ->
     units: list[Unit] = []
     dicom: dict[tuple[str, str], list[tuple[dict, str]]] = {}
     for path in files:
-        if _is_hidden(os.path.relpath(path, root)):
+        rel = os.path.relpath(path, root)
+        if _is_hidden(rel) or (skip_ground_truth and is_ground_truth(rel if rel != "." else os.path.basename(path))):
             continue
         fmt = _detect(path)
         if fmt is None:
             continue
         if fmt == "dicom":
             header = _dicom_header(path)
+            if skip_ground_truth and header is not None and header["modality"] in NON_IMAGE_MODALITIES:
+                continue
             if header is None or not header["study"] or not header["series"]:
                 # named .dcm but unreadable: scored as an error row
                 study, stem = _file_study(root, path)

@@ -13,20 +13,31 @@ import os
 from cadpipe.pipelines.discovery import Unit
 
 
+def run_options(cfg) -> dict:
+    """The per-run options an actor needs besides the bundle (the same as the local path applies)."""
+    return {"heatmaps": bool(cfg.heatmaps), "plain_images": bool(cfg.reports)}
+
+
 class _Scorer:
-    def __init__(self, bundle: str, device: str | None, overrides: dict):
+    """One actor: one :class:`BundleRunner`, configured with the run's options (:func:`run_options`)."""
+
+    def __init__(self, bundle: str, device: str | None, overrides: dict, options: dict | None = None):
         import torch
 
         torch.set_num_threads(1)
         from cadpipe.pipelines.bundle_runner import BundleRunner
 
+        self.options = dict(options or {})
         self.runner = BundleRunner(bundle, device=device, overrides=overrides)
+        if not self.options.get("heatmaps", True):
+            self.runner.cam_layers = None
 
     def score(self, units: list[dict], out_dir: str, batch_size: int) -> list[dict]:
         from cadpipe.pipelines.score import process_units
 
         rows: list[dict] = []
-        process_units(self.runner, [Unit(**u) for u in units], out_dir, rows.append, batch_size, workers=0)
+        process_units(self.runner, [Unit(**u) for u in units], out_dir, rows.append, batch_size, workers=0,
+                      plain_images=self.options.get("plain_images", True))
         return rows
 
 
@@ -46,7 +57,7 @@ def score_with_ray(cfg, todo: list[Unit], emit, progress=None) -> None:
         gpu = 1 if (cfg.device or "").startswith("cuda") else 0
         actor_cls = ray.remote(num_cpus=1, num_gpus=gpu)(_Scorer)
         bundle = os.path.abspath(cfg.bundle)
-        actors = [actor_cls.remote(bundle, cfg.device, cfg.overrides) for _ in range(n_actors)]
+        actors = [actor_cls.remote(bundle, cfg.device, cfg.overrides, run_options(cfg)) for _ in range(n_actors)]
         chunk = max(1, cfg.batch_size)
         chunks = [[u.to_dict() for u in todo[i:i + chunk]] for i in range(0, len(todo), chunk)]
         out_dir = os.path.abspath(cfg.output)

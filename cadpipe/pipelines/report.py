@@ -58,10 +58,11 @@ def pick_slice(image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.nd
 
 
 def overlay_png(image: np.ndarray, heatmap: np.ndarray | None = None, mask: np.ndarray | None = None,
-                boxes: list[dict] | None = None, path: str | None = None) -> bytes:
+                boxes: list[dict] | None = None, path: str | None = None, durable: bool = True) -> bytes:
     """Render a grey image (X, Y[, Z]) with a heatmap, label mask and/or boxes; returns PNG bytes (and writes
-    them atomically to ``path`` when given). Boxes are dicts with ``box`` (xyxy in (X, Y) pixels), ``label``,
-    ``score``.
+    them atomically to ``path`` when given; ``durable=False``: no fsync, see ``results.atomic_write_bytes``).
+    Boxes are dicts with ``box`` (xyxy in (X, Y) pixels), ``label``, ``score``. PNGs use zlib level 1 (about 4x
+    faster to encode than PIL's default 6, files ~25% larger).
     """
     from PIL import Image, ImageDraw
 
@@ -97,10 +98,10 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray | None = None, mask: np.n
             draw.rectangle([x0, y0, x1, y1], outline=colour, width=max(1, int(min(pil.size) / 200)))
             draw.text((x0 + 2, y0 + 2), f"{b.get('label', '')} {b.get('score', 0):.2f}", fill=colour)
     buf = io.BytesIO()
-    pil.save(buf, format="PNG")
+    pil.save(buf, format="PNG", compress_level=1)
     data = buf.getvalue()
     if path:
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, durable)
     return data
 
 

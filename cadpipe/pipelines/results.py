@@ -1,10 +1,19 @@
 """Crash-safe result journal and the results table built from it.
 
-The journal ``<out>/.cadpipe/journal.jsonl`` is append-only: one JSON line per finished unit, written with
-``flush`` + ``fsync`` *after* the unit's output files were renamed into place. A run killed at any moment (SIGKILL
-included) therefore leaves every journalled unit complete; a unit in flight simply has no line and is redone.
-A torn last line (killed mid-write) is cut off when the journal is reopened. ``results.csv`` (and
-``results.parquet``) are rebuilt from the journal, last line per unit wins, one row per unit.
+The journal ``<out>/.cadpipe/journal.jsonl`` is append-only: one JSON line per finished unit, written and
+flushed to the OS *after* the unit's output files were renamed into place. A run killed at any moment (SIGKILL
+included: flushed data is in the kernel's page cache and survives the process) therefore leaves every journalled
+unit complete; a unit in flight simply has no line and is redone. A torn last line (killed mid-write) is cut off
+when the journal is reopened. ``results.csv`` (and ``results.parquet``) are rebuilt from the journal, last line per
+unit wins, one row per unit.
+
+Durability against a machine crash / power loss (not just a killed process) is bounded, not per unit: the journal
+is ``fsync``-ed at most once per ``sync_interval`` seconds (default 1 s) and on close, and per-unit output files
+are renamed into place without their own ``fsync`` (``atomic_write_bytes(..., durable=False)``), because one
+``fsync`` per file and per journal line cost more than the rest of the per-unit work on the benchmark machine.
+After a power loss the journal may therefore lack the last second of units (they are redone), and a journalled
+unit's output file may be missing or empty: scoring checks the outputs of ``ok`` rows on resume and rescores
+units whose files are gone (:func:`outputs_present`).
 """
 
 from __future__ import annotations
@@ -12,9 +21,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from typing import Iterable
 
-__all__ = ["Journal", "atomic_write_bytes", "atomic_write_text", "write_results_table", "BASE_COLUMNS"]
+__all__ = ["Journal", "atomic_write_bytes", "atomic_write_text", "write_results_table", "outputs_present",
+           "BASE_COLUMNS"]
 
 BASE_COLUMNS = [
     "study_id", "series_id", "unit_id", "input_paths", "bundle", "bundle_version", "model_sha256", "status",
@@ -22,8 +33,10 @@ BASE_COLUMNS = [
 ]
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder + fsync + ``os.replace``."""
+def atomic_write_bytes(path: str, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder + ``os.replace`` (readers never see a
+    partial file; a killed process leaves the old file or the new one). ``durable`` also ``fsync``-s the data
+    before the rename (survives a power loss; slow: one disk flush per file)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=folder)
@@ -31,7 +44,8 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -39,8 +53,24 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str, text: str, durable: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), durable)
+
+
+def outputs_present(row: dict, out_dir: str) -> bool:
+    """True when every output file a journal row lists (``_outputs``, paths relative to ``out_dir``) exists
+    and is not empty (a unit journalled just before a power loss may have lost its files; see module doc)."""
+    paths: list[str] = []
+    for value in (row.get("_outputs") or {}).values():
+        paths += [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)]
+    for rel in paths:
+        p = os.path.join(out_dir, rel)
+        try:
+            if os.path.getsize(p) == 0:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def atomic_writer_path(path: str) -> str:
@@ -56,7 +86,9 @@ def atomic_writer_path(path: str) -> str:
 class Journal:
     """Append-only JSONL journal of finished units (see module docstring)."""
 
-    def __init__(self, out_dir: str, force: bool = False):
+    def __init__(self, out_dir: str, force: bool = False, sync_interval: float = 1.0):
+        self.sync_interval = sync_interval
+        self._last_sync = time.monotonic()
         self.folder = os.path.join(out_dir, ".cadpipe")
         os.makedirs(self.folder, exist_ok=True)
         self.path = os.path.join(self.folder, "journal.jsonl")
@@ -92,12 +124,21 @@ class Journal:
         return out
 
     def append(self, row: dict) -> None:
+        """One line, flushed to the OS (survives a killed process); ``fsync`` at most every ``sync_interval`` s."""
         self._f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
         self._f.flush()
+        if time.monotonic() - self._last_sync >= self.sync_interval:
+            self.sync()
+
+    def sync(self) -> None:
         os.fsync(self._f.fileno())
+        self._last_sync = time.monotonic()
 
     def close(self) -> None:
-        self._f.close()
+        if not self._f.closed:
+            self._f.flush()
+            self.sync()
+            self._f.close()
 
 
 def write_results_table(rows: Iterable[dict], out_dir: str, order: list[str] | None = None) -> str:

@@ -23,7 +23,8 @@ import torch
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.discovery import Unit, discover, read_manifest, safe_name
-from cadpipe.pipelines.results import Journal, atomic_write_text, atomic_writer_path, write_results_table
+from cadpipe.pipelines.results import (Journal, atomic_write_text, atomic_writer_path, outputs_present,
+                                      write_results_table)
 
 __all__ = ["ScoreConfig", "score", "process_units", "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE"]
 
@@ -143,15 +144,16 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
             heat = runner.heatmap(pre_item, class_index=cls if cls is not None else int(np.argmax(probs)))
         image = np.asarray(torch.as_tensor(pre_item["image"]).detach().cpu().float())
         image = image.mean(0) if image.ndim == runner.spatial_dims + 1 else image
-        png = os.path.join(folder, f"{prefix}_heatmap.png" if heat is not None else f"{prefix}_image.png")
-        overlay_png(image, heatmap=heat, path=png)
-        outputs["overlays"].append(rel(png))
+        if heat is not None or info.get("plain_images", True):  # a plain image PNG only illustrates the report
+            png = os.path.join(folder, f"{prefix}_heatmap.png" if heat is not None else f"{prefix}_image.png")
+            overlay_png(image, heatmap=heat, path=png, durable=False)
+            outputs["overlays"].append(rel(png))
         # -- issue 10: multi-label bundles with cam_threshold get one heatmap per class above it ----------------
         per_class = []
         for ci in runner.cam_classes(probs):
             n = runner.class_names[ci]
             cpng = os.path.join(folder, f"{prefix}_heatmap_{safe_name(n)}.png")
-            overlay_png(image, heatmap=runner.heatmap(pre_item, class_index=ci), path=cpng)
+            overlay_png(image, heatmap=runner.heatmap(pre_item, class_index=ci), path=cpng, durable=False)
             outputs["overlays"].append(rel(cpng))
             per_class.append(rel(cpng))
         if runner.task == "multilabel" and runner.cam_threshold is not None:
@@ -176,7 +178,7 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
                             version=info["version"])
             outputs["dicom_seg"] = rel(seg)
         png = os.path.join(folder, f"{prefix}_overlay.png")
-        overlay_png(_display_image(runner, pre_item, mask), mask=mask, path=png)
+        overlay_png(_display_image(runner, pre_item, mask), mask=mask, path=png, durable=False)
         outputs["overlays"].append(rel(png))
         if row["lesion_voxels"]:
             size = f"{row['lesion_volume_ml']:.2f} mL" if runner.spatial_dims == 3 else f"{row['lesion_voxels']} pixels"
@@ -195,7 +197,7 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
                 b["malignancy"] = m
         js = os.path.join(folder, f"{prefix}_boxes.json")
         atomic_write_text(js, json.dumps({"format": "xyxy (col_min,row_min,col_max,row_max) pixels", "boxes": boxes},
-                                         indent=1))
+                                         indent=1), durable=False)
         outputs["boxes"] = rel(js)
         png = os.path.join(folder, f"{prefix}_overlay.png")
         try:  # boxes are in the original pixel grid: show the image as loaded, before any resizing
@@ -204,7 +206,7 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
             shown = np.asarray(LoadStudyImage(mode="gray")(unit.image))[0]
         except Exception:  # noqa: BLE001
             shown = _display_image(runner, pre_item, None)
-        overlay_png(shown, boxes=boxes, path=png)
+        overlay_png(shown, boxes=boxes, path=png, durable=False)
         outputs["overlays"].append(rel(png))
         for i, b in enumerate(sorted(boxes, key=lambda b: -b["score"]), start=1):
             extra = f", malignancy {b['malignancy']:.0%}" if "malignancy" in b else ""
@@ -219,7 +221,7 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
     extra = result_columns(out)
     if extra:
         js = os.path.join(folder, f"{prefix}_details.json")
-        atomic_write_text(js, json.dumps(extra, indent=1, default=str))
+        atomic_write_text(js, json.dumps(extra, indent=1, default=str), durable=False)
         outputs["details"] = rel(js)
     # -- end issue 10 -------------------------------------------------------------------------------------------
     return _base_row(unit, info) | {"status": "ok", "error": ""} | row | {"_findings": findings, "_outputs": outputs}
@@ -227,9 +229,14 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
 
 # -- the scoring loop -------------------------------------------------------------------------------------------
 def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict], None], batch_size: int = 4,
-                  workers: int = 0, progress=None) -> None:
-    """Score ``units`` with ``runner``; call ``emit(row)`` once per unit (ok or error), in completion order."""
-    info = {"name": runner.name, "version": runner.version, "model_sha256": runner.model_sha256}
+                  workers: int = 0, progress=None, plain_images: bool = True) -> None:
+    """Score ``units`` with ``runner``; call ``emit(row)`` once per unit (ok or error), in completion order.
+
+    ``plain_images=False``: classification units without a heatmap get no ``<unit>_image.png`` (that picture
+    only illustrates the report; ``cadpipe score --no-heatmaps --no-reports`` skips it).
+    """
+    info = {"name": runner.name, "version": runner.version, "model_sha256": runner.model_sha256,
+            "plain_images": plain_images}
     ds = _UnitDataset(units, runner.preprocess)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=False, num_workers=workers, collate_fn=_first,
                                          prefetch_factor=2 * max(1, batch_size) if workers else None,
@@ -298,8 +305,40 @@ def _find_units(cfg: ScoreConfig, spatial_dims: int) -> list[Unit]:
     return units[: cfg.limit] if cfg.limit else units
 
 
+def _todo(units: list[Unit], done_rows: dict[str, dict], out_dir: str) -> tuple[list[Unit], int, int]:
+    """Units to score on this run: no row yet, an ``error`` row (retried: the file may have been fixed), or an
+    ``ok`` row whose output files are missing/empty (lost in a crash, or deleted). Returns
+    ``(todo, n_ok_skipped, n_errors_retried)``; the new row replaces the old one (last journal line wins)."""
+    todo, skipped, retried = [], 0, 0
+    for u in units:
+        row = done_rows.get(u.unit_id)
+        if row is not None and row.get("status") == "ok" and outputs_present(row, out_dir):
+            skipped += 1
+            continue
+        retried += row is not None and row.get("status") != "ok"
+        todo.append(u)
+    return todo, skipped, retried
+
+
+def _steady_rate(times: list[float]) -> float | None:
+    """Units/s between the first quarter of the run's results and the last (leaves out start-up and warm-up)."""
+    n = len(times)
+    k = max(1, n // 4)
+    if n < 4 or times[-1] <= times[k - 1]:
+        return None
+    return (n - k) / (times[-1] - times[k - 1])
+
+
 def score(cfg: ScoreConfig) -> dict:
     """Run scoring; returns the run summary (also written to ``<output>/run_summary.json``).
+
+    Resuming: a unit whose last row is ``ok`` (and whose output files are there) is skipped; units without a row
+    and units whose row is ``error`` are (re)scored, the new row replacing the old one; ``force`` rescores all.
+
+    The summary's timings: ``seconds`` (start to last row), ``discovery_s``, ``model_load_s`` (bundle runner
+    build), ``steady_units_per_second`` (rate after the first quarter of the units), ``startup_s`` (the part of
+    ``seconds`` the steady rate does not explain: discovery, model load, worker start, warm-up) and ``finish_s``
+    (results table + reports).
 
     Raises:
         CadpipeInputError: the bundle, the input or the manifest cannot be used (a usage error).
@@ -309,32 +348,45 @@ def score(cfg: ScoreConfig) -> dict:
     os.makedirs(cfg.output, exist_ok=True)
     units = _find_units(cfg, int(info.get("spatial_dims", 2)))
     journal = Journal(cfg.output, force=cfg.force)
-    done_rows = journal.rows()
-    todo = [u for u in units if u.unit_id not in done_rows]
-    log.info("%d units found, %d already scored, %d to score", len(units), len(units) - len(todo), len(todo))
+    todo, n_skipped, n_retried = _todo(units, journal.rows(), cfg.output)
+    t_found = time.perf_counter()
+    log.info("%d units found, %d already scored, %d to score (%d errors retried)", len(units), n_skipped,
+             len(todo), n_retried)
 
     from tqdm.auto import tqdm
 
-    progress = tqdm(total=len(todo), disable=cfg.quiet, unit="unit", desc="scoring", dynamic_ncols=True)
-    runner = None
+    progress = tqdm(total=len(todo), disable=cfg.quiet, unit="unit", desc="scoring", dynamic_ncols=True,
+                    mininterval=0.5)
+    emitted: list[float] = []
+
+    def emit(row: dict) -> None:
+        journal.append(row)
+        emitted.append(time.perf_counter())
+
+    t_model = 0.0
+    plain_images = cfg.reports  # without a report a plain (heatmap-less) image PNG illustrates nothing
     try:
         if todo and cfg.ray is not None:
             from cadpipe.pipelines.ray_backend import score_with_ray
 
-            bundle_meta = score_with_ray(cfg, todo, journal.append, progress)
+            score_with_ray(cfg, todo, emit, progress)
         elif todo:
             from cadpipe.pipelines.bundle_runner import BundleRunner
 
+            t0 = time.perf_counter()
             runner = BundleRunner(cfg.bundle, device=cfg.device, overrides=cfg.overrides)
             if not cfg.heatmaps:
                 runner.cam_layers = None
-            process_units(runner, todo, cfg.output, journal.append, cfg.batch_size, cfg.workers, progress)
+            t_model = time.perf_counter() - t0
+            process_units(runner, todo, cfg.output, emit, cfg.batch_size, cfg.workers, progress,
+                          plain_images=plain_images)
     finally:
         progress.close()
         journal.close()
     scored_s = time.perf_counter() - t_start
+    t_finish = time.perf_counter()
 
-    rows_by_id = Journal(cfg.output).rows()
+    rows_by_id = journal.rows()
     rows = [rows_by_id[u.unit_id] for u in units if u.unit_id in rows_by_id]
     table_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     csv_path = write_results_table(table_rows, cfg.output)
@@ -359,10 +411,15 @@ def score(cfg: ScoreConfig) -> dict:
 
     n_ok = sum(r["status"] == "ok" for r in rows)
     n_err = sum(r["status"] != "ok" for r in rows)
+    steady = _steady_rate(emitted)
     summary = {
         "units": len(units), "ok": n_ok, "error": n_err, "scored_this_run": len(todo),
-        "skipped_already_done": len(units) - len(todo), "seconds": round(scored_s, 3),
+        "skipped_already_done": n_skipped, "errors_retried": n_retried, "seconds": round(scored_s, 3),
         "units_per_second": round(len(todo) / scored_s, 3) if todo and scored_s > 0 else None,
+        "discovery_s": round(t_found - t_start, 3), "model_load_s": round(t_model, 3),
+        "steady_units_per_second": round(steady, 3) if steady else None,
+        "startup_s": round(max(0.0, emitted[-1] - t_start - len(emitted) / steady), 3) if steady else None,
+        "finish_s": round(time.perf_counter() - t_finish, 3),
         "studies": len({u.study_id for u in units}), "results_csv": os.path.abspath(csv_path),
         "reports": len(reports), "output": os.path.abspath(cfg.output),
         "exit_code": EXIT_OK if n_err == 0 else EXIT_SOME_FAILED,

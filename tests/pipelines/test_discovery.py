@@ -54,3 +54,38 @@ def test_missing_input_names_the_path(tmp_path):
     with pytest.raises(CadpipeInputError) as e:
         discover(str(tmp_path / "nothing"))
     assert str(e.value) == f"{tmp_path / 'nothing'}: input does not exist"
+
+
+def test_ground_truth_masks_are_not_studies(tmp_path):
+    """LGG layout (`<slice>.tif` + `<slice>_mask.tif`), MSD `labelsTr/`, `*_seg`/`*_label` files, a `ManualMask`
+    folder and a DICOM SEG object are skipped; `skip_ground_truth=False` lists them."""
+    from pydicom.uid import generate_uid
+
+    from cadpipe.pipelines.discovery import is_ground_truth
+    from tests.pipelines.score_helpers import write_dicom_2d, write_png
+
+    root = tmp_path / "in"
+    case = root / "TCGA_CS_4941_19960909"
+    images = [write_png(str(case / f"TCGA_CS_4941_19960909_{k}.tif"), seed=k) for k in (1, 2)]
+    masks = [write_png(str(case / f"TCGA_CS_4941_19960909_{k}_mask.tif"), seed=k) for k in (1, 2)]
+    images.append(write_nifti(str(root / "imagesTr" / "BRATS_001.nii.gz")))
+    masks.append(write_nifti(str(root / "labelsTr" / "BRATS_001.nii.gz")))
+    masks.append(write_nifti(str(root / "case9" / "t1_seg.nii.gz")))
+    masks.append(write_png(str(root / "case9" / "view_Label.png")))
+    masks.append(write_png(str(root / "case9" / "ManualMask" / "view.png")))
+    images.append(write_png(str(root / "case9" / "segmented_view.png")))  # "seg" inside the name is fine
+    os.makedirs(root / "dcm")
+    images.append(write_dicom_2d(str(root / "dcm" / "IM1"), generate_uid(), generate_uid()))
+    seg = write_dicom_2d(str(root / "dcm" / "OBJ2"), generate_uid(), generate_uid())
+    import pydicom
+
+    ds = pydicom.dcmread(seg)
+    ds.Modality = "SEG"  # a DICOM object that is not an image to score
+    ds.save_as(seg)
+    masks.append(seg)
+
+    units = discover(str(root))
+    assert sorted(u.image for u in units) == sorted(images)
+    everything = discover(str(root), skip_ground_truth=False)
+    assert sorted(u.image for u in everything) == sorted(images + masks)
+    assert is_ground_truth("a/B_MASK.tif") and is_ground_truth("masks/x.png") and not is_ground_truth("mask.png")

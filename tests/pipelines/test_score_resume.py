@@ -91,3 +91,41 @@ def test_resume_skips_done_and_force_rescores(tmp_path):
     forced = score(ScoreConfig(bundle=bundle, input=src, output=out, workers=0, quiet=True, force=True))
     assert forced["scored_this_run"] == 5
     assert len(Journal(out).rows()) == 5 and len(pd.read_csv(os.path.join(out, "results.csv"))) == 5
+
+
+def test_rerun_retries_error_rows_and_lost_outputs(tmp_path):
+    """A plain re-run retries units whose row is `error` (the file may have been fixed) and `ok` units whose
+    output files are gone; `ok` units are skipped; each unit keeps exactly one row."""
+    bundle = make_bundle("tiny_classification_bundle", str(tmp_path))
+    src = str(tmp_path / "in")
+    for i in range(2):
+        write_png(os.path.join(src, f"s{i}", "a.png"), seed=i)
+    bad = os.path.join(src, "s2", "a.png")
+    os.makedirs(os.path.dirname(bad))
+    with open(bad, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + b"\0" * 10)  # truncated
+    out = str(tmp_path / "out")
+    cfg = ScoreConfig(bundle=bundle, input=src, output=out, workers=0, quiet=True)
+    first = score(cfg)
+    assert (first["ok"], first["error"]) == (2, 1)
+
+    again = score(cfg)  # still broken: retried, still one error row
+    assert again["scored_this_run"] == 1 and again["errors_retried"] == 1 and again["skipped_already_done"] == 2
+    df = pd.read_csv(os.path.join(out, "results.csv"))
+    assert len(df) == 3 and df.unit_id.is_unique and (df.status == "error").sum() == 1
+
+    write_png(bad, seed=2)  # the file is fixed
+    fixed = score(cfg)
+    assert fixed["scored_this_run"] == 1 and fixed["errors_retried"] == 1 and fixed["exit_code"] == 0
+    df = pd.read_csv(os.path.join(out, "results.csv"))
+    assert len(df) == 3 and df.unit_id.is_unique and (df.status == "ok").all()
+    assert df.error.isna().all()
+
+    # an ok unit whose output file disappeared (e.g. lost in a crash) is rescored; the others are skipped
+    row = Journal(out).rows()[df.unit_id[0]]
+    os.unlink(os.path.join(out, row["_outputs"]["overlays"][0]))
+    redo = score(cfg)
+    assert redo["scored_this_run"] == 1 and redo["skipped_already_done"] == 2
+    assert os.path.exists(os.path.join(out, row["_outputs"]["overlays"][0]))
+    assert len(pd.read_csv(os.path.join(out, "results.csv"))) == 3
+    assert score(cfg)["scored_this_run"] == 0
