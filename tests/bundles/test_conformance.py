@@ -29,6 +29,16 @@ def _meta(bundle):
     return json.loads((bundle / "configs" / "metadata.json").read_text())
 
 
+METADATA_KEYS = ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
+                 "task", "description", "authors", "copyright", "intended_use", "data_source", "references",
+                 "network_data_format")
+TENSOR_KEYS = ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "channel_def")
+
+
+def test_every_bundle_is_checked():
+    assert len(BUNDLES) >= 6, BUNDLES
+
+
 def test_verify_metadata(bundle, tmp_path, shared_dir):
     from monai.bundle import verify_metadata
 
@@ -37,11 +47,23 @@ def test_verify_metadata(bundle, tmp_path, shared_dir):
     verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(schema))
     meta = _meta(bundle)
     assert meta["version"] in meta["changelog"]
-    for key in ("monai_version", "pytorch_version", "numpy_version", "intended_use", "data_source", "references"):
-        assert meta.get(key), key
-    for tensor in (*meta["network_data_format"]["inputs"].values(), *meta["network_data_format"]["outputs"].values()):
+    for key in METADATA_KEYS:
+        assert meta.get(key), f"metadata.json: {key} missing or empty"
+    assert isinstance(meta["references"], list) and all(isinstance(r, str) and r for r in meta["references"])
+    fmt = meta["network_data_format"]
+    assert fmt.get("inputs") and fmt.get("outputs")
+    for tensor in (*fmt["inputs"].values(), *fmt["outputs"].values()):
         assert tensor.get("channel_def"), tensor
-    assert meta["cadpipe"]["task"] in ("classification", "multilabel", "segmentation", "detection")
+        assert not [k for k in TENSOR_KEYS if k not in tensor], (tensor, TENSOR_KEYS)
+    task = meta["cadpipe"]["task"]
+    assert task in ("classification", "multilabel", "segmentation", "detection")
+    # MONAI Label takes the label names from the first output's channel_def: they must be the bundle's classes
+    image, pred = next(iter(fmt["inputs"].values())), next(iter(fmt["outputs"].values()))
+    names = [pred["channel_def"][k] for k in sorted(pred["channel_def"], key=int)]
+    want = meta["cadpipe"]["class_names"]
+    assert names == (["background", *want] if task == "detection" else want)
+    assert pred["num_channels"] == len(names) and image["num_channels"] == len(image["channel_def"])
+    assert meta["cadpipe"]["spatial_dims"] in (len(image["spatial_shape"]), 3)
     assert (bundle / "docs" / "README.md").is_file()
 
 
@@ -96,47 +118,4 @@ def test_ckpt_export_torchscript_matches(bundle, request):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
-def _cpu_gloo_override(bundle):
-    """The bundle's multi_gpu_train.json turned into a CPU/gloo one: device cpu, no device_ids, no cuda calls."""
-    conf = json.loads((bundle / "configs" / "multi_gpu_train.json").read_text())
-    init = [s.replace("'nccl'", "'gloo'").replace('"nccl"', '"gloo"') for s in conf["initialize"] if "cuda" not in s]
-    assert any("gloo" in s for s in init), "multi_gpu_train.json does not initialise a process group"
-    network = {k: v for k, v in conf["network"].items() if k != "device_ids"}
-    assert network["_target_"].endswith("DistributedDataParallel")
-    override = {"device": "$torch.device('cpu')", "network": network, "initialize": init}
-    path = bundle / "configs" / "cpu_gloo.json"
-    path.write_text(json.dumps(override))
-    return path
-
-
-@pytest.mark.slow
-def test_multi_gpu_train_torchrun_gloo_cpu(tmp_path):
-    """``torchrun --nproc_per_node 2`` on CPU with gloo, brain bundle, one tiny epoch: rank 0 saves the checkpoint."""
-    import subprocess
-    import sys
-
-    from cadpipe.data.synthetic.brain import write_msd_synthetic
-
-    name = "brain_mri_tumor_segmentation"
-    bundle = tmp_path / name
-    shutil.copytree(os.path.join(BUNDLES_DIR, name), bundle, ignore=shutil.ignore_patterns("*.pt", "*.ts", "eval", "outputs"))
-    conf = json.loads((bundle / "configs" / "multi_gpu_train.json").read_text())
-    assert conf["train#sampler"]["_target_"] == "DistributedSampler"
-    assert "dist.get_rank() > 0" in conf["validate#evaluator#val_handlers"]
-    cpu = _cpu_gloo_override(bundle)
-    data = tmp_path / "msd"
-    write_msd_synthetic(data, n_train=4, n_test=0, shape=(32, 32, 4), modalities=("FLAIR",), seed=0)
-    configs = [str(bundle / "configs" / c) for c in ("train.json", "multi_gpu_train.json")] + [str(cpu)]
-    tiny = {"roi_size": "[32,32]", "channels": "[8,16,32]", "strides": "[2,2]", "num_res_units": "1", "num_workers": "0",
-            "epochs": "1", "batch_size": "2", "num_samples": "2", "dataset_layout": "nifti", "val_fraction": "0.5",
-            "test_fraction": "0.0", "cache_rate": "0.0"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "monai.bundle", "run", "--config_file", repr(configs), "--bundle_root", str(bundle),
-           "--dataset_dir", str(data), "--logging_file", str(bundle / "configs" / "logging.conf")]
-    cmd += [a for k, v in tiny.items() for a in (f"--{k}", v)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert (bundle / "models" / "model.pt").is_file()
-    state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert not any(k.startswith("module.") for k in state), "checkpoint should hold the plain network state_dict"
+# Multi-GPU configs (torchrun, 2 processes, gloo on CPU) for every bundle: tests/bundles/test_multi_gpu.py
