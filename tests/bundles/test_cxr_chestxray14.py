@@ -172,3 +172,30 @@ def test_two_stage_inference_with_lung_crop(trained):
     wf.finalize()
     rows = list(csv.DictReader(open(os.path.join(out, "predictions.csv"))))
     assert len(rows) == 3 and all(len([k for k in r if k.startswith("prob_")]) == 15 for r in rows)
+
+
+@pytest.mark.slow
+def test_train_nih_plus_rsna_layout(tmp_path):
+    """``dataset_layout: nih+rsna`` end to end: the RSNA DICOMs (several box rows per patient) load and train with
+    the NIH PNGs; RSNA patients are split by patient like NIH's."""
+    from cadpipe.data.synthetic.chestxray14 import write_synthetic_rsna
+
+    bundle = str(tmp_path / "bundle")
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("*.pt", "eval", "outputs"))
+    write_synthetic_chestxray14(str(tmp_path / "nih"), 6, 1, size=48, classes=CLASSES, p_finding=0.75, seed=1)
+    truth = write_synthetic_rsna(str(tmp_path / "rsna"), 6, size=48, p_pneumonia=0.5, seed=2)
+    wf = _workflow(bundle, ["train.json"], "train", bundle_root=bundle, dataset_dir=str(tmp_path / "nih"),
+                   dataset_layout="nih+rsna", rsna_dir=str(tmp_path / "rsna"), image_size=32, batch_size=4,
+                   num_workers=0, epochs=1, val_fraction=0.3, output_dir=str(tmp_path / "out"), **TINY)
+    wf.initialize()
+    splits = wf.parser.get_parsed_content("splits")
+    dcm = [i for i in splits["train"] + splits["val"] if i["image"].endswith(".dcm")]
+    assert sorted(os.path.basename(i["image"])[:-4] for i in dcm) == sorted(truth)
+    assert not ({i["patient"] for i in splits["train"]} & {i["patient"] for i in splits["val"]})
+    pneu = [i for i in dcm if i["label"][6] == 1]
+    assert len(pneu) == sum(t["target"] for t in truth.values()) and all(sum(i["label"]) == 1 for i in dcm)
+    batch = next(iter(wf.parser.get_parsed_content("train#dataloader")))
+    assert tuple(batch["image"].shape[1:]) == (1, 32, 32) and tuple(batch["label"].shape[1:]) == (15,)
+    wf.run()
+    wf.finalize()
+    assert os.path.isfile(os.path.join(bundle, "models", "model.pt"))

@@ -81,23 +81,61 @@ def test_missing_files_and_overlapping_lists(tmp_path):
 
 def test_rsna_merge_and_bad_rows(tmp_path):
     from cadpipe.data.chestxray14 import rsna_items
+    from cadpipe.data.synthetic.chestxray14 import write_synthetic_rsna
 
     write_synthetic_chestxray14(str(tmp_path / "nih"), 6, 1, size=32, seed=5)
     rsna = tmp_path / "rsna"
-    (rsna / "stage_2_train_images").mkdir(parents=True)
-    for pid in ("aa", "bb"):
-        (rsna / "stage_2_train_images" / f"{pid}.dcm").write_bytes(b"")  # only existence is checked here
-    rows = "patientId,x,y,width,height,Target\naa,,,,,0\nbb,1,2,3,4,1\nbb,5,6,7,8,1\n"
-    (rsna / "stage_2_train_labels.csv").write_text(rows)
+    truth = write_synthetic_rsna(str(rsna), 6, size=32, p_pneumonia=0.5, seed=3)
+    rows = list(csv.DictReader(open(rsna / "stage_2_train_labels.csv")))
+    assert len(rows) == sum(max(1, len(t["boxes"])) for t in truth.values())
+    assert any(len(t["boxes"]) > 1 for t in truth.values())  # several box rows for one patient
+    assert {t["target"] for t in truth.values()} == {0, 1}
     items = rsna_items(str(rsna))
-    assert [(i["name"], NIH_LABELS[int(np.argmax(i["label"]))]) for i in items] == [("aa.dcm", "No Finding"),
-                                                                                    ("bb.dcm", "Pneumonia")]
+    assert len(items) == len(truth)  # one item per patient, however many box rows
+    for it in items:
+        pid = it["name"][: -len(".dcm")]
+        assert NIH_LABELS[int(np.argmax(it["label"]))] == ("Pneumonia" if truth[pid]["target"] else "No Finding")
+        assert sum(it["label"]) == 1 and it["patient"] == f"rsna:{pid}" and it["image"] == truth[pid]["path"]
     s = chestxray14_splits(str(tmp_path / "nih"), 0.3, layout="nih+rsna", rsna_dir=str(rsna))
-    names = {i["name"] for i in s["train"] + s["val"]}
-    assert {"aa.dcm", "bb.dcm"} <= names and not any(i["name"].endswith(".dcm") for i in s["test"])
-    (rsna / "stage_2_train_labels.csv").write_text(rows + "cc,,,,,0\naa,,,,,2\n")
+    names = [i["name"] for i in s["train"] + s["val"]]
+    assert {f"{pid}.dcm" for pid in truth} <= set(names) and len(names) == len(set(names))
+    assert not any(i["name"].endswith(".dcm") for i in s["test"])
+    pats = {k: {i["patient"] for i in v} for k, v in s.items()}
+    assert not (pats["train"] & pats["val"]) and not (pats["train"] & pats["test"]) and not (pats["val"] & pats["test"])
+    assert any(p.startswith("rsna:") for p in pats["val"]) or any(p.startswith("rsna:") for p in pats["train"])
+    bad = open(rsna / "stage_2_train_labels.csv").read() + "synthetic-cc,,,,,0\n" + f"{next(iter(truth))},,,,,2\n"
+    (rsna / "stage_2_train_labels.csv").write_text(bad)
+    n = len(rows) + 2
     with pytest.raises(CadpipeInputError) as e:
         rsna_items(str(rsna))
-    assert "row 5 (cc.dcm): image file not found" in str(e.value) and "row 6 (aa): Target '2'" in str(e.value)
+    assert str(e.value).startswith(str(rsna / "stage_2_train_labels.csv"))
+    assert f"row {n} (synthetic-cc.dcm): image file not found" in str(e.value)
+    assert f"row {n + 1} ({next(iter(truth))}): Target '2'" in str(e.value)
     with pytest.raises(CadpipeInputError, match="needs rsna_dir"):
         chestxray14_splits(str(tmp_path / "nih"), layout="nih+rsna")
+
+
+def test_rsna_dicoms_are_real_and_show_the_boxes(tmp_path):
+    """The synthetic RSNA files are DICOM radiographs our loader reads; the opacity lies inside the CSV boxes."""
+    from cadpipe.data.synthetic.chestxray14 import write_synthetic_rsna
+    from cadpipe.transforms import LoadStudyImage
+
+    truth = write_synthetic_rsna(str(tmp_path), 6, size=48, p_pneumonia=1.0, seed=4)
+    load = LoadStudyImage(mode="gray")
+    for pid, t in truth.items():
+        assert open(t["path"], "rb").read()[128:132] == b"DICM"
+        img = np.asarray(load(t["path"])[0])  # (X = col, Y = row)
+        assert img.shape == (48, 48) and load(t["path"]).meta["PatientID"] == pid
+        for x, y, w, h in t["boxes"]:
+            assert img[x : x + w, y : y + h].mean() > img.mean() + 10
+
+
+def test_train_val_split_keeps_patients_together(tmp_path):
+    """Validation is carved by patient: all images of a patient (NIH follow-ups) land on one side."""
+    write_synthetic_chestxray14(str(tmp_path), 10, 3, size=32, seed=6)
+    s = chestxray14_splits(str(tmp_path), val_fraction=0.3, seed=1)
+    by_patient = {}
+    for split in ("train", "val"):
+        for it in s[split]:
+            by_patient.setdefault(it["patient"], set()).add(split)
+    assert all(len(v) == 1 for v in by_patient.values()) and len(by_patient) == 10 - 2  # 2 test patients
