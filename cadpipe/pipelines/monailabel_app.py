@@ -26,7 +26,8 @@ import sys
 
 from cadpipe.errors import CadpipeInputError
 
-__all__ = ["REPO_ROOT", "add_arguments", "assemble_app", "find_template", "monailabel_type", "patch_main", "run"]
+__all__ = ["REPO_ROOT", "add_arguments", "assemble_app", "cam_class_index", "cam_to_label", "find_template",
+           "monailabel_type", "patch_main", "run"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_BUNDLES_DIR = os.path.join(REPO_ROOT, "bundles")
@@ -37,12 +38,14 @@ _NAME_TYPES = ("deepedit", "deepgrow", "detection", "segmentation", "classificat
 _TASK_TYPES = {"segmentation": "segmentation", "detection": "detection", "classification": "classification",
                "multilabel": "classification"}
 # MONAI Label 0.8.5's BundleInferTask appends ``Restored`` (resize the prediction back to the image size) to every
-# non-detection bundle's postprocessing; on a classification probability vector that fails
-# ("operands could not be broadcast together"). The app's main.py is patched to pass add_post_restore=False for
-# classification bundles; ClassificationWriter then returns the probabilities in the result JSON.
+# non-detection bundle's postprocessing; on a classification probability vector that fails ("operands could not be
+# broadcast together"), and its ClassificationWriter writes no label file. The app's main.py is patched to build
+# every infer task through ``cadpipe.pipelines.monailabel_infer.infer_task``: classification bundles get a task that
+# returns the probabilities in the JSON and the Grad-CAM heatmap as the label image; the others stay unchanged.
+_MAIN_IMPORT = "from monailabel.tasks.infer.bundle import BundleInferTask\n"
+_MAIN_IMPORT_PATCHED = _MAIN_IMPORT + "from cadpipe.pipelines.monailabel_infer import infer_task as cadpipe_infer_task  # cadpipe\n"
 _MAIN_ORIGINAL = "i = BundleInferTask(b, self.conf)\n"
-_MAIN_PATCHED = ("i = BundleInferTask(b, self.conf, add_post_restore=\"classification\" not in n.lower())"
-                 "  # cadpipe: no Restored on class vectors\n")
+_MAIN_PATCHED = "i = cadpipe_infer_task(n, b, self.conf)  # cadpipe: CAM + probabilities for classification bundles\n"
 _COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "eval", "outputs", "runs", "*.ts")
 
 
@@ -87,16 +90,49 @@ def find_template(template: str | None = None, monailabel_python: str | None = N
 
 
 def patch_main(main_py: str) -> None:
-    """Make the monaibundle app's ``main.py`` skip ``Restored`` for classification bundles (idempotent)."""
+    """Make the monaibundle app's ``main.py`` build its infer tasks with cadpipe's ``infer_task`` (idempotent)."""
     with open(main_py, encoding="utf-8") as fp:
         text = fp.read()
-    if _MAIN_PATCHED in text:
+    if _MAIN_PATCHED in text and _MAIN_IMPORT_PATCHED in text:
         return
-    if text.count(_MAIN_ORIGINAL) != 1:
-        raise CadpipeInputError(main_py, "unexpected monaibundle main.py (MONAI Label version other than 0.8.5?): "
-                                         f"expected one line '{_MAIN_ORIGINAL.strip()}'")
+    for line in (_MAIN_IMPORT, _MAIN_ORIGINAL):
+        if text.count(line) != 1:
+            raise CadpipeInputError(main_py, "unexpected monaibundle main.py (MONAI Label version other than 0.8.5?): "
+                                             f"expected one line '{line.strip()}'")
     with open(main_py, "w", encoding="utf-8") as fp:
-        fp.write(text.replace(_MAIN_ORIGINAL, _MAIN_PATCHED))
+        fp.write(text.replace(_MAIN_IMPORT, _MAIN_IMPORT_PATCHED).replace(_MAIN_ORIGINAL, _MAIN_PATCHED))
+
+
+def cam_class_index(requested, scores, labels) -> int:
+    """The class whose activation map is returned: ``requested`` (an index, a digit string or a label name from
+    ``labels`` — MONAI Label's ``{name: index}``), else the highest of ``scores`` (logits or probabilities)."""
+    import numpy as np
+
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if requested is None or requested == "":
+        return int(np.argmax(scores))
+    names = {str(k).lower(): int(v) for k, v in (labels or {}).items()} if isinstance(labels, dict) else {}
+    key = str(requested).strip().lower()
+    if key in names:
+        idx = names[key]
+    elif key.lstrip("-").isdigit():
+        idx = int(key)
+    else:
+        raise ValueError(f"cam_class {requested!r}: not a class index or one of {sorted(names)}")
+    if not 0 <= idx < len(scores):
+        raise ValueError(f"cam_class {requested!r}: index {idx} outside 0..{len(scores) - 1}")
+    return idx
+
+
+def cam_to_label(cam):
+    """A heatmap as a label image: min-max scaled to ``uint8`` 0..255 (a constant map becomes all zeros)."""
+    import numpy as np
+
+    cam = np.asarray(cam, dtype=np.float32)
+    lo, hi = float(np.nanmin(cam)), float(np.nanmax(cam))
+    if not np.isfinite(hi - lo) or hi - lo < 1e-12:
+        return np.zeros(cam.shape, dtype=np.uint8)
+    return np.round(255 * (np.nan_to_num(cam, nan=lo) - lo) / (hi - lo)).astype(np.uint8)
 
 
 def _check_bundle(src: str, name: str) -> dict:

@@ -8,9 +8,10 @@ import pytest
 
 from cadpipe.cli import main as cli_main
 from cadpipe.errors import CadpipeInputError
-from cadpipe.pipelines.monailabel_app import assemble_app, monailabel_type, patch_main
+from cadpipe.pipelines.monailabel_app import assemble_app, cam_class_index, cam_to_label, monailabel_type, patch_main
 
-MAIN = "class MyApp:\n    def init_infers(self):\n        for n, b in self.models.items():\n                i = BundleInferTask(b, self.conf)\n"
+MAIN = ("from monailabel.tasks.infer.bundle import BundleInferTask\n\n\nclass MyApp:\n    def init_infers(self):\n"
+        "        for n, b in self.models.items():\n                i = BundleInferTask(b, self.conf)\n")
 
 
 def _template(tmp_path, text=MAIN):
@@ -49,7 +50,9 @@ def test_assemble_copies_bundles_and_patches_main(tmp_path):
     assert types == {"a_segmentation": "segmentation", "b_classification": "classification"}
     assert (app / "model" / "b_classification" / "models" / "model.pt").read_bytes() == b"weights"
     main_py = (app / "main.py").read_text()
-    assert 'add_post_restore="classification" not in n.lower()' in main_py
+    assert "from cadpipe.pipelines.monailabel_infer import infer_task as cadpipe_infer_task" in main_py
+    assert "                i = cadpipe_infer_task(n, b, self.conf)" in main_py and "BundleInferTask(b" not in main_py
+    compile(main_py, "main.py", "exec")
     patch_main(str(app / "main.py"))  # idempotent
     assert (app / "main.py").read_text() == main_py
 
@@ -98,3 +101,35 @@ def test_unexpected_main_py(tmp_path):
     with pytest.raises(CadpipeInputError) as err:
         patch_main(str(main_py))
     assert str(main_py) in str(err.value) and "unexpected monaibundle main.py" in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["class MyApp:\n    pass\n",  # neither line
+                                  MAIN.replace("from monailabel.tasks.infer.bundle import BundleInferTask\n", "")])
+def test_unexpected_main_py_named(tmp_path, text):
+    main_py = tmp_path / "main.py"
+    main_py.write_text(text)
+    with pytest.raises(CadpipeInputError) as err:
+        patch_main(str(main_py))
+    assert str(main_py) in str(err.value) and "unexpected monaibundle main.py" in str(err.value)
+    assert main_py.read_text() == text  # left untouched
+
+
+def test_cam_class_index():
+    labels = {"normal": 0, "pneumonia": 1}
+    assert cam_class_index(None, [0.2, 0.9], labels) == 1
+    assert cam_class_index("", [3.0, -1.0], labels) == 0
+    assert cam_class_index("Pneumonia", [0.9, 0.1], labels) == 1
+    assert cam_class_index(0, [0.1, 0.9], labels) == 0 and cam_class_index("1", [0.9, 0.1], labels) == 1
+    with pytest.raises(ValueError, match="cam_class 'edema'"):
+        cam_class_index("edema", [0.1, 0.9], labels)
+    with pytest.raises(ValueError, match="index 2 outside 0..1"):
+        cam_class_index(2, [0.1, 0.9], labels)
+
+
+def test_cam_to_label():
+    import numpy as np
+
+    cam = np.array([[0.0, 0.5], [0.25, 1.0]], dtype=np.float32) * 3 + 1
+    label = cam_to_label(cam)
+    assert label.dtype == np.uint8 and label.tolist() == [[0, 128], [64, 255]]
+    assert cam_to_label(np.full((3, 2), 0.7)).tolist() == [[0, 0]] * 3
