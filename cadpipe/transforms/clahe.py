@@ -41,6 +41,7 @@ Differences from skimage, together below ``1e-4`` mean absolute difference on ``
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
@@ -58,6 +59,8 @@ __all__ = ["CLAHE", "CLAHEd"]
 NR_OF_GRAY = 2**14  # grey levels skimage's CLAHE works with
 # elements per row chunk on the CPU: the per-chunk intermediates stay in L2 cache
 _CPU_CHUNK = 1 << 15
+# one bincount per tile (rather than per row chunk of all tiles) from this many pixels per tile
+_TILE_HIST_MIN_PX = 1 << 14
 # per-row mapping tables when a row's table ((tile columns + 2) * nbins) is at most this many times the row
 _ROW_TABLE_RATIO = 8
 
@@ -86,27 +89,34 @@ def _clip_histogram(hist: torch.Tensor, clim: int) -> torch.Tensor:
     n_excess = n_excess + (hist * mid).sum(1) - mid.sum(1) * clim
     hist = torch.where(mid, torch.full_like(hist, clim), hist)
 
-    # residual: skimage's `while n_excess > 0: for index in range(nbins): ...` loop, all tiles in step
-    active = n_excess > 0
-    if not bool(active.any()):
+    # residual: skimage's `while n_excess > 0: for index in range(nbins): ...` loop, all tiles in step;
+    # the loop runs on the still active tiles only (int32), finished ones are written back
+    rows = torch.nonzero(n_excess > 0).flatten()
+    if rows.numel() == 0:
         return hist
-    pos = torch.arange(n, device=hist.device)
-    prev = n_excess.clone()
+    h = hist.index_select(0, rows).to(torch.int32)
+    ne = n_excess.index_select(0, rows).to(torch.int32)
+    prev = ne.clone()
+    rel = torch.arange(n, dtype=torch.int32, device=hist.device)
     index = 0
     while True:
-        under = hist < clim
-        step = torch.clamp_min(under.sum(1) // torch.clamp_min(n_excess, 1), 1)
-        sel = under & (pos >= index) & (torch.remainder(pos - index, step[:, None]) == 0) & active[:, None]
-        hist = hist + sel
-        n_excess = n_excess - sel.sum(1)
-        active = active & (n_excess > 0)
+        under = h < clim
+        step = torch.div(under.sum(1, dtype=torch.int32), ne, rounding_mode="floor").clamp_min_(1)
+        sel = under[:, index:] & (torch.remainder(rel[: n - index], step[:, None]) == 0)
+        h[:, index:] += sel
+        ne -= sel.sum(1, dtype=torch.int32)
         index += 1
+        done = ne <= 0
         if index == n:  # end of one `for` pass: tiles that made no progress stop
-            active = active & (n_excess != prev)
-            prev = n_excess.clone()
+            done |= ne == prev
+            prev = ne.clone()
             index = 0
-        if not bool(active.any()):
-            return hist
+        if bool(done.any()):
+            hist[rows[done]] = h[done].to(hist.dtype)
+            keep = ~done
+            if not bool(keep.any()):
+                return hist
+            rows, h, ne, prev = rows[keep], h[keep], ne[keep], prev[keep]
 
 
 class _Levels:
@@ -178,13 +188,14 @@ class _Levels:
         self.base = 0 if 0 <= mn <= self.n_levels else mn
         self.n_index = mx - self.base + 1
         self.vbin = torch.cat([self.vlut.new_zeros(mn - self.base), self.vlut])  # index - base -> bin
-        self._fb = None
+        # the pixel values themselves are the indices (no conversion pass needed before a bincount)
+        int_types = (torch.uint8, torch.int16, torch.int32, torch.int64)
+        self.direct = not self.float_mode and self.base == 0 and x.dtype in int_types
 
     def __call__(self, chunk: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Writes ``level(chunk) - base`` into the int32/int64 buffer ``out`` (same shape) and returns it."""
         if self.float_mode:  # round half up (no vml/omp unary op); ties differ from numpy's rint only
-            torch.mul(chunk, self.a, out=self._fbuf(chunk))
-            f = self._fbuf(chunk)
+            f = torch.mul(chunk, self.a)
             f.add_(self.b + 0.5)
             out.copy_(f)
         else:
@@ -192,12 +203,6 @@ class _Levels:
         if self.base:
             out.sub_(self.base)
         return out
-
-    def _fbuf(self, chunk: torch.Tensor) -> torch.Tensor:
-        n = chunk.numel()
-        if self._fb is None or self._fb.numel() < n:
-            self._fb = torch.empty(n, dtype=self.x.dtype, device=self.x.device)
-        return self._fb[:n].view(chunk.shape)
 
 
 def clahe_2d(
@@ -207,10 +212,13 @@ def clahe_2d(
     nbins: int = 256,
     path=None,
     out: torch.Tensor | None = None,
+    workers: int = 1,
 ) -> torch.Tensor:
     """CLAHE of one 2D image ``x`` (H, W) of any real dtype; returns float32 (H, W) in [0, 1] on x's device.
 
     ``out``: optional contiguous float32 (H, W) tensor on x's device to write the result into.
+    ``workers``: Python threads that process bands of tile rows concurrently (torch ops release the GIL);
+    meant for the CPU with one torch intra-op thread each.
     """
     if x.ndim != 2:
         raise ValueError(f"clahe_2d expects a 2D image, got shape {tuple(x.shape)}")
@@ -242,30 +250,51 @@ def clahe_2d(
     idx_dtype = torch.int32 if n_idx < 2**31 else torch.int64
 
     # ---- histograms: tile (i, j) holds rows [i*k0, (i+1)*k0), cols [j*k1, (j+1)*k1), reflect-padded
-    wp = nt1 * k1
-    cols = torch.arange(wp, device=dev)
-    hadd = (torch.div(cols, k1, rounding_mode="floor") * L).to(idx_dtype)
-    extra_src = _reflect_index(cols[W:], W)  # padded columns beyond the image
-    hist_raw = torch.zeros((nt0, nt1 * L), dtype=torch.int64, device=dev)
-    rows_per_chunk = max(1, min(k0, chunk_px // wp))
-    buf = torch.empty(rows_per_chunk * wp, dtype=idx_dtype, device=dev)
-    for i in range(nt0):
-        r0, r1 = i * k0, (i + 1) * k0
-        for c0 in range(r0, r1, rows_per_chunk):
-            c1 = min(c0 + rows_per_chunk, r1)
-            if c1 <= H:
-                xc = x[c0:c1]
-            else:
-                xc = x.index_select(0, _reflect_index(torch.arange(c0, c1, device=dev), H))
-            n = (c1 - c0) * wp
-            bv = buf[:n].view(c1 - c0, wp)
-            if wp > W:
-                lev(xc, bv[:, :W])
-                lev(xc.index_select(1, extra_src), bv[:, W:])
-            else:
-                lev(xc, bv)
-            bv.add_(hadd)
-            hist_raw[i] += torch.bincount(buf[:n], minlength=nt1 * L)
+    hist_raw = torch.zeros((nt0, nt1, L), dtype=torch.int64, device=dev)
+    if n_px >= _TILE_HIST_MIN_PX:
+        # large tiles: one bincount per tile, straight on the pixel values where they are the indices
+        def hist_tile_row(i: int) -> None:
+            r0, r1 = i * k0, (i + 1) * k0
+            xr = x[r0:r1] if r1 <= H else x.index_select(0, _reflect_index(torch.arange(r0, r1, device=dev), H))
+            buf = None if lev.direct else torch.empty(n_px, dtype=idx_dtype, device=dev)
+            for j in range(nt1):
+                q0, q1 = j * k1, (j + 1) * k1
+                if q1 <= W:
+                    xt = xr[:, q0:q1]
+                else:
+                    xt = xr.index_select(1, _reflect_index(torch.arange(q0, q1, device=dev), W))
+                vals = xt.reshape(-1) if lev.direct else lev(xt, buf.view(k0, k1)).view(-1)
+                hist_raw[i, j] = torch.bincount(vals, minlength=L)
+
+    else:
+        # small tiles: bincount over whole rows of tiles at once, indices tile_column * L + level
+        wp = nt1 * k1
+        cols = torch.arange(wp, device=dev)
+        hadd = (torch.div(cols, k1, rounding_mode="floor") * L).to(idx_dtype)
+        extra_src = _reflect_index(cols[W:], W)  # padded columns beyond the image
+        rows_per_chunk = max(1, min(k0, chunk_px // wp))
+
+        def hist_tile_row(i: int) -> None:
+            buf = torch.empty(rows_per_chunk * wp, dtype=idx_dtype, device=dev)
+            acc = hist_raw[i].view(-1)
+            r0, r1 = i * k0, (i + 1) * k0
+            for c0 in range(r0, r1, rows_per_chunk):
+                c1 = min(c0 + rows_per_chunk, r1)
+                if c1 <= H:
+                    xc = x[c0:c1]
+                else:
+                    xc = x.index_select(0, _reflect_index(torch.arange(c0, c1, device=dev), H))
+                n = (c1 - c0) * wp
+                bv = buf[:n].view(c1 - c0, wp)
+                if wp > W:
+                    lev(xc, bv[:, :W])
+                    lev(xc.index_select(1, extra_src), bv[:, W:])
+                else:
+                    lev(xc, bv)
+                bv.add_(hadd)
+                acc += torch.bincount(buf[:n], minlength=nt1 * L)
+
+    _run(hist_tile_row, range(nt0), workers)
     hist = torch.zeros((nt0 * nt1, nbins), dtype=torch.int64, device=dev)
     hist.index_add_(1, lev.vbin, hist_raw.view(nt0 * nt1, L))
     del hist_raw
@@ -281,11 +310,18 @@ def clahe_2d(
     xs = torch.arange(W, device=dev) + k1 // 2
     jx = torch.div(xs, k1, rounding_mode="floor")  # 0..nt1
     wx = ((xs - jx * k1).to(torch.float32) / k1)[None, :]
-    out = torch.empty((H, W), dtype=torch.float32, device=dev) if out is None else out
-    lo_hi = []
+    if out is None:
+        out = torch.empty((H, W), dtype=torch.float32, device=dev)
     rows_per_chunk = max(1, min(k0, chunk_px // W))
-    ibuf = torch.empty(rows_per_chunk * W, dtype=idx_dtype, device=dev)
     vbin = lev.vbin.to(idx_dtype)
+    blocks = []  # (block row j, first image row, end row)
+    for j in range(nt0 + 1):
+        y0, y1 = max(j * k0 - k0 // 2, 0), min((j + 1) * k0 - k0 // 2, H)
+        if y1 > y0:
+            blocks.append((j, y0, y1))
+
+    def wy_of(j: int, y0: int, y1: int) -> torch.Tensor:
+        return ((torch.arange(y0, y1, device=dev) + (k0 // 2 - j * k0)).to(torch.float32) / k0)[:, None]
 
     if row_tables:
         # Per image row y (weight wy between tile rows jy-1 and jy), a table over (extended tile column,
@@ -295,18 +331,19 @@ def clahe_2d(
         # one bin lookup, one add, two gathers, one lerp; the tables cost (nt1+2)*nbins per row.
         C = (nt1 + 2) * nbins
         ext = torch.cat([lut[:, :1], lut, lut[:, -1:]], 1).reshape(nt0, C)
-        coloff = ((jx * nbins)[None, :] + (torch.arange(rows_per_chunk, device=dev) * C)[:, None])
+        coloff = (jx * nbins)[None, :] + (torch.arange(rows_per_chunk, device=dev) * C)[:, None]
         coloff = coloff.to(idx_dtype)
-        tbuf = torch.empty(rows_per_chunk * C + nbins, dtype=torch.float32, device=dev)
-        gbuf = torch.empty(2, rows_per_chunk * W, dtype=torch.float32, device=dev)
-        bbuf = torch.empty(rows_per_chunk * W, dtype=idx_dtype, device=dev)
-        for j in range(nt0 + 1):
-            y0, y1 = max(j * k0 - k0 // 2, 0), min((j + 1) * k0 - k0 // 2, H)
-            if y1 <= y0:
-                continue
+
+        def map_block(blk) -> list:
+            j, y0, y1 = blk
+            tbuf = torch.empty(rows_per_chunk * C, dtype=torch.float32, device=dev)
+            gbuf = torch.empty(2, rows_per_chunk * W, dtype=torch.float32, device=dev)
+            ibuf = torch.empty(rows_per_chunk * W, dtype=idx_dtype, device=dev)
+            bbuf = torch.empty(rows_per_chunk * W, dtype=idx_dtype, device=dev)
             top, bot = ext[max(j - 1, 0)], ext[min(j, nt0 - 1)]
             dtb = bot - top
-            wy = ((torch.arange(y0, y1, device=dev) + (k0 // 2 - j * k0)).to(torch.float32) / k0)[:, None]
+            wy = wy_of(j, y0, y1)
+            ends = []
             for c0 in range(y0, y1, rows_per_chunk):
                 c1 = min(c0 + rows_per_chunk, y1)
                 r = c1 - c0
@@ -318,10 +355,12 @@ def clahe_2d(
                 bi.view(r, W).add_(coloff[:r])
                 left, right = gbuf[0, :n], gbuf[1, :n]
                 torch.index_select(tab, 0, bi, out=left)
-                torch.index_select(tbuf[nbins : r * C + nbins], 0, bi, out=right)
+                torch.index_select(tbuf[nbins : r * C], 0, bi, out=right)
                 o = out[c0:c1]
                 torch.lerp(left.view(r, W), right.view(r, W), wx, out=o)
-                lo_hi.append(torch.aminmax(o))
+                ends.append(torch.aminmax(o))
+            return ends
+
     else:
         # a + wx*(b - a) + wy*((c - a) + wx*((d - c) - (b - a))) with a, b the top-left/right and c, d the
         # bottom-left/right tile values; per block row, the 4 float32 terms for each (block column, bin)
@@ -330,14 +369,15 @@ def clahe_2d(
         clo, chi = torch.clamp(jcs - 1, 0, nt1 - 1), torch.clamp(jcs, 0, nt1 - 1)
         madd = (jx * L).to(idx_dtype)
         vlut2 = (vbin[None, :] + (jcs * nbins)[:, None]).to(idx_dtype).reshape(-1)  # index + jx*L -> jx*nbins + bin
-        for j in range(nt0 + 1):
-            y0, y1 = max(j * k0 - k0 // 2, 0), min((j + 1) * k0 - k0 // 2, H)
-            if y1 <= y0:
-                continue
+
+        def map_block(blk) -> list:
+            j, y0, y1 = blk
+            ibuf = torch.empty(rows_per_chunk * W, dtype=idx_dtype, device=dev)
             lo, hi = lut[max(j - 1, 0)], lut[min(j, nt0 - 1)]
             a, b, c, d = lo[clo], lo[chi], hi[clo], hi[chi]
             p4 = torch.stack([a, b - a, c - a, (d - c) - (b - a)], -1).reshape(-1).view(torch.complex128)
-            wy = ((torch.arange(y0, y1, device=dev) + (k0 // 2 - j * k0)).to(torch.float32) / k0)[:, None]
+            wy = wy_of(j, y0, y1)
+            ends = []
             for c0 in range(y0, y1, rows_per_chunk):
                 c1 = min(c0 + rows_per_chunk, y1)
                 r = c1 - c0
@@ -349,30 +389,47 @@ def clahe_2d(
                 t0 = torch.addcmul(g[..., 0], wx, g[..., 1])
                 o = out[c0:c1]
                 torch.addcmul(t0, wy[c0 - y0 : c1 - y0], t1, out=o)
-                lo_hi.append(torch.aminmax(o))
-    lo_v = float(torch.stack([m[0] for m in lo_hi]).min())
-    hi_v = float(torch.stack([m[1] for m in lo_hi]).max())
+                ends.append(torch.aminmax(o))
+            return ends
+
+    ends = [e for es in _run(map_block, blocks, workers) for e in es]
+    lo_v = float(torch.stack([e[0] for e in ends]).min())
+    hi_v = float(torch.stack([e[1] for e in ends]).max())
 
     # ---- rescale to [0, 1] (skimage's final rescale_intensity; a constant result is clipped instead),
     # in cache-sized chunks (one memory pass)
     step = max(1, chunk_px // W)
-    for c0 in range(0, H, step):
+
+    def rescale(c0: int) -> None:
         o = out[c0 : c0 + step]
         if hi_v > lo_v:
-            o.sub_(lo_v).div_(hi_v - lo_v)
+            if lo_v != 0.0:  # (the minimum is often 0: one op less)
+                o.sub_(lo_v)
+            o.div_(hi_v - lo_v)
         else:
             o.clamp_(0.0, 1.0)
+
+    _run(rescale, range(0, H, step), workers)
     return out
 
 
+def _run(fn, items, workers: int) -> list:
+    """``[fn(i) for i in items]``, on ``workers`` threads when more than one (torch ops release the GIL)."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(min(workers, len(items))) as ex:
+        return list(ex.map(fn, items))
+
+
 @contextmanager
-def _intra_op_threads(n: int | None, device: torch.device):
-    """Run with ``torch.set_num_threads(n)`` on the CPU, restoring the previous value afterwards."""
+def _one_intra_op_thread(device: torch.device):
+    """Run with ``torch.set_num_threads(1)`` on the CPU, restoring the previous value afterwards."""
     prev = torch.get_num_threads()
-    if n is None or device.type != "cpu" or n == prev:
+    if device.type != "cpu" or prev == 1:
         yield
         return
-    torch.set_num_threads(n)
+    torch.set_num_threads(1)
     try:
         yield
     finally:
@@ -402,11 +459,12 @@ class CLAHE(Transform):
             clipped at ``int(max(clip_limit * n, 1))``); ``0`` or ``>= 1`` gives plain AHE. Default 0.01.
         nbins: number of histogram bins. Default 256.
         dtype: output dtype, default float32.
-        num_threads: torch intra-op threads for the CPU path while the transform runs (the previous
-            setting is restored after). Default 1: the work is many small memory-bound steps on
-            cache-sized chunks, which gain little from OpenMP and lose a lot (each op waits for every
-            thread) when the cores are shared with other processes; parallelise across images instead
-            (DataLoader workers). ``None`` keeps torch's current setting. Ignored on a GPU.
+        num_threads: CPU threads for one image: ``n > 1`` processes bands of tile rows on ``n`` Python
+            threads, each running torch ops on one intra-op thread (torch's setting is set to 1 while
+            the transform runs and restored after). Default 1: best when the cores are shared with
+            other processes or images are already processed in parallel (DataLoader workers).
+            ``None``: ``torch.get_num_threads()`` (all cores by default), for one large image on an
+            otherwise idle machine. Ignored on a GPU.
 
     Raises:
         CadpipeInputError: a float image with NaN or infinite values (the path is taken from the
@@ -448,9 +506,12 @@ class CLAHE(Transform):
         else:
             slices = x
         out = torch.empty(slices.shape, dtype=torch.float32, device=x.device)
-        with _intra_op_threads(self.num_threads, x.device):
+        workers = 1
+        if x.device.type == "cpu":
+            workers = max(1, torch.get_num_threads() if self.num_threads is None else int(self.num_threads))
+        with _one_intra_op_thread(x.device):
             for s, o in zip(slices, out):
-                clahe_2d(s, self.kernel_size, self.clip_limit, self.nbins, path=path, out=o)
+                clahe_2d(s, self.kernel_size, self.clip_limit, self.nbins, path=path, out=o, workers=workers)
         if x.ndim == 4:
             out = out.view(c, d, h, w).permute(0, 2, 3, 1).contiguous()
         out_t, *_ = convert_to_dst_type(out, img, dtype=self.dtype)

@@ -47,10 +47,13 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=["row_tables", "corner_gather"])
+@pytest.fixture(params=["large_tiles", "small_tiles"])
 def mapping_path(request, monkeypatch):
-    """Run a test with each of the two mapping implementations (chosen by table size in clahe_2d)."""
-    monkeypatch.setattr(clahe_mod, "_ROW_TABLE_RATIO", 1e9 if request.param == "row_tables" else 0)
+    """Run a test with each implementation of the histograms (per tile / per row chunk) and of the mapping
+    (per-row tables / 4-corner gather); clahe_2d chooses them by tile size and table size."""
+    large = request.param == "large_tiles"
+    monkeypatch.setattr(clahe_mod, "_ROW_TABLE_RATIO", 1e9 if large else 0)
+    monkeypatch.setattr(clahe_mod, "_TILE_HIST_MIN_PX", 1 if large else 1 << 62)
     return request.param
 
 
@@ -102,7 +105,7 @@ def test_multichannel_per_channel():
         assert np.abs(out[ch] - ref).mean() < 1e-3
 
 
-def test_volume_slice_wise_along_last_axis():
+def test_volume_slice_wise_along_last_axis(mapping_path):
     vol = np.stack([natural(48, 40, seed=s, dtype=np.float32) * (s + 1) / 4 for s in range(3)], -1)  # (H, W, D)
     out = CLAHE(kernel_size=12)(vol[None])
     assert out.shape == (1, 48, 40, 3)
@@ -111,7 +114,7 @@ def test_volume_slice_wise_along_last_axis():
         assert np.abs(out[0, ..., z] - ref).mean() < 1e-3
 
 
-def test_tensor_in_tensor_out_dtype_device_meta():
+def test_tensor_in_tensor_out_dtype_device_meta(mapping_path):
     img = natural(64, 48, seed=7, dtype=np.uint16, maxv=4095)
     t = MetaTensor(torch.from_numpy(img.astype(np.int32))[None], meta={"filename_or_obj": "x.dcm"})
     out = CLAHE()(t)
@@ -162,14 +165,16 @@ def test_bad_arguments():
         CLAHE(nbins=0)
 
 
-def test_num_threads_restored():
+def test_num_threads_restored(mapping_path):
     prev = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         img = natural(40, 30, seed=11, dtype=np.uint16, maxv=4095)[None]
-        a = CLAHE()(img)  # runs on one intra-op thread
+        a = CLAHE()(img)  # one thread
         assert torch.get_num_threads() == 2
-        np.testing.assert_array_equal(a, CLAHE(num_threads=None)(img))
+        np.testing.assert_array_equal(a, CLAHE(num_threads=None)(img))  # 2 band threads: same result
+        np.testing.assert_array_equal(CLAHE(kernel_size=7)(img), CLAHE(kernel_size=7, num_threads=3)(img))
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(prev)
 
