@@ -3,7 +3,8 @@
 The mask comes in MONAI's axes and the input's geometry (``affine`` in RAS, what ``LoadImage`` gives). Each
 source instance's pixel grid is mapped through its ImagePositionPatient / ImageOrientationPatient / PixelSpacing
 (LPS) into RAS and then into the mask's voxel indices, so the SEG frames line up with the source frames whatever
-the reader's axis order. A 2D single image without geometry is mapped by the axis convention (``mask.T``).
+the reader's axis order. A 2D single image (a radiograph, with or without geometry) is mapped by the axis
+convention (``mask.T``: MONAI's (X=columns, Y=rows) back to DICOM's rows x columns).
 """
 
 from __future__ import annotations
@@ -45,6 +46,30 @@ def mask_to_source_frames(mask: np.ndarray, affine: np.ndarray, datasets: list) 
     return np.stack(frames)
 
 
+# Patient/study attributes highdicom copies from the source into the SEG. They are Type 2 (must be present, may be
+# empty) in the SEG, but many real radiographs (and the foundation's synthetic CXRs) lack some of them, and
+# highdicom then fails with AttributeError. Missing ones are added empty to the in-memory source copy only.
+_TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                      "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _with_type2_attributes(ds):
+    """The in-memory source prepared for highdicom (the file on disk is not touched):
+
+    - missing Type 2 patient/study attributes added empty (see ``_TYPE2_FROM_SOURCE``);
+    - a projection image without a Frame of Reference (DX/CR/MG/SC radiograph) loses ``PixelSpacing``: highdicom
+      would copy it into a Pixel Measures item without Slice Thickness, which is valid DICOM (Slice Thickness is
+      required only with a Frame of Reference) but which highdicom's own ``Segmentation.from_dataset`` rejects.
+      Such a SEG is positioned by its reference to the source instance (same rows x columns), as viewers expect.
+    """
+    for keyword in _TYPE2_FROM_SOURCE:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    if "FrameOfReferenceUID" not in ds and "PixelSpacing" in ds and "SliceThickness" not in ds:
+        del ds.PixelSpacing
+    return ds
+
+
 def write_dicom_seg(mask: np.ndarray, affine: np.ndarray, source_files: list[str], out_path: str,
                     label: str = "lesion", algorithm: str = "cadpipe", version: str = "0") -> str:
     """Write a binary DICOM SEG for ``mask > 0`` over ``source_files``; atomic (temp + rename). Returns the path."""
@@ -52,7 +77,7 @@ def write_dicom_seg(mask: np.ndarray, affine: np.ndarray, source_files: list[str
     import pydicom
     from pydicom.sr.codedict import codes
 
-    datasets = [pydicom.dcmread(p) for p in source_files]
+    datasets = [_with_type2_attributes(pydicom.dcmread(p)) for p in source_files]
     if len(datasets) > 1 and hasattr(datasets[0], "ImagePositionPatient"):
         normal = np.cross(*np.reshape(np.asarray(datasets[0].ImageOrientationPatient, float), (2, 3)))
         datasets.sort(key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))))

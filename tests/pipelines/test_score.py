@@ -102,6 +102,57 @@ def test_segmentation_nifti_and_dicom_seg(seg_bundle, tmp_path):
     assert nifti_row.status == "ok" and os.path.exists(os.path.join(out, "case1", "t1", "t1_mask.nii.gz"))
 
 
+def test_dicom_seg_for_2d_dicom_images(tmp_path):
+    """A 2D segmentation bundle on single-frame DICOM images (a secondary capture without geometry and a DX CXR,
+    MONOCHROME1) writes a DICOM SEG per image that reads back (pydicom + highdicom), references its source SOP
+    instance and study, and lines up with the source pixels (rows x cols, not transposed)."""
+    import highdicom as hd
+    import nibabel as nib
+    import pydicom
+    import torch
+    from pydicom.uid import generate_uid
+
+    from cadpipe.data.synthetic.dicom import write_cxr_dicom
+    from tests.pipelines.score_helpers import write_dicom_2d
+
+    bundle = make_bundle("tiny_segmentation_2d_bundle", str(tmp_path))
+    # the 1x1 convolution scores "bright" = x and "background" = 0.5: the mask is (min-max scaled pixel > 0.5)
+    torch.save({"weight": torch.tensor([[[[0.0]]], [[[1.0]]]]), "bias": torch.tensor([0.5, 0.0])},
+               os.path.join(bundle, "models", "model.pt"))
+    src = tmp_path / "in"
+    os.makedirs(src / "sc")
+    sc = write_dicom_2d(str(src / "sc" / "IM1"), generate_uid(), generate_uid(), rows=24, cols=20)
+    ds = pydicom.dcmread(sc)
+    pixels = np.full((24, 20), 100, np.uint16)
+    pixels[2:9, 3:16] = 3000  # an asymmetric bright block: a transposed SEG would not match
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(sc)
+    os.makedirs(src / "cxr")
+    cxr = write_cxr_dicom(str(src / "cxr" / "synthetic_IM2"), rows=40, cols=32, photometric="MONOCHROME1", seed=3)
+    out = str(tmp_path / "out")
+    summary = score(ScoreConfig(bundle=bundle, input=str(src), output=out, workers=0, quiet=True))
+    df = pd.read_csv(os.path.join(out, "results.csv"))
+    assert summary["exit_code"] == EXIT_OK and len(df) == 2, df.error.tolist()
+    for path, expected in [(sc, pixels > 1550), (cxr["path"], None)]:
+        source = pydicom.dcmread(path)
+        row = df[df.input_paths == path].iloc[0]
+        folder = os.path.join(out, row.study_id, row.series_id)
+        seg_ds = pydicom.dcmread(os.path.join(folder, f"{source.SOPInstanceUID}_seg.dcm"))
+        seg = hd.seg.Segmentation.from_dataset(seg_ds)
+        assert seg_ds.Modality == "SEG" and seg_ds.StudyInstanceUID == source.StudyInstanceUID
+        refs = {i.ReferencedSOPInstanceUID for s in seg_ds.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence}
+        assert refs == {source.SOPInstanceUID}
+        assert seg.get_source_image_uids() == [(source.StudyInstanceUID, source.SeriesInstanceUID,
+                                                source.SOPInstanceUID)]
+        frame = np.asarray(seg_ds.pixel_array).reshape(source.Rows, source.Columns).astype(bool)
+        mask = np.asarray(nib.load(os.path.join(folder, f"{source.SOPInstanceUID}_mask.nii.gz")).dataobj)
+        assert mask.shape == (source.Columns, source.Rows)  # MONAI axes (X = columns, Y = rows)
+        np.testing.assert_array_equal(frame, mask.T > 0)
+        assert 0 < frame.sum() < frame.size and row.lesion_voxels == int(frame.sum())
+        if expected is not None:
+            np.testing.assert_array_equal(frame, expected)
+
+
 def test_manifest_and_limit(cls_bundle, tmp_path):
     exp = mixed_2d_folder(str(tmp_path / "in"))
     manifest = tmp_path / "m.csv"

@@ -48,11 +48,23 @@ def _histo(d):
     write_synthetic_bach(d, n_per_class=1, size=(96, 96))
 
 
+def _cxr_and_mask_files(d):
+    """Two DICOM CXRs, one PNG radiograph and its ground-truth lung mask (skipped by discovery)."""
+    from tests.pipelines.score_helpers import write_png
+
+    _cxr(d)
+    write_png(os.path.join(d, "p2", "synthetic_cxr.png"), shape=(48, 48))
+    write_png(os.path.join(d, "p2", "synthetic_cxr_mask.png"), shape=(48, 48))
+
+
 CASES = [
     ("cxr_pneumonia_classification", _cxr, {"use_clahe": False, "image_size": 64}, ["prob_PNEUMONIA", "predicted"]),
     ("brain_mri_tumor_segmentation", _brain, {}, ["lesion_volume_ml"]),
     ("mammo_mass_detection", _mammo, {"image_long_side": 128}, ["n_findings", "top_score"]),
     ("breast_histology_classification", _histo, {"patch_size": 64}, ["predicted"]),
+    ("cxr_lung_segmentation", _cxr_and_mask_files, {"use_clahe": False, "image_size": 64}, ["lesion_voxels"]),
+    ("cxr_chestxray14_classification", _cxr, {"use_clahe": False, "image_size": 64},
+     ["prob_Effusion", "predicted"]),
 ]
 
 
@@ -65,9 +77,25 @@ def test_real_bundle_scores(tmp_path, name, writer, overrides, columns):
     except (ImportError, AttributeError) as err:
         pytest.skip(f"synthetic writer for {name} not available: {err}")
     summary = score(ScoreConfig(bundle=bundle, input=str(tmp_path / "in"), output=str(tmp_path / "out"),
-                                workers=0, quiet=True, overrides=overrides, limit=2))
+                                workers=0, quiet=True, overrides=overrides, limit=3))
     df = pd.read_csv(tmp_path / "out" / "results.csv")
     assert summary["exit_code"] == EXIT_OK, df.error.tolist()
+    assert not df.input_paths.str.contains("_mask").any()  # ground truth is not scored
     for col in columns:
         assert df[col].notna().all(), col
-    assert any(f == "report.html" for _, _, fs in os.walk(tmp_path / "out") for f in fs)
+    files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "out") for f in fs]
+    assert any(f.endswith("report.html") for f in files)
+    if "lesion_voxels" in columns and name.startswith("cxr"):  # 2D segmentation of DICOM radiographs: DICOM SEG
+        import highdicom as hd
+        import pydicom
+
+        segs = sorted(f for f in files if f.endswith("_seg.dcm"))
+        sources = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p
+                   for p in df.input_paths if "synthetic_IM" in p}
+        assert len(segs) == len(sources) == 2
+        for path in segs:
+            ds = pydicom.dcmread(path)
+            hd.seg.Segmentation.from_dataset(ds)
+            ref = ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+            src = pydicom.dcmread(sources[ref], stop_before_pixels=True)
+            assert ds.Modality == "SEG" and (ds.Rows, ds.Columns) == (src.Rows, src.Columns)
