@@ -3,9 +3,13 @@
 Full-size DenseNet121 (3 channels, 4 classes, random weights: speed does not depend on the weights), CPU,
 ``torch.set_num_threads(--threads)``. The baseline measured in the same run is one forward pass of a single
 256x256 patch; other timings are also printed as ratios to it, so numbers taken under different machine load
-can be compared. The machine is shared with other engineers: absolute timings vary with their load.
+can be compared. The machine is shared with other engineers: absolute timings vary with their load (the 1-minute
+load average is printed at the start and the end of the run).
 
     python benchmarks/histology.py [--threads 2] [--steps 3] [--batch 8]
+
+The last two lines are the figures the bundle README quotes:
+``RESULT training: <n> patches/s ...`` and ``RESULT inference: <s> s per 2048x1536 image ...``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--patch", type=int, default=256)
     a = ap.parse_args()
+    print(f"load average (1 min) at start: {os.getloadavg()[0]:.1f}; threads {a.threads}; cpu count {os.cpu_count()}")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     net = DenseNet121(spatial_dims=2, in_channels=3, out_channels=4)
@@ -96,10 +101,17 @@ def main():
     img = load(path) / 255.0
     with torch.no_grad():
         t_patch = _timed(lambda: inferer(img[None], net), 1)
+        t_whole = _timed(lambda: net(img[None].as_tensor() if hasattr(img, "as_tensor") else img[None]), 1)
     t_all = _timed(infer, 1)
     n = inferer.patches(img)[0].shape[0]
     print(f"inference 2048x1536: load {t_pre:.2f} s; patch-aggregated ({n} patches) {t_patch:.1f} s; "
-          f"total with whole-image forward + per-class CAM + files {t_all:.1f} s ({t_all / base:.0f}x baseline)")
+          f"whole-image forward alone {t_whole:.1f} s; total with whole-image forward + per-class CAM + files "
+          f"{t_all:.1f} s ({t_all / base:.0f}x baseline)")
+    print(f"load average (1 min) at end: {os.getloadavg()[0]:.1f}")
+    print(f"RESULT training: {a.batch / t_step:.2f} patches/s (step only), {a.batch / (t_step + t_load):.2f} patches/s "
+          f"with loading ({a.patch}x{a.patch}, batch {a.batch}, {a.threads} threads)")
+    print(f"RESULT inference: {t_all:.1f} s per 2048x1536 image (load + {n} patches + whole-image forward + CAM + "
+          f"files; patch-aggregated part {t_patch:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -144,6 +144,12 @@ def test_train_evaluate_infer_and_cam(bundle, tmp_path):
     truth = {g["image"]: g for g in held}
     correct = sum(truth[r["path"]]["class_name"] == r["predicted_class"] for r in rows)
     assert correct >= 9
+    # the whole-image forward (size-independent head, one pass over the 256x192 image) agrees with the patch
+    # aggregation: measured 12/12 once the best checkpoint keeps the latest of equally scored epochs (before: 6/12,
+    # the epoch-2 checkpoint with probabilities near 0.5)
+    whole_correct = sum(truth[r["path"]]["class_name"] == r["whole_predicted_class"] for r in rows)
+    agree = sum(r["whole_predicted_class"] == r["patch_predicted_class"] for r in rows)
+    assert whole_correct >= 10 and agree >= 10, (whole_correct, agree)
     # CAM of the true class over the lesion: the malignant class is carried by the lesion only
     hits, n = 0, 0
     for g in held:
@@ -157,8 +163,10 @@ def test_train_evaluate_infer_and_cam(bundle, tmp_path):
         inside = np.zeros(cam.shape[1:], bool)
         inside[x0:x1, y0:y1] = True
         assert cam[1][inside].mean() > cam[1][~inside].mean()
-        x, y = np.unravel_index(cam[1].argmax(), cam[1].shape)
-        hits += bool(inside[x, y])
+        # the peak is over the lesion when the map's maximum is reached inside the lesion box; bilinear upsampling
+        # of the 32-pixel feature cells gives flat maxima that may also touch the image edge next to the box, where
+        # argmax (first index) would land
+        hits += bool(cam[1][inside].max() >= cam[1].max())
         n += 1
     assert n == 6 and hits >= 5
 
