@@ -11,7 +11,9 @@ MONAI Label 0.8.5 lives in its own virtual environment (``scripts/monailabel_ven
 either environment: without ``--template`` it looks for the sample app through ``importlib.util.find_spec`` in the
 running interpreter, then in ``--monailabel-python`` (default ``.build/monailabel-venv/bin/python``).
 MONAI Label picks the task type from the bundle folder name (``segmentation``, ``detection``, ``classification``),
-so a bundle whose name implies another task than its ``metadata.json`` says is refused. See ``docs/monailabel.md``.
+so a bundle whose name implies another task than its ``metadata.json`` says is refused. The app's ``main.py`` is
+patched to build its infer tasks with ``cadpipe.pipelines.monailabel_infer.infer_task`` (classification bundles:
+probabilities + Grad-CAM label image; 2D segmentation labels as 2D ``uint8``). See ``docs/monailabel.md``.
 """
 
 from __future__ import annotations
