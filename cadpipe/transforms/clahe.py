@@ -497,7 +497,10 @@ class CLAHE(Transform):
         path = None
         if isinstance(img, MetaTensor):
             path = img.meta.get("filename_or_obj")
-        x = convert_to_tensor(img, track_meta=False)
+        if isinstance(img, np.ndarray) and img.dtype.isnative and img.dtype.kind in "biuf":
+            x = torch.from_numpy(np.ascontiguousarray(img))  # zero-copy; MONAI would widen uint16 to int32
+        else:
+            x = convert_to_tensor(img, track_meta=False)
         if x.ndim not in (3, 4):
             raise ValueError(f"CLAHE expects (C, H, W) or (C, H, W, D), got shape {tuple(x.shape)}")
         if x.ndim == 4:
