@@ -276,3 +276,35 @@ def test_token(runner, tmp_path):
         assert job["status"] == "done"
         assert client.get(job["report_url"], params={"token": "s3cret"}).status_code == 200
         assert client.get(job["report_url"]).status_code == 401
+
+
+@pytest.mark.slow
+def test_ljpeg_with_ics_is_scored_under_rebuilt_names(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from cadpipe.data.synthetic.ljpeg import write_ljpeg_case
+    from cadpipe.data.synthetic.weights import copy_bundle_untrained
+    from cadpipe.pipelines.portal import PortalSettings, create_app
+    from cadpipe.pipelines.portal.engine import load_runner
+
+    ov = {"image_long_side": 128}
+    mammo = "mammo_mass_detection"
+    runner = load_runner(copy_bundle_untrained(os.path.join(REPO, "bundles", mammo), tmp_path / mammo, ov), "cpu", ov)
+    case = write_ljpeg_case(tmp_path / "in", rows=96, cols=64, views=("LEFT_CC",))
+    view = case["views"]["LEFT_CC"]["path"]
+    # two tasks, so the task must be inferred from the files (the second key only has to exist)
+    app = create_app({mammo: runner, CXR: runner}, PortalSettings(data_dir=str(tmp_path / "d")))
+    with TestClient(app) as client:
+        r = upload(client, [("../" + os.path.basename(view), open(view, "rb").read(), "image/jpeg"),
+                            ("evil/../../" + os.path.basename(case["ics"]), open(case["ics"], "rb").read(), "text/plain")])
+        assert r.status_code == 202, r.text
+        assert r.json()["task"] == mammo  # inferred from the LJPEG
+        job = wait(client, r.json()["id"])
+        assert job["status"] == "done", job
+        assert sorted(os.listdir(tmp_path / "d" / "jobs" / job["id"] / "input")) == ["A-0001-1.ics",
+                                                                                     "A_0001_1.LEFT_CC.LJPEG"]
+        row, = job["rows"]
+        assert row["n_findings"] == len([f for f in row["findings"] if f["type"] != "none"])
+        assert client.get(job["overlay_urls"][0]).content.startswith(b"\x89PNG")
+        r = upload(client, [("mammo.LJPEG", b"\xff\xd8\xff\xc3" + b"\0" * 64, "x"), ("A-0001-1.ics", b"ics", "x")])
+        assert r.status_code == 400 and r.json()["error"].startswith("mammo.LJPEG: file name does not follow DDSM")
