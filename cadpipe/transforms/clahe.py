@@ -58,7 +58,7 @@ __all__ = ["CLAHE", "CLAHEd"]
 
 NR_OF_GRAY = 2**14  # grey levels skimage's CLAHE works with
 # elements per row chunk on the CPU: the per-chunk intermediates stay in L2 cache
-_CPU_CHUNK = 1 << 15
+_CPU_CHUNK = 1 << 16
 # one bincount per tile (rather than per row chunk of all tiles) from this many pixels per tile
 _TILE_HIST_MIN_PX = 1 << 14
 # per-row mapping tables when a row's table ((tile columns + 2) * nbins) is at most this many times the row
@@ -343,7 +343,8 @@ def clahe_2d(
             top, bot = ext[max(j - 1, 0)], ext[min(j, nt0 - 1)]
             dtb = bot - top
             wy = wy_of(j, y0, y1)
-            ends = []
+            lo_acc = torch.full((rows_per_chunk, W), float("inf"), device=dev)
+            hi_acc = torch.full((rows_per_chunk, W), -float("inf"), device=dev)
             for c0 in range(y0, y1, rows_per_chunk):
                 c1 = min(c0 + rows_per_chunk, y1)
                 r = c1 - c0
@@ -358,8 +359,9 @@ def clahe_2d(
                 torch.index_select(tbuf[nbins : r * C], 0, bi, out=right)
                 o = out[c0:c1]
                 torch.lerp(left.view(r, W), right.view(r, W), wx, out=o)
-                ends.append(torch.aminmax(o))
-            return ends
+                torch.minimum(lo_acc[:r], o, out=lo_acc[:r])  # elementwise: cheaper than a reduction per chunk
+                torch.maximum(hi_acc[:r], o, out=hi_acc[:r])
+            return lo_acc.min(), hi_acc.max()
 
     else:
         # a + wx*(b - a) + wy*((c - a) + wx*((d - c) - (b - a))) with a, b the top-left/right and c, d the
@@ -377,7 +379,8 @@ def clahe_2d(
             a, b, c, d = lo[clo], lo[chi], hi[clo], hi[chi]
             p4 = torch.stack([a, b - a, c - a, (d - c) - (b - a)], -1).reshape(-1).view(torch.complex128)
             wy = wy_of(j, y0, y1)
-            ends = []
+            lo_acc = torch.full((rows_per_chunk, W), float("inf"), device=dev)
+            hi_acc = torch.full((rows_per_chunk, W), -float("inf"), device=dev)
             for c0 in range(y0, y1, rows_per_chunk):
                 c1 = min(c0 + rows_per_chunk, y1)
                 r = c1 - c0
@@ -389,10 +392,11 @@ def clahe_2d(
                 t0 = torch.addcmul(g[..., 0], wx, g[..., 1])
                 o = out[c0:c1]
                 torch.addcmul(t0, wy[c0 - y0 : c1 - y0], t1, out=o)
-                ends.append(torch.aminmax(o))
-            return ends
+                torch.minimum(lo_acc[:r], o, out=lo_acc[:r])  # elementwise: cheaper than a reduction per chunk
+                torch.maximum(hi_acc[:r], o, out=hi_acc[:r])
+            return lo_acc.min(), hi_acc.max()
 
-    ends = [e for es in _run(map_block, blocks, workers) for e in es]
+    ends = _run(map_block, blocks, workers)
     lo_v = float(torch.stack([e[0] for e in ends]).min())
     hi_v = float(torch.stack([e[1] for e in ends]).max())
 
