@@ -156,7 +156,20 @@ def _check_bundle(src: str, name: str) -> dict:
     if want is not None and monailabel_type(name) != want:
         raise CadpipeInputError(src, f"MONAI Label would serve '{name}' as {monailabel_type(name)} but its task "
                                      f"is {task}: the folder name must contain '{want}'")
+    if monailabel_type(name) == "classification" and not _cam_layers(src, meta):
+        raise CadpipeInputError(os.path.join(src, "configs", "inference.json"),
+                                "classification bundle without cam_layers (needed for the CAM label image); "
+                                "set it in inference.json or metadata.json cadpipe.cam_layers")
     return meta
+
+
+def _cam_layers(src: str, meta: dict):
+    try:
+        with open(os.path.join(src, "configs", "inference.json"), encoding="utf-8") as fp:
+            conf = json.load(fp)
+    except (OSError, ValueError) as err:
+        raise CadpipeInputError(os.path.join(src, "configs", "inference.json"), f"unreadable config ({err})") from err
+    return conf.get("cam_layers") or (meta.get("cadpipe") or {}).get("cam_layers")
 
 
 def assemble_app(app_dir: str, bundles: list[str] | None = None, bundles_dir: str = DEFAULT_BUNDLES_DIR,

@@ -32,6 +32,7 @@ from monai.transforms import Compose, Invertd, Resize
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.transform.writer import Writer
 
+from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.heatmaps import compute_cam
 from cadpipe.pipelines.monailabel_app import cam_class_index, cam_to_label, monailabel_type
 
@@ -77,8 +78,9 @@ class ClassificationCAMInferTask(BundleInferTask):
         if not layers:
             with open(os.path.join(path, "configs", "metadata.json"), encoding="utf-8") as fp:
                 layers = (json.load(fp).get("cadpipe") or {}).get("cam_layers")
-        if not layers:
-            raise ValueError(f"{path}: classification bundle without cam_layers (inference.json or metadata.json)")
+        if not layers:  # cadpipe monailabel-app refuses such a bundle; here for apps assembled by hand
+            raise CadpipeInputError(os.path.join(path, "configs", "inference.json"),
+                                    "classification bundle without cam_layers (inference.json or metadata.json)")
         self.cam_layers = layers
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):

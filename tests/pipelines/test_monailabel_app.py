@@ -21,12 +21,12 @@ def _template(tmp_path, text=MAIN):
     return tpl
 
 
-def _bundle(root, name, task, trained=True):
+def _bundle(root, name, task, trained=True, cam_layers="class_layers.relu"):
     b = root / name
     (b / "configs").mkdir(parents=True)
     (b / "models").mkdir()
     (b / "configs" / "metadata.json").write_text(json.dumps({"cadpipe": {"task": task}}))
-    (b / "configs" / "inference.json").write_text("{}")
+    (b / "configs" / "inference.json").write_text(json.dumps({"cam_layers": cam_layers} if cam_layers else {}))
     if trained:
         (b / "models" / "model.pt").write_bytes(b"weights")
     return b
@@ -133,3 +133,17 @@ def test_cam_to_label():
     label = cam_to_label(cam)
     assert label.dtype == np.uint8 and label.tolist() == [[0, 128], [64, 255]]
     assert cam_to_label(np.full((3, 2), 0.7)).tolist() == [[0, 0]] * 3
+
+
+def test_classification_bundle_without_cam_layers(tmp_path):
+    bundles = tmp_path / "bundles"
+    b = _bundle(bundles, "x_classification", "classification", cam_layers=None)
+    tpl = str(_template(tmp_path))
+    with pytest.raises(CadpipeInputError) as err:
+        assemble_app(str(tmp_path / "app"), ["x_classification"], str(bundles), template=tpl)
+    assert str(b / "configs" / "inference.json") in str(err.value) and "without cam_layers" in str(err.value)
+    # metadata.json cadpipe.cam_layers is enough
+    (b / "configs" / "metadata.json").write_text(json.dumps({"cadpipe": {"task": "classification",
+                                                                         "cam_layers": "features.relu"}}))
+    assert assemble_app(str(tmp_path / "app"), ["x_classification"], str(bundles), template=tpl) == {
+        "x_classification": "classification"}
