@@ -245,6 +245,15 @@ def test_bad_uploads_give_clear_errors_and_service_stays_up(runner, tmp_path):
         # oversize upload (refused from Content-Length, before the body is read)
         r = upload(client, [(f"{i}.png", png_bytes()[:8] + b"\0" * 240_000, "image/png") for i in range(4)])
         assert r.status_code == 413 and "in total" in r.json()["error"]
+
+        def chunked():  # no Content-Length: refused while streaming
+            yield b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n\x89PNG\r\n\x1a\n'
+            for _ in range(40):
+                yield b"\0" * 65536
+            yield b"\r\n--xyz--\r\n"
+
+        r = client.post("/api/studies", content=chunked(), headers={"content-type": "multipart/form-data; boundary=xyz"})
+        assert r.status_code == 413 and "in total" in r.json()["error"]
         # wrong types
         r = upload(client, [("notes.txt", b"hello", "text/plain")])
         assert r.status_code == 415 and r.json()["error"].startswith("notes.txt: file type '.txt' is not accepted")

@@ -72,6 +72,61 @@ def _page(tasks: list[dict], settings: PortalSettings) -> str:
             .replace("{{TOKEN_REQUIRED}}", "true" if settings.token else "false"))
 
 
+class BodyLimit:
+    """ASGI middleware: a POST to ``path`` whose body exceeds ``limit`` bytes gets ``413``: refused from its
+    ``Content-Length`` before any byte is read, else (chunked uploads) as soon as the streamed body passes the limit
+    (the rest of the app's response is replaced)."""
+
+    def __init__(self, app, path: str, limit: int, message: str):
+        self.app, self.path, self.limit, self.message = app, path, limit, message
+
+    async def _reply(self, send) -> None:
+        import json
+
+        body = json.dumps({"error": self.message, "file": "", "reason": self.message}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            access_log.info("POST %s 413 (Content-Length)", self.path)
+            return await self._reply(send)
+        state = {"received": 0, "over": False, "replied": False}
+
+        async def limited_receive():
+            if state["over"]:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.limit:
+                    state["over"] = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message):
+            if not state["over"]:
+                return await send(message)
+            if not state["replied"]:
+                state["replied"] = True
+                access_log.info("POST %s 413 (streamed body)", self.path)
+                await self._reply(send)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not state["over"]:
+                raise
+            if not state["replied"]:
+                state["replied"] = True
+                await self._reply(send)
+
+
 def create_app(runners: dict, settings: PortalSettings):
     """The FastAPI app scoring uploads with ``runners`` (``{task key: BundleRunner}``, loaded once by the caller).
 
@@ -102,21 +157,16 @@ def create_app(runners: dict, settings: PortalSettings):
     slack = 1 << 20  # multipart framing around the files
 
     @app.middleware("http")
-    async def guard(request: Request, call_next):
+    async def access(request: Request, call_next):
         t0 = time.perf_counter()
-        if request.method == "POST" and request.url.path == "/api/studies":
-            length = request.headers.get("content-length")
-            if length and length.isdigit() and int(length) > settings.limits.max_total_bytes + slack:
-                msg = f"upload is larger than the limit of {settings.limits.max_total_mb:g} MB in total"
-                response = _error(413, msg, reason=msg)
-                response.headers["Connection"] = "close"
-                access_log.info("%s %s %d %.3fs", request.method, request.url.path, 413, time.perf_counter() - t0)
-                return response
         response = await call_next(request)
         # the path only: query strings may carry the token; job ids are random
         access_log.info("%s %s %d %.3fs", request.method, request.url.path, response.status_code,
                         time.perf_counter() - t0)
         return response
+
+    app.add_middleware(BodyLimit, path="/api/studies", limit=settings.limits.max_total_bytes + slack,
+                       message=f"upload is larger than the limit of {settings.limits.max_total_mb:g} MB in total")
 
     def authorised(request: Request, form_token: str | None = None) -> bool:
         if not settings.token:
