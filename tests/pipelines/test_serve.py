@@ -101,29 +101,35 @@ def test_stored_name_is_generated(tmp_path):
     assert sorted(os.listdir(tmp_path / "in")) == ["f003.png"]  # the partial copy is gone
 
 
-def test_infer_task():
+def test_infer_task(tmp_path):
     from PIL import Image
 
     from cadpipe.pipelines.portal.engine import infer_task
     from cadpipe.pipelines.portal.uploads import StoredFile
 
     tasks = [CXR, "breast_histology_classification", "mammo_mass_detection", "brain_mri_tumor_segmentation"]
-    rng = np.random.default_rng(0)
-    d = os.path.dirname(os.path.abspath(__file__))
-    import tempfile
+    grey, colour = str(tmp_path / "g.png"), str(tmp_path / "c.png")
+    Image.open(io.BytesIO(png_bytes())).save(grey)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(colour)
+    assert infer_task([StoredFile("g", grey, "image", 1)], tasks) == CXR
+    assert infer_task([StoredFile("g", str(tmp_path / "g3.png"), "image", 1)], tasks) is None  # unreadable
+    Image.open(grey).convert("RGB").save(tmp_path / "g3.png")  # grey content saved as RGB is still grey
+    assert infer_task([StoredFile("g", str(tmp_path / "g3.png"), "image", 1)], tasks) == CXR
+    assert infer_task([StoredFile("c", colour, "image", 1)], tasks) == "breast_histology_classification"
+    assert infer_task([StoredFile("m", "x.LJPEG", "ljpeg", 1), StoredFile("i", "x.ics", "ics", 1)], tasks) \
+        == "mammo_mass_detection"
+    assert infer_task([StoredFile("v", "v.nii.gz", "nifti", 1)], tasks) == "brain_mri_tumor_segmentation"
+    assert infer_task([StoredFile("c", colour, "image", 1)], [CXR, "mammo_mass_detection"]) is None
+    assert infer_task([StoredFile("c", colour, "image", 1)], [CXR]) == CXR
 
-    with tempfile.TemporaryDirectory(dir=None) as tmp:
-        grey, colour = os.path.join(tmp, "g.png"), os.path.join(tmp, "c.png")
-        Image.open(io.BytesIO(png_bytes())).save(grey)
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(colour)
-        assert infer_task([StoredFile("g", grey, "image", 1)], tasks) == CXR
-        assert infer_task([StoredFile("c", colour, "image", 1)], tasks) == "breast_histology_classification"
-        assert infer_task([StoredFile("m", "x.LJPEG", "ljpeg", 1), StoredFile("i", "x.ics", "ics", 1)], tasks) \
-            == "mammo_mass_detection"
-        assert infer_task([StoredFile("v", "v.nii.gz", "nifti", 1)], tasks) == "brain_mri_tumor_segmentation"
-        assert infer_task([StoredFile("c", colour, "image", 1)], [CXR, "mammo_mass_detection"]) is None
-        assert infer_task([StoredFile("c", colour, "image", 1)], [CXR]) == CXR
-    assert d
+
+def test_parse_overrides():
+    from cadpipe.pipelines.serve import parse_overrides
+
+    assert parse_overrides(["image_size=64", f"{CXR}:use_clahe=false", "name=abc"]) == {
+        None: {"image_size": 64, "name": "abc"}, CXR: {"use_clahe": False}}
+    with pytest.raises(ValueError, match="needs \\[BUNDLE:\\]ID=VALUE"):
+        parse_overrides(["image_size"])
 
 
 def test_serve_refuses_public_host_without_token(capsys, monkeypatch):
@@ -151,6 +157,8 @@ def test_png_upload_to_report_and_restart(runner, tmp_path):
     with make_client(runner, tmp_path) as client:
         health = client.get("/api/health").json()
         assert health["status"] == "ok" and health["tasks"] == [CXR] and not health["token_required"]
+        task, = client.get("/api/tasks").json()
+        assert task["key"] == CXR and task["class_names"] == ["NORMAL", "PNEUMONIA"] and task["kind"] == "cxr"
         page = client.get("/")
         assert page.status_code == 200 and f'value="{CXR}"' in page.text and "/static/portal.js" in page.text
         assert client.get("/static/portal.js").status_code == 200

@@ -28,7 +28,7 @@ from importlib import resources
 
 from cadpipe.pipelines.portal.jobs import STEPS, JobStore, is_job_id, new_job_id
 from cadpipe.pipelines.portal.uploads import (ACCEPTED_SUFFIXES, UploadLimits, UploadRejected, check_upload_set,
-                                              store_upload, suffix_of)
+                                              ljpeg_stored_names, store_upload, suffix_of)
 from cadpipe.pipelines.portal.worker import QueueFull, Worker
 
 __all__ = ["PortalSettings", "create_app"]
@@ -242,8 +242,6 @@ def create_app(runners: dict, settings: PortalSettings):
             ljpegs = [n for n in names if suffix_of(n) == ".ljpeg"]
             ics_name = None
             if ljpegs:
-                from cadpipe.pipelines.portal.uploads import ljpeg_stored_names
-
                 ics_name = ljpeg_stored_names(ljpegs[0])[1]
             stored, total = [], 0
             for i, f in enumerate(files):
