@@ -16,15 +16,24 @@
    integer level (skipped here: costs a pass, changes values by < 1/16383), and the result is min-max
    rescaled to ``[0, 1]``.
 
-The implementation is vectorised torch: per-tile histograms with ``bincount`` over ``tile * levels + level``
-flat indices, the clip and redistribution over all tiles at once; for the mapping, one small table per
-image row holds the vertically interpolated LUTs of every tile column (``(tile columns + 2) * nbins``
-floats), so a pixel costs one level -> bin lookup, two gathers (left and right tile) and one ``lerp`` with
-its column weight. With very many tile columns (tables larger than the rows) one gather of the 4
-neighbouring tile values per pixel (packed in a 16-byte complex128) and 3 ``addcmul`` are used instead.
-No Python loop over pixels or tiles. Rows are processed in cache-sized chunks on the CPU (one intra-op
-thread by default, see ``num_threads``) and in whole tile rows on a GPU. The same code runs wherever the
-tensor is.
+The implementation is vectorised torch, no Python loop over pixels:
+
+- histograms: one ``bincount`` per tile, straight on the pixel values when they are small non-negative
+  integers (else on ``value - min``), at the resolution of the input values; the level -> bin folding
+  happens once on the small (tiles, values) table. Small tiles (below ``_TILE_HIST_MIN_PX`` pixels): one
+  ``bincount`` per row chunk of a whole tile row over ``tile_column * values + value``;
+- the clip and redistribution for all tiles at once (the residual loop only on the tiles still active);
+- mapping: per image row, a small table of the vertically interpolated LUTs of every tile column
+  (``(tile columns + 2) * nbins`` floats), so a pixel costs one value -> bin lookup, one add, two gathers
+  (left and right tile, the same index into the table and into the table shifted by ``nbins``) and one
+  ``lerp`` with its column weight. With very many tile columns (tables more than ``_ROW_TABLE_RATIO``
+  times larger than a row), one gather of the 4 neighbouring tile values per pixel (packed in a 16-byte
+  complex128) and 3 ``addcmul`` instead;
+- the output min/max come from running elementwise accumulators, the final rescale is one pass.
+
+Rows are processed in cache-sized chunks on the CPU and in whole tile rows on a GPU; with
+``num_threads > 1`` bands of tile rows run on Python threads (torch ops release the GIL), each with one
+intra-op thread. The same code runs wherever the tensor is.
 
 Differences from skimage, together below ``1e-4`` mean absolute difference on ``[0, 1]`` output:
 
@@ -59,6 +68,8 @@ __all__ = ["CLAHE", "CLAHEd"]
 NR_OF_GRAY = 2**14  # grey levels skimage's CLAHE works with
 # elements per row chunk on the CPU: the per-chunk intermediates stay in L2 cache
 _CPU_CHUNK = 1 << 16
+# band threads (``workers``) only for images with at least this many pixels per thread
+_MIN_PX_PER_WORKER = 1 << 17
 # one bincount per tile (rather than per row chunk of all tiles) from this many pixels per tile
 _TILE_HIST_MIN_PX = 1 << 14
 # per-row mapping tables when a row's table ((tile columns + 2) * nbins) is at most this many times the row
@@ -244,6 +255,7 @@ def clahe_2d(
     n_px = k0 * k1
     on_cpu = dev.type == "cpu"
     chunk_px = _CPU_CHUNK if on_cpu else 1 << 62
+    workers = max(1, min(workers, H * W // _MIN_PX_PER_WORKER))  # small images: threads cost more than they give
     # per-row mapping tables (see below) when they are not much larger than a row; else per-pixel 4 corners
     row_tables = (nt1 + 2) * nbins <= _ROW_TABLE_RATIO * W
     n_idx = max((nt1 + 1) * L, (nt1 + 2) * nbins * max(1, min(k0, chunk_px // W)), nt0 * nt1 * L)

@@ -165,7 +165,8 @@ def test_bad_arguments():
         CLAHE(nbins=0)
 
 
-def test_num_threads_restored(mapping_path):
+def test_num_threads_restored(mapping_path, monkeypatch):
+    monkeypatch.setattr(clahe_mod, "_MIN_PX_PER_WORKER", 1)  # threads even for this tiny image
     prev = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
