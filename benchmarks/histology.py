@@ -8,6 +8,8 @@ load average is printed at the start and the end of the run).
 
     python benchmarks/histology.py [--threads 2] [--steps 3] [--batch 8]
 
+``--tiles 2`` (a 512x384 image instead of 8 x 8 tiles = 2048x1536) is only a quick check that the script runs.
+
 The last two lines are the figures the bundle README quotes:
 ``RESULT training: <n> patches/s ...`` and ``RESULT inference: <s> s per 2048x1536 image ...``.
 """
@@ -45,6 +47,7 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--patch", type=int, default=256)
+    ap.add_argument("--tiles", type=int, default=8, help="image = tiles x tiles synthetic 256x192 tiles (8: 2048x1536)")
     a = ap.parse_args()
     print(f"load average (1 min) at start: {os.getloadavg()[0]:.1f}; threads {a.threads}; cpu count {os.cpu_count()}")
     torch.set_num_threads(a.threads)
@@ -52,8 +55,9 @@ def main():
     net = DenseNet121(spatial_dims=2, in_channels=3, out_channels=4)
     tmp = tempfile.mkdtemp()
     tile, _ = synthetic_tissue(3, (256, 192), rng=0)
-    big = np.tile(tile, (8, 8, 1))  # 1536 rows x 2048 columns
-    path = os.path.join(tmp, "synthetic_2048x1536.tif")
+    big = np.tile(tile, (a.tiles, a.tiles, 1))  # 8 tiles: 1536 rows x 2048 columns
+    size = f"{big.shape[1]}x{big.shape[0]}"
+    path = os.path.join(tmp, f"synthetic_{size}.tif")
     Image.fromarray(big).save(path)
 
     net.eval()
@@ -76,14 +80,14 @@ def main():
 
     step()
     t_step = _timed(step, a.steps)
-    print(f"training step ({a.batch} patches): {t_step:.2f} s -> {a.batch / t_step:.1f} patches/s "
+    print(f"training step ({a.batch} patches): {t_step:.2f} s -> {a.batch / t_step:.2f} patches/s "
           f"({t_step / base:.1f}x baseline)")
 
     # data side of training: load a 2048x1536 photo and draw 8 tissue patches
     load = LoadStudyImage(mode="rgb")
     rp = RandTissuePatchesd("image", patch_size=a.patch, num_samples=8)
     t_load = _timed(lambda: rp({"image": load(path) / 255.0}), 2)
-    print(f"data: load 2048x1536 + 8 random tissue patches = {t_load:.2f} s ({t_load / base:.1f}x baseline)")
+    print(f"data: load {size} + 8 random tissue patches = {t_load:.2f} s ({t_load / base:.1f}x baseline)")
 
     # whole-image inference: preprocessing + patch-aggregating inferer + writer (whole-image forward, CAM, files)
     net.eval()
@@ -104,13 +108,13 @@ def main():
         t_whole = _timed(lambda: net(img[None].as_tensor() if hasattr(img, "as_tensor") else img[None]), 1)
     t_all = _timed(infer, 1)
     n = inferer.patches(img)[0].shape[0]
-    print(f"inference 2048x1536: load {t_pre:.2f} s; patch-aggregated ({n} patches) {t_patch:.1f} s; "
+    print(f"inference {size}: load {t_pre:.2f} s; patch-aggregated ({n} patches) {t_patch:.1f} s; "
           f"whole-image forward alone {t_whole:.1f} s; total with whole-image forward + per-class CAM + files "
           f"{t_all:.1f} s ({t_all / base:.0f}x baseline)")
     print(f"load average (1 min) at end: {os.getloadavg()[0]:.1f}")
     print(f"RESULT training: {a.batch / t_step:.2f} patches/s (step only), {a.batch / (t_step + t_load):.2f} patches/s "
           f"with loading ({a.patch}x{a.patch}, batch {a.batch}, {a.threads} threads)")
-    print(f"RESULT inference: {t_all:.1f} s per 2048x1536 image (load + {n} patches + whole-image forward + CAM + "
+    print(f"RESULT inference: {t_all:.1f} s per {size} image (load + {n} patches + whole-image forward + CAM + "
           f"files; patch-aggregated part {t_patch:.1f} s)")
 
 
