@@ -68,6 +68,8 @@ __all__ = ["CLAHE", "CLAHEd"]
 NR_OF_GRAY = 2**14  # grey levels skimage's CLAHE works with
 # elements per row chunk on the CPU: the per-chunk intermediates stay in L2 cache
 _CPU_CHUNK = 1 << 16
+# histograms per bin (one value -> bin lookup per pixel) when per-value ones would be this many times the image
+_BIN_HIST_RATIO = 1
 # band threads (``workers``) only for images with at least this many pixels per thread
 _MIN_PX_PER_WORKER = 1 << 17
 # one bincount per tile (rather than per row chunk of all tiles) from this many pixels per tile
@@ -261,28 +263,39 @@ def clahe_2d(
     n_idx = max((nt1 + 1) * L, (nt1 + 2) * nbins * max(1, min(k0, chunk_px // W)), nt0 * nt1 * L)
     idx_dtype = torch.int32 if n_idx < 2**31 else torch.int64
 
-    # ---- histograms: tile (i, j) holds rows [i*k0, (i+1)*k0), cols [j*k1, (j+1)*k1), reflect-padded
-    hist_raw = torch.zeros((nt0, nt1, L), dtype=torch.int64, device=dev)
+    # ---- histograms: tile (i, j) holds rows [i*k0, (i+1)*k0), cols [j*k1, (j+1)*k1), reflect-padded.
+    # Counted per value index (then folded to bins once on the small table) unless the per-value tables
+    # would outgrow the image (e.g. floats, 65536 values, in a small image): then per bin, through one
+    # value -> bin lookup per pixel.
+    by_bin = nt0 * nt1 * L > _BIN_HIST_RATIO * H * W
+    vbin = lev.vbin.to(idx_dtype)
+    NB = nbins if by_bin else L  # histogram length per tile
+    hist_raw = torch.zeros((nt0, nt1, NB), dtype=torch.int64, device=dev)
     if n_px >= _TILE_HIST_MIN_PX:
         # large tiles: one bincount per tile, straight on the pixel values where they are the indices
         def hist_tile_row(i: int) -> None:
             r0, r1 = i * k0, (i + 1) * k0
             xr = x[r0:r1] if r1 <= H else x.index_select(0, _reflect_index(torch.arange(r0, r1, device=dev), H))
-            buf = None if lev.direct else torch.empty(n_px, dtype=idx_dtype, device=dev)
+            buf = None if lev.direct and not by_bin else torch.empty(n_px, dtype=idx_dtype, device=dev)
             for j in range(nt1):
                 q0, q1 = j * k1, (j + 1) * k1
                 if q1 <= W:
                     xt = xr[:, q0:q1]
                 else:
                     xt = xr.index_select(1, _reflect_index(torch.arange(q0, q1, device=dev), W))
-                vals = xt.reshape(-1) if lev.direct else lev(xt, buf.view(k0, k1)).view(-1)
-                hist_raw[i, j] = torch.bincount(vals, minlength=L)
+                if buf is None:
+                    vals = xt.reshape(-1)
+                else:
+                    vals = lev(xt, buf.view(k0, k1)).view(-1)
+                    if by_bin:
+                        vals = vbin.index_select(0, vals)
+                hist_raw[i, j] = torch.bincount(vals, minlength=NB)
 
     else:
-        # small tiles: bincount over whole rows of tiles at once, indices tile_column * L + level
+        # small tiles: bincount over whole rows of tiles at once, indices tile_column * NB + value/bin
         wp = nt1 * k1
         cols = torch.arange(wp, device=dev)
-        hadd = (torch.div(cols, k1, rounding_mode="floor") * L).to(idx_dtype)
+        hadd = (torch.div(cols, k1, rounding_mode="floor") * NB).to(idx_dtype)
         extra_src = _reflect_index(cols[W:], W)  # padded columns beyond the image
         rows_per_chunk = max(1, min(k0, chunk_px // wp))
 
@@ -303,12 +316,17 @@ def clahe_2d(
                     lev(xc.index_select(1, extra_src), bv[:, W:])
                 else:
                     lev(xc, bv)
+                if by_bin:
+                    bv = vbin.index_select(0, buf[:n]).view(c1 - c0, wp)
                 bv.add_(hadd)
-                acc += torch.bincount(buf[:n], minlength=nt1 * L)
+                acc += torch.bincount(bv.view(-1), minlength=nt1 * NB)
 
     _run(hist_tile_row, range(nt0), workers)
-    hist = torch.zeros((nt0 * nt1, nbins), dtype=torch.int64, device=dev)
-    hist.index_add_(1, lev.vbin, hist_raw.view(nt0 * nt1, L))
+    if by_bin:
+        hist = hist_raw.view(nt0 * nt1, nbins)
+    else:
+        hist = torch.zeros((nt0 * nt1, nbins), dtype=torch.int64, device=dev)
+        hist.index_add_(1, lev.vbin, hist_raw.view(nt0 * nt1, L))
     del hist_raw
 
     # ---- clip, redistribute, cumulate: one LUT per tile (levels 0..2**14-1, integers as float32)
@@ -325,7 +343,6 @@ def clahe_2d(
     if out is None:
         out = torch.empty((H, W), dtype=torch.float32, device=dev)
     rows_per_chunk = max(1, min(k0, chunk_px // W))
-    vbin = lev.vbin.to(idx_dtype)
     blocks = []  # (block row j, first image row, end row)
     for j in range(nt0 + 1):
         y0, y1 = max(j * k0 - k0 // 2, 0), min((j + 1) * k0 - k0 // 2, H)

@@ -47,13 +47,22 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=["large_tiles", "small_tiles"])
+# (histogram per tile, histogram per value (else per bin), mapping by per-row tables (else 4 corners))
+PATHS = {
+    "tiles-values-rows": (True, True, True),
+    "tiles-bins-corners": (True, False, False),
+    "chunks-bins-rows": (False, False, True),
+    "chunks-values-corners": (False, True, False),
+}
+
+
+@pytest.fixture(params=list(PATHS))
 def mapping_path(request, monkeypatch):
-    """Run a test with each implementation of the histograms (per tile / per row chunk) and of the mapping
-    (per-row tables / 4-corner gather); clahe_2d chooses them by tile size and table size."""
-    large = request.param == "large_tiles"
-    monkeypatch.setattr(clahe_mod, "_ROW_TABLE_RATIO", 1e9 if large else 0)
-    monkeypatch.setattr(clahe_mod, "_TILE_HIST_MIN_PX", 1 if large else 1 << 62)
+    """Run a test through each implementation choice that clahe_2d makes by image, tile and table sizes."""
+    per_tile, per_value, row_tables = PATHS[request.param]
+    monkeypatch.setattr(clahe_mod, "_TILE_HIST_MIN_PX", 1 if per_tile else 1 << 62)
+    monkeypatch.setattr(clahe_mod, "_BIN_HIST_RATIO", 1e18 if per_value else 0)
+    monkeypatch.setattr(clahe_mod, "_ROW_TABLE_RATIO", 1e9 if row_tables else 0)
     return request.param
 
 
