@@ -135,13 +135,61 @@ from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector a
 
 
 class RetinaNetDetector(_RetinaNetDetector):
-    """MONAI ``RetinaNetDetector`` whose anchor matching works without torchvision.
+    """MONAI ``RetinaNetDetector`` whose anchor matching works without torchvision, with two fixes for
+    sliding-window inference on images smaller than the inferer's ``roi_size``.
 
-    MONAI's ``compute_anchor_matched_idxs`` first tests ``isinstance(matcher, torchvision Matcher)``, which
-    raises when torchvision is absent (not a cadpipe dependency). This override supports MONAI's own
-    ``ATSSMatcher`` only (``set_atss_matcher``); everything else (hard-negative sampler, box coder, NMS,
-    sliding-window inference) is MONAI's code unchanged.
+    - **torchvision-free matching**: MONAI's ``compute_anchor_matched_idxs`` first tests
+      ``isinstance(matcher, torchvision Matcher)``, which raises when torchvision is absent (not a cadpipe
+      dependency). This override supports MONAI's own ``ATSSMatcher`` only (``set_atss_matcher``).
+    - **no centred padding by the inferer** (:meth:`forward`): ``sliding_window_inference`` pads an image smaller
+      than ``roi_size`` symmetrically, by ``(roi - size) // 2`` in front. That offset is a multiple of 16 but not
+      always of the coarsest feature stride (32), so the stitched stride-32 head maps are cropped back with a
+      rounded half cell: a 256x160 image gives 8x4 maps instead of 8x5 (the anchors then disagree with the head
+      outputs, or are spread with a wrong stride of 160 // 4 = 40). Here every image is first padded **at the end**
+      (like MONAI's own ``size_divisible`` padding, which keeps pixel coordinates) up to ``roi_size``, so the
+      inferer never pads; boxes are then clipped to the unpadded image.
+    - **anchor cache keyed on the head maps too** (:meth:`generate_anchors`): MONAI regenerates anchors only when
+      the padded batch shape changes. A training step (plain forward) and a sliding-window validation step on
+      images of the same padded shape (batch size 1 in both) then shared anchors made for other feature maps.
+
+    Everything else (hard-negative sampler, box coder, NMS, box selection) is MONAI's code unchanged.
     """
+
+    def forward(self, input_images, targets=None, use_inferer: bool = False):
+        if self.training or not use_inferer or self.inferer is None:
+            return super().forward(input_images, targets, use_inferer)
+        roi = getattr(self.inferer, "roi_size", None)
+        if roi is None:
+            return super().forward(input_images, targets, use_inferer)
+        images = list(input_images) if isinstance(input_images, (list, tuple)) else list(input_images.unbind(0))
+        roi = [int(r) for r in (roi if isinstance(roi, Sequence) else [roi] * self.spatial_dims)]
+        sizes = [list(img.shape[-self.spatial_dims :]) for img in images]
+        target = [max(max(s[k] for s in sizes), roi[k]) for k in range(self.spatial_dims)]
+        padded = []
+        for img in images:
+            pad: list[int] = []
+            for k in reversed(range(self.spatial_dims)):  # F.pad takes the last dimension first
+                pad += [0, target[k] - img.shape[-self.spatial_dims + k]]
+            padded.append(torch.nn.functional.pad(img, pad) if any(pad) else img)
+        detections = super().forward(padded, targets, use_inferer)
+        return [self._clip_to(d, s) for d, s in zip(detections, sizes)]
+
+    def _clip_to(self, det: dict, spatial_size) -> dict:
+        from monai.data.box_utils import clip_boxes_to_image
+
+        boxes, keep = clip_boxes_to_image(det[self.target_box_key], spatial_size, remove_empty=True)
+        out = dict(det)
+        out[self.target_box_key] = boxes
+        for k in (self.target_label_key, self.pred_score_key):
+            out[k] = det[k][keep]
+        return out
+
+    def generate_anchors(self, images, head_outputs) -> None:
+        maps = tuple(tuple(x.shape[2:]) for x in head_outputs[self.cls_key])
+        key = (tuple(images.shape), maps)
+        if self.anchors is None or self.previous_image_shape != key:
+            self.anchors = self.anchor_generator(images, head_outputs[self.cls_key])
+            self.previous_image_shape = key
 
     def compute_anchor_matched_idxs(self, anchors, targets, num_anchor_locs_per_level):
         from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher

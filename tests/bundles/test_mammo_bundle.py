@@ -235,3 +235,70 @@ def test_cbis_layout_through_bundle_preprocessing(tmp_path):
         d.update(label=torch.zeros(n, dtype=torch.long), score=torch.linspace(0.9, 0.5, n))
         out = post(d)
         np.testing.assert_allclose(out["box"].numpy(), it["gt_box"], atol=0.01)
+
+
+def _tiny_detector(score_thresh=0.0):
+    from monai.bundle import ConfigParser
+
+    p = ConfigParser()
+    p.read_config(BUNDLE / "configs/train.json")
+    p.update({**TINY, "device": "$torch.device('cpu')", "score_thresh": score_thresh})
+    det = p.get_parsed_content("detector")
+    p.get_parsed_content("detector_ops")
+    return det
+
+
+def test_sliding_window_on_image_smaller_than_patch_is_not_shifted():
+    """Regression (batch-size-1 validation crash): an image narrower than ``infer_patch_size`` used to be padded by
+    the sliding window symmetrically (48 px for 160 in 256), a half cell of the stride-32 level, so the stitched
+    maps were 8x4 instead of 8x5. The detector now pads at the end: sliding-window detections equal a plain
+    forward of the image padded at the end to the patch size (clipped to the image)."""
+    torch.manual_seed(0)
+    det = _tiny_detector()
+    det.eval()
+    img = torch.rand(1, 256, 150)
+    with torch.no_grad():
+        sw = det([img], use_inferer=True)[0]
+        plain = det([torch.nn.functional.pad(img, (0, 106))], use_inferer=False)[0]
+    plain = det._clip_to(plain, [256, 150])
+    assert sw["box"].shape[0] > 0 and float(sw["box"][:, 3].max()) <= 150
+    torch.testing.assert_close(sw["box"], plain["box"])
+    torch.testing.assert_close(sw["label_scores"], plain["label_scores"])
+
+
+@pytest.mark.parametrize("width", [150, 160, 200])
+def test_train_step_then_sliding_window_eval_batch_of_one(width):
+    """Regression: a one-image training step (plain forward) cached anchors under the padded batch shape; the
+    one-image sliding-window validation of an image with that shape reused them for other head maps:
+    ``split_with_sizes expects split_sizes to sum exactly to 2520 ... [1920, 480, 96]`` (width 150/160)."""
+    torch.manual_seed(0)
+    det = _tiny_detector()
+    img = torch.rand(1, 256, width)
+    det.train()
+    det([img], [{"box": torch.tensor([[10.0, 10.0, 60.0, 60.0]]), "label": torch.tensor([1])}])
+    det.eval()
+    with torch.no_grad():
+        out = det([img], use_inferer=True)[0]
+        again = det([img], use_inferer=False)[0]  # plain forward right after: anchors regenerated for its maps
+    assert out["box"].shape[0] == out["label_scores"].shape[0] > 0
+    assert float(out["box"][:, 2].max()) <= 256 and float(out["box"][:, 3].max()) <= width
+    assert again["box"].shape[0] > 0
+
+
+@pytest.mark.slow
+def test_train_json_batch_size_one(tmp_path):
+    """The bundle's ``train.json`` runs training + sliding-window validation with ``batch_size`` 1 at the tiny test
+    size (it failed in validation before the fix) and writes the best checkpoint."""
+    from monai.bundle import ConfigWorkflow
+
+    data = tmp_path / "data"
+    write_ddsm_dataset(data, n_cases=6, seed=1, radius_range=(12, 20))
+    b = _bundle_copy(tmp_path)
+    ov = dict(TINY, bundle_root=str(b), dataset_dir=str(data), output_dir=str(tmp_path / "eval"), epochs=1,
+              batch_size=1, split_fractions=[0.5, 0.5, 0.0])
+    wf = ConfigWorkflow(config_file=str(b / "configs/train.json"), workflow_type="train", **ov)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    assert (b / "models" / "model.pt").is_file()
+    assert wf.parser.get_parsed_content("validate#evaluator").state.iteration > 0
