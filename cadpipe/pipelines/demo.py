@@ -68,11 +68,48 @@ def _brain_train(d: str) -> str:
 def _brain_studies(d: str) -> None:
     from cadpipe.data.synthetic.brain import write_lgg_synthetic
 
+    # LGG layout: the *_mask.tif ground truth beside each slice is skipped by study discovery
     write_lgg_synthetic(d, n_patients=2, n_slices=2, size=48, seed=5)
-    for dirpath, _, files in os.walk(d):  # the ground-truth masks are not studies to score
-        for f in files:
-            if f.endswith("_mask.tif"):
-                os.replace(os.path.join(dirpath, f), os.path.join(dirpath, "." + f))
+
+
+def _dicom_cxrs(d: str, n: int = 2, seed: int = 20) -> None:
+    from cadpipe.data.synthetic.dicom import write_cxr_dicom
+
+    for i in range(n):
+        os.makedirs(os.path.join(d, f"patient{i}", "DX"), exist_ok=True)
+        write_cxr_dicom(os.path.join(d, f"patient{i}", "DX", f"synthetic_IM{i:04d}"), rows=160, cols=128,
+                        seed=seed + i, photometric="MONOCHROME1" if i % 2 else "MONOCHROME2")
+
+
+def _lung_train(d: str) -> str:
+    from cadpipe.data.synthetic.lungs import write_synthetic_montgomery
+
+    write_synthetic_montgomery(d, n=10, size=96, seed=0)
+    return d
+
+
+def _lung_studies(d: str) -> None:
+    from cadpipe.data.synthetic.lungs import write_synthetic_montgomery
+
+    _dicom_cxrs(d)  # DICOM input: the lung mask is also written as a DICOM SEG
+    # Montgomery layout: CXR_png/ is scored, the ManualMask/ ground truth is skipped by study discovery
+    write_synthetic_montgomery(os.path.join(d, "montgomery_style"), n=2, size=96, seed=9)
+
+
+def _cxr14_train(d: str) -> str:
+    from cadpipe.data.synthetic.chestxray14 import write_synthetic_chestxray14
+
+    write_synthetic_chestxray14(d, n_patients=8, images_per_patient=2, size=64, classes=(0, 1, 2), p_finding=0.75,
+                                seed=0)
+    return d
+
+
+def _cxr14_studies(d: str) -> None:
+    from cadpipe.data.synthetic.chestxray14 import write_synthetic_chestxray14
+
+    _dicom_cxrs(d, seed=30)
+    write_synthetic_chestxray14(os.path.join(d, "nih_style"), n_patients=2, images_per_patient=1, size=64,
+                                classes=(0, 1, 2), p_finding=0.75, seed=11)
 
 
 def _mammo_train(d: str) -> str:
@@ -116,7 +153,21 @@ RECIPES: dict[str, dict[str, Any]] = {
     "breast_histology_classification": dict(
         train=_histo_train, studies=_histo_studies,
         overrides={"epochs": 1, "batch_size": 2, "num_workers": 0, "patches_per_image": 2, "patch_size": 64}),
+    "cxr_lung_segmentation": dict(  # a tiny UNet at 64 px (the bundle's tests use the same size)
+        train=_lung_train, studies=_lung_studies,
+        overrides={"epochs": 1, "batch_size": 4, "image_size": 64, "num_workers": 0, "use_clahe": False,
+                   "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}),
+    "cxr_chestxray14_classification": dict(  # a small DenseNet at 64 px, 3 of the 14 pathologies drawn
+        train=_cxr14_train, studies=_cxr14_studies,
+        overrides={"epochs": 1, "batch_size": 8, "image_size": 64, "num_workers": 0, "use_clahe": False,
+                   "val_fraction": 0.25, "network_def#init_features": 16, "network_def#growth_rate": 8,
+                   "network_def#block_config": [2, 2, 2, 2]}),
 }
+
+
+def _known(key: str, ids: dict) -> bool:
+    """An override applies to a config when its top-level id exists there (``a#b`` → ``a``)."""
+    return key.split("#")[0] in ids
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +188,7 @@ def _train(copy: str, dataset_dir: str, overrides: dict, log_path: str, timeout:
     if os.path.isfile(os.path.join(copy, "configs", "logging.conf")):
         cmd += ["--logging_file", os.path.join(copy, "configs", "logging.conf")]
     for key, value in overrides.items():
-        if key in train_ids:
+        if _known(key, train_ids):
             cmd += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     try:
@@ -197,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
         recipe["studies"](studies)
         with open(os.path.join(copy, "configs", "inference.json"), encoding="utf-8") as f:
             infer_ids = json.load(f)
-        overrides = {k: v for k, v in recipe["overrides"].items() if k in infer_ids}
+        overrides = {k: v for k, v in recipe["overrides"].items() if _known(k, infer_ids)}
         say(f"[{name}] trained in {time.perf_counter() - t0:.0f} s; scoring {studies} ...")
         summary = score(ScoreConfig(bundle=copy, input=studies, output=os.path.join(out, "results", name),
                                     workers=0, batch_size=4, quiet=args.quiet, overrides=overrides, force=True))

@@ -50,6 +50,7 @@ class ScoreConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     reports: bool = True
     heatmaps: bool = True  # GradCAM overlays for classification bundles (off: plain image PNGs)
+    threads: int | None = None  # torch intra-op threads for the forward (None: torch's default, = CPU count)
 
 
 def _bundle_info(bundle_root: str) -> dict:
@@ -365,6 +366,9 @@ def score(cfg: ScoreConfig) -> dict:
 
     t_model = 0.0
     plain_images = cfg.reports  # without a report a plain (heatmap-less) image PNG illustrates nothing
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     try:
         if todo and cfg.ray is not None:
             from cadpipe.pipelines.ray_backend import score_with_ray
@@ -383,6 +387,7 @@ def score(cfg: ScoreConfig) -> dict:
     finally:
         progress.close()
         journal.close()
+        torch.set_num_threads(threads_before)
     scored_s = time.perf_counter() - t_start
     t_finish = time.perf_counter()
 

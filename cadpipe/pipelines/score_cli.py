@@ -23,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers loading/preprocessing")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for the forward pass (default: one per CPU). On a machine shared with "
+                             "other busy processes, 1 can be much faster: threads that wait for each other get "
+                             "descheduled")
     parser.add_argument("--limit", type=int, default=None, help="score at most N units")
     parser.add_argument("--force", action="store_true", help="rescore everything (ignore the resume journal)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -37,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
-    if args.batch_size < 1 or args.workers < 0 or (args.limit is not None and args.limit < 1):
-        print("cadpipe score: --batch-size and --limit must be >= 1, --workers >= 0", file=sys.stderr)
+    if (args.batch_size < 1 or args.workers < 0 or (args.limit is not None and args.limit < 1)
+            or (args.threads is not None and args.threads < 1)):
+        print("cadpipe score: --batch-size, --limit and --threads must be >= 1, --workers >= 0", file=sys.stderr)
         return EXIT_USAGE
     overrides = {}
     for text in args.override:
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ScoreConfig(overrides=overrides, bundle=args.bundle, input=args.input, output=args.output, manifest=args.manifest,
                       device=args.device, batch_size=args.batch_size, workers=args.workers, limit=args.limit,
                       force=args.force, quiet=args.quiet, ray=args.ray, ray_actors=args.ray_actors,
-                      reports=not args.no_reports, heatmaps=not args.no_heatmaps)
+                      reports=not args.no_reports, heatmaps=not args.no_heatmaps, threads=args.threads)
     try:
         summary = score(cfg)
     except CadpipeInputError as err:

@@ -219,3 +219,36 @@ def test_summary_file(cls_bundle, tmp_path):
     score(ScoreConfig(bundle=cls_bundle, input=str(tmp_path / "in"), output=str(out), workers=0, quiet=True))
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["ok"] + summary["error"] == summary["units"] == 10
+
+
+@pytest.mark.slow  # a CLI subprocess (imports torch/MONAI afresh)
+def test_cli_logs_at_info_hold_no_patient_identifiers(tmp_path):
+    """`cadpipe score` (INFO logging, progress bar, summary) on DICOMs carrying PatientID/PatientName, with a DICOM
+    SEG written and a corrupt DICOM (valid header, truncated pixels): the identifiers reach the report only."""
+    import subprocess
+    import sys
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from tests.pipelines.score_helpers import write_dicom_2d
+
+    bundle = make_bundle("tiny_segmentation_2d_bundle", str(tmp_path))
+    src = tmp_path / "in"
+    os.makedirs(src / "a")
+    study = generate_uid()
+    write_dicom_2d(str(src / "a" / "IM1"), study, generate_uid(), patient_id="PAT-SECRET-7")
+    bad = write_dicom_2d(str(src / "a" / "IM2"), study, generate_uid(), patient_id="PAT-SECRET-7")
+    ds = pydicom.dcmread(bad)
+    ds.PixelData = ds.PixelData[:50]
+    ds.save_as(bad)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    res = subprocess.run([sys.executable, "-m", "cadpipe", "score", "--bundle", bundle, "--input", str(src),
+                          "--output", str(tmp_path / "out"), "--workers", "1"], capture_output=True, text=True,
+                         cwd=repo, env=dict(os.environ, PYTHONPATH=repo, OMP_NUM_THREADS="1"))
+    text = res.stdout + res.stderr
+    assert res.returncode == EXIT_SOME_FAILED, text
+    assert "INFO" in text and "units found" in text  # INFO logging was on
+    assert "PAT-SECRET" not in text and "Synthetic" not in text, text
+    report = open(os.path.join(tmp_path / "out", study, "report.html"), encoding="utf-8").read()
+    assert "PAT-SECRET-7" in report  # ... and where the user asked for them
