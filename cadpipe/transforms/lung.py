@@ -177,14 +177,16 @@ class LungBox(Transform):
 
 
 class LungBoxd(MapTransform):
-    """Adds ``box_key`` (``xyxy`` list of 4 floats, or ``[]``) and ``found_key`` (bool) computed from ``keys``."""
+    """Adds ``box_key`` (``xyxy`` list of 4 floats, or ``[]``) and ``found_key`` (bool) computed from ``keys``; with
+    ``result_keys`` (default) also ``result_columns`` ``{box_key: JSON or "", found_key: bool}`` so that
+    ``cadpipe score`` puts the box in ``results.csv`` (see :mod:`cadpipe.pipelines.bundle_runner`)."""
 
     backend = LungBox.backend
 
     def __init__(self, keys: KeysCollection = "pred", box_key: str = "lung_box", found_key: str = "lung_found",
-                 allow_missing_keys=False):
+                 result_keys: bool = True, allow_missing_keys=False):
         super().__init__(keys, allow_missing_keys)
-        self.box_key, self.found_key = box_key, found_key
+        self.box_key, self.found_key, self.result_keys = box_key, found_key, bool(result_keys)
 
     def __call__(self, data):
         d = dict(data)
@@ -192,6 +194,9 @@ class LungBoxd(MapTransform):
             b = lung_box(d[k])
             d[self.box_key] = b if b is not None else []
             d[self.found_key] = b is not None
+            if self.result_keys:
+                cols = {self.box_key: json.dumps(b) if b is not None else "", self.found_key: b is not None}
+                d["result_columns"] = {**dict(d.get("result_columns") or {}), **cols}
         return d
 
 

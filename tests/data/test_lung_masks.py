@@ -95,5 +95,8 @@ def test_postprocessing_transforms():
     assert isinstance(MorphOpening(1)(m.numpy()), np.ndarray)
     d = LungBoxd(keys="pred")({"pred": o})
     assert d["lung_box"] == [5.0, 4.0, 35.0, 20.0] and d["lung_found"]
+    assert d["result_columns"] == {"lung_box": "[5.0, 4.0, 35.0, 20.0]", "lung_found": True}  # for cadpipe score
     d = LungBoxd(keys="pred")({"pred": torch.zeros(1, 8, 8)})
     assert d["lung_box"] == [] and d["lung_found"] is False
+    assert d["result_columns"] == {"lung_box": "", "lung_found": False}
+    assert "result_columns" not in LungBoxd(keys="pred", result_keys=False)({"pred": o})

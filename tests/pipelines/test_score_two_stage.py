@@ -154,3 +154,23 @@ def test_fallback_and_per_pathology_heatmaps(two_stage):
         assert len(maps) == 14 and not any("No Finding" in m or "No_Finding" in m for m in maps)
         html = open(os.path.join(out, r.study_id, "report.html")).read()
         assert "no lung region found, the whole image was classified" in html
+
+
+@pytest.mark.slow
+def test_lung_bundle_alone_scores_mask_and_box(two_stage):
+    """``cadpipe score --bundle <lung bundle>``: the lung mask (NIfTI; DICOM SEG for DICOM input) and the lung box
+    columns from the bundle's ``LungBoxd``."""
+    from cadpipe.pipelines.score import EXIT_OK, ScoreConfig, score
+
+    out = str(two_stage["tmp"] / "out_lung")
+    summary = score(ScoreConfig(bundle=two_stage["lung"], input=two_stage["input"], output=out, workers=0,
+                                quiet=True, device="cpu"))
+    df = _rows(out)
+    assert summary["exit_code"] == EXIT_OK, df.error.tolist()
+    for name, mask in two_stage["truth"].items():
+        r = df.loc[name]
+        assert str(r.lung_found) == "True" and int(r.lesion_voxels) > 0
+        c0, r0, c1, r1 = json.loads(r.lung_box)
+        assert c0 < mask.shape[1] / 2 < c1 and r1 - r0 > mask.shape[0] / 3
+    files = [f for _, _, fs in os.walk(out) for f in fs]
+    assert sum(f.endswith("_mask.nii.gz") for f in files) == 3 and any(f.endswith("_seg.dcm") for f in files)
