@@ -8,13 +8,13 @@ share a look differ in size or place):
 ==  ==================  ====================================================================================
  0  Atelectasis         thin horizontal bright band, middle of the image-right lung
  1  Cardiomegaly        enlarged bright heart (the normal heart is smaller and dimmer)
- 2  Effusion            bright fluid with a flat top filling the bottom of the image-right lung
+ 2  Effusion            bright fluid with a meniscus (higher laterally), lateral bottom of the image-right lung
  3  Infiltration        bright speckles over the upper image-left lung
  4  Mass                large bright disk, upper image-right lung
  5  Nodule              small bright dot, middle of the image-left lung
  6  Pneumonia           soft (Gaussian) opacity, lower image-left lung
  7  Pneumothorax        black band (no lung markings) along the lateral edge of the image-left lung
- 8  Consolidation       bright square, lower middle of the image-right lung
+ 8  Consolidation       bright square, middle of the image-right lung below the atelectasis band
  9  Edema               haze with horizontal lines along the medial (perihilar) side of both lungs
 10  Emphysema           bullae: dark disks with bright rims at both lung apices
 11  Fibrosis            reticular grid of bright lines, medial lower image-left lung
@@ -42,13 +42,13 @@ __all__ = ["write_synthetic_chestxray14", "write_synthetic_rsna", "write_rsna_di
 PATTERNS = {
     "Atelectasis": "thin horizontal bright band, middle of the image-right lung",
     "Cardiomegaly": "enlarged bright heart",
-    "Effusion": "bright fluid with a flat top, bottom of the image-right lung",
+    "Effusion": "bright fluid with a meniscus, lateral bottom of the image-right lung",
     "Infiltration": "bright speckles, upper image-left lung",
     "Mass": "large bright disk, upper image-right lung",
     "Nodule": "small bright dot, middle of the image-left lung",
     "Pneumonia": "soft Gaussian opacity, lower image-left lung",
     "Pneumothorax": "black band along the lateral edge of the image-left lung",
-    "Consolidation": "bright square, lower middle of the image-right lung",
+    "Consolidation": "bright square, middle of the image-right lung",
     "Edema": "haze with horizontal lines along the medial side of both lungs",
     "Emphysema": "dark bullae with bright rims at both lung apices",
     "Fibrosis": "reticular grid, medial lower image-left lung",
@@ -80,22 +80,26 @@ def draw_pathology(img: np.ndarray, k: int, img_left_lung: np.ndarray, img_right
     if name == "Atelectasis":
         img[(np.abs(y - 0.45) < 0.025) & (np.abs(x - rcx) < 0.1)] = 0.92
     elif name == "Cardiomegaly":
-        img[((x - 0.55) / 0.17) ** 2 + ((y - 0.66) / 0.15) ** 2 < 1] = 0.88
+        img[((x - 0.53) / 0.15) ** 2 + ((y - 0.68) / 0.13) ** 2 < 1] = 0.88
     elif name == "Effusion":
-        img[img_right_lung & (y > ry1 - 0.13)] = 0.8
+        level = ry1 - 0.12 - 0.1 * (x - rcx) / max(rx1 - rcx, 1e-3)  # meniscus: higher laterally
+        img[img_right_lung & (x > rcx - 0.02) & (y > level)] = 0.95
     elif name == "Infiltration":
-        sel = img_left_lung & (y < ly0 + 0.16) & (rng.random(img.shape) < 0.3)
-        img[sel] = np.minimum(1.0, img[sel] + 0.55)
+        grain = max(1, h // 32)  # speckles of about 1/32 of the image, whatever its size
+        coarse = rng.random((h // grain + 1, w // grain + 1)) < 0.35
+        speck = np.repeat(np.repeat(coarse, grain, 0), grain, 1)[:h, :w]
+        sel = img_left_lung & (y < ly0 + 0.18) & speck
+        img[sel] = np.minimum(1.0, img[sel] + 0.6)
     elif name == "Mass":
         img[disk(ry0 + 0.1, rcx, 0.085)] = 0.95
     elif name == "Nodule":
-        img[disk(0.47, lcx, 0.035)] = 1.0
+        img[disk(0.47, lcx, 0.045)] = 1.0
     elif name == "Pneumonia":
-        img += (0.5 * np.exp(-((y - (ly1 - 0.1)) ** 2 + (x - lcx + 0.02) ** 2) / (2 * 0.05 ** 2))).astype(img.dtype)
+        img += (0.6 * np.exp(-((y - (ly1 - 0.1)) ** 2 + (x - lcx + 0.02) ** 2) / (2 * 0.06 ** 2))).astype(img.dtype)
     elif name == "Pneumothorax":
         img[img_left_lung & (x < lx0 + 0.06)] = 0.0
     elif name == "Consolidation":
-        img[(np.abs(y - 0.6) < 0.055) & (np.abs(x - rcx - 0.02) < 0.055)] = 0.85
+        img[(np.abs(y - 0.54) < 0.05) & (np.abs(x - rcx + 0.01) < 0.05)] = 0.95
     elif name == "Edema":
         medial = ((img_left_lung & (x > lx1 - 0.08)) | (img_right_lung & (x < rx0 + 0.08))) & (np.abs(y - 0.5) < 0.14)
         img[medial] += 0.15
