@@ -60,7 +60,7 @@ def datalist(dataset_dir: str, layout: str, split: str | None = None, magnificat
     Each item also carries ``"path"`` (the image file) for reporting and ``"annotation"``: the image's Aperio
     ImageScope XML (``<stem>.xml`` beside the image, or in ``annotations_dir`` when given;
     :func:`cadpipe.data.imagescope.find_annotation`), ``""`` when it has none or ``region_labels`` is false.
-    Every XML found is validated here, before training starts (well-formed, vertices inside the image, region
+    Every XML of the returned items is validated here, before training starts (well-formed, vertices inside the image, region
     classes known after ``region_class_map``): a bad one raises :class:`CadpipeInputError` naming it.
     """
     from cadpipe.data.imagescope import check_annotation, find_annotation
@@ -73,15 +73,16 @@ def datalist(dataset_dir: str, layout: str, split: str | None = None, magnificat
         items = breakhis_datalist(dataset_dir, magnification, subtypes)
     else:
         raise ValueError(f"dataset_layout must be 'bach' or 'breakhis', got {layout!r}")
-    names = class_names(layout, subtypes)
     for it in items:
         it["path"] = it["image"]
         it["annotation"] = find_annotation(it["image"], annotations_dir) if region_labels else ""
+    if split is not None:
+        items = split_by_patient(items, fractions, seed)[split]
+    names = class_names(layout, subtypes)
+    for it in items:
         if it["annotation"]:
             check_annotation(it["annotation"], it["image"], names, region_class_map)
-    if split is None:
-        return items
-    return split_by_patient(items, fractions, seed)[split]
+    return items
 
 
 def find_images(dataset_dir: str) -> list[dict]:

@@ -1,5 +1,7 @@
 """Histology pipeline pieces: aggregation on hand-made cases, patient level, metrics, CAM, inferers."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -140,3 +142,31 @@ def test_inferers():
         logp = TissuePatchInferer(32, 16, 0.0, "average", sw_batch_size=3)(img, net)
     assert logp.shape == (1, 2)
     assert torch.allclose(logp.exp().sum(), torch.tensor(1.0), atol=1e-5)
+
+
+def test_datalist_finds_imagescope_xml_in_annotations_dir(tmp_path):
+    import shutil
+
+    from cadpipe.data.synthetic.histology import write_synthetic_bach
+    from cadpipe.errors import CadpipeInputError
+    from cadpipe.pipelines.histology import datalist
+
+    gt = write_synthetic_bach(tmp_path / "bach", n_per_class=1, size=(64, 48), imagescope_xml=True)
+    ann = tmp_path / "xml"
+    ann.mkdir()
+    for g in gt:
+        shutil.move(g["annotation"], ann / os.path.basename(g["annotation"]))
+    assert {it["annotation"] for it in datalist(str(tmp_path / "bach"), "bach")} == {""}  # none beside the images
+    items = datalist(str(tmp_path / "bach"), "bach", annotations_dir=str(ann))
+    assert sorted(it["annotation"] for it in items) == sorted(str(ann / os.path.basename(g["annotation"])) for g in gt)
+    assert {it["annotation"] for it in datalist(str(tmp_path / "bach"), "bach", annotations_dir=str(ann),
+                                                region_labels=False)} == {""}
+    with pytest.raises(CadpipeInputError) as e:
+        datalist(str(tmp_path / "bach"), "bach", annotations_dir=str(tmp_path / "missing"))
+    assert str(tmp_path / "missing") in str(e.value) and "does not exist" in str(e.value)
+    # a region class that is not a BACH class: error naming the XML
+    bad = ann / os.path.basename(gt[0]["annotation"])
+    bad.write_text(bad.read_text().replace('Name="Normal"', 'Name="Stroma"'))
+    with pytest.raises(CadpipeInputError) as e:
+        datalist(str(tmp_path / "bach"), "bach", annotations_dir=str(ann))
+    assert str(bad) in str(e.value) and "'Stroma' not in" in str(e.value)
