@@ -111,16 +111,25 @@ def _clip_histogram(hist: torch.Tensor, clim: int) -> torch.Tensor:
     ne = n_excess.index_select(0, rows).to(torch.int32)
     prev = ne.clone()
     rel = torch.arange(n, dtype=torch.int32, device=hist.device)
+    # every[s - 1, q] = (q % s == 0): the strided selection as one row lookup (small nbins only)
+    every = (rel[None, :] % (rel[:, None] + 1) == 0) if n <= 512 else None
     index = 0
     while True:
         under = h < clim
         step = torch.div(under.sum(1, dtype=torch.int32), ne, rounding_mode="floor").clamp_min_(1)
-        sel = under[:, index:] & (torch.remainder(rel[: n - index], step[:, None]) == 0)
-        h[:, index:] += sel
+        if every is not None:
+            hit = every[:, : n - index].index_select(0, step - 1)
+        else:
+            hit = torch.remainder(rel[: n - index], step[:, None]) == 0
+        sel = under[:, index:] & hit
+        h[:, index:].add_(sel)
         ne -= sel.sum(1, dtype=torch.int32)
         index += 1
+        end_of_pass = index == n
+        if int(ne.min()) > 0 and not end_of_pass:
+            continue
         done = ne <= 0
-        if index == n:  # end of one `for` pass: tiles that made no progress stop
+        if end_of_pass:  # end of one `for` pass: tiles that made no progress stop
             done |= ne == prev
             prev = ne.clone()
             index = 0
