@@ -18,7 +18,6 @@ ratio portal p50 / baseline p50 is the service's overhead (upload, queue, pollin
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import signal
 import socket
@@ -55,13 +54,15 @@ def write_inputs(work: str, cxr_size: int, histo_size: tuple[int, int]) -> dict[
     return {"cxr_pneumonia_classification": cxr_path, "breast_histology_classification": histo_path}
 
 
-def baseline(bundle: str, image: str, n: int, device: str) -> list[float]:
+def baseline(bundle: str, image: str, n: int, device: str, no_heatmaps: bool = False) -> list[float]:
     """In-process scoring of ``image`` (score_job: preprocess, forward, CAM, overlay, report) in a worker thread,
     n runs after a warm-up."""
     from cadpipe.pipelines.discovery import discover
     from cadpipe.pipelines.portal.engine import load_runner, score_job
 
     runner = load_runner(bundle, device)
+    if no_heatmaps:
+        runner.cam_layers = None
     times: list[float] = []
     errors: list[str] = []
 
@@ -81,7 +82,6 @@ def baseline(bundle: str, image: str, n: int, device: str) -> list[float]:
         th.join()
     if errors:
         raise RuntimeError(f"baseline scoring failed: {errors[0]}")
-    del runner
     return times
 
 
@@ -91,6 +91,7 @@ class Client:
 
         self.url = url
         self.httpx = httpx
+        self.steps: list[dict] = []
 
     def one(self, task: str, path: str, out: list, server_s: list) -> None:
         """Upload, poll until done; appends the latency (upload start → report ready) to ``out``."""
@@ -112,6 +113,7 @@ class Client:
                 raise RuntimeError(f"job failed: {job['error']}")
             out.append(t1 - t0)
             server_s.append(job["elapsed_s"])
+            self.steps.append(job.get("step_times", {}))
 
 
 def run_mode(client: Client, task: str, path: str, n: int, concurrent: bool) -> tuple[list[float], list[float], float]:
@@ -131,6 +133,18 @@ def run_mode(client: Client, task: str, path: str, n: int, concurrent: bool) -> 
     return lat, server_s, time.perf_counter() - t0
 
 
+def _breakdown(steps: list[dict]) -> dict[str, float]:
+    """Median seconds spent reaching each step from the previous one (server-side step_times)."""
+    names = ["uploaded", "loaded", "preprocessed", "inferred", "report ready"]
+    labels = ["wait for worker", "load", "preprocess", "forward", "CAM + overlay + report"]
+    out = {}
+    for prev, cur, label in zip(names, names[1:], labels[1:]):
+        gaps = [s[cur] - s[prev] for s in steps if cur in s and prev in s]
+        out[label] = statistics.median(gaps) if gaps else float("nan")
+    out = {labels[0]: statistics.median([s.get("uploaded", 0.0) for s in steps]) if steps else float("nan"), **out}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=8, help="uploads per mode and task (default 8)")
@@ -138,6 +152,7 @@ def main() -> int:
     ap.add_argument("--histo-size", default="512x384", help="COLSxROWS of the histology image (default 512x384)")
     ap.add_argument("--no-histology", action="store_true")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-heatmaps", action="store_true", help="serve with --no-heatmaps (no GradCAM)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (server log, data folder)")
     args = ap.parse_args()
 
@@ -154,7 +169,7 @@ def main() -> int:
 
     base = {}
     for t in tasks:
-        base[t] = baseline(bundles[t], inputs[t], max(2, args.n // 2), args.device)
+        base[t] = baseline(bundles[t], inputs[t], max(2, args.n // 2), args.device, args.no_heatmaps)
         print(f"  baseline in-process score_job {t}: p50 {statistics.median(base[t]):.2f} s")
 
     with socket.socket() as s:
@@ -163,7 +178,7 @@ def main() -> int:
     log_path = os.path.join(work, "server.log")
     cmd = [sys.executable, "-m", "cadpipe", "serve", "--port", str(port), "--device", args.device,
            "--bundles", ",".join(bundles[t] for t in tasks), "--data-dir", os.path.join(work, "data"),
-           "--log-level", "warning", "--queue-size", str(max(16, 2 * args.n))]
+           "--log-level", "warning", "--queue-size", str(max(16, 2 * args.n))] + (["--no-heatmaps"] if args.no_heatmaps else [])
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -185,14 +200,21 @@ def main() -> int:
         client = Client(url)
         print(f"{'task':34s} {'mode':11s} {'n':>3s} {'p50 s':>7s} {'p95 s':>7s} {'max s':>7s} {'srv p50':>8s} "
               f"{'wall s':>7s} {'p50/base':>8s}")
+        breakdown = {}
         for t in tasks:
             client.one(t, inputs[t], [], [])  # warm-up
             for concurrent in (False, True):
+                client.steps = []
                 lat, srv, wall = run_mode(client, t, inputs[t], args.n, concurrent)
+                if not concurrent:
+                    breakdown[t] = _breakdown(client.steps)
                 ratio = statistics.median(lat) / statistics.median(base[t])
                 print(f"{t:34s} {'concurrent' if concurrent else 'sequential':11s} {args.n:3d} "
                       f"{pct(lat, 50):7.2f} {pct(lat, 95):7.2f} {max(lat):7.2f} {pct(srv, 50):8.2f} {wall:7.1f} "
                       f"{ratio:8.2f}")
+        for t, parts in breakdown.items():
+            print(f"  {t} sequential, server-side median seconds per step: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
         print(f"load average at end {os.getloadavg()[0]:.1f}. 'srv p50': upload received → report ready on the "
               "server (queue wait included); 'p50/base': portal latency over in-process scoring of the same image.")
     finally:

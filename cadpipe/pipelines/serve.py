@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 
 from cadpipe.errors import CadpipeInputError
 
@@ -41,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--override", action="append", default=[], metavar="[BUNDLE:]ID=VALUE",
                         help="bundle config override, VALUE parsed as JSON when it can be (e.g. image_size=128, or "
                              "cxr_pneumonia_classification:use_clahe=false for one bundle)")
+    parser.add_argument("--no-heatmaps", action="store_true",
+                        help="skip GradCAM heat maps (classification): faster reports, the overlay is the plain image")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -89,6 +92,9 @@ def load_runners(paths: list[str], explicit: bool, device: str | None, overrides
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pydicom's value-validation warnings/log lines may quote header values (identifiers): keep them out of the log
+    warnings.filterwarnings("ignore", module="pydicom")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     token = args.token or os.environ.get("CADPIPE_TOKEN") or None
     if args.host not in LOCAL_HOSTS and not token:
         print(f"cadpipe serve: binding to {args.host} needs an access token (--token or CADPIPE_TOKEN); refusing to "
@@ -110,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
         overrides = parse_overrides(args.override)
         paths, explicit = bundle_paths(args.bundles)
         runners = load_runners(paths, explicit, args.device, overrides)
+        if args.no_heatmaps:
+            for runner in runners.values():
+                runner.cam_layers = None  # as `cadpipe score --no-heatmaps`
     except (ValueError, CadpipeInputError) as err:
         print(f"cadpipe serve: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,9 +13,7 @@ is missing and skips (with the reason) only when it still cannot be had.
 
 from __future__ import annotations
 
-import io
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -45,9 +43,9 @@ def _browser_available() -> str | None:
                              text=True, timeout=900)
         if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
             return f"Debian chromium/chromium-driver not installable here: {(out.stdout + out.stderr).strip()[-300:]}"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("selenium") is None:
         return "selenium is not installed (pip install -e '.[dev]')"
     return None
 

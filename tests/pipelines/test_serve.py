@@ -173,6 +173,8 @@ def test_png_upload_to_report_and_restart(runner, tmp_path):
         assert job["status"] == "done", job
         assert [s["name"] for s in job["steps"]] == ["uploaded", "loaded", "preprocessed", "inferred", "report ready"]
         assert all(s["done"] for s in job["steps"])
+        times = [job["step_times"][s] for s in ("uploaded", "loaded", "preprocessed", "inferred", "report ready")]
+        assert times == sorted(times) and times[-1] <= job["elapsed_s"]
         row, = job["rows"]
         assert row["status"] == "ok" and 0.0 <= row["prob_PNEUMONIA"] <= 1.0
         assert abs(row["prob_PNEUMONIA"] + row["prob_NORMAL"] - 1.0) < 1e-4
@@ -325,3 +327,59 @@ def test_ljpeg_with_ics_is_scored_under_rebuilt_names(tmp_path):
         assert client.get(job["overlay_urls"][0]).content.startswith(b"\x89PNG")
         r = upload(client, [("mammo.LJPEG", b"\xff\xd8\xff\xc3" + b"\0" * 64, "x"), ("A-0001-1.ics", b"ics", "x")])
         assert r.status_code == 400 and r.json()["error"].startswith("mammo.LJPEG: file name does not follow DDSM")
+
+
+@pytest.mark.slow
+def test_cli_server_subprocess_logs_no_identifiers(tmp_path):
+    """``python -m cadpipe serve`` for real (uvicorn, its logging set-up): a DICOM upload is scored and the server's
+    whole output holds the job id but neither the patient's name/ID nor the uploaded file name."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+    import pydicom
+
+    from cadpipe.data.synthetic.dicom import write_cxr_dicom
+    from cadpipe.data.synthetic.weights import copy_bundle_untrained
+
+    bundle = copy_bundle_untrained(os.path.join(REPO, "bundles", CXR), tmp_path / CXR, OVERRIDES)
+    dcm = str(tmp_path / "synthetic_cxr.dcm")
+    write_cxr_dicom(dcm, rows=80, cols=64, seed=2)
+    ds = pydicom.dcmread(dcm)
+    ds.PatientName, ds.PatientID = "Zyxwv^Qumberly", "PID-778899"
+    ds.save_as(dcm)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "cadpipe", "serve", "--port", str(port), "--bundles", str(bundle), "--device", "cpu",
+           "--data-dir", str(tmp_path / "data"), "--log-level", "debug", "--override=image_size=64",
+           "--override=use_clahe=false"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):  # start-up bound
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            try:
+                if httpx.get(url + "/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        with httpx.Client(base_url=url, timeout=60) as c:
+            r = c.post("/api/studies", files=[("files", ("Zyxwv_Qumberly.dcm", open(dcm, "rb").read()))],
+                       params={"token": "not-needed-locally"})
+            assert r.status_code == 202, r.text
+            job = wait(c, r.json()["id"])
+            assert job["status"] == "done", job
+            assert "Zyxwv" in c.get(job["report_url"]).text
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    out = log_path.read_text()
+    assert job["id"] in out and "/api/studies" in out
+    assert "Zyxwv" not in out and "Qumberly" not in out and "778899" not in out
+    assert "not-needed-locally" not in out  # query strings are not logged

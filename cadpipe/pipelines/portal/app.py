@@ -133,7 +133,7 @@ def create_app(runners: dict, settings: PortalSettings):
     The worker thread starts and stops with the app's lifespan (``with TestClient(app)`` or uvicorn).
     """
     from fastapi import FastAPI, File, Form, Request, UploadFile
-    from fastapi.responses import FileResponse, HTMLResponse, Response
+    from fastapi.responses import FileResponse, HTMLResponse
     from fastapi.staticfiles import StaticFiles
 
     store = JobStore(settings.data_dir)
@@ -204,6 +204,7 @@ def create_app(runners: dict, settings: PortalSettings):
             "created": job["created"], "finished": job["finished"],
             "elapsed_s": round(job["finished"] - job["created"], 3) if job["finished"] else None,
             "rows": result.get("rows", []),
+            "step_times": result.get("step_times", {}),
             "report_url": f"{base}/report" if result.get("report_html") else None,
             "report_pdf_url": f"{base}/report.pdf" if result.get("report_pdf") else None,
             "overlay_urls": [f"{base}/overlays/{i}.png" for i in range(len(result.get("overlays", [])))],

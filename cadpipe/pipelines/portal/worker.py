@@ -87,11 +87,13 @@ class Worker:
         t0 = time.time()
         self.store.update(job_id, status="running", started=t0)
         reached = {"i": 0}
+        step_times = {"uploaded": round(t0 - job["created"], 3)}  # seconds since the upload was received
 
         def on_step(step: str) -> None:
             i = STEPS.index(step)
             if i > reached["i"]:
                 reached["i"] = i
+                step_times[step] = round(time.time() - job["created"], 3)
                 self.store.update(job_id, step=step)
 
         names = {os.path.join(job_dir, f["stored"]): f["name"] for f in job["files"]}
@@ -119,6 +121,8 @@ class Worker:
             "report_pdf": os.path.relpath(result["report_pdf"], job_dir) if result["report_pdf"] else None,
             "overlays": [os.path.join("out", p) for r in ok for p in r.get("_outputs", {}).get("overlays", [])],
         }
+        step_times["report ready"] = round(time.time() - job["created"], 3)
+        summary["step_times"] = step_times
         if ok:
             self.store.update(job_id, status="done", step="report ready", result=summary, error=errors,
                               finished=time.time())
