@@ -29,7 +29,7 @@ The implementation is vectorised torch, no Python loop over pixels:
   ``lerp`` with its column weight. With very many tile columns (tables more than ``_ROW_TABLE_RATIO``
   times larger than a row), one gather of the 4 neighbouring tile values per pixel (packed in a 16-byte
   complex128) and 3 ``addcmul`` instead;
-- the output min/max come from running elementwise accumulators, the final rescale is one pass.
+- the output min/max come from one ``aminmax`` per chunk (in cache), the final rescale is one pass.
 
 Rows are processed in cache-sized chunks on the CPU and in whole tile rows on a GPU; with
 ``num_threads > 1`` bands of tile rows run on Python threads (torch ops release the GIL), each with one
@@ -381,23 +381,22 @@ def clahe_2d(
             bbuf = torch.empty((rpc, W), dtype=idx_dtype, device=dev)
             left = torch.empty((rpc, W), dtype=torch.float32, device=dev)
             right = torch.empty((rpc, W), dtype=torch.float32, device=dev)
-            lo_acc = torch.full((rpc, W), float("inf"), device=dev)
-            hi_acc = torch.full((rpc, W), -float("inf"), device=dev)
             tab_right = tbuf[nbins:]  # the table seen from the next tile column
 
             def views(r: int) -> tuple:  # per-chunk views, made once per chunk height (few Python calls per
                 # chunk: with several threads, every call is a GIL hand-over)
                 ib, bb = ibuf[:r], bbuf[:r]
                 return (tbuf[: r * C].view(r, C), ib, ib.view(-1), bb, bb.view(-1), coloff[:r], left[:r],
-                        left[:r].view(-1), right[:r], right[:r].view(-1), lo_acc[:r], hi_acc[:r])
+                        left[:r].view(-1), right[:r], right[:r].view(-1))
 
             full = views(rpc)
+            ends = []
             top, bot = ext[max(j - 1, 0)], ext[min(j, nt0 - 1)]
             dtb = bot - top
             wy = wy_of(j, y0, y1)
             for xc, oc, wc in zip(x[y0:y1].split(rpc), out[y0:y1].split(rpc), wy.split(rpc)):
                 r = xc.shape[0]
-                tab2, ib, ibf, bb, bbf, co, lf, lff, rt, rtf, la, ha = full if r == rpc else views(r)
+                tab2, ib, ibf, bb, bbf, co, lf, lff, rt, rtf = full if r == rpc else views(r)
                 torch.addcmul(top, wc, dtb, out=tab2)
                 lev(xc, ib)
                 torch.index_select(vbin, 0, ibf, out=bbf)
@@ -405,9 +404,8 @@ def clahe_2d(
                 torch.index_select(tbuf, 0, bbf, out=lff)
                 torch.index_select(tab_right, 0, bbf, out=rtf)
                 torch.lerp(lf, rt, wx, out=oc)
-                torch.minimum(la, oc, out=la)  # elementwise: cheaper than a reduction per chunk
-                torch.maximum(ha, oc, out=ha)
-            return lo_acc.min(), hi_acc.max()
+                ends.append(torch.aminmax(oc))
+            return torch.stack([e[0] for e in ends]).min(), torch.stack([e[1] for e in ends]).max()
 
     else:
         # a + wx*(b - a) + wy*((c - a) + wx*((d - c) - (b - a))) with a, b the top-left/right and c, d the
@@ -425,8 +423,7 @@ def clahe_2d(
             a, b, c, d = lo[clo], lo[chi], hi[clo], hi[chi]
             p4 = torch.stack([a, b - a, c - a, (d - c) - (b - a)], -1).reshape(-1).view(torch.complex128)
             wy = wy_of(j, y0, y1)
-            lo_acc = torch.full((rows_per_chunk, W), float("inf"), device=dev)
-            hi_acc = torch.full((rows_per_chunk, W), -float("inf"), device=dev)
+            ends = []
             for c0 in range(y0, y1, rows_per_chunk):
                 c1 = min(c0 + rows_per_chunk, y1)
                 r = c1 - c0
@@ -438,9 +435,8 @@ def clahe_2d(
                 t0 = torch.addcmul(g[..., 0], wx, g[..., 1])
                 o = out[c0:c1]
                 torch.addcmul(t0, wy[c0 - y0 : c1 - y0], t1, out=o)
-                torch.minimum(lo_acc[:r], o, out=lo_acc[:r])  # elementwise: cheaper than a reduction per chunk
-                torch.maximum(hi_acc[:r], o, out=hi_acc[:r])
-            return lo_acc.min(), hi_acc.max()
+                ends.append(torch.aminmax(o))
+            return torch.stack([e[0] for e in ends]).min(), torch.stack([e[1] for e in ends]).max()
 
     ends = _run(map_block, blocks, workers)
     lo_v = float(torch.stack([e[0] for e in ends]).min())
