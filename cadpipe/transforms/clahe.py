@@ -257,6 +257,16 @@ def clahe_2d(
         k0, k1 = (int(k) for k in kernel_size)
     if k0 < 1 or k1 < 1:
         raise ValueError(f"kernel_size must be >= 1, got {(k0, k1)}")
+    workers = max(1, min(workers, H * W // _MIN_PX_PER_WORKER))  # small images: threads cost more than they give
+    if workers == 1:
+        return _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, None, 1)
+    with ThreadPoolExecutor(workers) as pool:
+        return _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers)
+
+
+def _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers) -> torch.Tensor:
+    """``clahe_2d`` after the argument checks; ``pool``: ``workers`` threads for bands of rows, or None."""
+    H, W = (int(s) for s in x.shape)
     dev = x.device
     x = x.contiguous()
     lev = _Levels(x, nbins, path)
@@ -265,7 +275,6 @@ def clahe_2d(
     nt0, nt1 = -(-H // k0), -(-W // k1)  # tiles (histogram regions) per axis
     n_px = k0 * k1
     on_cpu = dev.type == "cpu"
-    workers = max(1, min(workers, H * W // _MIN_PX_PER_WORKER))  # small images: threads cost more than they give
     # with threads, larger chunks: fewer Python calls, each of which hands the GIL over
     chunk_px = (_CPU_CHUNK if workers == 1 else 2 * _CPU_CHUNK) if on_cpu else 1 << 62
     # per-row mapping tables (see below) when they are not much larger than a row; else per-pixel 4 corners
@@ -331,7 +340,7 @@ def clahe_2d(
                 bv.add_(hadd)
                 acc += torch.bincount(bv.view(-1), minlength=nt1 * NB)
 
-    _run(hist_tile_row, range(nt0), workers)
+    _run(hist_tile_row, range(nt0), pool)
     if by_bin:
         hist = hist_raw.view(nt0 * nt1, nbins)
     else:
@@ -438,7 +447,7 @@ def clahe_2d(
                 ends.append(torch.aminmax(o))
             return torch.stack([e[0] for e in ends]).min(), torch.stack([e[1] for e in ends]).max()
 
-    ends = _run(map_block, blocks, workers)
+    ends = _run(map_block, blocks, pool)
     lo_v = float(torch.stack([e[0] for e in ends]).min())
     hi_v = float(torch.stack([e[1] for e in ends]).max())
 
@@ -457,17 +466,16 @@ def clahe_2d(
                 o.clamp_(0.0, 1.0)
 
     edges = [H * k // workers for k in range(workers + 1)]  # one band per thread (few, large tasks)
-    _run(rescale, zip(edges[:-1], edges[1:]), workers)
+    _run(rescale, zip(edges[:-1], edges[1:]), pool)
     return out
 
 
-def _run(fn, items, workers: int) -> list:
-    """``[fn(i) for i in items]``, on ``workers`` threads when more than one (torch ops release the GIL)."""
+def _run(fn, items, pool: ThreadPoolExecutor | None) -> list:
+    """``[fn(i) for i in items]``, on the threads of ``pool`` when there is one (torch ops release the GIL)."""
     items = list(items)
-    if workers <= 1 or len(items) <= 1:
+    if pool is None or len(items) <= 1:
         return [fn(i) for i in items]
-    with ThreadPoolExecutor(min(workers, len(items))) as ex:
-        return list(ex.map(fn, items))
+    return list(pool.map(fn, items))
 
 
 def _empty_float32(shape: Sequence[int], device: torch.device) -> torch.Tensor:
