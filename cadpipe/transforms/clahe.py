@@ -351,19 +351,24 @@ def _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers) -> torch.T
         hist.index_add_(1, lev.vbin, hist_raw.view(nt0 * nt1, L))
     del hist_raw
 
+    if out is None:
+        out = torch.empty((H, W), dtype=torch.float32, device=dev)
+    # while this thread clips the histograms (small serial steps), another one faults the output's pages in
+    touched = pool.submit(out.view(-1)[:: 1024].zero_) if pool is not None and on_cpu else None
+
     # ---- clip, redistribute, cumulate: one LUT per tile (levels 0..2**14-1, integers as float32)
     clim = int(max(clip_limit * n_px, 1)) if clip_limit > 0 else n_px
     hist = _clip_histogram(hist, clim)
     lut = hist.cumsum(1).to(torch.float64) * ((NR_OF_GRAY - 1) / n_px)
     lut = torch.floor(torch.clamp_max(lut, NR_OF_GRAY - 1)).to(torch.float32).view(nt0, nt1, nbins)
+    if touched is not None:
+        touched.result()
 
     # ---- mapping: pixel (y, x) sits in block (jy, jx) of the image shifted by half a kernel and is the
     # bilinear interpolation of the LUTs of tiles (jy-1|jy, jx-1|jx), clamped at the borders.
     xs = torch.arange(W, device=dev) + k1 // 2
     jx = torch.div(xs, k1, rounding_mode="floor")  # 0..nt1
     wx = ((xs - jx * k1).to(torch.float32) / k1)[None, :]
-    if out is None:
-        out = torch.empty((H, W), dtype=torch.float32, device=dev)
     rows_per_chunk = max(1, min(k0, chunk_px // W))
     blocks = []  # (block row j, first image row, end row)
     for j in range(nt0 + 1):
