@@ -110,23 +110,23 @@ def _clip_histogram(hist: torch.Tensor, clim: int) -> torch.Tensor:
     rows = torch.nonzero(n_excess > 0).flatten()
     if rows.numel() == 0:
         return hist
-    h = hist.index_select(0, rows).to(torch.int32)
-    ne = n_excess.index_select(0, rows).to(torch.int32)
+    h = hist.index_select(0, rows)
+    ne = n_excess.index_select(0, rows)
     prev = ne.clone()
-    rel = torch.arange(n, dtype=torch.int32, device=hist.device)
+    rel = torch.arange(n, device=hist.device)
     # every[s - 1, q] = (q % s == 0): the strided selection as one row lookup (small nbins only)
     every = (rel[None, :] % (rel[:, None] + 1) == 0) if n <= 512 else None
     index = 0
     while True:
         under = h < clim
-        step = torch.div(under.sum(1, dtype=torch.int32), ne, rounding_mode="floor").clamp_min_(1)
+        step = torch.div(under.sum(1), ne, rounding_mode="floor").clamp_min_(1)
         if every is not None:
             hit = every[:, : n - index].index_select(0, step - 1)
         else:
             hit = torch.remainder(rel[: n - index], step[:, None]) == 0
         sel = under[:, index:] & hit
         h[:, index:].add_(sel)
-        ne -= sel.sum(1, dtype=torch.int32)
+        ne -= sel.sum(1)
         index += 1
         end_of_pass = index == n
         if int(ne.min()) > 0 and not end_of_pass:
@@ -136,12 +136,13 @@ def _clip_histogram(hist: torch.Tensor, clim: int) -> torch.Tensor:
             done |= ne == prev
             prev = ne.clone()
             index = 0
-        if bool(done.any()):
-            hist[rows[done]] = h[done].to(hist.dtype)
-            keep = ~done
-            if not bool(keep.any()):
+        fin = torch.nonzero(done).flatten()
+        if fin.numel():
+            hist.index_copy_(0, rows.index_select(0, fin), h.index_select(0, fin))
+            if fin.numel() == rows.numel():
                 return hist
-            rows, h, ne, prev = rows[keep], h[keep], ne[keep], prev[keep]
+            keep = torch.nonzero(~done).flatten()
+            rows, h, ne, prev = (t.index_select(0, keep) for t in (rows, h, ne, prev))
 
 
 class _Levels:
