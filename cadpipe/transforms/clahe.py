@@ -280,7 +280,7 @@ def _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers) -> torch.T
     n_px = k0 * k1
     on_cpu = dev.type == "cpu"
     # with threads, larger chunks: fewer Python calls, each of which hands the GIL over
-    chunk_px = (_CPU_CHUNK if workers == 1 else 2 * _CPU_CHUNK) if on_cpu else 1 << 62
+    chunk_px = (_CPU_CHUNK if workers == 1 else 3 * _CPU_CHUNK) if on_cpu else 1 << 62
     # per-row mapping tables (see below) when they are not much larger than a row; else per-pixel 4 corners
     row_tables = (nt1 + 2) * nbins <= _ROW_TABLE_RATIO * W
     n_idx = max((nt1 + 1) * L, (nt1 + 2) * nbins * max(1, min(k0, chunk_px // W)), nt0 * nt1 * L)
@@ -397,7 +397,8 @@ def _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers) -> torch.T
             tbuf = torch.empty(rpc * C, dtype=torch.float32, device=dev)
             ibuf = torch.empty((rpc, W), dtype=idx_dtype, device=dev)
             bbuf = torch.empty((rpc, W), dtype=idx_dtype, device=dev)
-            left = torch.empty((rpc, W), dtype=torch.float32, device=dev)
+            # the left values go into the level indices' memory (dead once the bins are looked up)
+            left = ibuf.view(torch.float32) if idx_dtype == torch.int32 else torch.empty((rpc, W), device=dev)
             right = torch.empty((rpc, W), dtype=torch.float32, device=dev)
             tab_right = tbuf[nbins:]  # the table seen from the next tile column
 
