@@ -52,6 +52,7 @@ Differences from skimage, together below ``1e-4`` mean absolute difference on ``
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -354,14 +355,25 @@ def _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers) -> torch.T
 
     if out is None:
         out = torch.empty((H, W), dtype=torch.float32, device=dev)
-    # while this thread clips the histograms (small serial steps), another one faults the output's pages in
-    touched = pool.submit(out.view(-1)[:: 1024].zero_) if pool is not None and on_cpu else None
+    # while this thread clips the histograms (small serial steps), another one faults the output's pages
+    # in, 8 MB at a time, until the clip is done (the mapping's own writes fault the rest)
+    clipped = threading.Event()
+
+    def touch_output() -> None:
+        flat = out.view(-1)
+        for a in range(0, flat.numel(), 1 << 21):
+            if clipped.is_set():
+                return
+            flat[a : a + (1 << 21) : 1024].zero_()  # one write per 4 KiB page
+
+    touched = pool.submit(touch_output) if pool is not None and on_cpu else None
 
     # ---- clip, redistribute, cumulate: one LUT per tile (levels 0..2**14-1, integers as float32)
     clim = int(max(clip_limit * n_px, 1)) if clip_limit > 0 else n_px
     hist = _clip_histogram(hist, clim)
     lut = hist.cumsum(1).to(torch.float64) * ((NR_OF_GRAY - 1) / n_px)
     lut = torch.floor(torch.clamp_max(lut, NR_OF_GRAY - 1)).to(torch.float32).view(nt0, nt1, nbins)
+    clipped.set()
     if touched is not None:
         touched.result()
 
