@@ -103,11 +103,10 @@ class Client:
             if r.status_code != 202:
                 raise RuntimeError(f"upload failed: {r.status_code} {r.text[:300]}")
             job_id = r.json()["id"]
-            while True:
-                job = c.get(f"/api/studies/{job_id}").json()
+            while True:  # long poll: the server answers when the step changes (no polling load on the server)
+                job = c.get(f"/api/studies/{job_id}", params={"wait": 30}).json()
                 if job["status"] in ("done", "error"):
                     break
-                time.sleep(0.02)
             t1 = time.perf_counter()
             if job["status"] != "done":
                 raise RuntimeError(f"job failed: {job['error']}")

@@ -54,12 +54,13 @@ def make_client(runner, data_dir, token=None):
     return TestClient(app)
 
 
-def wait(client, job_id, headers=None):
-    for _ in range(1200):  # a bound, not a timing claim
-        job = client.get(f"/api/studies/{job_id}", headers=headers).json()
+def wait(client, job_id, headers=None, seen=None):
+    for _ in range(400):  # a bound, not a timing claim
+        job = client.get(f"/api/studies/{job_id}", headers=headers, params={"wait": 0.5}).json()
+        if seen is not None and (not seen or seen[-1] != job["step"]):
+            seen.append(job["step"])
         if job["status"] in ("done", "error"):
             return job
-        time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
@@ -169,8 +170,10 @@ def test_png_upload_to_report_and_restart(runner, tmp_path):
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         assert r.json()["files"] == [{"name": "synthetic_cxr.png", "size": len(png_bytes()), "kind": "image"}]
-        job = wait(client, job_id)
+        seen = [r.json()["step"]]
+        job = wait(client, job_id, seen=seen)
         assert job["status"] == "done", job
+        assert seen[0] == "uploaded" and seen[-1] == "report ready" and len(seen) >= 2, seen  # long poll follows
         assert [s["name"] for s in job["steps"]] == ["uploaded", "loaded", "preprocessed", "inferred", "report ready"]
         assert all(s["done"] for s in job["steps"])
         times = [job["step_times"][s] for s in ("uploaded", "loaded", "preprocessed", "inferred", "report ready")]

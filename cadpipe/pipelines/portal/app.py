@@ -6,7 +6,8 @@ Endpoints (OpenAPI at ``/docs``):
 - ``GET /api/health`` service state and loaded tasks (no token needed; no job data).
 - ``GET /api/tasks`` the tasks (bundles) this service scores.
 - ``POST /api/studies`` multipart ``files`` (one or more) + optional ``task`` → ``202`` with the job id.
-- ``GET /api/studies/{id}`` status, progress steps, findings and probabilities once scored.
+- ``GET /api/studies/{id}[?wait=S]`` status, progress steps, findings and probabilities once scored; ``wait``
+  long-polls until the status or step changes (at most S seconds).
 - ``GET /api/studies/{id}/report`` the HTML report, ``/report.pdf`` the PDF (the ``cadpipe score`` report).
 - ``GET /api/studies/{id}/overlays/{n}.png`` the overlay images.
 
@@ -132,7 +133,7 @@ def create_app(runners: dict, settings: PortalSettings):
 
     The worker thread starts and stops with the app's lifespan (``with TestClient(app)`` or uvicorn).
     """
-    from fastapi import FastAPI, File, Form, Request, UploadFile
+    from fastapi import FastAPI, File, Form, Query, Request, UploadFile
     from fastapi.responses import FileResponse, HTMLResponse
     from fastapi.staticfiles import StaticFiles
 
@@ -279,9 +280,15 @@ def create_app(runners: dict, settings: PortalSettings):
         return body
 
     @app.get("/api/studies/{job_id}", summary="status, progress steps and results of one study")
-    def status(job_id: str, request: Request):
+    def status(job_id: str, request: Request,
+               wait: float = Query(0.0, ge=0.0, le=30.0, description="long poll: answer when the status or step "
+                                                                     "changes, or after this many seconds")):
         job, err = job_or_error(request, job_id)
-        return err or public(job)
+        if err:
+            return err
+        if wait > 0 and job["status"] in ("queued", "running"):
+            job = worker.wait_for_change(job["id"], wait) or job
+        return public(job)
 
     def result_file(request: Request, job_id: str, key: str, media: str):
         job, err = job_or_error(request, job_id)

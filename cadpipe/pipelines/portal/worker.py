@@ -32,6 +32,29 @@ class Worker:
         self.queue: queue.Queue[str | None] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.changed = threading.Condition()  # notified after every job update (long-polling status requests)
+
+    def _update(self, job_id: str, **fields) -> None:
+        self.store.update(job_id, **fields)
+        with self.changed:
+            self.changed.notify_all()
+
+    def wait_for_change(self, job_id: str, timeout: float) -> dict | None:
+        """The job once its status or step differs from now, or after ``timeout`` seconds, or at once when it is
+        finished."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            job = self.store.get(job_id)
+            key = job and (job["status"], job["step"])
+            while job is not None and job["status"] in ("queued", "running"):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.changed.wait(left)
+                job = self.store.get(job_id)
+                if (job["status"], job["step"]) != key:
+                    break
+        return job
 
     def start(self) -> None:
         if self._thread is None:
@@ -66,7 +89,7 @@ class Worker:
                 self.run_job(job_id)
             except Exception as err:  # noqa: BLE001 - the worker must survive any job
                 log.error("job %s failed: %s", job_id, type(err).__name__)
-                self.store.update(job_id, status="error", error=f"internal error ({type(err).__name__})",
+                self._update(job_id, status="error", error=f"internal error ({type(err).__name__})",
                                   finished=time.time())
 
     def run_job(self, job_id: str) -> None:
@@ -79,13 +102,13 @@ class Worker:
             return
         runner = self.runners.get(job["task"])
         if runner is None:
-            self.store.update(job_id, status="error", error=f"task {job['task']!r} is not loaded in this service",
+            self._update(job_id, status="error", error=f"task {job['task']!r} is not loaded in this service",
                               finished=time.time())
             return
         job_dir = self.store.job_dir(job_id)
         in_dir, out_dir = os.path.join(job_dir, "input"), os.path.join(job_dir, "out")
         t0 = time.time()
-        self.store.update(job_id, status="running", started=t0)
+        self._update(job_id, status="running", started=t0)
         reached = {"i": 0}
         step_times = {"uploaded": round(t0 - job["created"], 3)}  # seconds since the upload was received
 
@@ -94,7 +117,7 @@ class Worker:
             if i > reached["i"]:
                 reached["i"] = i
                 step_times[step] = round(time.time() - job["created"], 3)
-                self.store.update(job_id, step=step)
+                self._update(job_id, step=step)
 
         names = {os.path.join(job_dir, f["stored"]): f["name"] for f in job["files"]}
         try:
@@ -108,7 +131,7 @@ class Worker:
             message = str(err)
             for stored, original in names.items():
                 message = message.replace(stored, original)
-            self.store.update(job_id, status="error", error=message, finished=time.time())
+            self._update(job_id, status="error", error=message, finished=time.time())
             log.info("job %s (%s): error after %.2f s", job_id, job["task"], time.time() - t0)
             return
         rows = result["rows"]
@@ -124,10 +147,10 @@ class Worker:
         step_times["report ready"] = round(time.time() - job["created"], 3)
         summary["step_times"] = step_times
         if ok:
-            self.store.update(job_id, status="done", step="report ready", result=summary, error=errors,
+            self._update(job_id, status="done", step="report ready", result=summary, error=errors,
                               finished=time.time())
         else:
-            self.store.update(job_id, status="error", result=summary, error=errors or "nothing could be scored",
+            self._update(job_id, status="error", result=summary, error=errors or "nothing could be scored",
                               finished=time.time())
         log.info("job %s (%s): %s, %d/%d units ok in %.2f s", job_id, job["task"], "done" if ok else "error",
                  len(ok), len(rows), time.time() - t0)

@@ -153,7 +153,7 @@
 
   function follow(id) {
     const xhr = new XMLHttpRequest();
-    xhr.open("GET", `/api/studies/${id}`);
+    xhr.open("GET", `/api/studies/${id}?wait=10`);  // long poll: answers as soon as the step changes
     if (token()) xhr.setRequestHeader("Authorization", "Bearer " + token());
     xhr.onload = () => {
       let job;
@@ -167,7 +167,7 @@
       if (job.status === "done") { renderResult(job); submit.disabled = false; if (job.error) showError(job.error); }
       else if (job.status === "error") { showError(job.error || "The study could not be analysed."); submit.disabled = false;
                                          if (job.rows && job.rows.length) renderResult(job); }
-      else setTimeout(() => follow(id), 400);
+      else setTimeout(() => follow(id), 50);
     };
     xhr.onerror = () => { showError("Lost contact with the service; reload the page to try again."); submit.disabled = false; };
     xhr.send();
