@@ -351,7 +351,6 @@ def _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers) -> torch.T
     else:
         hist = torch.zeros((nt0 * nt1, nbins), dtype=torch.int64, device=dev)
         hist.index_add_(1, lev.vbin, hist_raw.view(nt0 * nt1, L))
-    del hist_raw
 
     if out is None:
         out = torch.empty((H, W), dtype=torch.float32, device=dev)
