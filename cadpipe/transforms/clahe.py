@@ -586,8 +586,10 @@ class CLAHE(Transform):
         path = None
         if isinstance(img, MetaTensor):
             path = img.meta.get("filename_or_obj")
-        if isinstance(img, np.ndarray) and img.dtype.isnative and img.dtype.kind in "biuf":
-            x = torch.from_numpy(np.ascontiguousarray(img))  # zero-copy; MONAI would widen uint16 to int32
+        if isinstance(img, np.ndarray) and img.dtype.kind in "biuf":
+            # zero-copy where possible (MONAI's converter would widen uint16 to int32)
+            arr = np.ascontiguousarray(img, dtype=img.dtype.newbyteorder("="))  # native byte order
+            x = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
         else:
             x = convert_to_tensor(img, track_meta=False)
         if x.ndim not in (3, 4):

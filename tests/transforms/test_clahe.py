@@ -213,3 +213,12 @@ def test_clip_histogram_matches_skimage_exactly():
             ref = np.stack([clip_histogram(h.copy(), clim) for h in hists])
             out = clahe_mod._clip_histogram(torch.from_numpy(hists.astype(np.int64)), clim).numpy()
             np.testing.assert_array_equal(out, ref)
+
+
+def test_numpy_inputs_read_only_and_big_endian():
+    img = natural(40, 36, seed=13, dtype=np.uint16, maxv=4095)[None]
+    ref = CLAHE()(img)
+    frozen = img.copy()
+    frozen.setflags(write=False)
+    np.testing.assert_array_equal(CLAHE()(frozen), ref)
+    np.testing.assert_array_equal(CLAHE()(img.astype(">u2")), ref)  # e.g. from a big-endian file
