@@ -7,7 +7,9 @@ study) with the same bundle and the same (random, untrained: speed does not depe
   ``--workers`` value, and its *steady* rate (after the first quarter of the units: no start-up) with the start-up
   seconds the steady rate does not explain (``run_summary.json``: ``startup_s``);
 - the ceiling: the network through the bundle's inferer on preprocessed plain tensors already in memory, at one
-  thread and at torch's default thread count, whichever is faster;
+  thread and at torch's default thread count, whichever is faster; measured just before and just after every
+  ``cadpipe score`` run, and each run is compared with the mean of its two adjacent ceilings (the load of a shared
+  machine drifts within minutes);
 - the CPU cost per study of preprocessing (bundle ``preprocessing``, one thread) and of the forward at one thread,
   and from them the best ratio to the ceiling any pipeline can reach on this many cores when preprocessing and
   forward share them (``bound``);
@@ -88,22 +90,7 @@ def main() -> None:
               f"batch {args.batch_size}; device {args.device or ('cuda' if torch.cuda.is_available() else 'cpu')}; "
               f"torch threads {threads}; CPUs {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
 
-        runs = []  # (label, end-to-end rate, summary)
-        tname = lambda t: f"{t or threads} threads"  # noqa: E731
-        variants = [(f"score --no-heatmaps --no-reports, {w} workers, {tname(t)}", w, dict(heatmaps=False,
-                                                                                           reports=False, threads=t))
-                    for w in workers_list for t in threads_list]
-        variants.append((f"score, all outputs (GradCAM, reports), {workers_list[0]} workers, {tname(threads_list[0])}",
-                         workers_list[0], dict(threads=threads_list[0])))
-        for i, (label, w, kw) in enumerate(variants):
-            t = time.perf_counter()
-            s = score(ScoreConfig(bundle=bundle, input=src, output=os.path.join(work, f"out{i}"), device=args.device,
-                                  batch_size=args.batch_size, workers=w, quiet=True, overrides=overrides, **kw))
-            dt = time.perf_counter() - t
-            assert s["ok"] == n, s
-            runs.append((label, n / dt, s))
-
-        # ceiling: preprocessed plain tensors in memory, the network through the bundle's inferer only
+        # preloaded plain tensors for the ceiling; per-study preprocessing cost (1 thread)
         runner = BundleRunner(bundle, device=args.device, overrides=overrides)
         units = discover(src)
         torch.set_num_threads(1)
@@ -112,19 +99,49 @@ def main() -> None:
         pre_ms = 1000 * (time.perf_counter() - t) / n
         batches = [torch.stack([torch.as_tensor(x).as_tensor() for x in items[i:i + args.batch_size]])
                    for i in range(0, n, args.batch_size)]
-        runner.forward_only(batches[0])  # warm-up
-        t = time.perf_counter()
-        for b in batches[: max(1, len(batches) // 4)]:
-            runner.forward_only(b)
-        fwd1_ms = 1000 * (time.perf_counter() - t) / (max(1, len(batches) // 4) * args.batch_size)
         torch.set_num_threads(threads)
-        runner.forward_only(batches[0])
-        t = time.perf_counter()
-        for b in batches:
-            runner.forward_only(b)
-        fwdn_ms = 1000 * (time.perf_counter() - t) / n
-        # the ceiling is the faster of the two: on a busy shared machine one thread can beat several
-        ceiling = 1000 / min(fwdn_ms, fwd1_ms)
+        runner.forward_only(batches[0])  # warm-up
+
+        def forward_ms(nthreads: int) -> float:
+            """ms per study of the network through the bundle's inferer over all preloaded batches."""
+            torch.set_num_threads(nthreads)
+            try:
+                t0 = time.perf_counter()
+                for b in batches:
+                    runner.forward_only(b)
+                return 1000 * (time.perf_counter() - t0) / n
+            finally:
+                torch.set_num_threads(threads)
+
+        ceilings = []  # (1-thread ms, default-threads ms), measured before/after every scoring run
+
+        def measure_ceiling() -> None:
+            ceilings.append((forward_ms(1), forward_ms(threads)))
+
+        def best(c) -> float:  # studies/s of the faster forward: one thread can beat several on a busy machine
+            return 1000 / min(c)
+
+        runs = []  # (label, end-to-end rate, summary, ceiling adjacent in time)
+        tname = lambda t: f"{t or threads} threads"  # noqa: E731
+        variants = [(f"score --no-heatmaps --no-reports, {w} workers, {tname(t)}", w, dict(heatmaps=False,
+                                                                                           reports=False, threads=t))
+                    for w in workers_list for t in threads_list]
+        variants.append((f"score, all outputs (GradCAM, reports), {workers_list[0]} workers, {tname(threads_list[0])}",
+                         workers_list[0], dict(threads=threads_list[0])))
+        measure_ceiling()
+        for i, (label, w, kw) in enumerate(variants):
+            t = time.perf_counter()
+            s = score(ScoreConfig(bundle=bundle, input=src, output=os.path.join(work, f"out{i}"), device=args.device,
+                                  batch_size=args.batch_size, workers=w, quiet=True, overrides=overrides, **kw))
+            dt = time.perf_counter() - t
+            assert s["ok"] == n, s
+            measure_ceiling()
+            # the ceiling for this run: the mean of the ones just before and just after it (load drifts)
+            adjacent = (best(ceilings[-2]) + best(ceilings[-1])) / 2
+            runs.append((label, n / dt, s, adjacent))
+        fwd1_ms = sum(c[0] for c in ceilings) / len(ceilings)
+        fwdn_ms = sum(c[1] for c in ceilings) / len(ceilings)
+        ceiling = sum(best(c) for c in ceilings) / len(ceilings)
         cores = os.cpu_count() or 1
         # best case: preprocessing and a 1-thread forward spread perfectly over the cores, nothing else
         bound = min(1.0, (1000 / ceiling) / ((pre_ms + fwd1_ms) / cores)) if cores > 1 else 1000 / ceiling / (
@@ -150,15 +167,18 @@ def main() -> None:
             naive = k / (time.perf_counter() - t) if k else None
 
         print(f"per study: preprocessing {pre_ms:.1f} ms (1 thread); forward {fwd1_ms:.1f} ms (1 thread), "
-              f"{fwdn_ms:.1f} ms ({threads} threads); ceiling = the faster forward, {1000 / ceiling:.1f} ms")
+              f"{fwdn_ms:.1f} ms ({threads} threads) (means of {len(ceilings)} ceiling measurements)")
+        print("ceilings before/after each run, studies/s (1 thread | default): "
+              + ", ".join(f"{1000 / a:.1f} | {1000 / b:.1f}" for a, b in ceilings))
         print(f"bound on {cores} cores when preprocessing shares them with the forward: {bound:.2f}x ceiling "
               f"(= ceiling ms / ((preprocessing + 1-thread forward ms) / cores))")
-        for label, rate, s in runs:
+        print("each score run is compared with the ceiling measured just before and after it:")
+        for label, rate, s, adjacent in runs:
             steady = s.get("steady_units_per_second")
-            extra = (f"   steady {steady:.2f}/s = {steady / ceiling:.2f}x; start-up {s['startup_s']:.1f} s "
+            extra = (f"   steady {steady:.2f}/s = {steady / adjacent:.2f}x; start-up {s['startup_s']:.1f} s "
                      f"(model load {s['model_load_s']:.1f} s), tables/reports {s['finish_s']:.1f} s") if steady else ""
-            print(_rate_line(label + " (end to end)", rate, ceiling, naive, extra))
-        print(_rate_line("ceiling: forward on preloaded tensors", ceiling, ceiling, naive))
+            print(_rate_line(label + " (end to end)", rate, adjacent, naive, extra))
+        print(_rate_line("ceiling: forward on preloaded tensors (mean)", ceiling, ceiling, naive))
         if naive:
             print(_rate_line(f"naive: monai.bundle run per study ({k} studies)", naive, ceiling, naive))
     finally:
