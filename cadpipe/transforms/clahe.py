@@ -35,7 +35,9 @@ The implementation is vectorised torch, no Python loop over pixels:
 
 Rows are processed in cache-sized chunks on the CPU and in whole tile rows on a GPU; with
 ``num_threads > 1`` bands of tile rows run on Python threads (torch ops release the GIL), each with one
-intra-op thread. The same code runs wherever the tensor is (only the memory of a large CPU output comes
+intra-op thread. The mapping's chunk loop is compiled by TorchScript when available (``_map_rows``): a
+block of rows then runs as one call without the GIL, so the threads do not wait on each other between
+ops (the plain Python function is the fallback, same code). The same code runs wherever the tensor is (only the memory of a large CPU output comes
 from numpy's allocator, for its transparent huge pages; see ``_empty_float32``).
 
 Differences from skimage, together below ``1e-4`` mean absolute difference on ``[0, 1]`` output:
@@ -52,7 +54,9 @@ Differences from skimage, together below ``1e-4`` mean absolute difference on ``
 
 from __future__ import annotations
 
+import functools
 import threading
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -74,6 +78,8 @@ NR_OF_GRAY = 2**14  # grey levels skimage's CLAHE works with
 _CPU_CHUNK = 1 << 16
 # histograms per bin (one value -> bin lookup per pixel) when per-value ones would be this many times the image
 _BIN_HIST_RATIO = 1
+# run the mapping's chunk loop through TorchScript (no GIL while it runs); the plain function otherwise
+_USE_TORCHSCRIPT = True
 # band threads (``workers``) only for images with at least this many pixels per thread
 _MIN_PX_PER_WORKER = 1 << 17
 # one bincount per tile (rather than per row chunk of all tiles) from this many pixels per tile
@@ -180,6 +186,7 @@ class _Levels:
             if mx - mn > 65535:
                 x = x.to(torch.float64)
         self.float_mode = x.dtype.is_floating_point
+        self.a, self.b = 1.0, 0.0  # float images: level = int(x * a + b + 0.5)
         if self.float_mode:
             fmn, fmx = (float(t) for t in torch.aminmax(x))
             if not (np.isfinite(fmn) and np.isfinite(fmx)):
@@ -269,6 +276,55 @@ def clahe_2d(
         return _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers)
 
 
+def _map_rows_py(
+    x: torch.Tensor, out: torch.Tensor, top: torch.Tensor, dtb: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor,
+    vbin: torch.Tensor, coloff: torch.Tensor, tbuf: torch.Tensor, ibuf: torch.Tensor, bbuf: torch.Tensor,
+    left: torch.Tensor, right: torch.Tensor, rpc: int, C: int, nbins: int, float_mode: bool, a: float, b: float,
+    base: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-row-table mapping of the rows of one block (see ``_clahe_2d``), chunk by chunk; returns the
+    min and max of the mapped values. TorchScript-compatible (``_map_rows``): it then runs as one call
+    without the GIL, so several threads map their blocks in parallel instead of handing the GIL over at
+    every op."""
+    lows: list[torch.Tensor] = []
+    highs: list[torch.Tensor] = []
+    for c0 in range(0, x.shape[0], rpc):
+        c1 = min(c0 + rpc, x.shape[0])
+        r = c1 - c0
+        torch.addcmul(top, wy[c0:c1], dtb, out=tbuf[: r * C].view(r, C))  # the rows' tables
+        ib, bb, lf, rt = ibuf[:r], bbuf[:r], left[:r], right[:r]
+        if float_mode:  # as _Levels.__call__
+            ib.copy_(x[c0:c1] * a + (b + 0.5))
+        else:
+            ib.copy_(x[c0:c1])
+        if base != 0:
+            ib.sub_(base)
+        torch.index_select(vbin, 0, ib.view(-1), out=bb.view(-1))  # value -> bin
+        bb.add_(coloff[:r])  # + tile column * nbins + row * C
+        torch.index_select(tbuf, 0, bb.view(-1), out=lf.view(-1))
+        torch.index_select(tbuf[nbins:], 0, bb.view(-1), out=rt.view(-1))
+        oc = out[c0:c1]
+        torch.lerp(lf, rt, wx, out=oc)
+        lo_hi = torch.aminmax(oc)
+        lows.append(lo_hi[0])
+        highs.append(lo_hi[1])
+    return torch.stack(lows).min(), torch.stack(highs).max()
+
+
+@functools.lru_cache(maxsize=None)
+def _map_rows():
+    """``_map_rows_py`` compiled by TorchScript where that works (and ``_USE_TORCHSCRIPT``), else as is."""
+    if _USE_TORCHSCRIPT:
+        try:
+            with warnings.catch_warnings():
+                # deprecated in favour of torch.compile, which needs a compiler at run time; kept working
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.script(_map_rows_py)
+        except Exception:  # pragma: no cover - TorchScript missing or unable to compile
+            pass
+    return _map_rows_py
+
+
 def _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers) -> torch.Tensor:
     """``clahe_2d`` after the argument checks; ``pool``: ``workers`` threads for bands of rows, or None."""
     H, W = (int(s) for s in x.shape)
@@ -280,8 +336,7 @@ def _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers) -> torch.T
     nt0, nt1 = -(-H // k0), -(-W // k1)  # tiles (histogram regions) per axis
     n_px = k0 * k1
     on_cpu = dev.type == "cpu"
-    # with threads, larger chunks: fewer Python calls, each of which hands the GIL over
-    chunk_px = (_CPU_CHUNK if workers == 1 else 3 * _CPU_CHUNK) if on_cpu else 1 << 62
+    chunk_px = _CPU_CHUNK if on_cpu else 1 << 62
     # per-row mapping tables (see below) when they are not much larger than a row; else per-pixel 4 corners
     row_tables = (nt1 + 2) * nbins <= _ROW_TABLE_RATIO * W
     n_idx = max((nt1 + 1) * L, (nt1 + 2) * nbins * max(1, min(k0, chunk_px // W)), nt0 * nt1 * L)
@@ -405,37 +460,17 @@ def _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers) -> torch.T
         def map_block(blk) -> tuple:
             j, y0, y1 = blk
             rpc = rows_per_chunk
-            tbuf = torch.empty(rpc * C, dtype=torch.float32, device=dev)
             ibuf = torch.empty((rpc, W), dtype=idx_dtype, device=dev)
-            bbuf = torch.empty((rpc, W), dtype=idx_dtype, device=dev)
             # the left values go into the level indices' memory (dead once the bins are looked up)
             left = ibuf.view(torch.float32) if idx_dtype == torch.int32 else torch.empty((rpc, W), device=dev)
-            right = torch.empty((rpc, W), dtype=torch.float32, device=dev)
-            tab_right = tbuf[nbins:]  # the table seen from the next tile column
-
-            def views(r: int) -> tuple:  # per-chunk views, made once per chunk height (few Python calls per
-                # chunk: with several threads, every call is a GIL hand-over)
-                ib, bb = ibuf[:r], bbuf[:r]
-                return (tbuf[: r * C].view(r, C), ib, ib.view(-1), bb, bb.view(-1), coloff[:r], left[:r],
-                        left[:r].view(-1), right[:r], right[:r].view(-1))
-
-            full = views(rpc)
-            ends = []
             top, bot = ext[max(j - 1, 0)], ext[min(j, nt0 - 1)]
-            dtb = bot - top
-            wy = wy_of(j, y0, y1)
-            for xc, oc, wc in zip(x[y0:y1].split(rpc), out[y0:y1].split(rpc), wy.split(rpc)):
-                r = xc.shape[0]
-                tab2, ib, ibf, bb, bbf, co, lf, lff, rt, rtf = full if r == rpc else views(r)
-                torch.addcmul(top, wc, dtb, out=tab2)
-                lev(xc, ib)
-                torch.index_select(vbin, 0, ibf, out=bbf)
-                bb.add_(co)
-                torch.index_select(tbuf, 0, bbf, out=lff)
-                torch.index_select(tab_right, 0, bbf, out=rtf)
-                torch.lerp(lf, rt, wx, out=oc)
-                ends.append(torch.aminmax(oc))
-            return torch.stack([e[0] for e in ends]).min(), torch.stack([e[1] for e in ends]).max()
+            return _map_rows()(
+                x[y0:y1], out[y0:y1], top, bot - top, wy_of(j, y0, y1), wx, vbin, coloff,
+                torch.empty(rpc * C, dtype=torch.float32, device=dev), ibuf,
+                torch.empty((rpc, W), dtype=idx_dtype, device=dev), left,
+                torch.empty((rpc, W), dtype=torch.float32, device=dev),
+                rpc, C, nbins, lev.float_mode, lev.a, lev.b, lev.base,
+            )
 
     else:
         # a + wx*(b - a) + wy*((c - a) + wx*((d - c) - (b - a))) with a, b the top-left/right and c, d the

@@ -222,3 +222,20 @@ def test_numpy_inputs_read_only_and_big_endian():
     frozen.setflags(write=False)
     np.testing.assert_array_equal(CLAHE()(frozen), ref)
     np.testing.assert_array_equal(CLAHE()(img.astype(">u2")), ref)  # e.g. from a big-endian file
+
+
+def test_torchscript_and_plain_mapping_agree(monkeypatch):
+    """The per-row-table mapping loop gives the same result compiled by TorchScript and as plain Python."""
+    monkeypatch.setattr(clahe_mod, "_ROW_TABLE_RATIO", 1e9)
+    imgs = [natural(60, 70, seed=14, dtype=np.uint16, maxv=4095), natural(60, 70, seed=15, dtype=np.float32) * 3 - 1]
+    scripted = [CLAHE(kernel_size=16)(img[None]) for img in imgs]
+    assert isinstance(clahe_mod._map_rows(), torch.jit.ScriptFunction)
+    try:
+        monkeypatch.setattr(clahe_mod, "_USE_TORCHSCRIPT", False)
+        clahe_mod._map_rows.cache_clear()
+        assert clahe_mod._map_rows() is clahe_mod._map_rows_py
+        for img, ref in zip(imgs, scripted):
+            np.testing.assert_array_equal(CLAHE(kernel_size=16)(img[None]), ref)
+    finally:
+        monkeypatch.undo()
+        clahe_mod._map_rows.cache_clear()
