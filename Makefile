@@ -37,6 +37,8 @@ bench: venv
 	$(PY) benchmarks/brain_segmentation.py
 	$(PY) benchmarks/mammo_detection.py
 	$(PY) benchmarks/histology.py
+	$(PY) benchmarks/two_stage_cxr.py
+	$(PY) benchmarks/portal.py
 
 clean:
 	rm -rf $(VENV) .build demo_out

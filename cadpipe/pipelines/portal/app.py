@@ -46,6 +46,14 @@ class PortalSettings:
     queue_size: int = 16
 
 
+def _swagger_ui_dir() -> str | None:
+    """Swagger UI's static files from the ``swagger-ui-bundle`` package, or None (FastAPI then links its CDN)."""
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+        return None
+    return swagger_ui_bundle.swagger_ui_path
+
 def _error(status: int, message: str, file: str = "", reason: str = ""):
     from fastapi.responses import JSONResponse
 
@@ -150,8 +158,21 @@ def create_app(runners: dict, settings: PortalSettings):
         finally:
             worker.stop()
 
+    swagger_dir = _swagger_ui_dir()
     app = FastAPI(title="cadpipe portal", version="1", lifespan=lifespan,
+                  docs_url=None if swagger_dir else "/docs",
                   description="Upload a study, get the cadpipe report. Research software, not for clinical use.")
+    if swagger_dir:  # serve Swagger UI's files ourselves: /docs works with no internet
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        app.mount("/swagger", StaticFiles(directory=swagger_dir), name="swagger")
+
+        @app.get("/docs", include_in_schema=False)
+        def docs():
+            return get_swagger_ui_html(openapi_url=app.openapi_url, title="cadpipe portal - API",
+                                       swagger_js_url="/swagger/swagger-ui-bundle.js",
+                                       swagger_css_url="/swagger/swagger-ui.css",
+                                       swagger_favicon_url="/swagger/favicon-32x32.png")
     app.state.store, app.state.worker, app.state.settings = store, worker, settings
     static_dir = str(resources.files("cadpipe.pipelines").joinpath("static"))
     app.mount("/static", StaticFiles(directory=static_dir), name="static")
