@@ -224,18 +224,26 @@ def test_numpy_inputs_read_only_and_big_endian():
     np.testing.assert_array_equal(CLAHE()(img.astype(">u2")), ref)  # e.g. from a big-endian file
 
 
-def test_torchscript_and_plain_mapping_agree(monkeypatch):
-    """The per-row-table mapping loop gives the same result compiled by TorchScript and as plain Python."""
+@pytest.mark.parametrize("per_value", [True, False])
+def test_torchscript_and_plain_python_agree(monkeypatch, per_value):
+    """The per-tile histogram and per-row-table mapping loops give the same result compiled by TorchScript
+    and as plain Python."""
     monkeypatch.setattr(clahe_mod, "_ROW_TABLE_RATIO", 1e9)
-    imgs = [natural(60, 70, seed=14, dtype=np.uint16, maxv=4095), natural(60, 70, seed=15, dtype=np.float32) * 3 - 1]
-    scripted = [CLAHE(kernel_size=16)(img[None]) for img in imgs]
+    monkeypatch.setattr(clahe_mod, "_TILE_HIST_MIN_PX", 1)
+    monkeypatch.setattr(clahe_mod, "_BIN_HIST_RATIO", 1e18 if per_value else 0)
+    imgs = [natural(60, 70, seed=14, dtype=np.uint16, maxv=4095), natural(60, 70, seed=15, dtype=np.float32) * 3 - 1,
+            (natural(60, 70, seed=16, dtype=np.uint16, maxv=1000) + 5000).astype(np.uint16)]
+    scripted = [CLAHE(kernel_size=(16, 25))(img[None]) for img in imgs]
     assert isinstance(clahe_mod._map_rows(), torch.jit.ScriptFunction)
+    assert isinstance(clahe_mod._hist_tiles(), torch.jit.ScriptFunction)
     try:
         monkeypatch.setattr(clahe_mod, "_USE_TORCHSCRIPT", False)
         clahe_mod._map_rows.cache_clear()
+        clahe_mod._hist_tiles.cache_clear()
         assert clahe_mod._map_rows() is clahe_mod._map_rows_py
         for img, ref in zip(imgs, scripted):
-            np.testing.assert_array_equal(CLAHE(kernel_size=16)(img[None]), ref)
+            np.testing.assert_array_equal(CLAHE(kernel_size=(16, 25))(img[None]), ref)
     finally:
         monkeypatch.undo()
         clahe_mod._map_rows.cache_clear()
+        clahe_mod._hist_tiles.cache_clear()
