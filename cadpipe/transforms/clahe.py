@@ -343,6 +343,25 @@ def _hist_tiles_py(
         hist_row[j] = torch.bincount(vals, minlength=hist_row.shape[1])
 
 
+def _rescale_rows_py(out: torch.Tensor, lo: float, hi: float, rows: int) -> None:
+    """``out = (out - lo) / (hi - lo)`` in place, ``rows`` rows at a time (clipped to [0, 1] when ``hi <= lo``).
+    TorchScript-compatible, like ``_map_rows_py``."""
+    for c0 in range(0, out.shape[0], rows):
+        o = out[c0 : c0 + rows]
+        if hi > lo:
+            if lo != 0.0:  # (the minimum is often 0: one op less)
+                o.sub_(lo)
+            o.div_(hi - lo)
+        else:
+            o.clamp_(0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _rescale_rows():
+    """``_rescale_rows_py`` compiled by TorchScript where that works, else as is (see ``_map_rows``)."""
+    return _scripted(_rescale_rows_py)
+
+
 @functools.lru_cache(maxsize=None)
 def _hist_tiles():
     """``_hist_tiles_py`` compiled by TorchScript where that works, else as is (see ``_map_rows``)."""
@@ -545,14 +564,7 @@ def _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers) -> torch.T
     step = max(1, chunk_px // W)
 
     def rescale(band: tuple[int, int]) -> None:
-        for c0 in range(band[0], band[1], step):
-            o = out[c0 : min(c0 + step, band[1])]
-            if hi_v > lo_v:
-                if lo_v != 0.0:  # (the minimum is often 0: one op less)
-                    o.sub_(lo_v)
-                o.div_(hi_v - lo_v)
-            else:
-                o.clamp_(0.0, 1.0)
+        _rescale_rows()(out[band[0] : band[1]], lo_v, hi_v, step)
 
     edges = [H * k // workers for k in range(workers + 1)]  # one band per thread (few, large tasks)
     _run(rescale, zip(edges[:-1], edges[1:]), pool)

@@ -240,6 +240,7 @@ def test_torchscript_and_plain_python_agree(monkeypatch, per_value):
         monkeypatch.setattr(clahe_mod, "_USE_TORCHSCRIPT", False)
         clahe_mod._map_rows.cache_clear()
         clahe_mod._hist_tiles.cache_clear()
+        clahe_mod._rescale_rows.cache_clear()
         assert clahe_mod._map_rows() is clahe_mod._map_rows_py
         for img, ref in zip(imgs, scripted):
             np.testing.assert_array_equal(CLAHE(kernel_size=(16, 25))(img[None]), ref)
@@ -247,3 +248,4 @@ def test_torchscript_and_plain_python_agree(monkeypatch, per_value):
         monkeypatch.undo()
         clahe_mod._map_rows.cache_clear()
         clahe_mod._hist_tiles.cache_clear()
+        clahe_mod._rescale_rows.cache_clear()
