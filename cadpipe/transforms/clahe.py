@@ -59,6 +59,7 @@ import functools
 import threading
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Optional
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -100,6 +101,11 @@ def _reflect_index(idx: torch.Tensor, size: int) -> torch.Tensor:
 
 def _clip_histogram(hist: torch.Tensor, clim: int) -> torch.Tensor:
     """skimage's ``clip_histogram`` for every row of ``hist`` (tiles, nbins) at once (int64, exact)."""
+    return _clip()(hist, clim)
+
+
+def _clip_histogram_py(hist: torch.Tensor, clim: int) -> torch.Tensor:
+    """``_clip_histogram``; TorchScript-compatible: its loop of small steps runs much faster compiled."""
     n = hist.shape[1]
     over = hist > clim
     n_excess = ((hist - clim) * over).sum(1)
@@ -123,7 +129,9 @@ def _clip_histogram(hist: torch.Tensor, clim: int) -> torch.Tensor:
     prev = ne.clone()
     rel = torch.arange(n, device=hist.device)
     # every[s - 1, q] = (q % s == 0): the strided selection as one row lookup (small nbins only)
-    every = (rel[None, :] % (rel[:, None] + 1) == 0) if n <= 512 else None
+    every: Optional[torch.Tensor] = None
+    if n <= 512:
+        every = rel[None, :] % (rel[:, None] + 1) == 0
     index = 0
     while True:
         under = h < clim
@@ -150,7 +158,9 @@ def _clip_histogram(hist: torch.Tensor, clim: int) -> torch.Tensor:
             if fin.numel() == rows.numel():
                 return hist
             keep = torch.nonzero(~done).flatten()
-            rows, h, ne, prev = (t.index_select(0, keep) for t in (rows, h, ne, prev))
+            rows, h = rows.index_select(0, keep), h.index_select(0, keep)
+            ne, prev = ne.index_select(0, keep), prev.index_select(0, keep)
+    return hist  # (not reached)
 
 
 class _Levels:
@@ -354,6 +364,12 @@ def _rescale_rows_py(out: torch.Tensor, lo: float, hi: float, rows: int) -> None
             o.div_(hi - lo)
         else:
             o.clamp_(0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _clip():
+    """``_clip_histogram_py`` compiled by TorchScript where that works, else as is (see ``_map_rows``)."""
+    return _scripted(_clip_histogram_py)
 
 
 @functools.lru_cache(maxsize=None)
