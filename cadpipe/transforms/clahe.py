@@ -39,8 +39,9 @@ intra-op thread. The loops of torch ops (per-tile histograms of a tile row, the 
 block of rows, the rescale of a band: ``_hist_tiles``, ``_clip``, ``_map_rows``, ``_rescale_rows``) are
 compiled by TorchScript when available: each then runs as one call without the GIL, so the threads do
 not wait on each other between ops, and the clip's many small steps cost less (the plain Python
-functions are the fallback, same code; compiling takes ~50 ms once per process). The same code runs wherever the tensor is (only the memory of a large CPU
-output comes from numpy's allocator, for its transparent huge pages; see ``_empty_float32``).
+functions are the fallback, same code; compiling takes ~50 ms once per process). The same code runs
+wherever the tensor is (only the memory of a large CPU output comes from numpy's allocator, for its
+transparent huge pages; see ``_empty_float32``).
 
 Differences from skimage, together below ``1e-4`` mean absolute difference on ``[0, 1]`` output:
 
