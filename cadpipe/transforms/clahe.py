@@ -392,10 +392,13 @@ def _map_rows():
     return _scripted(_map_rows_py)
 
 
+_SCRIPT_LOCK = threading.Lock()
+
+
 def _scripted(fn):
     if _USE_TORCHSCRIPT:
         try:
-            with warnings.catch_warnings():
+            with _SCRIPT_LOCK, warnings.catch_warnings():
                 # deprecated in favour of torch.compile, which needs a compiler at run time; kept working
                 warnings.simplefilter("ignore", DeprecationWarning)
                 return torch.jit.script(fn)
@@ -407,6 +410,8 @@ def _scripted(fn):
 def _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers) -> torch.Tensor:
     """``clahe_2d`` after the argument checks; ``pool``: ``workers`` threads for bands of rows, or None."""
     H, W = (int(s) for s in x.shape)
+    # the (compiled) loops, fetched here rather than first in the worker threads
+    hist_tiles, map_rows, rescale_rows = _hist_tiles(), _map_rows(), _rescale_rows()
     dev = x.device
     x = x.contiguous()
     lev = _Levels(x, nbins, path)
@@ -437,7 +442,7 @@ def _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers) -> torch.T
             r0, r1 = i * k0, (i + 1) * k0
             xr = x[r0:r1] if r1 <= H else x.index_select(0, _reflect_index(torch.arange(r0, r1, device=dev), H))
             buf = torch.empty(n_px, dtype=idx_dtype, device=dev)
-            _hist_tiles()(xr, hist_raw[i], k1, last_cols, lev.direct and not by_bin, by_bin, vbin, buf,
+            hist_tiles(xr, hist_raw[i], k1, last_cols, lev.direct and not by_bin, by_bin, vbin, buf,
                           lev.float_mode, lev.a, lev.b, lev.base)
 
     else:
@@ -534,7 +539,7 @@ def _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers) -> torch.T
             # the left values go into the level indices' memory (dead once the bins are looked up)
             left = ibuf.view(torch.float32) if idx_dtype == torch.int32 else torch.empty((rpc, W), device=dev)
             top, bot = ext[max(j - 1, 0)], ext[min(j, nt0 - 1)]
-            return _map_rows()(
+            return map_rows(
                 x[y0:y1], out[y0:y1], top, bot - top, wy_of(j, y0, y1), wx, vbin, coloff,
                 torch.empty(rpc * C, dtype=torch.float32, device=dev), ibuf,
                 torch.empty((rpc, W), dtype=idx_dtype, device=dev), left,
@@ -582,7 +587,7 @@ def _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers) -> torch.T
     step = max(1, chunk_px // W)
 
     def rescale(band: tuple[int, int]) -> None:
-        _rescale_rows()(out[band[0] : band[1]], lo_v, hi_v, step)
+        rescale_rows(out[band[0] : band[1]], lo_v, hi_v, step)
 
     edges = [H * k // workers for k in range(workers + 1)]  # one band per thread (few, large tasks)
     _run(rescale, zip(edges[:-1], edges[1:]), pool)
