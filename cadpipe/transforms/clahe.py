@@ -89,7 +89,7 @@ _MIN_PX_PER_WORKER = 1 << 17
 # one bincount per tile (rather than per row chunk of all tiles) from this many pixels per tile
 _TILE_HIST_MIN_PX = 1 << 14
 # per-row mapping tables when a row's table ((tile columns + 2) * nbins) is at most this many times the row
-_ROW_TABLE_RATIO = 8
+_ROW_TABLE_RATIO = 16
 
 
 def _reflect_index(idx: torch.Tensor, size: int) -> torch.Tensor:
