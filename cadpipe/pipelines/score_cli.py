@@ -17,18 +17,21 @@ from cadpipe.pipelines.score import EXIT_USAGE, ScoreConfig, score
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/cxr_pneumonia_classification")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", help="folder of studies (DICOM anywhere, NIfTI, DDSM cases, JPEG/PNG/TIFF)")
+    src.add_argument("--input", help="folder of studies (DICOM anywhere, NIfTI, DDSM cases, JPEG/PNG/TIFF); ground "
+                                     "truth is skipped: *_mask/*_seg/*_label(s) files, masks/ManualMask/labelsTr/... "
+                                     "folders, DICOM SEG/RTSTRUCT/SR (cadpipe.pipelines.discovery)")
     src.add_argument("--manifest", help="CSV with a 'path' column and optional 'study_id'/'series_id' columns")
     parser.add_argument("--output", required=True, help="output folder (results.csv, per-study outputs, reports)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers loading/preprocessing")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for the forward pass (default: one per CPU). On a machine shared with "
-                             "other busy processes, 1 can be much faster: threads that wait for each other get "
-                             "descheduled")
+                        help="torch threads for the forward pass (default: the CPUs the --workers leave, at least "
+                             "1; with --workers 0 torch's default). On a machine shared with other busy processes, 1 "
+                             "can be much faster: threads that wait for each other get descheduled")
     parser.add_argument("--limit", type=int, default=None, help="score at most N units")
-    parser.add_argument("--force", action="store_true", help="rescore everything (ignore the resume journal)")
+    parser.add_argument("--force", action="store_true",
+                        help="rescore everything; without it a re-run skips units scored ok and retries error units")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.add_argument("--no-reports", action="store_true", help="skip report.html/pdf")
     parser.add_argument("--no-heatmaps", action="store_true", help="skip GradCAM heatmaps (classification)")
