@@ -252,3 +252,20 @@ def test_cli_logs_at_info_hold_no_patient_identifiers(tmp_path):
     assert "PAT-SECRET" not in text and "Synthetic" not in text, text
     report = open(os.path.join(tmp_path / "out", study, "report.html"), encoding="utf-8").read()
     assert "PAT-SECRET-7" in report  # ... and where the user asked for them
+
+
+def test_forward_threads_default_and_restore(cls_bundle, tmp_path):
+    import torch
+
+    from cadpipe.pipelines.score import default_threads
+
+    assert default_threads(0) is None and default_threads(1000) == 1 and default_threads(1) >= 1
+    from tests.pipelines.score_helpers import write_png
+
+    write_png(str(tmp_path / "in" / "s" / "a.png"))
+    before = torch.get_num_threads()
+    summary = score(ScoreConfig(bundle=cls_bundle, input=str(tmp_path / "in"), output=str(tmp_path / "o"), workers=0,
+                                quiet=True, threads=1))
+    assert summary["ok"] == 1 and torch.get_num_threads() == before  # the caller's setting is restored
+    assert main(["score", "--bundle", cls_bundle, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o2"),
+                 "--quiet", "--threads", "0"]) == EXIT_USAGE
