@@ -17,6 +17,16 @@ study) with the same bundle and the same (random, untrained: speed does not depe
 
 Timings on a shared machine are noisy; compare the ratios of one run.
 
+Where the time went (cProfile, 64 studies, 1 thread, shared 2-core machine under load) and what was done:
+the forward ran on MetaTensors (every op through ``MetaTensor.__torch_function__``: ~30% of the forward) → plain
+tensors, metadata put back for postprocessing; one ``fsync`` per output file and per journal line (~15 ms/study)
+→ journal fsync at most once a second, files renamed without fsync (resume rescores units whose files are
+missing); PNG at zlib level 6 (~7 ms) → level 1 (~2 ms), and no plain image PNG without reports. Preprocessing of
+a 512x400 DICOM CXR to 128 px is ~5 ms/study (~20% of a 1-thread DenseNet121 forward), so 2 cores suffice for both.
+With ~3 runnable processes on 2 cores, torch's 2-thread forward is erratic (7-73 studies/s; 1 thread: ~45/s): the
+OpenMP threads wait for each other; hence ``cadpipe score``'s default threads = CPUs left by the workers. Compare
+``--threads 0 --threads 2`` (0 = that default) on an idle machine.
+
     python benchmarks/score.py [--bundle bundles/cxr_pneumonia_classification] [--studies 128]
         [--override image_size=128] [--naive-studies 2] [--workers 2] [--workers 1 ...] [--threads 1 ...]
 """
