@@ -23,9 +23,10 @@ tensors, metadata put back for postprocessing; one ``fsync`` per output file and
 → journal fsync at most once a second, files renamed without fsync (resume rescores units whose files are
 missing); PNG at zlib level 6 (~7 ms) → level 1 (~2 ms), and no plain image PNG without reports. Preprocessing of
 a 512x400 DICOM CXR to 128 px is ~5 ms/study (~20% of a 1-thread DenseNet121 forward), so 2 cores suffice for both.
-With ~3 runnable processes on 2 cores, torch's 2-thread forward is erratic (7-73 studies/s; 1 thread: ~45/s): the
-OpenMP threads wait for each other; hence ``cadpipe score``'s default threads = CPUs left by the workers. Compare
-``--threads 0 --threads 2`` (0 = that default) on an idle machine.
+With ~3 runnable processes on 2 cores, torch's 2-thread forward is erratic (6-73 studies/s; 1 thread: ~45/s): the
+OpenMP threads wait for each other. On the near-idle machine 2 threads won (ceiling ~69/s; 2 workers + 2 threads:
+steady 0.74x; with 1 thread 0.51x), so ``cadpipe score`` keeps torch's default; ``--threads 1`` for busy machines.
+The single-stream bound there: 2 x 14.7 ms forward CPU + 4.5 ms preprocessing on 2 cores → ~0.87x.
 
     python benchmarks/score.py [--bundle bundles/cxr_pneumonia_classification] [--studies 128]
         [--override image_size=128] [--naive-studies 2] [--workers 2] [--workers 1 ...] [--threads 1 ...]
@@ -70,7 +71,7 @@ def main() -> None:
                     help="DataLoader workers of cadpipe score; repeat to compare variants back to back (default 2)")
     ap.add_argument("--threads", type=int, action="append", default=None,
                     help="torch threads of cadpipe score (repeat: every workers x threads pair; 0 or none: "
-                         "cadpipe.pipelines.score.default_threads)")
+                         "torch's default)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--override", action="append", default=["use_clahe=false", "image_size=128"],
                     help="bundle overrides ID=JSON used by all measurements")
@@ -133,9 +134,7 @@ def main() -> None:
             return 1000 / min(c)
 
         runs = []  # (label, end-to-end rate, summary, ceiling adjacent in time)
-        from cadpipe.pipelines.score import default_threads
-
-        tname = lambda t, w: f"{t or default_threads(w) or threads} threads"  # noqa: E731
+        tname = lambda t, w: f"{t or threads} threads"  # noqa: E731
         variants = [(f"score --no-heatmaps --no-reports, {w} workers, {tname(t, w)}", w, dict(heatmaps=False,
                                                                                            reports=False, threads=t))
                     for w in workers_list for t in threads_list]
@@ -157,9 +156,13 @@ def main() -> None:
         fwdn_ms = sum(c[1] for c in ceilings) / len(ceilings)
         ceiling = sum(best(c) for c in ceilings) / len(ceilings)
         cores = os.cpu_count() or 1
-        # best case: preprocessing and a 1-thread forward spread perfectly over the cores, nothing else
-        bound = (1000 / ceiling) / ((pre_ms + fwd1_ms) / cores) if cores > 1 else 1000 / ceiling / (
-            pre_ms + 1000 / ceiling)
+        # one forward stream as fast as the ceiling keeps its threads' cores busy (OpenMP threads spin when they
+        # wait), so its CPU per study is threads x ms; preprocessing needs CPU on top: the best ratio a single-stream
+        # pipeline can reach when both share the cores
+        ceiling_threads = 1 if fwd1_ms <= fwdn_ms else threads
+        stream_cpu_ms = ceiling_threads * min(fwd1_ms, fwdn_ms)
+        bound = min(1.0, (1000 / ceiling) / ((stream_cpu_ms + pre_ms) / cores)) if cores > ceiling_threads else \
+            stream_cpu_ms / (stream_cpu_ms + pre_ms)
 
         # naive: python -m monai.bundle run per study
         k = min(args.naive_studies, n)
@@ -184,9 +187,9 @@ def main() -> None:
               f"{fwdn_ms:.1f} ms ({threads} threads) (means of {len(ceilings)} ceiling measurements)")
         print("ceilings before/after each run, studies/s (1 thread | default): "
               + ", ".join(f"{1000 / a:.1f} | {1000 / b:.1f}" for a, b in ceilings))
-        print(f"preprocessing CPU = {pre_ms / fwd1_ms:.0%} of the 1-thread forward's; bound on {cores} cores when "
-              f"preprocessing shares them with the forward: {bound:.2f}x ceiling (= ceiling ms / ((preprocessing + "
-              f"1-thread forward ms) / cores); >= 1: the CPUs suffice, what is lost is pipeline overhead)")
+        print(f"preprocessing CPU = {pre_ms / stream_cpu_ms:.0%} of the ceiling forward's CPU ({ceiling_threads} "
+              f"thread(s) x {min(fwd1_ms, fwdn_ms):.1f} ms); bound for one forward stream sharing {cores} cores with "
+              f"preprocessing: {bound:.2f}x ceiling")
         print("each score run is compared with the ceiling measured just before and after it:")
         for label, rate, s, adjacent in runs:
             steady = s.get("steady_units_per_second")

@@ -50,25 +50,9 @@ class ScoreConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     reports: bool = True
     heatmaps: bool = True  # GradCAM overlays for classification bundles (off: plain image PNGs)
-    threads: int | None = None  # torch threads for the forward (None: see default_threads)
-
-
-def default_threads(workers: int) -> int | None:
-    """Torch threads for the forward when none are asked for: with DataLoader workers, the CPUs the workers leave
-    (at least 1), so workers + forward threads do not oversubscribe the cores; without workers, torch's default.
-
-    Why: torch's OpenMP threads wait for each other at every layer; when a core is taken by a worker (or another
-    process), the waiting thread spins and the forward slows by several times (measured on the shared 2-core machine:
-    DenseNet121 at 128 px, 1 thread 25 ms/study vs 2 threads 88 ms/study with ~3.5 runnable processes; see
-    ``benchmarks/score.py``).
-    """
-    if workers <= 0:
-        return None
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus - workers)
+    # torch threads for the forward (None: torch's default, one per CPU). On an idle 2-core machine 2 threads were
+    # fastest; with other busy processes 1 thread was several times faster (benchmarks/score.py docstring)
+    threads: int | None = None
 
 
 def _bundle_info(bundle_root: str) -> dict:
@@ -385,9 +369,8 @@ def score(cfg: ScoreConfig) -> dict:
     t_model = 0.0
     plain_images = cfg.reports  # without a report a plain (heatmap-less) image PNG illustrates nothing
     threads_before = torch.get_num_threads()
-    threads = cfg.threads or (default_threads(cfg.workers) if cfg.ray is None else None)
-    if threads:
-        torch.set_num_threads(threads)
+    if cfg.threads and cfg.ray is None:
+        torch.set_num_threads(cfg.threads)
     try:
         if todo and cfg.ray is not None:
             from cadpipe.pipelines.ray_backend import score_with_ray

@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers loading/preprocessing")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for the forward pass (default: the CPUs the --workers leave, at least "
-                             "1; with --workers 0 torch's default). On a machine shared with other busy processes, 1 "
-                             "can be much faster: threads that wait for each other get descheduled")
+                        help="torch threads for the forward pass (default: torch's, one per CPU). On a machine "
+                             "shared with other busy processes, 1 can be several times faster: torch's threads wait "
+                             "for each other and one of them is often descheduled")
     parser.add_argument("--limit", type=int, default=None, help="score at most N units")
     parser.add_argument("--force", action="store_true",
                         help="rescore everything; without it a re-run skips units scored ok and retries error units")
