@@ -115,7 +115,9 @@ def _display_image(runner, pre_item: dict, like: np.ndarray | None) -> np.ndarra
         arr = np.asarray(torch.as_tensor(inv).detach().cpu().float())
     except Exception:  # noqa: BLE001 - not invertible: show the preprocessed image
         arr = np.asarray(torch.as_tensor(img).detach().cpu().float())
-    arr = arr.mean(0) if arr.ndim == runner.spatial_dims + 1 else arr
+    # drop the channel axis: one more axis than the mask (a volume scored slice-wise by a 2D bundle has
+    # spatial_dims 2 but a 3D mask), or than the bundle's spatial dims when there is no mask
+    arr = arr.mean(0) if arr.ndim == (like.ndim if like is not None else runner.spatial_dims) + 1 else arr
     if like is not None and arr.shape != like.shape:
         arr = torch.nn.functional.interpolate(torch.as_tensor(arr)[None, None], size=like.shape,
                                               mode="bilinear" if like.ndim == 2 else "trilinear")[0, 0].numpy()

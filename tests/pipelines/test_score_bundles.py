@@ -36,6 +36,13 @@ def _brain(d):
     write_lgg_synthetic(d, n_patients=1, n_slices=1, size=32)
 
 
+def _brain_volume(d):
+    """A 3-modality NIfTI volume, scored slice-wise by the 2D bundle (the overlay drops the channel axis)."""
+    from cadpipe.data.synthetic.brain import write_msd_synthetic
+
+    write_msd_synthetic(d, n_train=0, n_test=1, modalities=("T1", "FLAIR", "T1c"), write_dataset_json=False)
+
+
 def _mammo(d):
     from cadpipe.data.synthetic.ddsm import write_ddsm_dataset
 
@@ -60,6 +67,7 @@ def _cxr_and_mask_files(d):
 CASES = [
     ("cxr_pneumonia_classification", _cxr, {"use_clahe": False, "image_size": 64}, ["prob_PNEUMONIA", "predicted"]),
     ("brain_mri_tumor_segmentation", _brain, {}, ["lesion_volume_ml"]),
+    ("brain_mri_tumor_segmentation", _brain_volume, {}, ["lesion_volume_ml"]),
     ("mammo_mass_detection", _mammo, {"image_long_side": 128}, ["n_findings", "top_score"]),
     ("breast_histology_classification", _histo, {"patch_size": 64}, ["predicted"]),
     ("cxr_lung_segmentation", _cxr_and_mask_files, {"use_clahe": False, "image_size": 64}, ["lesion_voxels"]),
@@ -69,7 +77,7 @@ CASES = [
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,writer,overrides,columns", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name,writer,overrides,columns", CASES, ids=[f"{c[0]}-{c[1].__name__.strip('_')}" for c in CASES])
 def test_real_bundle_scores(tmp_path, name, writer, overrides, columns):
     bundle = _copy_with_random_weights(name, str(tmp_path), overrides)
     try:
