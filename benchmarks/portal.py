@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -32,6 +31,8 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from cadpipe.pipelines.server_process import stop_process_group  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -217,12 +218,7 @@ def main() -> int:
         print(f"load average at end {os.getloadavg()[0]:.1f}. 'srv p50': upload received → report ready on the "
               "server (queue wait included); 'p50/base': portal latency over in-process scoring of the same image.")
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)
         if args.keep:
             print(f"work folder: {work}")
         else:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 
 from cadpipe.pipelines.monailabel_app import REPO_ROOT, assemble_app
+from cadpipe.pipelines.server_process import stop_process_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -204,14 +204,7 @@ def server(ml_python, workspace):
             time.sleep(2)
         yield {"base": base, "app": app, "info": json.loads(body), "log": workspace["root"] / "server.log"}
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
+        stop_process_group(proc, grace=20)
         log.close()
 
 

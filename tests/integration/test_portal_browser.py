@@ -14,7 +14,6 @@ is missing and skips (with the reason) only when it still cannot be had.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import urllib.request
 
 import numpy as np
 import pytest
+
+from cadpipe.pipelines.server_process import stop_process_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -89,13 +90,7 @@ def server(tmp_path_factory):
             time.sleep(0.5)
         yield {"url": url, "tmp": tmp, "log": log_path}
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_process_group(proc)
 
 
 @pytest.fixture

@@ -338,7 +338,6 @@ def test_ljpeg_with_ics_is_scored_under_rebuilt_names(tmp_path):
 def test_cli_server_subprocess_logs_no_identifiers(tmp_path):
     """``python -m cadpipe serve`` for real (uvicorn, its logging set-up): a DICOM upload is scored and the server's
     whole output holds the job id but neither the patient's name/ID nor the uploaded file name."""
-    import signal
     import socket
     import subprocess
     import sys
@@ -347,6 +346,7 @@ def test_cli_server_subprocess_logs_no_identifiers(tmp_path):
     import pydicom
 
     from cadpipe.data.synthetic.dicom import write_cxr_dicom
+    from cadpipe.pipelines.server_process import stop_process_group
     from cadpipe.data.synthetic.weights import copy_bundle_untrained
 
     bundle = copy_bundle_untrained(os.path.join(REPO, "bundles", CXR), tmp_path / CXR, OVERRIDES)
@@ -382,8 +382,7 @@ def test_cli_server_subprocess_logs_no_identifiers(tmp_path):
             assert job["status"] == "done", job
             assert "Zyxwv" in c.get(job["report_url"]).text
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
+        stop_process_group(proc, grace=60)
     out = log_path.read_text()
     assert job["id"] in out and "/api/studies" in out
     assert "Zyxwv" not in out and "Qumberly" not in out and "778899" not in out
