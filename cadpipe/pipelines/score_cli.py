@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads for the forward pass (default: torch's, one per CPU). On a machine "
                              "shared with other busy processes, 1 can be several times faster: torch's threads wait "
                              "for each other and one of them is often descheduled")
+    parser.add_argument("--streams", type=int, default=None,
+                        help="batches forwarded at once on threads sharing the model, the torch threads split "
+                             "between them (default: 2 on a CPU with >= 2 threads when there is no GradCAM or "
+                             "detector, else 1)")
     parser.add_argument("--limit", type=int, default=None, help="score at most N units")
     parser.add_argument("--force", action="store_true",
                         help="rescore everything; without it a re-run skips units scored ok and retries error units")
@@ -45,8 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if (args.batch_size < 1 or args.workers < 0 or (args.limit is not None and args.limit < 1)
-            or (args.threads is not None and args.threads < 1)):
-        print("cadpipe score: --batch-size, --limit and --threads must be >= 1, --workers >= 0", file=sys.stderr)
+            or (args.threads is not None and args.threads < 1) or (args.streams is not None and args.streams < 1)):
+        print("cadpipe score: --batch-size, --limit, --threads and --streams must be >= 1, --workers >= 0",
+              file=sys.stderr)
         return EXIT_USAGE
     overrides = {}
     for text in args.override:
@@ -61,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = ScoreConfig(overrides=overrides, bundle=args.bundle, input=args.input, output=args.output, manifest=args.manifest,
                       device=args.device, batch_size=args.batch_size, workers=args.workers, limit=args.limit,
                       force=args.force, quiet=args.quiet, ray=args.ray, ray_actors=args.ray_actors,
-                      reports=not args.no_reports, heatmaps=not args.no_heatmaps, threads=args.threads)
+                      reports=not args.no_reports, heatmaps=not args.no_heatmaps, threads=args.threads,
+                      streams=args.streams)
     try:
         summary = score(cfg)
     except CadpipeInputError as err:

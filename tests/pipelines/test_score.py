@@ -266,3 +266,35 @@ def test_forward_threads_restored(cls_bundle, tmp_path):
     assert summary["ok"] == 1 and torch.get_num_threads() == before  # the caller's setting is restored
     assert main(["score", "--bundle", cls_bundle, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o2"),
                  "--quiet", "--threads", "0"]) == EXIT_USAGE
+    assert main(["score", "--bundle", cls_bundle, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o3"),
+                 "--quiet", "--streams", "0"]) == EXIT_USAGE
+
+
+def test_forward_streams_give_the_same_rows(cls_bundle, seg_bundle, tmp_path):
+    """--streams 2 (two threads forwarding batches at once) scores exactly like one stream, error rows included;
+    GradCAM runs force one stream (its hooks sit on the shared network)."""
+    import gzip
+
+    exp = mixed_2d_folder(str(tmp_path / "in"))
+    tables = {}
+    for streams in (1, 2):
+        out = str(tmp_path / f"o{streams}")
+        s = score(ScoreConfig(bundle=cls_bundle, input=str(tmp_path / "in"), output=out, workers=0, batch_size=2,
+                              quiet=True, heatmaps=False, reports=False, streams=streams))
+        assert s["streams"] == streams and s["ok"] == len(exp["ok"]) and s["error"] == len(exp["bad"])
+        tables[streams] = pd.read_csv(os.path.join(out, "results.csv")).drop(columns=NOISE).sort_values("unit_id")
+    pd.testing.assert_frame_equal(tables[1].reset_index(drop=True), tables[2].reset_index(drop=True))
+    s = score(ScoreConfig(bundle=cls_bundle, input=str(tmp_path / "in"), output=str(tmp_path / "cam"), workers=0,
+                          quiet=True, reports=False, streams=2))
+    assert s["streams"] == 1  # heatmaps on
+    vols = tmp_path / "vols"
+    for i in range(3):
+        write_nifti(str(vols / f"synthetic_{i}.nii.gz"), seed=i)
+    masks = {}
+    for streams in (1, 2):
+        out = tmp_path / f"seg{streams}"
+        s = score(ScoreConfig(bundle=seg_bundle, input=str(vols), output=str(out), workers=0, batch_size=1,
+                              quiet=True, reports=False, streams=streams))
+        assert s["streams"] == streams and s["ok"] == 3
+        masks[streams] = {p.relative_to(out): gzip.decompress(p.read_bytes()) for p in out.rglob("*_mask.nii.gz")}
+    assert len(masks[1]) == 3 and masks[1] == masks[2]
