@@ -22,11 +22,13 @@ the forward ran on MetaTensors (every op through ``MetaTensor.__torch_function__
 tensors, metadata put back for postprocessing; one ``fsync`` per output file and per journal line (~15 ms/study)
 → journal fsync at most once a second, files renamed without fsync (resume rescores units whose files are
 missing); PNG at zlib level 6 (~7 ms) → level 1 (~2 ms), and no plain image PNG without reports. Preprocessing of
-a 512x400 DICOM CXR to 128 px is ~5 ms/study (~20% of a 1-thread DenseNet121 forward), so 2 cores suffice for both.
-With ~3 runnable processes on 2 cores, torch's 2-thread forward is erratic (6-73 studies/s; 1 thread: ~45/s): the
-OpenMP threads wait for each other. On the near-idle machine 2 threads won (ceiling ~69/s; 2 workers + 2 threads:
-steady 0.74x; with 1 thread 0.51x), so ``cadpipe score`` keeps torch's default; ``--threads 1`` for busy machines.
-The single-stream bound there: 2 x 14.7 ms forward CPU + 4.5 ms preprocessing on 2 cores → ~0.87x.
+a 512x400 DICOM CXR to 128 px is ~4-5 ms/study (~20% of a 1-thread DenseNet121 forward).
+One forward stream with torch's 2 threads uses its 2 cores badly (OpenMP threads wait for each other: 14.8 ms per
+study against 21 ms on 1 thread); two Python threads each forwarding their own batches with 1 torch thread reach
+~11 ms per study (~94 studies/s on the idle 2-core machine). ``cadpipe score`` does that by default on a CPU
+(``--streams``, not with GradCAM or a detector), so the ceiling here is the fastest of the three forwards, and the
+bound is what is left once preprocessing takes its share of the 2 cores (~0.83x). Idle machine, 2026-11-23:
+128 studies 49 studies/s end to end (start-up 0.8 s), steady 0.78x; 512 studies 54.7/s, steady 0.65x (noisy).
 
     python benchmarks/score.py [--bundle bundles/cxr_pneumonia_classification] [--studies 128]
         [--override image_size=128] [--naive-studies 2] [--workers 2] [--workers 1 ...] [--threads 1 ...]
