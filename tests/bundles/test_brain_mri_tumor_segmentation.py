@@ -39,12 +39,8 @@ def _run(bundle, config, **override):
         logging_file=str(bundle / "configs" / "logging.conf"), **{**TINY, **override})
 
 
-def test_verify_metadata(bundle, tmp_path, shared_dir):
-    from monai.bundle import verify_metadata
-
-    schema = tmp_path / "meta_schema_20240725.json"
-    shutil.copy(os.path.join(shared_dir, "monai", "meta_schema_20240725.json"), schema)
-    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(schema))
+def test_metadata_classes(bundle):
+    """The bundle's own classes and task in metadata.json (the schema and the common keys: test_conformance.py)."""
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["cadpipe"] == {"task": "segmentation", "class_names": ["background", "tumor"], "spatial_dims": 2}
     assert list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values()) == ["background", "tumor"]

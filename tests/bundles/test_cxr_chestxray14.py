@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cadpipe.data.synthetic.chestxray14 import write_synthetic_chestxray14
+from tests.bundles.helpers import bundle_workflow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(ROOT, "bundles", "cxr_chestxray14_classification")
@@ -19,22 +20,9 @@ TINY = {"network_def#init_features": 16, "network_def#growth_rate": 8, "network_
 CLASSES = (0, 1, 2)  # pathologies drawn in the synthetic set (Atelectasis, Cardiomegaly, Effusion)
 
 
-def _workflow(bundle, names, wtype, **override):
-    from monai.bundle import ConfigWorkflow
-
-    return ConfigWorkflow(config_file=[os.path.join(bundle, "configs", n) for n in names],
-                          meta_file=os.path.join(bundle, "configs", "metadata.json"),
-                          logging_file=os.path.join(bundle, "configs", "logging.conf"), workflow_type=wtype, **override)
-
-
-def test_metadata_schema(tmp_path, shared_dir):
-    from monai.bundle import verify_metadata
-
-    schema = tmp_path / "meta_schema_20240725.json"
-    shutil.copy(os.path.join(shared_dir, "monai", "meta_schema_20240725.json"), schema)
-    meta_file = os.path.join(BUNDLE, "configs", "metadata.json")
-    verify_metadata(meta_file=meta_file, filepath=str(schema))
-    meta = json.load(open(meta_file))
+def test_metadata_classes():
+    """The bundle's own classes and task in metadata.json (the schema and the common keys: test_conformance.py)."""
+    meta = json.load(open(os.path.join(BUNDLE, "configs", "metadata.json")))
     from cadpipe.data.chestxray14 import NIH_LABELS
 
     assert meta["version"] in meta["changelog"] and meta["cadpipe"]["task"] == "multilabel"
@@ -71,7 +59,7 @@ def trained(tmp_path_factory):
     truth = write_synthetic_chestxray14(data, 48, 2, size=64, classes=CLASSES, p_finding=0.75, test_fraction=0.25, seed=0)
     common = dict(bundle_root=bundle, dataset_dir=data, image_size=64, batch_size=8, num_workers=0, **TINY)
     # no augmentation: a short CPU run; the augmentation itself is exercised by the lung bundle tests
-    wf = _workflow(bundle, ["train.json"], "train", epochs=14, val_fraction=0.25, **{"train#augmentation": []}, output_dir=str(tmp / "tout"), **common)
+    wf = bundle_workflow(bundle, ["train.json"], "train", epochs=14, val_fraction=0.25, **{"train#augmentation": []}, output_dir=str(tmp / "tout"), **common)
     wf.initialize()
     assert wf.check_properties() == []
     wf.run()
@@ -83,8 +71,8 @@ def trained(tmp_path_factory):
 def test_evaluate_per_pathology_auc(trained):
     assert {"model.pt", "model_last.pt"} <= set(os.listdir(os.path.join(trained["bundle"], "models")))
     out = str(trained["tmp"] / "eval")
-    wf = _workflow(trained["bundle"], ["train.json", "evaluate.json"], "eval", output_dir=out, val_fraction=0.25,
-                   **trained["common"])
+    wf = bundle_workflow(trained["bundle"], ["train.json", "evaluate.json"], "eval", output_dir=out, val_fraction=0.25,
+                         **trained["common"])
     wf.initialize()
     wf.run()
     wf.finalize()
@@ -132,7 +120,6 @@ def test_inference_probabilities_and_heatmaps(trained):
 @pytest.mark.slow
 def test_two_stage_inference_with_lung_crop(trained):
     """The classifier with ``lung_crop: true`` runs a trained lung bundle first; the crop shrinks the image."""
-    import torch
     from monai.bundle import ConfigWorkflow
 
     from cadpipe.data.synthetic.lungs import write_synthetic_montgomery
@@ -156,9 +143,9 @@ def test_two_stage_inference_with_lung_crop(trained):
     os.makedirs(sub)
     for n in sorted(os.listdir(img_dir))[:3]:
         shutil.copy(os.path.join(img_dir, n), sub)
-    wf = _workflow(trained["bundle"], ["inference.json"], "infer", bundle_root=trained["bundle"], dataset_dir=sub,
-                   output_dir=out, image_size=64, lung_crop=True, lung_bundle=lung, lung_overrides=lung_ovr,
-                   device="$torch.device('cpu')", **TINY)
+    wf = bundle_workflow(trained["bundle"], ["inference.json"], "infer", bundle_root=trained["bundle"], dataset_dir=sub,
+                         output_dir=out, image_size=64, lung_crop=True, lung_bundle=lung, lung_overrides=lung_ovr,
+                         device="$torch.device('cpu')", **TINY)
     wf.initialize()
     pre = wf.parser.get_parsed_content("preprocessing")
     item = pre({"image": os.path.join(sub, sorted(os.listdir(sub))[0])})
@@ -184,9 +171,9 @@ def test_train_nih_plus_rsna_layout(tmp_path):
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("*.pt", "eval", "outputs"))
     write_synthetic_chestxray14(str(tmp_path / "nih"), 6, 1, size=48, classes=CLASSES, p_finding=0.75, seed=1)
     truth = write_synthetic_rsna(str(tmp_path / "rsna"), 6, size=48, p_pneumonia=0.5, seed=2)
-    wf = _workflow(bundle, ["train.json"], "train", bundle_root=bundle, dataset_dir=str(tmp_path / "nih"),
-                   dataset_layout="nih+rsna", rsna_dir=str(tmp_path / "rsna"), image_size=32, batch_size=4,
-                   num_workers=0, epochs=1, val_fraction=0.3, output_dir=str(tmp_path / "out"), **TINY)
+    wf = bundle_workflow(bundle, ["train.json"], "train", bundle_root=bundle, dataset_dir=str(tmp_path / "nih"),
+                         dataset_layout="nih+rsna", rsna_dir=str(tmp_path / "rsna"), image_size=32, batch_size=4,
+                         num_workers=0, epochs=1, val_fraction=0.3, output_dir=str(tmp_path / "out"), **TINY)
     wf.initialize()
     splits = wf.parser.get_parsed_content("splits")
     dcm = [i for i in splits["train"] + splits["val"] if i["image"].endswith(".dcm")]

@@ -12,31 +12,16 @@ import torch
 from PIL import Image
 
 from cadpipe.data.synthetic.lungs import write_synthetic_montgomery, write_synthetic_shenzhen
+from tests.bundles.helpers import bundle_workflow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(ROOT, "bundles", "cxr_lung_segmentation")
 TINY = {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}
 
 
-def _cfg(bundle, *names):
-    return [os.path.join(bundle, "configs", n) for n in names]
-
-
-def _workflow(bundle, names, wtype, **override):
-    from monai.bundle import ConfigWorkflow
-
-    return ConfigWorkflow(config_file=_cfg(bundle, *names), meta_file=os.path.join(bundle, "configs", "metadata.json"),
-                          logging_file=os.path.join(bundle, "configs", "logging.conf"), workflow_type=wtype, **override)
-
-
-def test_metadata_schema(tmp_path, shared_dir):
-    from monai.bundle import verify_metadata
-
-    schema = tmp_path / "meta_schema_20240725.json"
-    shutil.copy(os.path.join(shared_dir, "monai", "meta_schema_20240725.json"), schema)
-    meta_file = os.path.join(BUNDLE, "configs", "metadata.json")
-    verify_metadata(meta_file=meta_file, filepath=str(schema))
-    meta = json.load(open(meta_file))
+def test_metadata_classes():
+    """The bundle's own classes and task in metadata.json (the schema and the common keys: test_conformance.py)."""
+    meta = json.load(open(os.path.join(BUNDLE, "configs", "metadata.json")))
     assert meta["version"] in meta["changelog"]
     assert meta["cadpipe"]["task"] == "segmentation" and meta["cadpipe"]["spatial_dims"] == 2
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "lung"}
@@ -74,7 +59,7 @@ def trained(tmp_path_factory):
     truth.update(write_synthetic_shenzhen(os.path.join(data, "shenzhen"), 10, 96, seed=1))
     common = dict(bundle_root=bundle, dataset_dir=data, dataset_layout="both", image_size=64, batch_size=4,
                   num_workers=0, **TINY)
-    wf = _workflow(bundle, ["train.json"], "train", epochs=6, learning_rate=1e-2, output_dir=str(tmp / "tout"), **common)
+    wf = bundle_workflow(bundle, ["train.json"], "train", epochs=6, learning_rate=1e-2, output_dir=str(tmp / "tout"), **common)
     wf.initialize()
     assert wf.check_properties() == []
     wf.run()
@@ -86,7 +71,7 @@ def trained(tmp_path_factory):
 def test_train_and_evaluate_learn_the_lung_fields(trained):
     assert {"model.pt", "model_last.pt"} <= set(os.listdir(os.path.join(trained["bundle"], "models")))
     out = str(trained["tmp"] / "eval")
-    wf = _workflow(trained["bundle"], ["train.json", "evaluate.json"], "eval", output_dir=out, **trained["common"])
+    wf = bundle_workflow(trained["bundle"], ["train.json", "evaluate.json"], "eval", output_dir=out, **trained["common"])
     wf.initialize()
     wf.run()
     wf.finalize()
@@ -139,9 +124,9 @@ def test_inference_writes_mask_and_box(trained):
 
 @pytest.mark.slow
 def test_inference_postprocessing_is_pure_and_properties(trained, tmp_path):
-    wf = _workflow(trained["bundle"], ["inference.json"], "infer", bundle_root=trained["bundle"],
-                   dataset_dir=os.path.join(trained["data"], "montgomery", "CXR_png"), output_dir=str(tmp_path / "o"),
-                   image_size=64, **TINY)
+    wf = bundle_workflow(trained["bundle"], ["inference.json"], "infer", bundle_root=trained["bundle"],
+                         dataset_dir=os.path.join(trained["data"], "montgomery", "CXR_png"), output_dir=str(tmp_path / "o"),
+                         image_size=64, **TINY)
     wf.initialize()
     assert wf.check_properties() == []
     pre = wf.parser.get_parsed_content("preprocessing")

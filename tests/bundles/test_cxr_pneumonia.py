@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from cadpipe.data.synthetic.cxr import write_bad_images, write_synthetic_kermany
+from tests.bundles.helpers import bundle_workflow
 
 BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                       "bundles", "cxr_pneumonia_classification")
@@ -19,28 +20,8 @@ BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.ab
 TINY = {"network_def#init_features": 16, "network_def#growth_rate": 8}
 
 
-def _cfg(bundle, *names):
-    return [os.path.join(bundle, "configs", n) for n in names]
-
-
-def _workflow(bundle, names, wtype, **override):
-    from monai.bundle import ConfigWorkflow
-
-    return ConfigWorkflow(
-        config_file=_cfg(bundle, *names),
-        meta_file=os.path.join(bundle, "configs", "metadata.json"),
-        logging_file=os.path.join(bundle, "configs", "logging.conf"),
-        workflow_type=wtype,
-        **override,
-    )
-
-
-def test_metadata_schema(tmp_path, shared_dir):
-    from monai.bundle import verify_metadata
-
-    schema = tmp_path / "meta_schema_20240725.json"
-    shutil.copy(os.path.join(shared_dir, "monai", "meta_schema_20240725.json"), schema)
-    verify_metadata(meta_file=os.path.join(BUNDLE, "configs", "metadata.json"), filepath=str(schema))
+def test_metadata_classes():
+    """The bundle's own classes and task in metadata.json (the schema and the common keys: test_conformance.py)."""
     meta = json.load(open(os.path.join(BUNDLE, "configs", "metadata.json")))
     assert meta["version"] in meta["changelog"]
     assert meta["cadpipe"]["class_names"] == ["NORMAL", "PNEUMONIA"] and meta["cadpipe"]["positive_class"] == "PNEUMONIA"
@@ -85,8 +66,8 @@ def trained(tmp_path_factory):
     write_synthetic_kermany(data, {"train": {"NORMAL": 8, "PNEUMONIA": 20}, "test": 5}, size=72, n_dicom=1)
     bad = write_bad_images(os.path.join(data, "train", "NORMAL")) + write_bad_images(os.path.join(data, "test", "PNEUMONIA"))
     common = dict(bundle_root=bundle, dataset_dir=data, image_size=64, batch_size=8, num_workers=0, **TINY)
-    wf = _workflow(bundle, ["train.json"], "train", epochs=2, learning_rate=1e-3, val_fraction=0.2,
-                   output_dir=str(tmp / "train_out"), **common)
+    wf = bundle_workflow(bundle, ["train.json"], "train", epochs=2, learning_rate=1e-3, val_fraction=0.2,
+                         output_dir=str(tmp / "train_out"), **common)
     wf.initialize()
     assert wf.check_properties() == []
     wf.run()
@@ -108,8 +89,8 @@ def test_train_writes_checkpoints(trained):
 @pytest.mark.slow
 def test_evaluate_writes_metrics_and_predictions(trained, capsys):
     out = str(trained["tmp"] / "eval")
-    wf = _workflow(trained["bundle"], ["train.json", "evaluate.json"], "eval", output_dir=out,
-                   val_fraction=0.2, **trained["common"])  # logging.conf sends the log to stdout
+    wf = bundle_workflow(trained["bundle"], ["train.json", "evaluate.json"], "eval", output_dir=out,
+                         val_fraction=0.2, **trained["common"])  # logging.conf sends the log to stdout
     wf.initialize()
     wf.run()
     wf.finalize()
@@ -134,8 +115,8 @@ def test_evaluate_writes_metrics_and_predictions(trained, capsys):
 @pytest.mark.slow
 def test_evaluate_threshold_for_target_sensitivity(trained):
     out = str(trained["tmp"] / "eval_sens")
-    wf = _workflow(trained["bundle"], ["train.json", "evaluate.json"], "eval", output_dir=out, val_fraction=0.2,
-                   target_sensitivity=1.0, **trained["common"])
+    wf = bundle_workflow(trained["bundle"], ["train.json", "evaluate.json"], "eval", output_dir=out, val_fraction=0.2,
+                         target_sensitivity=1.0, **trained["common"])
     wf.initialize()
     wf.run()
     wf.finalize()
@@ -176,8 +157,8 @@ def test_inference_with_heatmaps(trained):
 
 @pytest.mark.slow
 def test_inference_workflow_properties_and_postprocessing_is_pure(trained, tmp_path):
-    wf = _workflow(trained["bundle"], ["inference.json"], "infer", bundle_root=trained["bundle"],
-                   dataset_dir=os.path.join(trained["data"], "test"), output_dir=str(tmp_path / "o"), image_size=64, **TINY)
+    wf = bundle_workflow(trained["bundle"], ["inference.json"], "infer", bundle_root=trained["bundle"],
+                         dataset_dir=os.path.join(trained["data"], "test"), output_dir=str(tmp_path / "o"), image_size=64, **TINY)
     wf.initialize()
     assert wf.check_properties() == []
     pre = wf.parser.get_parsed_content("preprocessing")
