@@ -239,11 +239,15 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
 
 
 # -- the scoring loop -------------------------------------------------------------------------------------------
+def _makes_heatmaps(runner) -> bool:
+    """Whether scoring computes GradCAM maps with this runner (classification bundles with ``cam_layers``)."""
+    return bool(runner.cam_layers) and runner.task in ("classification", "multilabel")
+
+
 def streams_allowed(runner) -> bool:
     """Whether batches may be forwarded by several threads at once with this runner: not with GradCAM (its hooks
     on the shared network would catch the other stream's activations) nor with a detector (it caches anchors)."""
-    cam = runner.cam_layers and runner.task in ("classification", "multilabel")
-    return not cam and getattr(runner, "detector", None) is None
+    return not _makes_heatmaps(runner) and getattr(runner, "detector", None) is None
 
 
 def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict], None], batch_size: int = 4,
@@ -274,7 +278,7 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
         t0 = time.perf_counter()
         try:
             outs = runner.predict([p[1] for p in pending])
-            if runner.cam_layers and runner.task in ("classification", "multilabel"):
+            if _makes_heatmaps(runner):
                 try:  # one batched GradCAM pass instead of one per unit
                     maps = runner.heatmaps([p[1] for p in pending], runner.cam_class())
                     for p, m in zip(pending, maps or []):
