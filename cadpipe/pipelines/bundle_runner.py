@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -149,11 +149,26 @@ class BundleRunner:
         return []
 
     # -- the three steps ------------------------------------------------------------------------------------
-    def preprocess(self, item: dict) -> dict:
-        """Bundle preprocessing on ``{"image": path}``; any failure becomes ``CadpipeInputError`` naming the path."""
+    def preprocess(self, item: dict, on_loaded: Callable[[], None] | None = None) -> dict:
+        """Bundle preprocessing on ``{"image": path}``; any failure becomes ``CadpipeInputError`` naming the path.
+
+        ``on_loaded`` is called once the image is loaded: after the first transform of a ``Compose`` (the loader,
+        ``LoadStudyImaged`` by the bundle contract), else after the whole preprocessing.
+        """
+        from monai.transforms import Compose
+
         path = item.get("image")
+        pre = self.preprocessing
         try:
-            return self.preprocessing(dict(item))
+            if on_loaded is None:
+                return pre(dict(item))
+            if not isinstance(pre, Compose) or len(pre.transforms) < 2:
+                out = pre(dict(item))
+                on_loaded()
+                return out
+            loaded = pre(dict(item), end=1)
+            on_loaded()
+            return pre(loaded, start=1)
         except CadpipeInputError:
             raise
         except Exception as err:  # noqa: BLE001 - MONAI wraps reader errors in RuntimeError chains

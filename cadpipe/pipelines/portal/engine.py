@@ -13,8 +13,6 @@ import os
 import time
 from typing import Any, Callable
 
-from cadpipe.errors import CadpipeInputError
-
 __all__ = ["load_runner", "score_job", "task_hint", "infer_task"]
 
 
@@ -35,25 +33,7 @@ class _StepRunner:
         return getattr(self._runner, name)
 
     def preprocess(self, item: dict) -> dict:
-        from monai.transforms import Compose
-
-        from cadpipe.pipelines.bundle_runner import _root_cause
-
-        pre = self._runner.preprocessing
-        if not isinstance(pre, Compose) or len(pre.transforms) < 2:
-            out = self._runner.preprocess(item)
-            self._on_step("loaded")
-            self._on_step("preprocessed")
-            return out
-        path = item.get("image")
-        try:
-            loaded = pre(dict(item), end=1)  # the bundle's loader (LoadStudyImaged by the bundle contract)
-            self._on_step("loaded")
-            out = pre(loaded, start=1)
-        except CadpipeInputError:
-            raise
-        except Exception as err:  # noqa: BLE001 - MONAI wraps reader errors in RuntimeError chains
-            raise CadpipeInputError(path, f"cannot load/preprocess: {_root_cause(err)}") from err
+        out = self._runner.preprocess(item, on_loaded=lambda: self._on_step("loaded"))
         self._on_step("preprocessed")
         return out
 
