@@ -1,7 +1,8 @@
 """Every bundle's ``multi_gpu_train.json`` (model-zoo pattern) checked statically and run for real on CPU.
 
 Static (fast): ``DistributedSampler`` for train and validation, a ``DistributedDataParallel`` network, and handlers
-split by rank the way the model zoo does it: with ``dist.get_rank() == 1`` the handlers that change the training
+split by rank the way the model zoo does it, through ``cadpipe.pipelines.distributed.handlers_for_rank`` (by
+handler type, not position): on rank 1 the handlers that change the training
 (``ValidationHandler`` — its metrics are all-gathered, every rank must validate —, ``LrScheduleHandler``,
 ``EarlyStopHandler``) are all still there, and none that writes output (``StatsHandler``, TensorBoard,
 ``CheckpointSaver``, ...) is. A rank that skipped an ``EarlyStopHandler`` would keep training alone and hang the
@@ -20,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
@@ -44,24 +44,6 @@ def _load(name, cfg):
         return json.load(fp)
 
 
-class _Rank:
-    def __init__(self, rank):
-        self.rank = rank
-
-    def get_rank(self):
-        return self.rank
-
-
-class _Stub:
-    """Stands for a handler in a rank expression: only its class name matters."""
-
-    def __init__(self, kind):
-        self.kind = kind
-
-    def __repr__(self):
-        return self.kind
-
-
 def _node(conf, ref):
     for part in ref.split("#"):
         conf = conf[int(part)] if isinstance(conf, list) else conf[part]
@@ -79,21 +61,29 @@ def _handler_kinds(train, ref):
     return kinds
 
 
-def _kept(expr, ref, kinds, rank):
-    """Evaluate the multi-GPU handler expression ``expr`` for ``rank``, ``@ref`` standing for handler stubs of
-    ``kinds``; ``isinstance(h, monai.handlers.X)`` compares class names. Returns the kept kinds."""
-    if not (isinstance(expr, str) and expr.startswith("$")):
-        pytest.fail(f"handlers for {ref} are not chosen by rank: {expr!r}")
-    handlers = types.SimpleNamespace(**{k: type(k, (), {}) for k in set(kinds + list(STATE_HANDLERS + OUTPUT_HANDLERS))})
+def _kept(component, ref, kinds, rank):
+    """The kinds of handlers that the multi-GPU config's handler choice keeps on ``rank``, from stand-ins of the
+    handler classes named in train.json (built without arguments: only their type matters)."""
+    import monai.handlers
 
-    def by_name(obj, cls):
-        classes = cls if isinstance(cls, tuple) else (cls,)
-        return any(c.__name__ == obj.kind for c in classes)
+    from cadpipe.pipelines.distributed import handlers_for_rank
 
-    names = {"dist": _Rank(rank), "monai": types.SimpleNamespace(handlers=handlers), "isinstance": by_name,
-             "_h": [_Stub(k) for k in kinds]}
-    out = eval(expr[1:].replace("@" + ref, "_h"), names)  # noqa: S307 - our own config text
-    return [] if out is None else [h.kind for h in out]
+    assert component == {"_target_": "cadpipe.pipelines.distributed.handlers_for_rank", "handlers": "@" + ref}, \
+        f"handlers for {ref} are not chosen by rank: {component!r}"
+    stand_ins = [object.__new__(getattr(monai.handlers, k)) for k in kinds]
+    out = handlers_for_rank(stand_ins, rank=rank)
+    return [] if out is None else [type(h).__name__ for h in out]
+
+
+def test_handlers_for_rank():
+    import monai.handlers
+
+    from cadpipe.pipelines.distributed import handlers_for_rank
+
+    every = [object.__new__(getattr(monai.handlers, k)) for k in STATE_HANDLERS + OUTPUT_HANDLERS]
+    assert handlers_for_rank(every, rank=0) == every and handlers_for_rank(None, rank=1) is None
+    assert [type(h).__name__ for h in handlers_for_rank(every, rank=1)] == list(STATE_HANDLERS)
+    assert handlers_for_rank(every) == every  # no process group: rank 0
 
 
 @pytest.mark.parametrize("name", BUNDLES)
