@@ -36,8 +36,8 @@ The implementation is vectorised torch, no Python loop over pixels:
 Rows are processed in cache-sized chunks on the CPU and in whole tile rows on a GPU; with
 ``num_threads > 1`` bands of tile rows run on Python threads (torch ops release the GIL), each with one
 intra-op thread. The loops of torch ops (per-tile histograms of a tile row, the clip, the mapping of a
-block of rows, the rescale of a band: ``_hist_tiles``, ``_clip``, ``_map_rows``, ``_rescale_rows``) are
-compiled by TorchScript when available: each then runs as one call without the GIL, so the threads do
+block of rows, the rescale of a band: ``_hist_tiles_py``, ``_clip_histogram_py``, ``_map_rows_py``,
+``_rescale_rows_py``) are compiled by TorchScript when available (``_scripted``): each then runs as one call without the GIL, so the threads do
 not wait on each other between ops, and the clip's many small steps cost less (the plain Python
 functions are the fallback, same code; compiling takes ~50 ms once per process). The same code runs
 wherever the tensor is (only the memory of a large CPU output comes from numpy's allocator, for its
@@ -103,7 +103,7 @@ def _reflect_index(idx: torch.Tensor, size: int) -> torch.Tensor:
 
 def _clip_histogram(hist: torch.Tensor, clim: int) -> torch.Tensor:
     """skimage's ``clip_histogram`` for every row of ``hist`` (tiles, nbins) at once (int64, exact)."""
-    return _clip()(hist, clim)
+    return _scripted(_clip_histogram_py)(hist, clim)
 
 
 def _clip_histogram_py(hist: torch.Tensor, clim: int) -> torch.Tensor:
@@ -296,7 +296,7 @@ def _map_rows_py(
     base: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-row-table mapping of the rows of one block (see ``_clahe_2d``), chunk by chunk; returns the
-    min and max of the mapped values. TorchScript-compatible (``_map_rows``): it then runs as one call
+    min and max of the mapped values. TorchScript-compatible (``_scripted``): it then runs as one call
     without the GIL, so several threads map their blocks in parallel instead of handing the GIL over at
     every op."""
     lows: list[torch.Tensor] = []
@@ -368,34 +368,13 @@ def _rescale_rows_py(out: torch.Tensor, lo: float, hi: float, rows: int) -> None
             o.clamp_(0.0, 1.0)
 
 
-@functools.lru_cache(maxsize=None)
-def _clip():
-    """``_clip_histogram_py`` compiled by TorchScript where that works, else as is (see ``_map_rows``)."""
-    return _scripted(_clip_histogram_py)
-
-
-@functools.lru_cache(maxsize=None)
-def _rescale_rows():
-    """``_rescale_rows_py`` compiled by TorchScript where that works, else as is (see ``_map_rows``)."""
-    return _scripted(_rescale_rows_py)
-
-
-@functools.lru_cache(maxsize=None)
-def _hist_tiles():
-    """``_hist_tiles_py`` compiled by TorchScript where that works, else as is (see ``_map_rows``)."""
-    return _scripted(_hist_tiles_py)
-
-
-@functools.lru_cache(maxsize=None)
-def _map_rows():
-    """``_map_rows_py`` compiled by TorchScript where that works (and ``_USE_TORCHSCRIPT``), else as is."""
-    return _scripted(_map_rows_py)
-
-
 _SCRIPT_LOCK = threading.Lock()
 
 
+@functools.lru_cache(maxsize=None)
 def _scripted(fn):
+    """``fn`` (one of the ``*_py`` loops) compiled by TorchScript where that works and ``_USE_TORCHSCRIPT``, else
+    ``fn`` itself; compiled once per process."""
     if _USE_TORCHSCRIPT:
         try:
             with _SCRIPT_LOCK, warnings.catch_warnings():
@@ -411,7 +390,7 @@ def _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, pool, workers) -> torch.T
     """``clahe_2d`` after the argument checks; ``pool``: ``workers`` threads for bands of rows, or None."""
     H, W = (int(s) for s in x.shape)
     # the (compiled) loops, fetched here rather than first in the worker threads
-    hist_tiles, map_rows, rescale_rows = _hist_tiles(), _map_rows(), _rescale_rows()
+    hist_tiles, map_rows, rescale_rows = (_scripted(f) for f in (_hist_tiles_py, _map_rows_py, _rescale_rows_py))
     dev = x.device
     x = x.contiguous()
     lev = _Levels(x, nbins, path)

@@ -237,21 +237,14 @@ def test_torchscript_and_plain_python_agree(monkeypatch, per_value):
     imgs = [natural(60, 70, seed=14, dtype=np.uint16, maxv=4095), natural(60, 70, seed=15, dtype=np.float32) * 3 - 1,
             (natural(60, 70, seed=16, dtype=np.uint16, maxv=1000) + 5000).astype(np.uint16)]
     scripted = [CLAHE(kernel_size=(16, 25))(img[None]) for img in imgs]
-    assert isinstance(clahe_mod._map_rows(), torch.jit.ScriptFunction)
-    assert isinstance(clahe_mod._hist_tiles(), torch.jit.ScriptFunction)
+    assert isinstance(clahe_mod._scripted(clahe_mod._map_rows_py), torch.jit.ScriptFunction)
+    assert isinstance(clahe_mod._scripted(clahe_mod._hist_tiles_py), torch.jit.ScriptFunction)
     try:
         monkeypatch.setattr(clahe_mod, "_USE_TORCHSCRIPT", False)
-        clahe_mod._map_rows.cache_clear()
-        clahe_mod._hist_tiles.cache_clear()
-        clahe_mod._rescale_rows.cache_clear()
-        clahe_mod._clip.cache_clear()
-        clahe_mod._clip.cache_clear()
-        assert clahe_mod._map_rows() is clahe_mod._map_rows_py
+        clahe_mod._scripted.cache_clear()
+        assert clahe_mod._scripted(clahe_mod._map_rows_py) is clahe_mod._map_rows_py
         for img, ref in zip(imgs, scripted):
             np.testing.assert_array_equal(CLAHE(kernel_size=(16, 25))(img[None]), ref)
     finally:
         monkeypatch.undo()
-        clahe_mod._map_rows.cache_clear()
-        clahe_mod._hist_tiles.cache_clear()
-        clahe_mod._rescale_rows.cache_clear()
-        clahe_mod._clip.cache_clear()
+        clahe_mod._scripted.cache_clear()
