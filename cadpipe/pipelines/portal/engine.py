@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any, Callable
 
-__all__ = ["load_runner", "score_job", "task_hint", "infer_task"]
+__all__ = ["load_runner", "score_job", "with_uploaded_names", "task_hint", "infer_task"]
 
 
 def load_runner(bundle_root: str, device: str | None = None, overrides: dict | None = None):
@@ -41,6 +41,13 @@ class _StepRunner:
         outs = self._runner.predict(items)
         self._on_step("inferred")
         return outs
+
+
+def with_uploaded_names(text: str, names: dict[str, str]) -> str:
+    """``text`` with each stored path (``names``' keys) replaced by the name the user uploaded it under."""
+    for stored, original in names.items():
+        text = text.replace(stored, original)
+    return text
 
 
 def score_job(runner, units: list, out_dir: str, on_step: Callable[[str], None] | None = None,
@@ -73,8 +80,7 @@ def score_job(runner, units: list, out_dir: str, on_step: Callable[[str], None] 
         shown = [names.get(p, os.path.basename(p)) for p in str(row.get("input_paths", "")).split(";") if p]
         row["input_paths"] = ";".join(shown)
         if row.get("error"):
-            for stored, original in names.items():
-                row["error"] = row["error"].replace(stored, original)
+            row["error"] = with_uploaded_names(row["error"], names)
     patient = next((u.patient for u in units if u.patient), {})
     study = patient.get("StudyInstanceUID") or study_label
     bundle = {"name": runner.name, "version": runner.version, "model_sha256": runner.model_sha256}

@@ -31,7 +31,6 @@ class Worker:
         self.store, self.runners = store, runners
         self.queue: queue.Queue[str | None] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
         self.changed = threading.Condition()  # notified after every job update (long-polling status requests)
 
     def _update(self, job_id: str, **fields) -> None:
@@ -90,12 +89,12 @@ class Worker:
             except Exception as err:  # noqa: BLE001 - the worker must survive any job
                 log.error("job %s failed: %s", job_id, type(err).__name__)
                 self._update(job_id, status="error", error=f"internal error ({type(err).__name__})",
-                                  finished=time.time())
+                             finished=time.time())
 
     def run_job(self, job_id: str) -> None:
         """Score one job and record the result (no identifiers are logged: only the job id, task and timing)."""
         from cadpipe.pipelines.discovery import discover
-        from cadpipe.pipelines.portal.engine import score_job
+        from cadpipe.pipelines.portal.engine import score_job, with_uploaded_names
 
         job = self.store.get(job_id)
         if job is None:
@@ -103,7 +102,7 @@ class Worker:
         runner = self.runners.get(job["task"])
         if runner is None:
             self._update(job_id, status="error", error=f"task {job['task']!r} is not loaded in this service",
-                              finished=time.time())
+                         finished=time.time())
             return
         job_dir = self.store.job_dir(job_id)
         in_dir, out_dir = os.path.join(job_dir, "input"), os.path.join(job_dir, "out")
@@ -124,14 +123,10 @@ class Worker:
             units = discover(in_dir, runner.spatial_dims, os.path.join(job_dir, "series"))
             if not units:
                 raise CadpipeInputError(", ".join(f["name"] for f in job["files"]), "no image found in the upload")
-            with self._lock:
-                result = score_job(runner, units, out_dir, on_step, display_names=names,
-                                   study_label=f"upload {job_id[:8]}")
+            result = score_job(runner, units, out_dir, on_step, display_names=names,
+                               study_label=f"upload {job_id[:8]}")
         except CadpipeInputError as err:
-            message = str(err)
-            for stored, original in names.items():
-                message = message.replace(stored, original)
-            self._update(job_id, status="error", error=message, finished=time.time())
+            self._update(job_id, status="error", error=with_uploaded_names(str(err), names), finished=time.time())
             log.info("job %s (%s): error after %.2f s", job_id, job["task"], time.time() - t0)
             return
         rows = result["rows"]
@@ -148,10 +143,10 @@ class Worker:
         summary["step_times"] = step_times
         if ok:
             self._update(job_id, status="done", step="report ready", result=summary, error=errors,
-                              finished=time.time())
+                         finished=time.time())
         else:
             self._update(job_id, status="error", result=summary, error=errors or "nothing could be scored",
-                              finished=time.time())
+                         finished=time.time())
         log.info("job %s (%s): %s, %d/%d units ok in %.2f s", job_id, job["task"], "done" if ok else "error",
                  len(ok), len(rows), time.time() - t0)
 
