@@ -25,6 +25,7 @@ import torch
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.discovery import Unit, discover, read_manifest, safe_name
+from cadpipe.pipelines.item_transport import pack_item, unpack_item
 from cadpipe.pipelines.results import (Journal, atomic_write_text, atomic_writer_path, outputs_present,
                                       write_results_table)
 
@@ -73,10 +74,13 @@ def _bundle_info(bundle_root: str) -> dict:
 
 # -- loading in workers -----------------------------------------------------------------------------------------
 class _UnitDataset(torch.utils.data.Dataset):
-    """Preprocesses one unit per item; failures come back as values (a worker must not die on a bad file)."""
+    """Preprocesses one unit per item; failures come back as values (a worker must not die on a bad file).
 
-    def __init__(self, units: list[Unit], preprocess: Callable[[dict], dict]):
-        self.units, self.preprocess = units, preprocess
+    ``pack``: items leave as :func:`~cadpipe.pipelines.item_transport.pack_item` records (set when workers send
+    them to the scoring process; :func:`_loaded` unpacks them there)."""
+
+    def __init__(self, units: list[Unit], preprocess: Callable[[dict], dict], pack: bool = False):
+        self.units, self.preprocess, self.pack = units, preprocess, pack
 
     def __len__(self) -> int:
         return len(self.units)
@@ -85,13 +89,22 @@ class _UnitDataset(torch.utils.data.Dataset):
         t0 = time.perf_counter()
         try:
             item = self.preprocess({"image": self.units[i].image})
+            if self.pack:
+                item = pack_item(item)
             return i, item, None, time.perf_counter() - t0
         except Exception as err:  # noqa: BLE001 - becomes an error row
             return i, None, _reason(self.units[i], err), time.perf_counter() - t0
 
 
-def _first(batch):
-    return batch[0]
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def _loaded(loader, packed: bool):
+    """``(index, item, error, load_s)`` per unit from a loader of lists, items unpacked when ``packed``."""
+    for chunk in loader:
+        for i, item, err, load_s in chunk:
+            yield i, (unpack_item(item) if packed and item is not None else item), err, load_s
 
 
 def _reason(unit: Unit, err: BaseException) -> str:
@@ -261,9 +274,12 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
     """
     info = {"name": runner.name, "version": runner.version, "model_sha256": runner.model_sha256,
             "plain_images": plain_images}
-    ds = _UnitDataset(units, runner.preprocess)
-    loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=False, num_workers=workers, collate_fn=_first,
-                                         prefetch_factor=2 * max(1, batch_size) if workers else None,
+    # workers send whole batches of packed items (one queue message per batch_size units, no shared-memory
+    # segment per small tensor); in-process loading needs neither
+    ds = _UnitDataset(units, runner.preprocess, pack=workers > 0)
+    chunk = max(1, batch_size) if workers else 1
+    loader = torch.utils.data.DataLoader(ds, batch_size=chunk, shuffle=False, num_workers=workers,
+                                         collate_fn=_as_list, prefetch_factor=2 if workers else None,
                                          persistent_workers=False)
     groups: dict[tuple, list[tuple[int, dict, float]]] = {}
     emit_lock = threading.Lock()
@@ -326,7 +342,7 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
         in_flight.add(pool.submit(score_batch, pending))
 
     try:
-        for i, item, err, load_s in loader:
+        for i, item, err, load_s in _loaded(loader, packed=workers > 0):
             if err is not None:
                 done(_error_row(units[i], info, err, load_s))
                 continue

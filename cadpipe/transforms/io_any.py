@@ -50,11 +50,13 @@ _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
 _LUMA = (0.299, 0.587, 0.114)
 
 
-def detect_format(path: str | os.PathLike) -> str | None:
+def detect_format(path: str | os.PathLike, check_dicom_pixels: bool = True) -> str | None:
     """``"dicom" | "dicom_series" | "ljpeg" | "nifti" | "image"`` or ``None`` when ``path`` is not an image.
 
     Looks at the content where the name is not enough (DICM preamble, PNG/JPEG/TIFF magic numbers), so DICOM
-    files without an extension are found; DICOM files without pixel data (SR, RT plan...) give ``None``. Hidden files, ``DICOMDIR``, folders without DICOM files and folders
+    files without an extension are found; DICOM files without pixel data (SR, RT plan...) give ``None`` (with
+    ``check_dicom_pixels=False`` they give ``"dicom"`` without parsing the file: the loader, which parses it
+    anyway, then reports "no pixel data"). Hidden files, ``DICOMDIR``, folders without DICOM files and folders
     whose DICOM files belong to several series (take those files one by one) give ``None``.
     """
     path = os.fspath(path)
@@ -71,7 +73,7 @@ def detect_format(path: str | os.PathLike) -> str | None:
     if lower.endswith((".nii", ".nii.gz")):
         return "nifti"
     if lower.endswith((".dcm", ".dicom", ".ima")) or is_dicom_file(path):
-        return "dicom" if _dicom_has_pixels(path) else None
+        return "dicom" if not check_dicom_pixels or _dicom_has_pixels(path) else None
     if lower.endswith(IMAGE_SUFFIXES):
         return "image"
     try:
@@ -188,7 +190,7 @@ class LoadStudyImage(Transform):
             raise CadpipeInputError(path, "no such file or folder")
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             raise CadpipeInputError(path, "empty file (0 bytes)")
-        fmt = detect_format(path)
+        fmt = detect_format(path, check_dicom_pixels=False)  # the DICOM reader refuses files without pixels
         if fmt is None:
             what = "folder holds no DICOM files" if os.path.isdir(path) else "not a supported image format"
             raise CadpipeInputError(path, f"{what} (DICOM, DICOM series folder, LJPEG, NIfTI, PNG/JPEG/TIFF)")

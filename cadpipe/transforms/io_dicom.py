@@ -256,8 +256,32 @@ def _decode(ds, path: str) -> np.ndarray:
             shape = (-1, 1, 1) if arr.ndim == 3 else ()
             arr = arr.astype(np.float64) * np.reshape(slopes, shape or ()) + np.reshape(intercepts, shape or ())
         else:
-            arr = apply_modality_lut(arr, ds)
+            exact = _integer_rescale(arr, ds)
+            arr = exact if exact is not None else apply_modality_lut(arr, ds)
     return np.asarray(arr)
+
+
+def _integer_rescale(arr: np.ndarray, ds) -> np.ndarray | None:
+    """The modality LUT as float32 when float32 holds its result exactly, else None (pydicom's float64 path).
+
+    That is the common case: stored values of at most 16 bits, no Modality LUT Sequence, Rescale Slope 1 (or
+    none) and an integer Rescale Intercept (or none): every ``value + intercept`` is an integer below 2**24, so
+    the result equals pydicom's float64 one cast to float32, at a fraction of the cost (half the memory traffic,
+    no multiply)."""
+    if arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2 or ds.get("ModalityLUTSequence"):
+        return None
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    try:
+        slope = 1.0 if slope in (None, "") else float(slope)
+        intercept = 0.0 if intercept in (None, "") else float(intercept)
+    except (TypeError, ValueError):
+        return None
+    if slope != 1.0 or not intercept.is_integer() or abs(intercept) > 2**23:
+        return None
+    out = arr.astype(np.float32)
+    if intercept:
+        out += np.float32(intercept)
+    return out
 
 
 def _functional_rescale(ds) -> tuple[np.ndarray, np.ndarray] | None:
@@ -531,9 +555,15 @@ class DicomReader(ImageReader):
         return _stack_images(arrays, compatible_meta), compatible_meta
 
     def _frame_values(self, ds, path: str) -> np.ndarray:
-        arr = _decode(ds, path).astype(np.float64)
+        """Values after the modality LUT (MONOCHROME1 inverted): float32 where that is exact (see
+        ``_integer_rescale``), else float64."""
+        arr = _decode(ds, path)
+        if arr.dtype != np.float32:
+            arr = arr.astype(np.float64)
         if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
             lo, hi = _modality_range(ds)
+            if arr.dtype == np.float32 and not (float(lo + hi).is_integer() and abs(lo + hi) <= 2**24):
+                arr = arr.astype(np.float64)
             arr = (lo + hi) - arr
         return arr
 

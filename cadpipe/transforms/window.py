@@ -145,11 +145,14 @@ class Window(Transform):
         if func == "LINEAR":
             if w < 1:
                 raise ValueError(f"Window: LINEAR window width must be >= 1, got {w}")
-            return ((x - (c - 0.5)) / max(w - 1.0, 1e-12) + 0.5).clamp(0.0, 1.0) if w > 1 else (x > c - 0.5).to(x.dtype)
+            if w <= 1:
+                return (x > c - 0.5).to(x.dtype)
+            # in place after the first op (a new tensor): same values, one allocation
+            return (x - (c - 0.5)).div_(max(w - 1.0, 1e-12)).add_(0.5).clamp_(0.0, 1.0)
         if w <= 0:
             raise ValueError(f"Window: window width must be > 0, got {w}")
         if func == "LINEAR_EXACT":
-            return ((x - c) / w + 0.5).clamp(0.0, 1.0)
+            return (x - c).div_(w).add_(0.5).clamp_(0.0, 1.0)
         return torch.sigmoid(4.0 * (x - c) / w)
 
     def __call__(self, img, meta: Mapping | None = None):
@@ -159,7 +162,8 @@ class Window(Transform):
         dtype = self.dtype if self.dtype is not None else (x.dtype if x.is_floating_point() else torch.float32)
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         y = self._apply(x.to(compute), self._spec(meta))
-        y = y * (self.out_max - self.out_min) + self.out_min
+        if (self.out_min, self.out_max) != (0.0, 1.0):
+            y = y * (self.out_max - self.out_min) + self.out_min
         out, *_ = convert_to_dst_type(y, img, dtype=dtype)
         return out
 

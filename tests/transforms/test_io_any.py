@@ -70,6 +70,8 @@ def test_detect_format(tmp_path):
     assert detect_format(tmp_path / "empty") is None
     for no_pixels in ("test-SR.dcm", "rtplan.dcm"):  # DICOM, but not images
         assert detect_format(get_testdata_file(no_pixels, download=False)) is None
+        # the loader skips that (second) parse; its DICOM reader refuses the file
+        assert detect_format(get_testdata_file(no_pixels, download=False), check_dicom_pixels=False) == "dicom"
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(b"")
     assert detect_format(broken) == "dicom"  # the loader will say why it cannot be read
@@ -217,3 +219,11 @@ def test_bad_dicom_through_the_universal_loader(tmp_path):
     data = open(info["path"], "rb").read()
     open(info["path"], "wb").write(data[: len(data) - 3000])
     expect_error(info["path"], "truncated")
+
+
+def test_dicom_without_pixels_through_the_universal_loader(tmp_path):
+    for name in ("test-SR.dcm", "rtplan.dcm"):
+        path = tmp_path / f"IM_{name}"
+        shutil.copy(get_testdata_file(name, download=False), path)
+        expect_error(path, "no pixel data")
+
