@@ -3,14 +3,16 @@
 A *unit* is what one forward pass of a bundle scores:
 
 - DICOM files anywhere under the input (any names, nested, no extension) are grouped by
-  StudyInstanceUID / SeriesInstanceUID from their headers (read with ``stop_before_pixels``). For 2D bundles
+  StudyInstanceUID / SeriesInstanceUID from their headers (one header read per file; the pixel data is not
+  read). For 2D bundles
   every DICOM file (instance) is one unit; for 3D bundles every series is one unit (volume).
 - NIfTI files (``.nii``, ``.nii.gz``): one unit each.
 - DDSM case folders (a ``.ics`` file beside ``.LJPEG`` files): one unit per view (LJPEG file).
 - Plain image files (JPEG / PNG / TIFF): one unit each.
 - ``--manifest file.csv`` with a ``path`` column and an optional ``study_id`` column lists the units instead.
 
-Files that are not images (reports, ``DICOMDIR``, ``.txt``, hidden files) are skipped silently. A file with an
+Files that are not images (reports, ``DICOMDIR``, ``.txt``, hidden files, readable DICOM files without pixel
+data such as RT plans, whatever their names) are skipped silently. A file with an
 image suffix that later fails to load becomes an error row in scoring, not a discovery failure.
 
 Ground-truth masks / label maps are not studies and are skipped silently (:func:`is_ground_truth`), so a dataset
@@ -128,19 +130,24 @@ def _detect(path: str) -> str | None:
         return "dicom"  # named like DICOM: a load failure is an error row, not a silent skip
     if suffix in SKIP_SUFFIXES:
         return None
-    fmt = detect_format(path)  # content sniffing: DICOM without extension, non-images -> None
+    # content sniffing: DICOM without extension, non-images -> None; a DICOM file's pixel data is checked with its
+    # header (_dicom_header), one read per file
+    fmt = detect_format(path, check_dicom_pixels=False)
     return fmt if fmt in ("dicom", "nifti", "ljpeg", "image") else None
 
 
 def _dicom_header(path: str) -> dict | None:
+    """Identifiers of one DICOM file and whether it has pixel data (large values are skipped, not read); None
+    when it cannot be read."""
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=path.lower().endswith(DICOM_SUFFIXES))
+        ds = pydicom.dcmread(path, defer_size="1 KB", force=path.lower().endswith(DICOM_SUFFIXES))
     except Exception:  # noqa: BLE001
         return None
     get = lambda key: str(getattr(ds, key, "") or "")  # noqa: E731
     return {
+        "pixels": any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
         "modality": get("Modality").upper(),
         "study": get("StudyInstanceUID"),
         "series": get("SeriesInstanceUID"),
@@ -206,6 +213,8 @@ def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None,
             continue
         if fmt == "dicom":
             header = _dicom_header(path)
+            if header is not None and not header["pixels"] and header["study"]:
+                continue  # a readable DICOM object without an image (RT plan, SR...)
             if skip_ground_truth and header is not None and header["modality"] in NON_IMAGE_MODALITIES:
                 continue
             if header is None or not header["study"] or not header["series"]:

@@ -205,9 +205,11 @@ class LoadStudyImage(Transform):
                 img = self._itk_fallback(path)
             if img is None:
                 raise CadpipeInputError(path, f"cannot read {fmt} file: {type(err).__name__}: {err}") from err
-        if self.reject_nan and img.is_floating_point() and bool(torch.isnan(img).any()):
+        # one reduction pass: a NaN makes the sum NaN (so can +inf and -inf together: then count to be sure)
+        if self.reject_nan and img.is_floating_point() and bool(torch.isnan(img.as_tensor().sum())):
             n = int(torch.isnan(img).sum())
-            raise CadpipeInputError(path, f"{fmt} image contains NaN values ({n} of {img.numel()} voxels)")
+            if n:
+                raise CadpipeInputError(path, f"{fmt} image contains NaN values ({n} of {img.numel()} voxels)")
         img = _to_mode(img, self.mode, fmt)
         img.meta["format"] = fmt
         return img

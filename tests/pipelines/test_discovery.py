@@ -89,3 +89,22 @@ def test_ground_truth_masks_are_not_studies(tmp_path):
     everything = discover(str(root), skip_ground_truth=False)
     assert sorted(u.image for u in everything) == sorted(images + masks)
     assert is_ground_truth("a/B_MASK.tif") and is_ground_truth("masks/x.png") and not is_ground_truth("mask.png")
+
+
+def test_dicom_objects_without_pixels_are_not_units(tmp_path):
+    """An RT plan (no pixel data, Modality RTPLAN) is skipped whatever its name, also with
+    ``skip_ground_truth=False``; DICOM images beside it are found, and a broken ``.dcm`` stays a unit (error row)."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    plan = get_testdata_file("rtplan.dcm", download=False)
+    (tmp_path / "in" / "s").mkdir(parents=True)
+    shutil.copy(plan, tmp_path / "in" / "s" / "plan.dcm")
+    shutil.copy(plan, tmp_path / "in" / "s" / "PLAN0001")
+    images = write_dicom_series(str(tmp_path / "in" / "img"), generate_uid(), generate_uid(), n=2)
+    (tmp_path / "in" / "s" / "broken.dcm").write_bytes(b"not dicom at all" * 10)
+    for skip in (True, False):
+        units = discover(str(tmp_path / "in"), skip_ground_truth=skip)
+        assert sorted(u.paths[0] for u in units) == sorted(images + [str(tmp_path / "in" / "s" / "broken.dcm")])

@@ -190,6 +190,19 @@ def test_nifti_with_nan(tmp_path):
     expect_error(some, "nan")
 
 
+def test_infinities_without_nan_load(tmp_path):
+    """The NaN check sums the image first; +inf and -inf together also sum to NaN but are not refused."""
+    data = np.zeros((6, 5, 4), np.float32)
+    data[0, 0, 0], data[1, 1, 1] = np.inf, -np.inf
+    path = str(tmp_path / "synthetic_inf.nii.gz")
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    img = LoadStudyImage()(path)
+    assert torch.isinf(img).sum() == 2 and not torch.isnan(img).any()
+    data[2, 2, 2] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    expect_error(path, "nan", "1 of 120")
+
+
 def test_unreadable_files_are_wrapped(tmp_path):
     bad_png = tmp_path / "broken.png"
     bad_png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
