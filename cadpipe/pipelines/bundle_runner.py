@@ -6,8 +6,8 @@ except reading results out of ``"pred"`` (see the bundle contract in ``docs/arch
 - ``preprocess(item)``: the bundle's ``preprocessing`` Compose on ``{"image": <path>}``.
 - ``predict(items)``: collate (items of one shape), ``inferer(image, network)`` under ``torch.inference_mode()``,
   decollate, and the bundle's pure ``postprocessing`` per item.
-- ``heatmap(item)``: GradCAM on the bundle's ``cam_layers`` (classification), via ``cadpipe.pipelines.heatmaps``
-  when that module provides ``gradcam``, else MONAI's ``GradCAM`` directly.
+- ``heatmap(item)``: Grad-CAM on the bundle's ``cam_layers`` (classification), by
+  ``cadpipe.pipelines.heatmaps.compute_cam``.
 
 Result keys (additive hook, issue 10): any preprocessing/postprocessing transform may put into the item
 ``RESULT_COLUMNS_KEY`` (``"result_columns"``): ``{column: bool | int | float | str | list}`` — added to the unit's
@@ -241,25 +241,12 @@ class BundleRunner:
         return self._cam(torch.as_tensor(item["image"]).unsqueeze(0).float(), class_index)[0]
 
     def _cam(self, image: torch.Tensor, class_index: int | None) -> np.ndarray:
-        """(B, C, *spatial) → (B, *spatial) GradCAM maps in [0, 1]."""
-        image = image.to(self.device)
-        try:
-            from cadpipe.pipelines import heatmaps  # CXR engineer's shared implementation
+        """(B, C, *spatial) → (B, *spatial) Grad-CAM maps in [0, 1] (:func:`cadpipe.pipelines.heatmaps.compute_cam`)."""
+        from cadpipe.pipelines.heatmaps import compute_cam
 
-            hm = heatmaps.compute_cam(self.network, image, self.cam_layers, class_index)
-            return np.asarray(hm, dtype=np.float32).reshape(image.shape[0], *image.shape[2:])
-        except ImportError:
-            pass
-        from monai.visualize import GradCAM
-
-        with torch.enable_grad():
-            cam = GradCAM(nn_module=self.network, target_layers=self.cam_layers)
-            hm = cam(x=image, class_idx=class_index)
-        self.network.zero_grad(set_to_none=True)
-        hm = hm.detach().cpu().numpy()[:, 0]
-        lo = hm.reshape(len(hm), -1).min(1).reshape(-1, *[1] * (hm.ndim - 1))
-        hi = hm.reshape(len(hm), -1).max(1).reshape(-1, *[1] * (hm.ndim - 1))
-        return (hm - lo) / np.maximum(hi - lo, 1e-8)
+        image = _plain(image).to(self.device)
+        hm = compute_cam(self.network, image, self.cam_layers, class_index)
+        return np.asarray(hm, dtype=np.float32).reshape(image.shape[0], *image.shape[2:])
 
     # -- reading results out of "pred" ---------------------------------------------------------------------
     def summarise(self, out: dict) -> dict:

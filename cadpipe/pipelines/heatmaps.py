@@ -1,4 +1,4 @@
-"""Class-activation heatmaps (MONAI Grad-CAM) for classification bundles, and their PNG/NumPy/NIfTI writers.
+"""Class-activation heatmaps (Grad-CAM) for classification bundles, and their PNG/NumPy/NIfTI writers.
 
 Generic over bundles: the bundle config names the layer (``cam_layers``, e.g. ``"class_layers.relu"`` for MONAI's
 DenseNet121) and the class index. Axis convention (docs/architecture.md): a 2D image is channel-first ``(C, X, Y)``
@@ -19,29 +19,75 @@ __all__ = ["compute_cam", "normalize_map", "colorize", "overlay", "save_overlay_
 def compute_cam(network: torch.nn.Module, image: torch.Tensor, target_layers: str, class_idx: int | None = None) -> np.ndarray:
     """Grad-CAM of ``class_idx`` for one image or a batch, upsampled to the input size and scaled to [0, 1].
 
+    Grad-CAM (Selvaraju et al., 2017) as MONAI's ``GradCAM.compute_map`` computes it: ``relu(sum_k w_k A_k)`` with
+    ``A`` the target layer's output and ``w_k`` the spatial mean of d(class score)/d``A_k``, then linearly
+    upsampled to the input grid (MONAI's ``default_upsampler``). Three differences, all deliberate:
+
+    - the map is min-max scaled so that **1 is the most evidence** for the class. MONAI's default postprocessing
+      (``default_normalizer``, ``ScaleIntensity(minv=1.0, maxv=0.0)``) flips it, so its hottest pixels come out as 0
+      (Project-MONAI/tutorials#1796);
+    - the gradient is taken only with respect to ``A``: the network below the target layer runs without autograd
+      and no parameter gradient is computed or accumulated, so a map costs about one forward pass instead of a
+      forward and a full backward (the values are the same);
+    - with ``class_idx=None`` every image of a batch gets the map of its own predicted class.
+
+    The hook on the target layer is removed before returning and acts only on the calling thread's forward, so
+    several threads may compute maps (and forward) with one network at once.
+
     Args:
         network: the classifier (its mode is restored afterwards; CAM is computed in eval mode).
         image: ``(C, X, Y)`` or ``(B, C, X, Y)`` (or 3D with one more spatial dim), on the network's device.
-        target_layers: module name for ``monai.visualize.GradCAM`` (e.g. ``"class_layers.relu"``).
+        target_layers: name of the module whose output is ``A`` (e.g. ``"class_layers.relu"`` in MONAI's DenseNet).
         class_idx: class whose evidence is mapped; None → the predicted class.
 
     Returns:
         float32 numpy array ``(X, Y)`` for a single image, ``(B, X, Y)`` for a batch (channel dim dropped).
     """
-    from monai.visualize import GradCAM
+    import threading
 
+    import torch.nn.functional as F
+
+    layer = dict(network.named_modules()).get(target_layers)
+    if layer is None:
+        raise ValueError(f"Grad-CAM target layer {target_layers!r} is not a module of {type(network).__name__}")
     single = image.ndim in (3, 4) and image.ndim == _spatial_ndim(network, image) + 1
     x = image.unsqueeze(0) if single else image
-    x = torch.as_tensor(x).float().detach().clone()  # a plain tensor even if it was made under inference_mode
+    x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)  # plain: no MetaTensor dispatch per op
+    owner = threading.get_ident()
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _inputs, output):
+        if threading.get_ident() != owner or "A" in captured:
+            return None  # another thread's forward through the same network, or a second call of the layer
+        leaf = output.detach().requires_grad_(True)
+        captured["A"] = leaf
+        torch.set_grad_enabled(True)  # the layers above build the graph back to A (reset when no_grad exits)
+        return leaf
+
     was_training = network.training
-    network.eval()
+    handle = layer.register_forward_hook(hook)
     try:
-        with torch.enable_grad():
-            cam = GradCAM(nn_module=network, target_layers=target_layers)
-            out = cam(x=x.requires_grad_(False), class_idx=class_idx)
+        network.eval()
+        with torch.inference_mode(False):
+            with torch.no_grad():
+                logits = network(x.float().detach().clone())
+            if "A" not in captured:
+                raise ValueError(f"Grad-CAM target layer {target_layers!r} was not called by the forward pass")
+            acti = captured["A"]
+            with torch.enable_grad():
+                idx = logits.argmax(1) if class_idx is None else torch.full((logits.shape[0],), int(class_idx))
+                score = logits.gather(1, idx.to(logits.device)[:, None]).sum()
+                (grad,) = torch.autograd.grad(score, acti)
     finally:
+        handle.remove()
         network.train(was_training)
-    out = out.detach().cpu().float().numpy()[:, 0]  # (B, *spatial)
+    with torch.no_grad():
+        b, c, *spatial = grad.shape
+        weights = grad.reshape(b, c, -1).mean(2).reshape(b, c, *[1] * len(spatial))
+        cam = F.relu((weights * acti.detach()).sum(1, keepdim=True))
+        mode = ("linear", "bilinear", "trilinear")[x.ndim - 3]
+        cam = F.interpolate(cam, size=tuple(x.shape[2:]), mode=mode, align_corners=False)
+    out = cam.cpu().float().numpy()[:, 0]  # (B, *spatial)
     out = np.stack([normalize_map(o) for o in out])
     return out[0] if single else out
 

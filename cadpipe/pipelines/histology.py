@@ -335,31 +335,45 @@ def class_activation_maps(network, image: torch.Tensor, target_layer: str = "cla
                           fc_layer: str = "class_layers.out", centered: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class CAM of one image ``(3, X, Y)`` at full resolution, from a single forward pass.
 
-    Uses MONAI's ``CAM`` hooks on ``target_layer`` (DenseNet121: the features after the last ReLU) and the
+    CAM as MONAI's ``CAM`` computes it, from ``target_layer`` (DenseNet121: the features after the last ReLU) and the
     linear head ``fc_layer``: ``map_c = W_c . f + b_c``, bilinearly upsampled to ``(X, Y)``. Maps are raw class
     scores (the logit the class would get from that location), **not** scaled by the class probability or
     normalised per class, so they are comparable across classes. ``centered=True`` subtracts, at each location,
     the mean over classes (``map_c - mean_k map_k``): softmax ignores a per-location constant, so only this part
     says which class a location supports (binary: half the malignant-vs-benign logit difference). Returns
-    ``(maps (C, X, Y), logits (C,))`` (logits of the whole-image forward).
+    ``(maps (C, X, Y), logits (C,))`` (logits of the whole-image forward). The hook that reads the features is
+    removed afterwards and ignores other threads' forwards (MONAI's ``CAM`` leaves one hook per call behind).
     """
-    from monai.visualize import CAM
+    import threading
 
-    cam = CAM(network, target_layers=target_layer, fc_layers=fc_layer,
-              postprocessing=lambda x: x)
+    import torch.nn.functional as F
+
+    modules = dict(network.named_modules())
+    for name in (target_layer, fc_layer):
+        if name not in modules:
+            raise ValueError(f"CAM layer {name!r} is not a module of {type(network).__name__}")
+    owner, store = threading.get_ident(), {}
+
+    def hook(_module, _inputs, output):
+        if threading.get_ident() == owner:
+            store["features"] = output
+
     x = torch.as_tensor(image)[None].float()
+    x = x.as_tensor() if hasattr(x, "as_tensor") else x
     was_training = network.training
+    handle = modules[target_layer].register_forward_hook(hook)
     network.eval()
     try:
         with torch.no_grad():
-            logits, acti, _ = cam.nn_module(x)
-            fc = cam.nn_module.get_layer(fc_layer)
-            a = acti[-1][0]  # (F, h, w)
+            logits = network(x)
+            fc = modules[fc_layer]
+            a = store["features"][0]  # (F, h, w)
             maps = torch.einsum("cf,fhw->chw", fc.weight, a) + fc.bias[:, None, None]
             if centered:
                 maps = maps - maps.mean(0, keepdim=True)
-            maps = cam.upsampler(x.shape[2:])(maps[None])[0]
+            maps = F.interpolate(maps[None], size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)[0]
     finally:
+        handle.remove()
         network.train(was_training)
     return maps, logits[0]
 

@@ -57,8 +57,8 @@ class ScoreConfig:
     # fastest; with other busy processes 1 thread was several times faster (benchmarks/score.py docstring)
     threads: int | None = None
     # concurrent forward streams (Python threads sharing the model, each with threads // streams torch threads).
-    # None: 2 on a CPU with >= 2 threads when the bundle allows it (no GradCAM, no detector), else 1. On the 2-core
-    # machine two 1-thread streams forward ~1.5x the images of one 2-thread stream (benchmarks/score.py)
+    # None: 2 on a CPU with >= 2 threads when the bundle allows it (no detector), else 1. On the 2-core machine two
+    # 1-thread streams forward ~1.5x the images of one 2-thread stream (benchmarks/score.py)
     streams: int | None = None
 
 
@@ -261,9 +261,9 @@ def _makes_heatmaps(runner) -> bool:
 
 
 def streams_allowed(runner) -> bool:
-    """Whether batches may be forwarded by several threads at once with this runner: not with GradCAM (its hooks
-    on the shared network would catch the other stream's activations) nor with a detector (it caches anchors)."""
-    return not _makes_heatmaps(runner) and getattr(runner, "detector", None) is None
+    """Whether batches may be forwarded by several threads at once with this runner: not with a detector (it
+    caches anchors). Grad-CAM may (``compute_cam``'s hook acts only on its own thread's forward)."""
+    return getattr(runner, "detector", None) is None
 
 
 def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict], None], batch_size: int = 4,

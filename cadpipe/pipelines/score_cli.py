@@ -31,8 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "for each other and one of them is often descheduled")
     parser.add_argument("--streams", type=int, default=None,
                         help="batches forwarded at once on threads sharing the model, the torch threads split "
-                             "between them (default: 2 on a CPU with >= 2 threads when there is no GradCAM or "
-                             "detector, else 1)")
+                             "between them (default: 2 on a CPU with >= 2 threads, 1 for detection bundles and on a GPU)")
     parser.add_argument("--limit", type=int, default=None, help="score at most N units")
     parser.add_argument("--force", action="store_true",
                         help="rescore everything; without it a re-run skips units scored ok and retries error units")

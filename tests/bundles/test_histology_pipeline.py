@@ -120,6 +120,7 @@ def test_cam_matches_monai_cam_and_is_full_resolution():
     x = torch.rand(3, 96, 64)
     maps, logits = class_activation_maps(net, x, centered=False)
     assert maps.shape == (3, 96, 64)
+    assert not dict(net.named_modules())["class_layers.relu"]._forward_hooks  # nothing left on the network
     with torch.no_grad():
         assert torch.allclose(logits, net(x[None])[0], atol=1e-5)
     cam = CAM(net, "class_layers.relu", "class_layers.out", postprocessing=lambda t: t)

@@ -78,3 +78,80 @@ def test_gradcam_writer(tmp_path):
     assert os.path.basename(rows[1]["heatmap_png"]) == "x_1_cam.png"
     assert np.load(rows[1]["heatmap"]).shape == (48, 32)
     assert np.asarray(Image.open(rows[1]["heatmap_png"])).shape == (32, 48, 3)
+
+
+def _evidence_net():
+    """Class 1's logit is the mean of relu(image); class 0's is its negative: the evidence for class 1 is exactly
+    where the image is bright, and there is none for class 0."""
+    conv = torch.nn.Conv2d(1, 1, 1)
+    fc = torch.nn.Linear(1, 2)
+    with torch.no_grad():
+        conv.weight.fill_(1.0), conv.bias.zero_()
+        fc.weight.copy_(torch.tensor([[-1.0], [1.0]])), fc.bias.zero_()
+    return torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), fc)
+
+
+def test_cam_is_hot_where_the_evidence_is():
+    """1 = most evidence (MONAI's GradCAM with its default postprocessing would give 0 there)."""
+    x = torch.zeros(1, 1, 16, 12)
+    x[0, 0, 3:6, 7:10] = 1.0
+    net = _evidence_net().eval()
+    cam = compute_cam(net, x, "1", class_idx=1)[0]
+    assert cam[4, 8] == 1.0 and cam[12, 2] == 0.0
+    assert np.unravel_index(cam.argmax(), cam.shape) in {(r, c) for r in range(3, 6) for c in range(7, 10)}
+    assert compute_cam(net, x, "1", class_idx=0).max() == 0.0  # no evidence for class 0 anywhere
+    # class_idx=None: each image of a batch gets its own predicted class (here class 1 for the bright one,
+    # class 0, a blank map, for the all-zero one: logits tie at 0 and argmax takes class 0)
+    both = compute_cam(net, torch.cat([x, torch.zeros_like(x)]), "1", class_idx=None)
+    np.testing.assert_array_equal(both[0], cam)
+    assert both[1].max() == 0.0
+
+
+def test_cam_matches_monai_gradcam_up_to_its_flip():
+    from monai.transforms import ScaleIntensity
+    from monai.visualize import GradCAM
+
+    net = _net().eval()
+    x = torch.rand(2, 1, 40, 32)
+    ours = compute_cam(net, x, "class_layers.relu", class_idx=1)
+    scale = lambda m: torch.as_tensor(np.stack([ScaleIntensity(minv=0.0, maxv=1.0)(i) for i in m.detach().numpy()]))
+    monai = GradCAM(nn_module=net, target_layers="class_layers.relu", postprocessing=scale)(x=x, class_idx=1)
+    np.testing.assert_allclose(ours, monai.numpy()[:, 0], atol=1e-5)
+
+
+def test_cam_leaves_no_hooks_or_gradients_and_keeps_inputs():
+    net = _net().eval()
+    layer = dict(net.named_modules())["class_layers.relu"]
+    x = MetaTensor(torch.rand(3, 1, 40, 32))
+    before = x.clone()
+    for _ in range(3):
+        compute_cam(net, x, "class_layers.relu", class_idx=0)
+    assert not layer._forward_hooks and not layer._backward_hooks
+    assert all(p.grad is None for p in net.parameters())
+    assert torch.equal(x, before) and not x.requires_grad
+    with torch.inference_mode():  # callable from inference code
+        assert compute_cam(net, x, "class_layers.relu", class_idx=0).shape == (3, 40, 32)
+    try:
+        compute_cam(net, x, "no.such.layer")
+        raise AssertionError("expected ValueError")
+    except ValueError as err:
+        assert "no.such.layer" in str(err)
+
+
+def test_cam_from_several_threads_on_one_network():
+    """Each thread's map is the one it would get alone, while the other thread forwards through the same layer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    net = _net().eval()
+    xs = [torch.rand(2, 1, 40, 32) for _ in range(6)]
+    alone = [compute_cam(net, x, "class_layers.relu", class_idx=k % 2) for k, x in enumerate(xs)]
+
+    def work(k):
+        with torch.inference_mode():
+            net(xs[k])  # a plain forward too, as a scoring stream does
+        return compute_cam(net, xs[k], "class_layers.relu", class_idx=k % 2)
+
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(work, range(6)))
+    for a, b in zip(alone, together):
+        np.testing.assert_allclose(a, b, atol=1e-6)

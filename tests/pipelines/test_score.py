@@ -271,8 +271,8 @@ def test_forward_threads_restored(cls_bundle, tmp_path):
 
 
 def test_forward_streams_give_the_same_rows(cls_bundle, seg_bundle, tmp_path):
-    """--streams 2 (two threads forwarding batches at once) scores exactly like one stream, error rows included;
-    GradCAM runs force one stream (its hooks sit on the shared network)."""
+    """--streams 2 (two threads forwarding batches at once) scores exactly like one stream, error rows included,
+    Grad-CAM overlays and segmentation masks too."""
     import gzip
 
     exp = mixed_2d_folder(str(tmp_path / "in"))
@@ -284,9 +284,14 @@ def test_forward_streams_give_the_same_rows(cls_bundle, seg_bundle, tmp_path):
         assert s["streams"] == streams and s["ok"] == len(exp["ok"]) and s["error"] == len(exp["bad"])
         tables[streams] = pd.read_csv(os.path.join(out, "results.csv")).drop(columns=NOISE).sort_values("unit_id")
     pd.testing.assert_frame_equal(tables[1].reset_index(drop=True), tables[2].reset_index(drop=True))
-    s = score(ScoreConfig(bundle=cls_bundle, input=str(tmp_path / "in"), output=str(tmp_path / "cam"), workers=0,
-                          quiet=True, reports=False, streams=2))
-    assert s["streams"] == 1  # heatmaps on
+    pngs = {}
+    for streams in (1, 2):  # Grad-CAM heatmaps too: the same overlay PNGs from one stream and from two
+        out = tmp_path / f"cam{streams}"
+        s = score(ScoreConfig(bundle=cls_bundle, input=str(tmp_path / "in"), output=str(out), workers=0,
+                              batch_size=2, quiet=True, reports=False, streams=streams))
+        assert s["streams"] == streams and s["ok"] == len(exp["ok"])
+        pngs[streams] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*_heatmap.png")}
+    assert len(pngs[1]) == len(exp["ok"]) and pngs[1] == pngs[2]
     vols = tmp_path / "vols"
     for i in range(3):
         write_nifti(str(vols / f"synthetic_{i}.nii.gz"), seed=i)

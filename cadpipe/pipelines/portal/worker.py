@@ -1,7 +1,7 @@
 """The portal's worker: a bounded queue of job ids and one thread that scores them, off the request thread.
 
-One thread per service by default: the bundles' networks are shared and GradCAM hooks are not thread safe; the
-queue makes concurrent uploads wait their turn instead of competing for the same cores.
+One thread per service by default: the bundles' networks are shared (Grad-CAM is thread safe, but concurrent
+jobs would only compete for the same cores); the queue makes concurrent uploads wait their turn.
 """
 
 from __future__ import annotations
