@@ -34,6 +34,7 @@ bench: venv
 	$(PY) benchmarks/clahe.py
 	$(PY) benchmarks/ljpeg.py
 	$(PY) benchmarks/score.py
+	$(PY) benchmarks/gradcam.py
 	$(PY) benchmarks/brain_segmentation.py
 	$(PY) benchmarks/mammo_detection.py
 	$(PY) benchmarks/histology.py

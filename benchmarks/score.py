@@ -1,37 +1,67 @@
 """Throughput of ``cadpipe score`` vs the model forward alone (ceiling) vs ``monai.bundle run`` per study (naive).
 
-All measurements run in one process on the same synthetic study folder (synthetic DICOM CXRs, one image per
-study) with the same bundle and the same (random, untrained: speed does not depend on training) weights:
+All measurements run in one process on the same synthetic study folder (synthetic DICOM CXRs 512x400, one image
+per study) with the same bundle as shipped (override ids with ``--override``) and the same (random, untrained:
+speed does not depend on training) weights:
 
-- ``cadpipe score`` end to end (discovery, model load, DataLoader workers, outputs, results.csv), once per
-  ``--workers`` value, and its *steady* rate (after the first quarter of the units: no start-up) with the start-up
-  seconds the steady rate does not explain (``run_summary.json``: ``startup_s``);
-- the ceiling: the network through the bundle's inferer on preprocessed plain tensors already in memory, at one
-  thread and at torch's default thread count, whichever is faster; measured just before and just after every
-  ``cadpipe score`` run, and each run is compared with the mean of its two adjacent ceilings (the load of a shared
-  machine drifts within minutes);
-- the CPU cost per study of preprocessing (bundle ``preprocessing``, one thread) and of the forward at one thread,
-  and from them the best ratio to the ceiling any pipeline can reach on this many cores when preprocessing and
-  forward share them (``bound``);
+- ``cadpipe score`` end to end (discovery, model load, DataLoader workers, outputs, results.csv) on ``--studies``
+  studies (1024: a batch job, over which start-up amortises), once per ``--workers`` x ``--threads`` value, and its
+  *steady* rate (after the first quarter of the units: no start-up) with the start-up seconds the steady rate does
+  not explain (``run_summary.json``: ``startup_s``); then once with every output (Grad-CAM, reports) on the first
+  ``--all-outputs-studies``;
+- the ceiling: the network through the bundle's inferer on preprocessed plain tensors already in memory
+  (``--ceiling-studies`` of them), at one thread, at torch's default thread count and as two 1-thread streams,
+  whichever is fastest; measured just before and just after every ``cadpipe score`` run, and each run is compared
+  with the mean of its two adjacent ceilings (the load of a shared machine drifts within minutes);
+- the CPU cost per study of preprocessing (bundle ``preprocessing``, one thread) and of the forward, and from them
+  the best ratio to the ceiling any pipeline can reach on this many cores when preprocessing and forward share
+  them (``bound``);
 - naive: ``python -m monai.bundle run`` once per study (``--naive-studies`` of them).
 
 Timings on a shared machine are noisy; compare the ratios of one run.
 
-Where the time went (cProfile, 64 studies, 1 thread, shared 2-core machine under load) and what was done:
-the forward ran on MetaTensors (every op through ``MetaTensor.__torch_function__``: ~30% of the forward) → plain
-tensors, metadata put back for postprocessing; one ``fsync`` per output file and per journal line (~15 ms/study)
-→ journal fsync at most once a second, files renamed without fsync (resume rescores units whose files are
-missing); PNG at zlib level 6 (~7 ms) → level 1 (~2 ms), and no plain image PNG without reports. Preprocessing of
-a 512x400 DICOM CXR to 128 px is ~4-5 ms/study (~20% of a 1-thread DenseNet121 forward).
-One forward stream with torch's 2 threads uses its 2 cores badly (OpenMP threads wait for each other: 14.8 ms per
-study against 21 ms on 1 thread); two Python threads each forwarding their own batches with 1 torch thread reach
-~11 ms per study (~94 studies/s on the idle 2-core machine). ``cadpipe score`` does that by default on a CPU
-(``--streams``, not with GradCAM or a detector), so the ceiling here is the fastest of the three forwards, and the
-bound is what is left once preprocessing takes its share of the 2 cores (~0.83x). Idle machine, 2026-11-23:
-128 studies 49 studies/s end to end (start-up 0.8 s), steady 0.78x; 512 studies 54.7/s, steady 0.65x (noisy).
+Where the time went and what was done (cProfile / py-spy on the 2-core machine):
 
-    python benchmarks/score.py [--bundle bundles/cxr_pneumonia_classification] [--studies 128]
-        [--override image_size=128] [--naive-studies 2] [--workers 2] [--workers 1 ...] [--threads 1 ...]
+- the forward ran on MetaTensors (every op through ``MetaTensor.__torch_function__``: ~30% of the forward) → plain
+  tensors, metadata put back for postprocessing; the same for Grad-CAM's input;
+- one ``fsync`` per output file and per journal line (~15 ms/study) → journal fsync at most once a second, files
+  renamed without fsync (resume rescores units whose files are missing); PNG at zlib level 6 (~7 ms) → level 1;
+- one forward stream with torch's 2 threads uses its 2 cores badly (OpenMP threads wait for each other); two
+  Python threads each forwarding their own batches with 1 torch thread are 1.2-1.3x faster, so ``cadpipe score``
+  does that by default on a CPU (``--streams``), now also with Grad-CAM (its hook acts on its own thread only);
+- DataLoader workers sent one MetaTensor per message, each of its tensors (image, affine...) a shared-memory
+  segment passed as a file descriptor: ~1 ms of the scoring process's CPU per study and more in the worker →
+  batches of packed items (``cadpipe.pipelines.item_transport``): 0.3 ms;
+- preprocessing of a 512x400 DICOM to 128 px, 4.1 → 3.2 ms: each DICOM file parsed once (the format check read
+  it a second time), the modality LUT in float32 where exact, in-place windowing, a one-pass NaN check;
+  discovery reads each header once (0.55 → 0.36 ms per file);
+- Grad-CAM back-propagated through the whole network and computed every parameter's gradient → only d(score)/d(A)
+  above the target layer (``benchmarks/gradcam.py``: 2.6x faster than MONAI's ``GradCAM``, 1.1x one forward);
+  the all-outputs run went from 3.1 to 8.0 studies/s;
+- the model loads on a thread beside discovery.
+
+What is left is the forward: during a 128 px run the two stream threads use 10.3-10.7 ms of CPU per study each
+(the ceiling's forward: 10.5), the main thread 0.3 ms, the workers 4.0-4.3 ms (preprocessing 3.2 ms), about 96%
+of both cores busy. On 2 cores preprocessing can only take CPU from the forward, hence the bound; on a GPU the two
+do not share a resource (no GPU was available to measure it).
+
+Idle machine, 2026-11-23 20:48-20:53 UTC:
+
+    bundle as shipped (224 px, CLAHE), 1024 studies, --naive-studies 1:
+      preprocessing 9.3 ms/study; forward 65.8 ms (1 thread), 39.5 ms (2 threads), 33.1 ms (2 streams)
+      bound 0.88x
+      score --no-heatmaps --no-reports  24.74 studies/s  0.82x ceiling  159.4x naive  steady 0.86x, start-up 1.6 s
+      score, all outputs (64 studies)    8.01 studies/s  0.27x ceiling   51.6x naive  steady 0.46x
+      ceiling 30.24 studies/s; naive 0.16 studies/s
+    --override image_size=128 --override use_clahe=false (preprocessing weighs most against the forward):
+      preprocessing 3.2 ms/study; forward 21.8 / 14.2 / 11.1 ms; bound 0.88x
+      score --no-heatmaps --no-reports  66.94 studies/s  0.73x ceiling  steady 0.80x, start-up 1.2 s
+      score, all outputs (64 studies)   19.70 studies/s  0.22x ceiling
+      ceiling 89.91 studies/s
+
+    python benchmarks/score.py [--bundle bundles/cxr_pneumonia_classification] [--studies 1024]
+        [--ceiling-studies 128] [--all-outputs-studies 64] [--override image_size=128] [--naive-studies 2]
+        [--workers 2] [--workers 1 ...] [--threads 1 ...]
 """
 
 from __future__ import annotations
