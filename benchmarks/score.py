@@ -45,7 +45,8 @@ What is left is the forward: during a 128 px run the two stream threads use 10.3
 of both cores busy. On 2 cores preprocessing can only take CPU from the forward, hence the bound; on a GPU the two
 do not share a resource (no GPU was available to measure it).
 
-Idle machine, 2026-11-23 20:48-20:53 UTC:
+Idle machine, 2026-11-23. The bundle as shipped gave 0.83x, 0.82x, 0.80x and 0.80x end to end in four runs
+between 20:33 and 21:10 UTC (steady 0.82-0.86x); the second of them in full:
 
     bundle as shipped (224 px, CLAHE), 1024 studies, --naive-studies 1:
       preprocessing 9.3 ms/study; forward 65.8 ms (1 thread), 39.5 ms (2 threads), 33.1 ms (2 streams)
