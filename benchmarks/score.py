@@ -37,8 +37,11 @@ Where the time went and what was done (cProfile / py-spy on the 2-core machine):
   discovery reads each header once (0.55 → 0.36 ms per file);
 - Grad-CAM back-propagated through the whole network and computed every parameter's gradient → only d(score)/d(A)
   above the target layer (``benchmarks/gradcam.py``: 2.6x faster than MONAI's ``GradCAM``, 1.1x one forward);
-  the all-outputs run went from 3.1 to 8.0 studies/s;
-- the model loads on a thread beside discovery.
+  the all-outputs run went from 3.1 to 8.0 studies/s.
+
+Tried and dropped: the model built on a thread beside discovery (slower: both are Python-heavy and fight over
+the GIL, 0.70-0.90 s against 0.53 s one after the other for 1024 studies); two batches queued per stream; 1
+instead of 2 workers (no measurable difference).
 
 What is left is the forward: during a 128 px run the two stream threads use 10.3-10.7 ms of CPU per study each
 (the ceiling's forward: 10.5), the main thread 0.3 ms, the workers 4.0-4.3 ms (preprocessing 3.2 ms), about 96%
