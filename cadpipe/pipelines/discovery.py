@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.transforms.io_any import detect_format
+from cadpipe.transforms.io_dicom import has_pixel_data
 
 __all__ = ["Unit", "discover", "read_manifest", "safe_name", "is_ground_truth"]
 
@@ -147,7 +148,7 @@ def _dicom_header(path: str) -> dict | None:
         return None
     get = lambda key: str(getattr(ds, key, "") or "")  # noqa: E731
     return {
-        "pixels": any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
+        "pixels": has_pixel_data(ds),
         "modality": get("Modality").upper(),
         "study": get("StudyInstanceUID"),
         "series": get("SeriesInstanceUID"),

@@ -41,7 +41,7 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms.io_dicom import DicomReader, is_dicom_file, list_dicom_files
+from cadpipe.transforms.io_dicom import DicomReader, has_pixel_data, is_dicom_file, list_dicom_files
 
 __all__ = ["LoadStudyImage", "LoadStudyImaged", "detect_format", "IMAGE_SUFFIXES"]
 
@@ -95,7 +95,7 @@ def _dicom_has_pixels(path: str) -> bool:
         ds = pydicom.dcmread(path, defer_size="1 KB")
     except Exception:
         return True
-    return any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    return has_pixel_data(ds)
 
 
 def _single_series(folder: str) -> bool:

@@ -65,6 +65,7 @@ from cadpipe.errors import CadpipeInputError
 __all__ = [
     "DicomReader",
     "is_dicom_file",
+    "has_pixel_data",
     "list_dicom_files",
     "read_dicom_dataset",
     "meta_windows",
@@ -98,6 +99,12 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
     except OSError:
         return False
     return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def has_pixel_data(ds) -> bool:
+    """True when the dataset holds an image: Pixel Data, Float Pixel Data or Double Float Pixel Data (present
+    also when its value was deferred by ``dcmread(..., defer_size=...)``)."""
+    return any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
 
 
 def list_dicom_files(folder: str | os.PathLike) -> list[str]:
@@ -217,7 +224,7 @@ def _transfer_syntax(ds):
 def _check_decodable(ds, path: str) -> None:
     from pydicom.pixels import get_decoder
 
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if not has_pixel_data(ds):
         raise CadpipeInputError(path, "DICOM file has no pixel data (not an image)")
     ts = _transfer_syntax(ds)
     if not ts.is_compressed:
