@@ -8,12 +8,14 @@ with X = columns, Y = rows, so PNGs are written transposed (``arr.T``) to show t
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-__all__ = ["compute_cam", "normalize_map", "colorize", "overlay", "save_overlay_png", "save_heatmap", "GradCAMWriter"]
+__all__ = ["compute_cam", "layer_of", "hook_output_on_this_thread", "normalize_map", "colorize", "overlay", "save_overlay_png", "save_heatmap", "GradCAMWriter"]
 
 
 def compute_cam(network: torch.nn.Module, image: torch.Tensor, target_layers: str, class_idx: int | None = None) -> np.ndarray:
@@ -43,33 +45,27 @@ def compute_cam(network: torch.nn.Module, image: torch.Tensor, target_layers: st
     Returns:
         float32 numpy array ``(X, Y)`` for a single image, ``(B, X, Y)`` for a batch (channel dim dropped).
     """
-    import threading
-
     import torch.nn.functional as F
 
-    layer = dict(network.named_modules()).get(target_layers)
-    if layer is None:
-        raise ValueError(f"Grad-CAM target layer {target_layers!r} is not a module of {type(network).__name__}")
+    layer = layer_of(network, target_layers, "Grad-CAM target layer")
     single = image.ndim in (3, 4) and image.ndim == _spatial_ndim(network, image) + 1
     x = image.unsqueeze(0) if single else image
     x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)  # plain: no MetaTensor dispatch per op
-    owner = threading.get_ident()
     captured: dict[str, torch.Tensor] = {}
 
-    def hook(_module, _inputs, output):
-        if threading.get_ident() != owner or "A" in captured:
-            return None  # another thread's forward through the same network, or a second call of the layer
+    def capture(output):
+        if "A" in captured:
+            return None  # a second call of the layer
         leaf = output.detach().requires_grad_(True)
         captured["A"] = leaf
         torch.set_grad_enabled(True)  # the layers above build the graph back to A (reset when no_grad exits)
         return leaf
 
     was_training = network.training
-    handle = layer.register_forward_hook(hook)
     try:
         network.eval()
         with torch.inference_mode(False):
-            with torch.no_grad():
+            with hook_output_on_this_thread(layer, capture), torch.no_grad():
                 logits = network(x.float().detach().clone())
             if "A" not in captured:
                 raise ValueError(f"Grad-CAM target layer {target_layers!r} was not called by the forward pass")
@@ -79,7 +75,6 @@ def compute_cam(network: torch.nn.Module, image: torch.Tensor, target_layers: st
                 score = logits.gather(1, idx.to(logits.device)[:, None]).sum()
                 (grad,) = torch.autograd.grad(score, acti)
     finally:
-        handle.remove()
         network.train(was_training)
     with torch.no_grad():
         b, c, *spatial = grad.shape
@@ -90,6 +85,33 @@ def compute_cam(network: torch.nn.Module, image: torch.Tensor, target_layers: st
     out = cam.cpu().float().numpy()[:, 0]  # (B, *spatial)
     out = np.stack([normalize_map(o) for o in out])
     return out[0] if single else out
+
+
+def layer_of(network: torch.nn.Module, name: str, role: str = "layer") -> torch.nn.Module:
+    """The submodule ``name`` of ``network``; a ValueError naming it (as ``role``) when there is none."""
+    layer = dict(network.named_modules()).get(name)
+    if layer is None:
+        raise ValueError(f"{role} {name!r} is not a module of {type(network).__name__}")
+    return layer
+
+
+@contextmanager
+def hook_output_on_this_thread(layer: torch.nn.Module, fn):
+    """A forward hook on ``layer`` while the block runs: ``fn(output)`` for forwards run by the calling thread only
+    (its result, when not None, replaces the output), removed on exit.
+
+    So other threads may forward through the same network meanwhile, and nothing is left on the network
+    afterwards (MONAI's ``CAM`` / ``GradCAM`` register hooks on every construction and never remove them)."""
+    owner = threading.get_ident()
+
+    def hook(_module, _inputs, output):
+        return fn(output) if threading.get_ident() == owner else None
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _spatial_ndim(network, image) -> int:

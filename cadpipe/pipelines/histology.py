@@ -344,36 +344,26 @@ def class_activation_maps(network, image: torch.Tensor, target_layer: str = "cla
     ``(maps (C, X, Y), logits (C,))`` (logits of the whole-image forward). The hook that reads the features is
     removed afterwards and ignores other threads' forwards (MONAI's ``CAM`` leaves one hook per call behind).
     """
-    import threading
-
     import torch.nn.functional as F
 
-    modules = dict(network.named_modules())
-    for name in (target_layer, fc_layer):
-        if name not in modules:
-            raise ValueError(f"CAM layer {name!r} is not a module of {type(network).__name__}")
-    owner, store = threading.get_ident(), {}
+    from cadpipe.pipelines.heatmaps import hook_output_on_this_thread, layer_of
 
-    def hook(_module, _inputs, output):
-        if threading.get_ident() == owner:
-            store["features"] = output
-
+    layer, fc = layer_of(network, target_layer, "CAM layer"), layer_of(network, fc_layer, "CAM layer")
+    store = {}
     x = torch.as_tensor(image)[None].float()
     x = x.as_tensor() if hasattr(x, "as_tensor") else x
     was_training = network.training
-    handle = modules[target_layer].register_forward_hook(hook)
     network.eval()
     try:
         with torch.no_grad():
-            logits = network(x)
-            fc = modules[fc_layer]
+            with hook_output_on_this_thread(layer, lambda output: store.update(features=output)):
+                logits = network(x)
             a = store["features"][0]  # (F, h, w)
             maps = torch.einsum("cf,fhw->chw", fc.weight, a) + fc.bias[:, None, None]
             if centered:
                 maps = maps - maps.mean(0, keepdim=True)
             maps = F.interpolate(maps[None], size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)[0]
     finally:
-        handle.remove()
         network.train(was_training)
     return maps, logits[0]
 
