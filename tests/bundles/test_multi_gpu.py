@@ -86,6 +86,36 @@ def test_handlers_for_rank():
     assert handlers_for_rank(every) == every  # no process group: rank 0
 
 
+def test_handlers_dropped_on_other_ranks_close_their_writers(tmp_path):
+    from monai.handlers import StatsHandler, TensorBoardStatsHandler, ValidationHandler
+
+    from cadpipe.pipelines.distributed import handlers_for_rank
+
+    kept, dropped, own = (object.__new__(ValidationHandler), TensorBoardStatsHandler(log_dir=str(tmp_path / "a")),
+                          TensorBoardStatsHandler(log_dir=str(tmp_path / "b")))
+    assert handlers_for_rank([kept, dropped, StatsHandler()], rank=0)[1] is dropped
+    assert dropped._writer.file_writer is not None  # rank 0 keeps its writer open
+    dropped.close()
+    assert handlers_for_rank([kept, own, StatsHandler()], rank=1) == [kept]
+    assert own._writer.file_writer is None  # SummaryWriter.close() drops its file writer (and thread)
+
+
+def test_leave_process_group(tmp_path):
+    """A real one-rank gloo group: left (barrier, destroy) once; without a group nothing happens."""
+    import torch.distributed as dist
+
+    from cadpipe.pipelines.distributed import leave_process_group
+
+    assert not dist.is_initialized() and leave_process_group() is False
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert leave_process_group() is True
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 @pytest.mark.parametrize("name", BUNDLES)
 def test_model_zoo_pattern(name):
     multi, train = _load(name, "multi_gpu_train.json"), _load(name, "train.json")
@@ -97,7 +127,9 @@ def test_model_zoo_pattern(name):
     assert multi["train#dataloader#sampler"] == "@train#sampler" and multi["train#dataloader#shuffle"] is False
     assert multi["validate#dataloader#sampler"] == "@validate#sampler"
     assert any("init_process_group" in s for s in multi["initialize"])
-    assert any("destroy_process_group" in s for s in multi["finalize"])
+    assert multi["finalize"] == ["$cadpipe.pipelines.distributed.leave_process_group()"]
+    assert "$import cadpipe" in train["imports"], "the finalize expression names cadpipe"
+
     for ref, key in (("train#handlers", "train#trainer#train_handlers"),
                      ("validate#handlers", "validate#evaluator#val_handlers")):
         kinds = _handler_kinds(train, ref)
