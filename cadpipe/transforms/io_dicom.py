@@ -490,8 +490,10 @@ class DicomReader(ImageReader):
     like MONAI's readers). ``get_data`` returns ``(array, meta)``: see the module docstring for axes and keys.
 
     Errors: ``read``/``get_data`` raise :class:`CadpipeInputError`. ``LoadImage(reader=DicomReader())`` catches a
-    reader's error and raises MONAI's ``RuntimeError`` whose text contains ours; ``LoadImage()(path,
-    reader=DicomReader())`` and ``cadpipe.transforms.LoadStudyImage`` let the ``CadpipeInputError`` through.
+    reader's error and tries MONAI's other readers (one of them may then read the file its own way, without
+    MONOCHROME1/VOI handling); only when all fail does it raise a ``RuntimeError`` whose text contains ours.
+    ``LoadImage()(path, reader=DicomReader())`` and ``cadpipe.transforms.LoadStudyImage`` use this reader alone and
+    let the ``CadpipeInputError`` through.
     """
 
     def __init__(self, dtype=np.float32):
@@ -517,7 +519,7 @@ class DicomReader(ImageReader):
             datasets, names = [], []
             for f in files:
                 ds = read_dicom_dataset(f)
-                if "PixelData" not in ds:
+                if not has_pixel_data(ds):
                     continue  # SR, presentation states etc. beside the images
                 datasets.append(ds)
                 names.append(f)

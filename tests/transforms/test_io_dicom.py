@@ -210,6 +210,23 @@ def test_series_without_positions_sorted_by_instance_number(tmp_path):
     np.testing.assert_array_equal(np.asarray(load(truth["folder"])), np.swapaxes(truth["hu"], 0, 1))
 
 
+def test_series_of_float_pixel_data_slices(tmp_path):
+    """A series folder whose slices carry Float Pixel Data (parametric maps) is read like one with Pixel Data."""
+    truth = write_ct_series(tmp_path / "float", n_slices=3)
+    for p, hu in zip(truth["paths"], np.moveaxis(truth["hu"], 2, 0)):
+        ds = pydicom.dcmread(p)
+        del ds.PixelData
+        for tag in ("RescaleSlope", "RescaleIntercept", "BitsStored", "HighBit", "PixelRepresentation"):
+            if tag in ds:
+                delattr(ds, tag)
+        ds.BitsAllocated = 32
+        ds.FloatPixelData = (hu.astype("<f4") + 0.25).tobytes()
+        ds.save_as(p)
+    img = load(truth["folder"])
+    assert img.meta.get("is_series"), "read by a fallback reader, not ours"  # LoadImage tries the next on errors
+    np.testing.assert_array_equal(np.asarray(img), np.swapaxes(truth["hu"] + 0.25, 0, 1))
+
+
 def test_compose_with_loadimaged_and_windowd(tmp_path):
     info = write_cxr_dicom(tmp_path / "synthetic_cxr.dcm", photometric="MONOCHROME1", transfer_syntax="rle")
     pipeline = Compose(
