@@ -232,10 +232,12 @@ def test_torchrun_two_processes_gloo_cpu(name, tmp_path):
            "-m", "monai.bundle", "run", "--config_file", repr(configs), "--bundle_root", str(bundle),
            "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out"),
            "--logging_file", str(bundle / "configs" / "logging.conf")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    # PYTHONFAULTHANDLER: a rank that dies of a signal (SIGABRT from native code) prints every thread's Python stack
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400, cwd=str(tmp_path))
     errors = [line for line in proc.stderr.splitlines() if "Error" in line and "File " not in line]
-    assert proc.returncode == 0, "\n".join(errors[:20]) + "\n" + proc.stderr[-3000:]
+    assert proc.returncode == 0, ("\n".join(errors[:20]) + "\n--- stderr\n" + proc.stderr[-4000:]
+                                  + "\n--- stdout (training log)\n" + proc.stdout[-2000:])
     ckpt = bundle / "models" / "model.pt"
     assert ckpt.is_file(), "rank 0 wrote no checkpoint"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
