@@ -30,7 +30,8 @@ def shipped(name: str) -> str:
 
 
 def load(path):
-    return LoadImage(reader=DicomReader(), image_only=True)(path)
+    """Our reader alone: ``LoadImage(reader=DicomReader())`` would try MONAI's other readers after an error."""
+    return LoadImage(image_only=True)(path, reader=DicomReader())
 
 
 def to_monai_layout(arr: np.ndarray, multi: bool = False) -> np.ndarray:
@@ -223,7 +224,7 @@ def test_series_of_float_pixel_data_slices(tmp_path):
         ds.FloatPixelData = (hu.astype("<f4") + 0.25).tobytes()
         ds.save_as(p)
     img = load(truth["folder"])
-    assert img.meta.get("is_series"), "read by a fallback reader, not ours"  # LoadImage tries the next on errors
+    assert img.meta["is_series"]
     np.testing.assert_array_equal(np.asarray(img), np.swapaxes(truth["hu"] + 0.25, 0, 1))
 
 
@@ -322,9 +323,11 @@ def test_reader_errors_directly_and_through_monai_loadimage(tmp_path):
     path.write_text("plain text")
     with pytest.raises(CadpipeInputError, match="not a DICOM file"):
         DicomReader().read(str(path))
-    with pytest.raises(RuntimeError) as caught:  # MONAI wraps the reader's error, keeping our message
-        load(path)
+    with pytest.raises(RuntimeError) as caught:  # MONAI tries its other readers, then wraps ours, keeping our message
+        LoadImage(reader=DicomReader(), image_only=True)(path)
     assert f"{path}: not a DICOM file" in str(caught.value)
+    with pytest.raises(CadpipeInputError, match="not a DICOM file"):  # our reader alone: our error as it is
+        load(path)
 
 
 def test_metadata_collates_across_different_files(tmp_path):

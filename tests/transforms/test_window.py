@@ -21,7 +21,7 @@ warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
 
 def load(path):
-    return LoadImage(reader=DicomReader(), image_only=True)(path)
+    return LoadImage(image_only=True)(path, reader=DicomReader())  # our reader alone, no fallback
 
 
 def test_explicit_window_numpy_and_torch():
