@@ -43,7 +43,7 @@ setup(
             "httpx>=0.27", "selenium>=4.15",  # portal: FastAPI TestClient; browser test drives Debian's chromium
         ],
         "ray": ["ray>=2.9"],
-        "serve": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9", "swagger-ui-bundle>=1.1", "reportlab>=4.0"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9", "swagger-ui-bundle>=1.1", "reportlab[accel]>=4.0"],
         "mlflow": ["mlflow-skinny>=2.10", "sqlalchemy>=2.0", "alembic>=1.10"],  # MONAI --tracking mlflow: SQLite store
     },
     entry_points={"console_scripts": ["cadpipe=cadpipe.cli:main"]},

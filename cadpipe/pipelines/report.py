@@ -162,6 +162,21 @@ def write_study_report(study_dir: str, study_id: str, rows: list[dict], patient:
     return written
 
 
+PDF_IMAGE_MAX_PX = 1024  # the PDF draws each image in a 220 pt (3.1 in) box: 1024 px is about 330 dpi
+
+
+def _pdf_image(path: str):
+    """The overlay PNG for the PDF, its long side cut to ``PDF_IMAGE_MAX_PX`` (a 2048x1536 histology overlay
+    embedded whole cost ~2.5 s of encoding for a 3-inch picture; report.html keeps the full image)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        if max(img.size) > PDF_IMAGE_MAX_PX:
+            img.thumbnail((PDF_IMAGE_MAX_PX, PDF_IMAGE_MAX_PX), Image.Resampling.LANCZOS)
+        return img.copy()
+
+
 def _write_pdf(path: str, ident, bundle: dict, items) -> str:
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.utils import ImageReader
@@ -196,7 +211,7 @@ def _write_pdf(path: str, ident, bundle: dict, items) -> str:
             if y < 260:
                 c.showPage()
                 y = height - 40
-            c.drawImage(ImageReader(img), 40, y - 220, width=220, height=220, preserveAspectRatio=True)
+            c.drawImage(ImageReader(_pdf_image(img)), 40, y - 220, width=220, height=220, preserveAspectRatio=True)
             y -= 230
     line(NOT_FOR_CLINICAL_USE, 10, True)
     c.save()

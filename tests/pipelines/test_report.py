@@ -38,3 +38,26 @@ def test_report_is_self_contained_with_notice(tmp_path):
     if len(written) > 1:
         assert open(written[1], "rb").read(4) == b"%PDF"
     assert not [f for f in os.listdir(tmp_path / "s") if f.startswith(".tmp_")]
+
+
+def test_pdf_embeds_large_overlays_downscaled_html_keeps_them_whole(tmp_path):
+    import base64
+    import re
+
+    import pytest
+
+    pytest.importorskip("reportlab")
+    from cadpipe.pipelines.report import PDF_IMAGE_MAX_PX
+
+    p = tmp_path / "s" / "u" / "whole_slide_photo.png"
+    overlay_png(np.random.rand(2048, 1536), heatmap=np.random.rand(64, 48), path=str(p))  # (X, Y): 2048 wide
+    rows = [{"series_id": "u", "input_paths": "/in/x.png", "status": "ok", "_findings": [],
+             "_outputs": {"overlays": ["s/u/whole_slide_photo.png"]}}]
+    html_path, pdf_path = write_study_report(str(tmp_path / "s"), "S1", rows, {}, {"name": "histo", "version": "1",
+                                             "model_sha256": "ab" * 32}, str(tmp_path))
+    pdf = open(pdf_path, "rb").read()
+    images = re.findall(rb"/Height (\d+)[^>]*/Subtype /Image[^>]*/Width (\d+)", pdf)  # reportlab sorts the keys
+    assert [(int(w), int(h)) for h, w in images] == [(PDF_IMAGE_MAX_PX, 768)], images
+    html = open(html_path, encoding="utf-8").read()
+    b64 = re.search(r"data:image/png;base64,([^\"]+)", html).group(1)
+    assert Image.open(io.BytesIO(base64.b64decode(b64))).size == (2048, 1536)  # the HTML report keeps full size
