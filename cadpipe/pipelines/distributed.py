@@ -62,6 +62,11 @@ def leave_process_group() -> bool:
 
     if not (dist.is_available() and dist.is_initialized()):
         return False
-    dist.barrier()
+    if dist.get_backend() == "nccl":  # NCCL's barrier runs on a device: the one initialize set for this rank
+        import torch
+
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
     dist.destroy_process_group()
     return True
