@@ -20,20 +20,15 @@ import argparse
 import copy
 import os
 import warnings
-import time
 
 import numpy as np
 import torch
+from timing import best_time
 
 
 def _best_ms(fn, repeat: int, n_images: int) -> float:
-    fn()  # warm-up (oneDNN primitives, allocations)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * min(times) / n_images
+    """Best-of-``repeat`` ms per image after a warm-up call (oneDNN primitives, allocations)."""
+    return 1000 * best_time(fn, repeat, warmup=True) / n_images
 
 
 def main() -> None:

@@ -19,26 +19,17 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 
 import numpy as np
 import torch
 from monai.networks.nets import DenseNet121
 from PIL import Image
+from timing import best_time
 
 from cadpipe.data.synthetic.histology import synthetic_tissue
 from cadpipe.pipelines.histology import HistologyInferenceWriter, TissuePatchInferer
 from cadpipe.transforms import LoadStudyImage
 from cadpipe.transforms.histology import RandTissuePatchesd
-
-
-def _timed(fn, repeat=1):
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main():
@@ -64,7 +55,7 @@ def main():
     x1 = torch.rand(1, 3, a.patch, a.patch)
     with torch.no_grad():
         net(x1)
-        base = _timed(lambda: net(x1), 2)
+        base = best_time(lambda: net(x1), 2)
     print(f"baseline: one {a.patch}x{a.patch} patch forward = {base:.3f} s")
 
     # training step: forward + backward + AdamW on a batch of patches
@@ -79,14 +70,14 @@ def main():
         opt.step()
 
     step()
-    t_step = _timed(step, a.steps)
+    t_step = best_time(step, a.steps)
     print(f"training step ({a.batch} patches): {t_step:.2f} s -> {a.batch / t_step:.2f} patches/s "
           f"({t_step / base:.1f}x baseline)")
 
     # data side of training: load a 2048x1536 photo and draw 8 tissue patches
     load = LoadStudyImage(mode="rgb")
     rp = RandTissuePatchesd("image", patch_size=a.patch, num_samples=8)
-    t_load = _timed(lambda: rp({"image": load(path) / 255.0}), 2)
+    t_load = best_time(lambda: rp({"image": load(path) / 255.0}), 2)
     print(f"data: load {size} + 8 random tissue patches = {t_load:.2f} s ({t_load / base:.1f}x baseline)")
 
     # whole-image inference: preprocessing + patch-aggregating inferer + writer (whole-image forward, CAM, files)
@@ -101,12 +92,12 @@ def main():
             pred = torch.softmax(inferer(img[None], net), -1)[0]
         writer({"image": img, "pred": pred, "path": path})
 
-    t_pre = _timed(lambda: load(path), 1)
+    t_pre = best_time(lambda: load(path), 1)
     img = load(path) / 255.0
     with torch.no_grad():
-        t_patch = _timed(lambda: inferer(img[None], net), 1)
-        t_whole = _timed(lambda: net(img[None].as_tensor() if hasattr(img, "as_tensor") else img[None]), 1)
-    t_all = _timed(infer, 1)
+        t_patch = best_time(lambda: inferer(img[None], net), 1)
+        t_whole = best_time(lambda: net(img[None].as_tensor() if hasattr(img, "as_tensor") else img[None]), 1)
+    t_all = best_time(infer, 1)
     n = inferer.patches(img)[0].shape[0]
     print(f"inference {size}: load {t_pre:.2f} s; patch-aggregated ({n} patches) {t_patch:.1f} s; "
           f"whole-image forward alone {t_whole:.1f} s; total with whole-image forward + per-class CAM + files "

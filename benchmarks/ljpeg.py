@@ -23,15 +23,7 @@ import tempfile
 import time
 
 import numpy as np
-
-
-def best_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from timing import best_time
 
 
 def interleaved_best(fns: dict, repeat: int) -> dict:
