@@ -244,7 +244,7 @@ class BundleRunner:
         """(B, C, *spatial) → (B, *spatial) Grad-CAM maps in [0, 1] (:func:`cadpipe.pipelines.heatmaps.compute_cam`)."""
         from cadpipe.pipelines.heatmaps import compute_cam
 
-        image = _plain(image).to(self.device)
+        image = image.to(self.device)  # compute_cam forwards its data as a plain tensor
         hm = compute_cam(self.network, image, self.cam_layers, class_index)
         return np.asarray(hm, dtype=np.float32).reshape(image.shape[0], *image.shape[2:])
 

@@ -48,11 +48,13 @@ def handlers_for_rank(handlers: Sequence | None, rank: int | None = None) -> lis
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     if handlers is None or rank == 0:
         return None if handlers is None else list(handlers)
-    keep = _every_rank_types()
+    keep, kept = _every_rank_types(), []
     for h in handlers:
-        if not isinstance(h, keep):
+        if isinstance(h, keep):
+            kept.append(h)
+        else:
             _close_writer(h)
-    return [h for h in handlers if isinstance(h, keep)]
+    return kept
 
 
 def leave_process_group() -> bool:

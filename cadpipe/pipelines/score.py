@@ -413,9 +413,9 @@ def score(cfg: ScoreConfig) -> dict:
     and units whose row is ``error`` are (re)scored, the new row replacing the old one; ``force`` rescores all.
 
     The summary's timings: ``seconds`` (start to last row), ``discovery_s``, ``model_load_s`` (bundle runner
-    build), ``steady_units_per_second`` (rate after the first quarter of the
-    units), ``startup_s`` (the part of ``seconds`` the steady rate does not explain: discovery, model load,
-    worker start, warm-up) and ``finish_s`` (results table + reports).
+    build), ``steady_units_per_second`` (rate after the first quarter of the units), ``startup_s`` (the part of
+    ``seconds`` the steady rate does not explain: discovery, model load, worker start, warm-up) and ``finish_s``
+    (results table + reports).
 
     Raises:
         CadpipeInputError: the bundle, the input or the manifest cannot be used (a usage error).

@@ -37,9 +37,10 @@ Rows are processed in cache-sized chunks on the CPU and in whole tile rows on a 
 ``num_threads > 1`` bands of tile rows run on Python threads (torch ops release the GIL), each with one
 intra-op thread. The loops of torch ops (per-tile histograms of a tile row, the clip, the mapping of a
 block of rows, the rescale of a band: ``_hist_tiles_py``, ``_clip_histogram_py``, ``_map_rows_py``,
-``_rescale_rows_py``) are compiled by TorchScript when available (``_scripted``): each then runs as one call without the GIL, so the threads do
-not wait on each other between ops, and the clip's many small steps cost less (the plain Python
-functions are the fallback, same code; compiling takes ~50 ms once per process). The same code runs
+``_rescale_rows_py``) are compiled by TorchScript when available (``_scripted``): each then runs as one
+call without the GIL, so the threads do not wait on each other between ops, and the clip's many small
+steps cost less (the plain Python functions are the fallback, same code; compiling takes ~50 ms once per
+process). The same code runs
 wherever the tensor is (only the memory of a large CPU output comes from numpy's allocator, for its
 transparent huge pages; see ``_empty_float32``).
 
@@ -61,9 +62,9 @@ import functools
 import threading
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Optional
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Optional
 
 import numpy as np
 import torch
