@@ -39,6 +39,7 @@ bench: venv
 	$(PY) benchmarks/mammo_detection.py
 	$(PY) benchmarks/histology.py
 	$(PY) benchmarks/two_stage_cxr.py
+	$(PY) benchmarks/report_pdf.py
 	$(PY) benchmarks/portal.py
 
 clean:
