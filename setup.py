@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["cadpipe", "cadpipe.*"]),
     include_package_data=True,
-    package_data={"cadpipe": ["pipelines/templates/*", "pipelines/static/*"]},
+    package_data={"cadpipe": ["pipelines/portal/templates/*", "pipelines/portal/static/*"]},
     install_requires=[
         "monai==1.6.1",
         "torch>=2.3",

@@ -1,4 +1,4 @@
-"""Grad-CAM cost: ``cadpipe.pipelines.heatmaps.compute_cam`` vs MONAI's ``GradCAM`` vs the forward alone.
+"""Grad-CAM cost: ``cadpipe.pipelines.inference.heatmaps.compute_cam`` vs MONAI's ``GradCAM`` vs the forward alone.
 
 All three on the same DenseNet121 (the CXR bundle's network: 1 channel, 2 classes, random weights: speed does not
 depend on training), the same batch of images, the same target layer (``class_layers.relu``), in one process:
@@ -45,7 +45,7 @@ def main() -> None:
     from monai.transforms import ScaleIntensity
     from monai.visualize import GradCAM
 
-    from cadpipe.pipelines.heatmaps import compute_cam
+    from cadpipe.pipelines.inference.heatmaps import compute_cam
 
     torch.manual_seed(0)
     net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).eval()

@@ -27,7 +27,7 @@ from PIL import Image
 from timing import best_time
 
 from cadpipe.data.synthetic.histology import synthetic_tissue
-from cadpipe.pipelines.histology import HistologyInferenceWriter, TissuePatchInferer
+from cadpipe.pipelines.tasks.histology import HistologyInferenceWriter, TissuePatchInferer
 from cadpipe.transforms import LoadStudyImage
 from cadpipe.transforms.histology import RandTissuePatchesd
 

@@ -32,7 +32,7 @@ def main():
     from monai.bundle import ConfigWorkflow
 
     from cadpipe.data.synthetic.histology import write_synthetic_breakhis
-    from cadpipe.pipelines.histology import aggregate, class_activation_maps
+    from cadpipe.pipelines.tasks.histology import aggregate, class_activation_maps
     from cadpipe.transforms import LoadStudyImage
     from cadpipe.transforms.histology import GridTissuePatches, tissue_mask
 

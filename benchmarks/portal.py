@@ -32,7 +32,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from cadpipe.pipelines.server_process import stop_process_group  # noqa: E402
+from cadpipe.pipelines.portal.server_process import stop_process_group  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -58,7 +58,7 @@ def write_inputs(work: str, cxr_size: int, histo_size: tuple[int, int]) -> dict[
 def baseline(bundle: str, image: str, n: int, device: str, no_heatmaps: bool = False) -> list[float]:
     """In-process scoring of ``image`` (score_job: preprocess, forward, CAM, overlay, report) in a worker thread,
     n runs after a warm-up."""
-    from cadpipe.pipelines.discovery import discover
+    from cadpipe.pipelines.scoring.discovery import discover
     from cadpipe.pipelines.portal.engine import load_runner, score_job
 
     runner = load_runner(bundle, device)

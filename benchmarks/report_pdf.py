@@ -1,7 +1,7 @@
 """``report.pdf`` writing time: as shipped vs how it was written before, in one run.
 
 One study with one heatmap overlay PNG of each size below (synthetic), written by
-``cadpipe.pipelines.report.write_study_report`` (HTML + PDF) three ways:
+``cadpipe.pipelines.outputs.report.write_study_report`` (HTML + PDF) three ways:
 
 - baseline (before): the overlay embedded at full size, ASCII85-encoded by reportlab's pure-Python encoder (what
   ran without ``rl_accel``, the ``reportlab[accel]`` C extension);
@@ -31,7 +31,7 @@ from reportlab.lib import rl_accel  # noqa: E402
 from reportlab.pdfbase import pdfdoc  # noqa: E402
 from timing import best_time  # noqa: E402
 
-from cadpipe.pipelines import report  # noqa: E402
+from cadpipe.pipelines.outputs import report  # noqa: E402
 
 
 def _full_size(path: str):

@@ -31,7 +31,7 @@ Where the time went and what was done (cProfile / py-spy on the 2-core machine):
   does that by default on a CPU (``--streams``), now also with Grad-CAM (its hook acts on its own thread only);
 - DataLoader workers sent one MetaTensor per message, each of its tensors (image, affine...) a shared-memory
   segment passed as a file descriptor: ~1 ms of the scoring process's CPU per study and more in the worker →
-  batches of packed items (``cadpipe.pipelines.item_transport``): 0.3 ms;
+  batches of packed items (``cadpipe.pipelines.scoring.item_transport``): 0.3 ms;
 - preprocessing of a 512x400 DICOM to 128 px, 4.1 → 3.2 ms: each DICOM file parsed once (the format check read
   it a second time), the modality LUT in float32 where exact, in-place windowing, a one-pass NaN check;
   discovery reads each header once (0.55 → 0.36 ms per file);
@@ -131,9 +131,9 @@ def main() -> None:
             overrides[k] = v
 
     from cadpipe.data.synthetic.weights import copy_bundle_untrained
-    from cadpipe.pipelines.bundle_runner import BundleRunner
-    from cadpipe.pipelines.discovery import discover
-    from cadpipe.pipelines.score import ScoreConfig, score
+    from cadpipe.pipelines.inference.bundle_runner import BundleRunner
+    from cadpipe.pipelines.scoring.discovery import discover
+    from cadpipe.pipelines.scoring.score import ScoreConfig, score
 
     work = tempfile.mkdtemp(prefix="cadpipe_bench_")
     try:

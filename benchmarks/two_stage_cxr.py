@@ -9,7 +9,7 @@ preprocessing (CLAHE on, training augmentation on) at ``--image_size``:
    epoch start to its last iteration (validation is not run), then extrapolated linearly to ``--target`` images:
    every image costs the same load + CLAHE + resize + augmentation + forward/backward;
 2. inference, one image at a time on ``--threads`` torch threads (default 2, the issue's "2 cores"), through
-   :class:`cadpipe.pipelines.bundle_runner.BundleRunner` (the path ``cadpipe score`` takes), preprocessing from the
+   :class:`cadpipe.pipelines.inference.bundle_runner.BundleRunner` (the path ``cadpipe score`` takes), preprocessing from the
    file included, no heatmaps: the classifier alone (baseline) and the two-stage pipeline (``lung_crop: true``: the
    lung bundle's preprocessing + UNet + post-processing, crop, then the classifier). The first image of each is a
    warm-up and not counted. Reported: median and mean seconds per image and the two-stage / classifier ratio;
@@ -112,7 +112,7 @@ def main() -> None:
                 print(f"train {name:32s} {n:4d} images in {secs:8.1f} s = {secs / n:6.3f} s/image -> "
                       f"{secs / n * a.target:7.0f} s per epoch of {a.target} images "
                       f"(torch threads {torch.get_num_threads()}, {a.num_workers} loader workers{cpu_txt})")
-        from cadpipe.pipelines.bundle_runner import BundleRunner
+        from cadpipe.pipelines.inference.bundle_runner import BundleRunner
 
         torch.set_num_threads(a.threads)
         img_dir = os.path.join(tmp, "nih", "images_001", "images")

@@ -15,11 +15,11 @@ import cadpipe
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "score": ("cadpipe.pipelines.score_cli", "score a folder of studies with a bundle"),
+    "score": ("cadpipe.pipelines.scoring.cli", "score a folder of studies with a bundle"),
     "demo": ("cadpipe.pipelines.demo", "generate synthetic studies, train briefly, score them"),
     "synth": ("cadpipe.data.synthetic.cli", "write synthetic studies in every supported format"),
-    "monailabel-app": ("cadpipe.pipelines.monailabel_app", "assemble a MONAI Label app serving our bundles"),
-    "serve": ("cadpipe.pipelines.serve", "start the web portal"),
+    "monailabel-app": ("cadpipe.pipelines.monailabel.app", "assemble a MONAI Label app serving our bundles"),
+    "serve": ("cadpipe.pipelines.portal.serve", "start the web portal"),
 }
 
 EXIT_USAGE = 2

@@ -12,8 +12,8 @@ PINS=(torch==2.14.1 torchvision==0.29.1 "pydicom==2.4.4" "dicomweb-client==0.59.
 # cadpipe runtime dependencies that monailabel does not already bring (no pydicom 3: the venv keeps pydicom 2.4.4)
 EXTRA=("pytorch-ignite>=0.5" "nibabel>=5.0" "scikit-image>=0.22" "pillow>=10.0" "einops>=0.7" "fire>=0.5" "tqdm>=4.60" "tensorboard>=2.14" "pandas>=2.0" "itk>=5.3")
 
-# cadpipe.pipelines.monailabel_infer: the infer tasks the assembled app imports (needs monailabel + cadpipe)
-check() { (cd / && "$PY" -c "import monailabel, cadpipe, ignite, nibabel, skimage, cadpipe.pipelines.monailabel_infer" >/dev/null 2>&1); }
+# cadpipe.pipelines.monailabel.infer: the infer tasks the assembled app imports (needs monailabel + cadpipe)
+check() { (cd / && "$PY" -c "import monailabel, cadpipe, ignite, nibabel, skimage, cadpipe.pipelines.monailabel.infer" >/dev/null 2>&1); }
 
 if [ -x "$PY" ] && check; then
   echo "$PY"; exit 0

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from cadpipe.pipelines.bundle_runner import bundle_is_complete
+from cadpipe.pipelines.inference.bundle_runner import bundle_is_complete
 
 __all__ = ["add_arguments", "run", "RECIPES"]
 
@@ -204,7 +204,7 @@ def _train(copy: str, dataset_dir: str, overrides: dict, log_path: str, timeout:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cadpipe.pipelines.score import ScoreConfig, score
+    from cadpipe.pipelines.scoring.score import ScoreConfig, score
 
     say: Callable[[str], None] = (lambda s: None) if args.quiet else print
     out = os.path.abspath(args.output)

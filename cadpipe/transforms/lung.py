@@ -179,7 +179,7 @@ class LungBox(Transform):
 class LungBoxd(MapTransform):
     """Adds ``box_key`` (``xyxy`` list of 4 floats, or ``[]``) and ``found_key`` (bool) computed from ``keys``; with
     ``result_keys`` (default) also ``result_columns`` ``{box_key: JSON or "", found_key: bool}`` so that
-    ``cadpipe score`` puts the box in ``results.csv`` (see :mod:`cadpipe.pipelines.bundle_runner`)."""
+    ``cadpipe score`` puts the box in ``results.csv`` (see :mod:`cadpipe.pipelines.inference.bundle_runner`)."""
 
     backend = LungBox.backend
 
@@ -317,7 +317,7 @@ class LungCropd(MapTransform):
     same region is cropped from every key; ``lung_box``, ``lung_found`` and ``lung_crop_box`` are also set in the
     dict (and in each cropped image's meta).
 
-    For batch scoring it also fills the documented result keys of :mod:`cadpipe.pipelines.bundle_runner`
+    For batch scoring it also fills the documented result keys of :mod:`cadpipe.pipelines.inference.bundle_runner`
     (``result_columns``: ``lung_found``, ``lung_crop_fallback`` (True when the whole image was kept),
     ``lung_box`` and ``lung_crop_box`` as JSON ``[col_min, row_min, col_max, row_max]`` in the loaded input's pixels
     (``lung_box`` is ``""`` when no lung was found); ``result_notes``: one sentence for the report), which

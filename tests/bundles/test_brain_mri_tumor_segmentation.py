@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cadpipe.data.synthetic.brain import SYNTHETIC_AFFINE, write_lgg_synthetic, write_msd_synthetic
-from cadpipe.pipelines import segmentation as seg
+from cadpipe.pipelines.tasks import segmentation as seg
 
 BUNDLE = os.path.join(os.path.dirname(__file__), "..", "..", "bundles", "brain_mri_tumor_segmentation")
 TINY = {  # small UNet and windows so a few epochs train on 2 shared cores

@@ -8,7 +8,7 @@ import torch
 from monai.networks.nets import DenseNet121
 from monai.visualize import CAM
 
-from cadpipe.pipelines.histology import (
+from cadpipe.pipelines.tasks.histology import (
     AggregatePatchesd,
     HistologyMetric,
     PatchStackInferer,
@@ -150,7 +150,7 @@ def test_datalist_finds_imagescope_xml_in_annotations_dir(tmp_path):
 
     from cadpipe.data.synthetic.histology import write_synthetic_bach
     from cadpipe.errors import CadpipeInputError
-    from cadpipe.pipelines.histology import datalist
+    from cadpipe.pipelines.tasks.histology import datalist
 
     gt = write_synthetic_bach(tmp_path / "bach", n_per_class=1, size=(64, 48), imagescope_xml=True)
     ann = tmp_path / "xml"

@@ -14,7 +14,7 @@ import torch
 
 from cadpipe.data.synthetic.ddsm import write_ddsm_case, write_ddsm_dataset
 from cadpipe.errors import CadpipeInputError
-from cadpipe.pipelines.detection import DetectionJSONWriterd, DetectionMalignancyd, froc, mammo_datalist
+from cadpipe.pipelines.tasks.detection import DetectionJSONWriterd, DetectionMalignancyd, froc, mammo_datalist
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "mammo_mass_detection"
 TINY = {

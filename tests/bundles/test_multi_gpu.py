@@ -1,7 +1,7 @@
 """Every bundle's ``multi_gpu_train.json`` (model-zoo pattern) checked statically and run for real on CPU.
 
 Static (fast): ``DistributedSampler`` for train and validation, a ``DistributedDataParallel`` network, and handlers
-split by rank the way the model zoo does it, through ``cadpipe.pipelines.distributed.handlers_for_rank`` (by
+split by rank the way the model zoo does it, through ``cadpipe.pipelines.tasks.distributed.handlers_for_rank`` (by
 handler type, not position): on rank 1 the handlers that change the training
 (``ValidationHandler`` — its metrics are all-gathered, every rank must validate —, ``LrScheduleHandler``,
 ``EarlyStopHandler``) are all still there, and none that writes output (``StatsHandler``, TensorBoard,
@@ -66,9 +66,9 @@ def _kept(component, ref, kinds, rank):
     handler classes named in train.json (built without arguments: only their type matters)."""
     import monai.handlers
 
-    from cadpipe.pipelines.distributed import handlers_for_rank
+    from cadpipe.pipelines.tasks.distributed import handlers_for_rank
 
-    assert component == {"_target_": "cadpipe.pipelines.distributed.handlers_for_rank", "handlers": "@" + ref}, \
+    assert component == {"_target_": "cadpipe.pipelines.tasks.distributed.handlers_for_rank", "handlers": "@" + ref}, \
         f"handlers for {ref} are not chosen by rank: {component!r}"
     stand_ins = [object.__new__(getattr(monai.handlers, k)) for k in kinds]
     out = handlers_for_rank(stand_ins, rank=rank)
@@ -78,7 +78,7 @@ def _kept(component, ref, kinds, rank):
 def test_handlers_for_rank():
     import monai.handlers
 
-    from cadpipe.pipelines.distributed import handlers_for_rank
+    from cadpipe.pipelines.tasks.distributed import handlers_for_rank
 
     every = [object.__new__(getattr(monai.handlers, k)) for k in STATE_HANDLERS + OUTPUT_HANDLERS]
     assert handlers_for_rank(every, rank=0) == every and handlers_for_rank(None, rank=1) is None
@@ -89,7 +89,7 @@ def test_handlers_for_rank():
 def test_handlers_dropped_on_other_ranks_close_their_writers(tmp_path):
     from monai.handlers import StatsHandler, TensorBoardStatsHandler, ValidationHandler
 
-    from cadpipe.pipelines.distributed import handlers_for_rank
+    from cadpipe.pipelines.tasks.distributed import handlers_for_rank
 
     kept, dropped, own = (object.__new__(ValidationHandler), TensorBoardStatsHandler(log_dir=str(tmp_path / "a")),
                           TensorBoardStatsHandler(log_dir=str(tmp_path / "b")))
@@ -104,7 +104,7 @@ def test_leave_process_group(tmp_path):
     """A real one-rank gloo group: left (barrier, destroy) once; without a group nothing happens."""
     import torch.distributed as dist
 
-    from cadpipe.pipelines.distributed import leave_process_group
+    from cadpipe.pipelines.tasks.distributed import leave_process_group
 
     assert not dist.is_initialized() and leave_process_group() is False
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
@@ -127,7 +127,7 @@ def test_model_zoo_pattern(name):
     assert multi["train#dataloader#sampler"] == "@train#sampler" and multi["train#dataloader#shuffle"] is False
     assert multi["validate#dataloader#sampler"] == "@validate#sampler"
     assert any("init_process_group" in s for s in multi["initialize"])
-    assert multi["finalize"] == ["$cadpipe.pipelines.distributed.leave_process_group()"]
+    assert multi["finalize"] == ["$cadpipe.pipelines.tasks.distributed.leave_process_group()"]
     assert "$import cadpipe" in train["imports"], "the finalize expression names cadpipe"
 
     for ref, key in (("train#handlers", "train#trainer#train_handlers"),

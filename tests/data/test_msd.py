@@ -12,7 +12,7 @@ import torch
 from cadpipe.data import msd
 from cadpipe.data.synthetic.brain import write_msd_synthetic
 from cadpipe.errors import CadpipeInputError
-from cadpipe.pipelines.segmentation import MapLabeld, MatchChannelsd
+from cadpipe.pipelines.tasks.segmentation import MapLabeld, MatchChannelsd
 
 
 @pytest.fixture()

@@ -25,8 +25,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from cadpipe.pipelines.monailabel_app import REPO_ROOT, assemble_app
-from cadpipe.pipelines.server_process import stop_process_group
+from cadpipe.pipelines.monailabel.app import REPO_ROOT, assemble_app
+from cadpipe.pipelines.portal.server_process import stop_process_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -253,8 +253,8 @@ def _bundle_outputs(bundle, image, cam_class=None):
     from monai.data import MetaTensor
     from monai.transforms import Invertd
 
-    from cadpipe.pipelines.heatmaps import compute_cam
-    from cadpipe.pipelines.monailabel_app import cam_to_label
+    from cadpipe.pipelines.inference.heatmaps import compute_cam
+    from cadpipe.pipelines.monailabel.app import cam_to_label
 
     parser = _parser(bundle)
     net = _network(parser, bundle)

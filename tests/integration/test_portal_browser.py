@@ -23,7 +23,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from cadpipe.pipelines.server_process import stop_process_group
+from cadpipe.pipelines.portal.server_process import stop_process_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

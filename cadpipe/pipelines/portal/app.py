@@ -68,7 +68,7 @@ def _task_info(key: str, runner) -> dict:
 
 
 def _page(tasks: list[dict], settings: PortalSettings) -> str:
-    template = resources.files("cadpipe.pipelines").joinpath("templates", "portal.html").read_text("utf-8")
+    template = resources.files("cadpipe.pipelines.portal").joinpath("templates", "portal.html").read_text("utf-8")
     options = "\n".join(f'<option value="{html.escape(t["key"])}" data-kind="{html.escape(t["kind"] or "")}">'
                         f'{html.escape(t["label"])}</option>' for t in tasks)
     accept = ",".join(sorted(s for s in ACCEPTED_SUFFIXES if s))
@@ -174,7 +174,7 @@ def create_app(runners: dict, settings: PortalSettings):
                                        swagger_css_url="/swagger/swagger-ui.css",
                                        swagger_favicon_url="/swagger/favicon-32x32.png")
     app.state.store, app.state.worker, app.state.settings = store, worker, settings
-    static_dir = str(resources.files("cadpipe.pipelines").joinpath("static"))
+    static_dir = str(resources.files("cadpipe.pipelines.portal").joinpath("static"))
     app.mount("/static", StaticFiles(directory=static_dir), name="static")
     slack = 1 << 20  # multipart framing around the files
 

@@ -1,9 +1,9 @@
 """Scoring one portal job with the same code ``cadpipe score`` uses.
 
-:func:`score_job` runs :func:`cadpipe.pipelines.score.process_units` on the job's units (so batching, GradCAM,
+:func:`score_job` runs :func:`cadpipe.pipelines.scoring.score.process_units` on the job's units (so batching, GradCAM,
 error rows and the per-unit outputs of ``_finish_unit`` are the scoring pipeline's own) and then
-:func:`cadpipe.pipelines.report.write_study_report` (the same HTML/PDF report). The only addition is progress: a
-thin proxy around the :class:`~cadpipe.pipelines.bundle_runner.BundleRunner` splits the bundle's preprocessing
+:func:`cadpipe.pipelines.outputs.report.write_study_report` (the same HTML/PDF report). The only addition is progress: a
+thin proxy around the :class:`~cadpipe.pipelines.inference.bundle_runner.BundleRunner` splits the bundle's preprocessing
 ``Compose`` after its loader (``loaded`` → ``preprocessed``) and reports ``inferred`` after the forward pass.
 """
 
@@ -18,7 +18,7 @@ __all__ = ["load_runner", "score_job", "with_uploaded_names", "task_hint", "infe
 
 def load_runner(bundle_root: str, device: str | None = None, overrides: dict | None = None):
     """A :class:`BundleRunner` for the portal (weights loaded once, network in eval mode)."""
-    from cadpipe.pipelines.bundle_runner import BundleRunner
+    from cadpipe.pipelines.inference.bundle_runner import BundleRunner
 
     return BundleRunner(bundle_root, device=device, overrides=overrides or {})
 
@@ -52,7 +52,7 @@ def with_uploaded_names(text: str, names: dict[str, str]) -> str:
 
 def score_job(runner, units: list, out_dir: str, on_step: Callable[[str], None] | None = None,
               display_names: dict[str, str] | None = None, study_label: str = "") -> dict:
-    """Score ``units`` (from :func:`cadpipe.pipelines.discovery.discover` on the job's input folder) and write the
+    """Score ``units`` (from :func:`cadpipe.pipelines.scoring.discovery.discover` on the job's input folder) and write the
     report to ``<out_dir>/report.html`` (+ ``report.pdf``).
 
     Args:
@@ -63,8 +63,8 @@ def score_job(runner, units: list, out_dir: str, on_step: Callable[[str], None] 
         ``{"rows": [...], "report_html": path | None, "report_pdf": path | None, "seconds": float}``; rows keep
         the scoring pipeline's columns plus ``_findings``/``_outputs`` (paths relative to ``out_dir``).
     """
-    from cadpipe.pipelines.report import write_study_report
-    from cadpipe.pipelines.score import process_units
+    from cadpipe.pipelines.outputs.report import write_study_report
+    from cadpipe.pipelines.scoring.score import process_units
 
     t0 = time.perf_counter()
     on_step = on_step or (lambda step: None)

@@ -93,7 +93,7 @@ class Worker:
 
     def run_job(self, job_id: str) -> None:
         """Score one job and record the result (no identifiers are logged: only the job id, task and timing)."""
-        from cadpipe.pipelines.discovery import discover
+        from cadpipe.pipelines.scoring.discovery import discover
         from cadpipe.pipelines.portal.engine import score_job, with_uploaded_names
 
         job = self.store.get(job_id)

@@ -1,0 +1,344 @@
+"""The one place that builds a bundle's inference pipeline from its ``configs/inference.json``.
+
+Scoring, the web portal and the MONAI Label glue all call :class:`BundleRunner`; nothing here is task specific
+except reading results out of ``"pred"`` (see the bundle contract in ``docs/architecture.md``):
+
+- ``preprocess(item)``: the bundle's ``preprocessing`` Compose on ``{"image": <path>}``.
+- ``predict(items)``: collate (items of one shape), ``inferer(image, network)`` under ``torch.inference_mode()``,
+  decollate, and the bundle's pure ``postprocessing`` per item.
+- ``heatmap(item)``: Grad-CAM on the bundle's ``cam_layers`` (classification), by
+  ``cadpipe.pipelines.inference.heatmaps.compute_cam``.
+
+Result keys (additive hook, issue 10): any preprocessing/postprocessing transform may put into the item
+``RESULT_COLUMNS_KEY`` (``"result_columns"``): ``{column: bool | int | float | str | list}`` — added to the unit's
+row in ``results.csv`` (lists JSON-encoded; e.g. the lung box from ``LungCropd``) — and ``RESULT_NOTES_KEY``
+(``"result_notes"``): a list of sentences shown in the per-study report. ``predict`` keeps both out of the collated
+batch (they need not be collatable) and puts them back on each output item.
+
+Example::
+
+    runner = BundleRunner("bundles/cxr_pneumonia_classification", device="cpu")
+    item = runner.preprocess({"image": "study/IM0001"})
+    out, = runner.predict([item])
+    runner.summarise(out)  # {"prob_normal": 0.1, "prob_pneumonia": 0.9, "predicted": "pneumonia"}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cadpipe.errors import CadpipeInputError
+
+__all__ = ["BundleRunner", "file_sha256", "bundle_is_complete", "RESULT_COLUMNS_KEY", "RESULT_NOTES_KEY",
+           "result_columns"]
+
+RESULT_COLUMNS_KEY, RESULT_NOTES_KEY = "result_columns", "result_notes"
+_RESULT_KEYS = (RESULT_COLUMNS_KEY, RESULT_NOTES_KEY)
+
+
+def result_columns(out: dict) -> dict:
+    """The ``RESULT_COLUMNS_KEY`` columns of one item as plain values (tensors → numbers, lists → JSON)."""
+    row = {}
+    for key, value in dict(out.get(RESULT_COLUMNS_KEY) or {}).items():
+        if isinstance(value, torch.Tensor):
+            value = value.item() if value.numel() == 1 else value.tolist()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, (list, tuple, np.ndarray)):
+            value = json.dumps(np.asarray(value).tolist())
+        row[str(key)] = value
+    return row
+
+REQUIRED_CONFIGS = ("configs/metadata.json", "configs/inference.json")
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def bundle_is_complete(bundle_root: str, need_train: bool = False) -> bool:
+    """True when the bundle has the config files scoring (and, with ``need_train``, training) needs."""
+    need = REQUIRED_CONFIGS + (("configs/train.json",) if need_train else ())
+    return all(os.path.isfile(os.path.join(bundle_root, p)) for p in need)
+
+
+class BundleRunner:
+    """A bundle's network, inferer, preprocessing and postprocessing, ready to score.
+
+    Args:
+        bundle_root: the bundle folder (model-zoo layout).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available.
+        model_file: weights (plain ``state_dict``); default ``<bundle_root>/models/model.pt``.
+        overrides: extra ``ConfigParser`` overrides (id → value), e.g. ``{"inferer#roi_size": [64, 64, 64]}``.
+
+    Raises:
+        CadpipeInputError: missing config or weights, or weights that do not fit the network.
+    """
+
+    def __init__(self, bundle_root: str, device: str | None = None, model_file: str | None = None,
+                 overrides: dict[str, Any] | None = None):
+        from monai.bundle import ConfigParser
+
+        self.bundle_root = os.path.abspath(bundle_root)
+        for rel in REQUIRED_CONFIGS:
+            if not os.path.isfile(os.path.join(self.bundle_root, rel)):
+                raise CadpipeInputError(os.path.join(self.bundle_root, rel), "bundle config file is missing")
+        with open(os.path.join(self.bundle_root, "configs/metadata.json"), encoding="utf-8") as f:
+            self.metadata = json.load(f)
+        info = self.metadata.get("cadpipe", {})
+        self.task = info.get("task", "classification")
+        self.class_names = list(info.get("class_names", []))
+        self.positive_class = info.get("positive_class")
+        self.spatial_dims = int(info.get("spatial_dims", 2))
+        self.name = self.metadata.get("name") or os.path.basename(self.bundle_root.rstrip("/"))
+        self.version = str(self.metadata.get("version", ""))
+
+        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        parser = ConfigParser()
+        parser.read_config(os.path.join(self.bundle_root, "configs/inference.json"))
+        parser["bundle_root"] = self.bundle_root
+        parser["device"] = f"$torch.device('{self.device}')"
+        for key, value in (overrides or {}).items():
+            parser[key] = value
+        self.parser = parser
+
+        self.model_file = os.path.abspath(model_file or os.path.join(self.bundle_root, "models", "model.pt"))
+        if not os.path.isfile(self.model_file):
+            raise CadpipeInputError(self.model_file, "no trained weights (train the bundle first)")
+        self.model_sha256 = file_sha256(self.model_file)
+        self.network = parser.get_parsed_content("network")
+        state = torch.load(self.model_file, map_location=self.device, weights_only=True)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]  # tolerate a {"model": state_dict} checkpoint
+        try:
+            self.network.load_state_dict(state)
+        except (RuntimeError, KeyError) as err:
+            raise CadpipeInputError(self.model_file, f"weights do not fit the bundle's network: {err}") from err
+        self.network.eval()
+        self.inferer = parser.get_parsed_content("inferer")
+        self.detector = None
+        if self.task == "detection" and "detector" in parser:  # MONAI detection bundles (as MONAI Label reads them)
+            self.detector = parser.get_parsed_content("detector")
+            if "detector_ops" in parser:
+                parser.get_parsed_content("detector_ops")
+            self.detector.eval()
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.postprocessing = parser.get_parsed_content("postprocessing")
+        self.cam_layers = parser.get("cam_layers") if "cam_layers" in parser else info.get("cam_layers")
+        # multi-label bundles: one heatmap per class at or above ``cam_threshold`` (issue 10)
+        self.cam_threshold = float(parser.get_parsed_content("cam_threshold")) if "cam_threshold" in parser else None
+        if not self.class_names:
+            self.class_names = self._channel_def_names()
+
+    def _channel_def_names(self) -> list[str]:
+        outputs = self.metadata.get("network_data_format", {}).get("outputs", {})
+        for spec in outputs.values():
+            cdef = spec.get("channel_def", {})
+            if cdef:
+                return [cdef[k] for k in sorted(cdef, key=lambda x: int(x))]
+        return []
+
+    # -- the three steps ------------------------------------------------------------------------------------
+    def preprocess(self, item: dict, on_loaded: Callable[[], None] | None = None) -> dict:
+        """Bundle preprocessing on ``{"image": path}``; any failure becomes ``CadpipeInputError`` naming the path.
+
+        ``on_loaded`` is called once the image is loaded: after the first transform of a ``Compose`` (the loader,
+        ``LoadStudyImaged`` by the bundle contract), else after the whole preprocessing.
+        """
+        from monai.transforms import Compose
+
+        path = item.get("image")
+        pre = self.preprocessing
+        try:
+            if on_loaded is None:
+                return pre(dict(item))
+            if not isinstance(pre, Compose) or len(pre.transforms) < 2:
+                out = pre(dict(item))
+                on_loaded()
+                return out
+            loaded = pre(dict(item), end=1)
+            on_loaded()
+            return pre(loaded, start=1)
+        except CadpipeInputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - MONAI wraps reader errors in RuntimeError chains
+            raise CadpipeInputError(path, f"cannot load/preprocess: {_root_cause(err)}") from err
+
+    def predict(self, items: list[dict]) -> list[dict]:
+        """Forward a list of preprocessed items whose ``"image"`` shapes agree; returns postprocessed items."""
+        from monai.data import decollate_batch, list_data_collate
+
+        if self.detector is not None:
+            return self._detect(items)
+        side = [{k: d[k] for k in _RESULT_KEYS if k in d} for d in items]  # result keys: not collated
+        batch = list_data_collate([{k: v for k, v in d.items() if k not in _RESULT_KEYS} for d in items])
+        with torch.inference_mode():
+            images = batch["image"].to(self.device)
+            batch["pred"] = _with_meta_of(self.inferer(_plain(images), self.network), images)
+            outs = decollate_batch(batch)
+            return [self.postprocessing({**o, **s}) for o, s in zip(outs, side)]
+
+    def _detect(self, items: list[dict]) -> list[dict]:
+        """Detection: the bundle's ``detector`` on a list of images (any shapes), then per-item postprocessing."""
+        det = self.detector
+        images = [torch.as_tensor(d["image"], dtype=torch.float32).to(self.device) for d in items]
+        images = [i.as_tensor() if hasattr(i, "as_tensor") else i for i in images]
+        with torch.inference_mode():
+            outs = det(images, use_inferer=True)
+            results = []
+            for d, o in zip(items, outs):
+                d = dict(d)
+                d["box"] = o[det.target_box_key].detach().cpu()
+                d["label"] = o[det.target_label_key].detach().cpu()
+                d["score"] = o[det.pred_score_key].detach().cpu()
+                d["pred"] = d["score"]
+                results.append(self.postprocessing(d))
+            return results
+
+    def forward_only(self, images: torch.Tensor) -> torch.Tensor:
+        """The network through the bundle's inferer, nothing else (benchmark ceiling)."""
+        with torch.inference_mode():
+            if self.detector is not None:
+                return self.detector(list(_plain(images).to(self.device)), use_inferer=True)
+            return self.inferer(_plain(images).to(self.device), self.network)
+
+    # -- heatmaps -------------------------------------------------------------------------------------------
+    def cam_class(self) -> int | None:
+        """The class heatmaps explain: the positive class when the bundle names one, else None (predicted class)."""
+        if self.positive_class in self.class_names:
+            return self.class_names.index(self.positive_class)
+        return None
+
+    def cam_classes(self, probs, skip: tuple[str, ...] = ("No Finding",)) -> list[int]:
+        """Multi-label: indices of the classes (``skip`` left out) whose probability is at least ``cam_threshold``."""
+        if self.task != "multilabel" or self.cam_threshold is None or not self.cam_layers:
+            return []
+        names = self.class_names
+        return [i for i, p in enumerate(np.asarray(probs, dtype=np.float64).reshape(-1))
+                if p >= self.cam_threshold and not (i < len(names) and names[i] in skip)]
+
+    def heatmaps(self, items: list[dict], class_index: int | None = None) -> list[np.ndarray] | None:
+        """GradCAM for a list of same-shape preprocessed items in one forward/backward pass (see :meth:`heatmap`)."""
+        if self.task not in ("classification", "multilabel") or not self.cam_layers:
+            return None
+        batch = torch.stack([torch.as_tensor(d["image"]).float() for d in items])
+        return list(self._cam(batch, class_index))
+
+    def heatmap(self, item: dict, class_index: int | None = None) -> np.ndarray | None:
+        """GradCAM heatmap in [0, 1] over the preprocessed image's spatial shape, or None without ``cam_layers``."""
+        if self.task not in ("classification", "multilabel") or not self.cam_layers:
+            return None
+        return self._cam(torch.as_tensor(item["image"]).unsqueeze(0).float(), class_index)[0]
+
+    def _cam(self, image: torch.Tensor, class_index: int | None) -> np.ndarray:
+        """(B, C, *spatial) → (B, *spatial) Grad-CAM maps in [0, 1] (:func:`cadpipe.pipelines.inference.heatmaps.compute_cam`)."""
+        from cadpipe.pipelines.inference.heatmaps import compute_cam
+
+        image = image.to(self.device)  # compute_cam forwards its data as a plain tensor
+        hm = compute_cam(self.network, image, self.cam_layers, class_index)
+        return np.asarray(hm, dtype=np.float32).reshape(image.shape[0], *image.shape[2:])
+
+    # -- reading results out of "pred" ---------------------------------------------------------------------
+    def summarise(self, out: dict) -> dict:
+        """Task columns for results.csv from one postprocessed item, plus its ``RESULT_COLUMNS_KEY`` columns."""
+        return self._task_columns(out) | result_columns(out)
+
+    def _task_columns(self, out: dict) -> dict:
+        pred = out["pred"]
+        if self.task in ("classification", "multilabel"):
+            probs = np.asarray(torch.as_tensor(pred).detach().cpu().float()).reshape(-1)
+            names = self.class_names if len(self.class_names) == probs.size else [str(i) for i in range(probs.size)]
+            row = {f"prob_{n}": float(p) for n, p in zip(names, probs)}
+            if self.task == "multilabel":
+                row["predicted"] = ";".join(n for n, p in zip(names, probs) if p >= 0.5)
+            else:
+                row["predicted"] = names[int(probs.argmax())]
+            return row
+        if self.task == "segmentation":
+            mask = self.label_map(out)
+            n = int((mask > 0).sum())
+            row = {"lesion_voxels": n, "lesion_volume_ml": float(n * self.voxel_volume_mm3(out) / 1000.0)}
+            return row
+        if self.task == "detection":
+            scores = np.asarray(torch.as_tensor(out.get("score", [])).detach().cpu().float()).reshape(-1)
+            row = {"n_findings": int(scores.size), "top_score": float(scores.max()) if scores.size else 0.0}
+            if "malignancy" in out and scores.size:
+                mal = np.asarray(torch.as_tensor(out["malignancy"]).detach().cpu().float()).reshape(-1)
+                row["top_malignancy"] = float(mal.max())
+            return row
+        raise CadpipeInputError(self.bundle_root, f"unknown cadpipe.task {self.task!r} in metadata.json")
+
+    @staticmethod
+    def label_map(out: dict) -> np.ndarray:
+        """Segmentation ``pred`` as an integer label map without the channel axis."""
+        pred = torch.as_tensor(out["pred"]).detach().cpu()
+        if pred.ndim >= 3 and pred.shape[0] > 1:  # one-hot → labels
+            pred = pred.argmax(0)
+        elif pred.ndim >= 3:
+            pred = pred[0]
+        return np.asarray(pred).astype(np.uint8)
+
+    @staticmethod
+    def affine(out: dict) -> np.ndarray:
+        pred = out["pred"]
+        meta = getattr(pred, "meta", None) or out.get("image_meta_dict") or {}
+        aff = meta.get("affine") if isinstance(meta, dict) else None
+        if aff is None and hasattr(out.get("image"), "meta"):
+            aff = out["image"].meta.get("affine")
+        aff = np.eye(4) if aff is None else np.asarray(torch.as_tensor(aff).cpu(), dtype=np.float64)
+        if aff.shape == (3, 3):  # 2D affine → 4x4 (NIfTI needs one); the third axis gets unit spacing
+            a4 = np.eye(4)
+            a4[:2, :2], a4[:2, 3] = aff[:2, :2], aff[:2, 2]
+            aff = a4
+        return aff
+
+    def voxel_volume_mm3(self, out: dict) -> float:
+        aff = self.affine(out)
+        d = self.spatial_dims
+        return float(abs(np.linalg.det(aff[:d, :d]))) if d in (2, 3) else 1.0
+
+
+def _plain(images: torch.Tensor) -> torch.Tensor:
+    """A MetaTensor's data as a plain tensor (no copy).
+
+    The network runs on plain tensors: with a MetaTensor every op of every layer goes through
+    ``MetaTensor.__torch_function__`` (metadata copied per op), a large share of a small CPU forward
+    (see ``benchmarks/score.py``). :func:`_with_meta_of` puts the metadata back on the output.
+    """
+    return images.as_tensor() if hasattr(images, "as_tensor") else images
+
+
+def _with_meta_of(pred, images):
+    """``pred`` as a MetaTensor carrying ``images``' metadata, as a MetaTensor forward gives it
+    (``MetaTensor.update_meta``: ``is_batch`` kept, meta + applied operations copied from the input), so the
+    bundle's postprocessing (``Invertd``...) sees what it sees under ``monai.bundle run``."""
+    from monai.data import MetaTensor
+
+    if not isinstance(images, MetaTensor) or not isinstance(pred, torch.Tensor) or isinstance(pred, MetaTensor):
+        return pred
+    out = MetaTensor(pred)
+    out.is_batch = images.is_batch
+    out.copy_meta_from(images, copy_attr=not images.is_batch)
+    return out
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost cause's message (MONAI nests reader errors several levels deep)."""
+    seen = err
+    while seen.__cause__ is not None or (seen.__context__ is not None and not seen.__suppress_context__):
+        nxt = seen.__cause__ or seen.__context__
+        if isinstance(nxt, CadpipeInputError):
+            return nxt.reason
+        seen = nxt
+    msg = str(seen).strip().splitlines()
+    return f"{type(seen).__name__}: {msg[-1] if msg else ''}"[:300]

@@ -1,0 +1,114 @@
+"""A predicted mask as a DICOM Segmentation object (highdicom) referencing the source instances.
+
+The mask comes in MONAI's axes and the input's geometry (``affine`` in RAS, what ``LoadImage`` gives). Each
+source instance's pixel grid is mapped through its ImagePositionPatient / ImageOrientationPatient / PixelSpacing
+(LPS) into RAS and then into the mask's voxel indices, so the SEG frames line up with the source frames whatever
+the reader's axis order. A 2D single image (a radiograph, with or without geometry) is mapped by the axis
+convention (``mask.T``: MONAI's (X=columns, Y=rows) back to DICOM's rows x columns).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from cadpipe.pipelines.scoring.results import atomic_writer_path
+
+__all__ = ["write_dicom_seg", "mask_to_source_frames"]
+
+
+def mask_to_source_frames(mask: np.ndarray, affine: np.ndarray, datasets: list) -> np.ndarray:
+    """Resample ``mask`` (X, Y[, Z], RAS ``affine``) onto each source instance's (rows, cols) grid.
+
+    Returns ``(n_frames, rows, cols)`` uint8.
+    """
+    frames = []
+    inv = np.linalg.inv(affine)
+    for ds in datasets:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        if mask.ndim == 2 or not hasattr(ds, "ImagePositionPatient"):
+            m2 = mask if mask.ndim == 2 else mask[..., 0]
+            frames.append((m2.T[:rows, :cols] > 0).astype(np.uint8))
+            continue
+        ipp = np.asarray(ds.ImagePositionPatient, dtype=float)
+        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        dr, dc = (float(v) for v in ds.PixelSpacing)  # row spacing, column spacing
+        rr, cc = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+        lps = ipp[None, :] + cc.reshape(-1, 1) * dc * iop[None, :3] + rr.reshape(-1, 1) * dr * iop[None, 3:]
+        ras = lps * np.array([-1.0, -1.0, 1.0])
+        vox = (inv[:3, :3] @ ras.T + inv[:3, 3:4]).T
+        idx = np.rint(vox).astype(int)
+        ok = np.all((idx >= 0) & (idx < np.array(mask.shape[:3])), axis=1)
+        vals = np.zeros(idx.shape[0], dtype=np.uint8)
+        vals[ok] = mask[idx[ok, 0], idx[ok, 1], idx[ok, 2]] > 0
+        frames.append(vals.reshape(rows, cols))
+    return np.stack(frames)
+
+
+# Patient/study attributes highdicom copies from the source into the SEG. They are Type 2 (must be present, may be
+# empty) in the SEG, but many real radiographs (and the foundation's synthetic CXRs) lack some of them, and
+# highdicom then fails with AttributeError. Missing ones are added empty to the in-memory source copy only.
+_TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                      "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _with_type2_attributes(ds):
+    """The in-memory source prepared for highdicom (the file on disk is not touched):
+
+    - missing Type 2 patient/study attributes added empty (see ``_TYPE2_FROM_SOURCE``);
+    - a projection image without a Frame of Reference (DX/CR/MG/SC radiograph) loses ``PixelSpacing``: highdicom
+      would copy it into a Pixel Measures item without Slice Thickness, which is valid DICOM (Slice Thickness is
+      required only with a Frame of Reference) but which highdicom's own ``Segmentation.from_dataset`` rejects.
+      Such a SEG is positioned by its reference to the source instance (same rows x columns), as viewers expect.
+    """
+    for keyword in _TYPE2_FROM_SOURCE:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    if "FrameOfReferenceUID" not in ds and "PixelSpacing" in ds and "SliceThickness" not in ds:
+        del ds.PixelSpacing
+    return ds
+
+
+def write_dicom_seg(mask: np.ndarray, affine: np.ndarray, source_files: list[str], out_path: str,
+                    label: str = "lesion", algorithm: str = "cadpipe", version: str = "0") -> str:
+    """Write a binary DICOM SEG for ``mask > 0`` over ``source_files``; atomic (temp + rename). Returns the path."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    datasets = [_with_type2_attributes(pydicom.dcmread(p)) for p in source_files]
+    if len(datasets) > 1 and hasattr(datasets[0], "ImagePositionPatient"):
+        normal = np.cross(*np.reshape(np.asarray(datasets[0].ImageOrientationPatient, float), (2, 3)))
+        datasets.sort(key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))))
+    frames = mask_to_source_frames(mask, affine, datasets)
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=label[:64],
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=algorithm[:64], family=codes.cid7162.ArtificialIntelligence, version=version or "0"
+        ),
+    )
+    seg = hd.seg.Segmentation(
+        source_images=datasets,
+        pixel_array=frames.astype(bool),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=hd.UID(),
+        series_number=9901,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="cadpipe",
+        manufacturer_model_name=algorithm[:64],
+        software_versions=version or "0",
+        device_serial_number="0",
+        omit_empty_frames=False,
+        series_description="cadpipe segmentation (not for clinical use)",
+    )
+    tmp = atomic_writer_path(out_path)
+    seg.save_as(tmp)
+    os.replace(tmp, out_path)
+    return out_path

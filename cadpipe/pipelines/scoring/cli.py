@@ -1,0 +1,82 @@
+"""``cadpipe score``: score a folder of studies with a bundle (see :mod:`cadpipe.pipelines.scoring.score`).
+
+Exit status: 0 all units scored; 3 some units failed (error rows in results.csv); 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from cadpipe.errors import CadpipeInputError
+from cadpipe.pipelines.scoring.score import EXIT_USAGE, ScoreConfig, score
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/cxr_pneumonia_classification")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="folder of studies (DICOM anywhere, NIfTI, DDSM cases, JPEG/PNG/TIFF); ground "
+                                     "truth is skipped: *_mask/*_seg/*_label(s) files, masks/ManualMask/labelsTr/... "
+                                     "folders, DICOM SEG/RTSTRUCT/SR (cadpipe.pipelines.scoring.discovery)")
+    src.add_argument("--manifest", help="CSV with a 'path' column and optional 'study_id'/'series_id' columns")
+    parser.add_argument("--output", required=True, help="output folder (results.csv, per-study outputs, reports)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers loading/preprocessing")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for the forward pass (default: torch's, one per CPU). On a machine "
+                             "shared with other busy processes, 1 can be several times faster: torch's threads wait "
+                             "for each other and one of them is often descheduled")
+    parser.add_argument("--streams", type=int, default=None,
+                        help="batches forwarded at once on threads sharing the model, the torch threads split "
+                             "between them (default: 2 on a CPU with >= 2 threads, 1 for detection bundles and on a GPU)")
+    parser.add_argument("--limit", type=int, default=None, help="score at most N units")
+    parser.add_argument("--force", action="store_true",
+                        help="rescore everything; without it a re-run skips units scored ok and retries error units")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument("--no-reports", action="store_true", help="skip report.html/pdf")
+    parser.add_argument("--no-heatmaps", action="store_true", help="skip GradCAM heatmaps (classification)")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="score on Ray (one model per actor); no ADDRESS = a local Ray")
+    parser.add_argument("--override", action="append", default=[], metavar="ID=VALUE",
+                        help="bundle config override, VALUE parsed as JSON when it can be (e.g. image_size=64)")
+    parser.add_argument("--ray-actors", type=int, default=None, help="number of Ray actors (default: CPUs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    if (args.batch_size < 1 or args.workers < 0 or (args.limit is not None and args.limit < 1)
+            or (args.threads is not None and args.threads < 1) or (args.streams is not None and args.streams < 1)):
+        print("cadpipe score: --batch-size, --limit, --threads and --streams must be >= 1, --workers >= 0",
+              file=sys.stderr)
+        return EXIT_USAGE
+    overrides = {}
+    for text in args.override:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            print(f"cadpipe score: --override needs ID=VALUE, got {text!r}", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    cfg = ScoreConfig(overrides=overrides, bundle=args.bundle, input=args.input, output=args.output, manifest=args.manifest,
+                      device=args.device, batch_size=args.batch_size, workers=args.workers, limit=args.limit,
+                      force=args.force, quiet=args.quiet, ray=args.ray, ray_actors=args.ray_actors,
+                      reports=not args.no_reports, heatmaps=not args.no_heatmaps, threads=args.threads,
+                      streams=args.streams)
+    try:
+        summary = score(cfg)
+    except CadpipeInputError as err:
+        print(f"cadpipe score: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.quiet:
+        rate = summary["units_per_second"]
+        print(f"scored {summary['units']} units in {summary['studies']} studies: {summary['ok']} ok, "
+              f"{summary['error']} error ({summary['skipped_already_done']} already done"
+              f"{f', {rate} units/s' if rate else ''})")
+        print(f"results: {summary['results_csv']}")
+        print(f"outputs and reports: {summary['output']}/<study>/")
+    return summary["exit_code"]

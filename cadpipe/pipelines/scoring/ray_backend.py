@@ -1,0 +1,82 @@
+"""``cadpipe score --ray``: the same scoring on Ray actors, one model per actor.
+
+The driver discovers units and owns the journal; actors (each with its own :class:`BundleRunner`) score chunks
+of units with :func:`cadpipe.pipelines.scoring.score.process_units`, write the per-unit files into the output folder and
+return the rows, which the driver journals as chunks finish. Output files are written by the actors, so on a
+multi-node cluster the output folder must be on a shared file system (same path on every node).
+"""
+
+from __future__ import annotations
+
+import os
+
+from cadpipe.pipelines.scoring.discovery import Unit
+
+
+def run_options(cfg) -> dict:
+    """The per-run options an actor needs besides the bundle (the same as the local path applies)."""
+    return {"heatmaps": bool(cfg.heatmaps), "plain_images": bool(cfg.reports)}
+
+
+class _Scorer:
+    """One actor: one :class:`BundleRunner`, configured with the run's options (:func:`run_options`)."""
+
+    def __init__(self, bundle: str, device: str | None, overrides: dict, options: dict | None = None):
+        import torch
+
+        torch.set_num_threads(1)
+        from cadpipe.pipelines.inference.bundle_runner import BundleRunner
+
+        self.options = dict(options or {})
+        self.runner = BundleRunner(bundle, device=device, overrides=overrides)
+        if not self.options.get("heatmaps", True):
+            self.runner.cam_layers = None
+
+    def score(self, units: list[dict], out_dir: str, batch_size: int) -> list[dict]:
+        from cadpipe.pipelines.scoring.score import process_units
+
+        rows: list[dict] = []
+        process_units(self.runner, [Unit(**u) for u in units], out_dir, rows.append, batch_size, workers=0,
+                      plain_images=self.options.get("plain_images", True))
+        return rows
+
+
+def score_with_ray(cfg, todo: list[Unit], emit, progress=None) -> None:
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        if cfg.ray in ("", "local", None):
+            ray.init(num_cpus=cfg.ray_actors or None, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        else:
+            ray.init(address=cfg.ray, log_to_driver=False)
+    try:
+        n_actors = cfg.ray_actors or max(1, int(ray.available_resources().get("CPU", 1)))
+        n_actors = min(n_actors, len(todo))
+        gpu = 1 if (cfg.device or "").startswith("cuda") else 0
+        actor_cls = ray.remote(num_cpus=1, num_gpus=gpu)(_Scorer)
+        bundle = os.path.abspath(cfg.bundle)
+        actors = [actor_cls.remote(bundle, cfg.device, cfg.overrides, run_options(cfg)) for _ in range(n_actors)]
+        chunk = max(1, cfg.batch_size)
+        chunks = [[u.to_dict() for u in todo[i:i + chunk]] for i in range(0, len(todo), chunk)]
+        out_dir = os.path.abspath(cfg.output)
+        pending = {}
+        queue = list(chunks)
+        free = list(actors)
+        while queue or pending:
+            while queue and free:
+                actor = free.pop()
+                pending[actor.score.remote(queue.pop(0), out_dir, cfg.batch_size)] = actor
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                free.append(pending.pop(ref))
+                for row in ray.get(ref):
+                    emit(row)
+                    if progress is not None:
+                        progress.update(1)
+        for a in actors:
+            ray.kill(a)
+    finally:
+        if started_here:
+            ray.shutdown()

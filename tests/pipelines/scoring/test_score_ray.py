@@ -1,0 +1,66 @@
+"""--ray on a local Ray gives the same results.csv as the local path."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+from cadpipe.pipelines.scoring.score import ScoreConfig, score
+from tests.pipelines.scoring.score_helpers import make_bundle, mixed_2d_folder
+
+pytest.importorskip("ray")
+
+
+@pytest.mark.slow
+def test_ray_matches_local(tmp_path):
+    bundle = make_bundle("tiny_classification_bundle", str(tmp_path))
+    src = str(tmp_path / "in")
+    mixed_2d_folder(src)
+    local = score(ScoreConfig(bundle=bundle, input=src, output=str(tmp_path / "local"), workers=0, quiet=True))
+    on_ray = score(ScoreConfig(bundle=bundle, input=src, output=str(tmp_path / "ray"), workers=0, quiet=True,
+                               ray="", ray_actors=2, batch_size=2))
+    assert on_ray["exit_code"] == local["exit_code"] and on_ray["ok"] == local["ok"] == 8
+    a = pd.read_csv(str(tmp_path / "local" / "results.csv")).drop(columns=["elapsed_s"])
+    b = pd.read_csv(str(tmp_path / "ray" / "results.csv")).drop(columns=["elapsed_s"])
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
+    listing = lambda root: sorted(os.path.relpath(os.path.join(d, f), root)  # noqa: E731
+                                  for d, _, fs in os.walk(root) for f in fs if ".cadpipe" not in d)
+    assert listing(str(tmp_path / "local")) == listing(str(tmp_path / "ray"))
+
+
+def _pngs(root):
+    return sorted(f for _, _, fs in os.walk(root) for f in fs if f.endswith(".png"))
+
+
+def test_actor_gets_the_run_options(tmp_path):
+    """The actor class (run in-process here) applies --no-heatmaps / --no-reports like the local path."""
+    from cadpipe.pipelines.scoring.discovery import discover
+    from cadpipe.pipelines.scoring.ray_backend import _Scorer, run_options
+
+    bundle = make_bundle("tiny_classification_bundle", str(tmp_path))
+    src = str(tmp_path / "in")
+    mixed_2d_folder(src)
+    cfg = ScoreConfig(bundle=bundle, input=src, output=str(tmp_path / "o"), heatmaps=False, reports=False)
+    actor = _Scorer(bundle, "cpu", {}, run_options(cfg))
+    assert actor.runner.cam_layers is None
+    rows = actor.score([u.to_dict() for u in discover(src)], str(tmp_path / "o"), 4)
+    assert sum(r["status"] == "ok" for r in rows) == 8 and _pngs(str(tmp_path / "o")) == []
+    with_heat = _Scorer(bundle, "cpu", {}, run_options(ScoreConfig(bundle=bundle, input=src, output="x")))
+    assert with_heat.runner.cam_layers
+
+
+@pytest.mark.slow
+def test_ray_no_heatmaps_matches_local(tmp_path):
+    bundle = make_bundle("tiny_classification_bundle", str(tmp_path))
+    src = str(tmp_path / "in")
+    mixed_2d_folder(src)
+    kw = dict(bundle=bundle, input=src, workers=0, quiet=True, heatmaps=False, reports=False)
+    local = score(ScoreConfig(output=str(tmp_path / "local"), **kw))
+    on_ray = score(ScoreConfig(output=str(tmp_path / "ray"), ray="", ray_actors=2, batch_size=2, **kw))
+    assert on_ray["ok"] == local["ok"] == 8
+    assert _pngs(str(tmp_path / "ray")) == _pngs(str(tmp_path / "local")) == []  # no heatmaps, no plain images
+    a = pd.read_csv(str(tmp_path / "local" / "results.csv")).drop(columns=["elapsed_s"])
+    b = pd.read_csv(str(tmp_path / "ray" / "results.csv")).drop(columns=["elapsed_s"])
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
