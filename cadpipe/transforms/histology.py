@@ -19,6 +19,7 @@ from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy, convert_to_tensor
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.transforms.io_imagescope import annotation_mask, patch_label
 
 __all__ = [
     "load_rgb",
@@ -280,11 +281,11 @@ class RandTissuePatchesd(Randomizable, MapTransform):
     with ``pad_value``.
 
     Region labels: when the item has an Aperio ImageScope XML path under ``annotation_key`` (a non-empty string;
-    see :func:`cadpipe.data.imagescope.find_annotation`), its regions are rasterised
-    (:func:`cadpipe.data.imagescope.annotation_mask`, region names matched to ``class_names`` through
+    see :func:`cadpipe.transforms.io_imagescope.find_annotation`), its regions are rasterised
+    (:func:`cadpipe.transforms.io_imagescope.annotation_mask`, region names matched to ``class_names`` through
     ``class_map``, ignoring case) and each patch takes, under ``label_key``, the class of the region covering the
     largest fraction of it if that fraction is at least ``min_region_overlap``
-    (:func:`cadpipe.data.imagescope.patch_label`). Patches with no such region:
+    (:func:`cadpipe.transforms.io_imagescope.patch_label`). Patches with no such region:
 
     - ``unlabelled="image"`` (default): keep the item's own (image-level) label;
     - ``unlabelled="drop"``: never drawn - corners are drawn uniformly among the windows that have a qualifying
@@ -322,8 +323,6 @@ class RandTissuePatchesd(Randomizable, MapTransform):
         xml = d.get(self.annotation_key) if self.annotation_key else None
         if not xml:
             return "", None
-        from cadpipe.data.imagescope import annotation_mask
-
         if self.class_names is None:
             raise ValueError("RandTissuePatchesd needs class_names to read ImageScope region labels")
         return os.fspath(xml), annotation_mask(xml, size, self.class_names, self.class_map)
@@ -349,8 +348,6 @@ class RandTissuePatchesd(Randomizable, MapTransform):
             di[key] = t[:, x:x + p, y:y + p].clone()
             di["patch_location"] = torch.tensor([x, y])
             if region is not None:
-                from cadpipe.data.imagescope import patch_label
-
                 lab = patch_label(region, (x, y), p, self.min_region_overlap)
                 if lab >= 0:
                     di[self.label_key] = lab

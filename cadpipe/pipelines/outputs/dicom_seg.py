@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from cadpipe.pipelines.scoring.results import atomic_writer_path
+from cadpipe.pipelines.outputs.files import atomic_writer_path
 
 __all__ = ["write_dicom_seg", "mask_to_source_frames"]
 

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from cadpipe.pipelines.scoring.results import atomic_write_bytes, atomic_writer_path
+from cadpipe.pipelines.outputs.files import atomic_write_bytes, atomic_writer_path
 
 __all__ = ["overlay_png", "write_study_report", "NOT_FOR_CLINICAL_USE", "FINDING_COLOURS"]
 
@@ -60,7 +60,7 @@ def pick_slice(image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.nd
 def overlay_png(image: np.ndarray, heatmap: np.ndarray | None = None, mask: np.ndarray | None = None,
                 boxes: list[dict] | None = None, path: str | None = None, durable: bool = True) -> bytes:
     """Render a grey image (X, Y[, Z]) with a heatmap, label mask and/or boxes; returns PNG bytes (and writes
-    them atomically to ``path`` when given; ``durable=False``: no fsync, see ``results.atomic_write_bytes``).
+    them atomically to ``path`` when given; ``durable=False``: no fsync, see ``files.atomic_write_bytes``).
     Boxes are dicts with ``box`` (xyxy in (X, Y) pixels), ``label``, ``score``. PNGs use zlib level 1 (about 4x
     faster to encode than PIL's default 6, files ~25% larger).
     """

@@ -67,8 +67,11 @@ def run(args: argparse.Namespace) -> int:
                       force=args.force, quiet=args.quiet, ray=args.ray, ray_actors=args.ray_actors,
                       reports=not args.no_reports, heatmaps=not args.no_heatmaps, threads=args.threads,
                       streams=args.streams)
+    backend = None
+    if cfg.ray is not None:
+        from cadpipe.pipelines.scoring.ray_backend import score_with_ray as backend
     try:
-        summary = score(cfg)
+        summary = score(cfg, backend=backend)
     except CadpipeInputError as err:
         print(f"cadpipe score: {err}", file=sys.stderr)
         return EXIT_USAGE

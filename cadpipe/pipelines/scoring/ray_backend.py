@@ -1,5 +1,8 @@
 """``cadpipe score --ray``: the same scoring on Ray actors, one model per actor.
 
+A backend for :func:`cadpipe.pipelines.scoring.score.score` (``score(cfg, backend=score_with_ray)``): this module
+depends on the scoring core, never the other way; the CLI picks the backend.
+
 The driver discovers units and owns the journal; actors (each with its own :class:`BundleRunner`) score chunks
 of units with :func:`cadpipe.pipelines.scoring.score.process_units`, write the per-unit files into the output folder and
 return the rows, which the driver journals as chunks finish. Output files are written by the actors, so on a

@@ -20,41 +20,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from typing import Iterable
 
-__all__ = ["Journal", "atomic_write_bytes", "atomic_write_text", "write_results_table", "outputs_present",
-           "BASE_COLUMNS"]
+from cadpipe.pipelines.outputs.files import atomic_write_text, atomic_writer_path
+
+__all__ = ["Journal", "write_results_table", "outputs_present", "BASE_COLUMNS"]
 
 BASE_COLUMNS = [
     "study_id", "series_id", "unit_id", "input_paths", "bundle", "bundle_version", "model_sha256", "status",
     "error", "elapsed_s",
 ]
-
-
-def atomic_write_bytes(path: str, data: bytes, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder + ``os.replace`` (readers never see a
-    partial file; a killed process leaves the old file or the new one). ``durable`` also ``fsync``-s the data
-    before the rename (survives a power loss; slow: one disk flush per file)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str, durable: bool = True) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"), durable)
 
 
 def outputs_present(row: dict, out_dir: str) -> bool:
@@ -71,16 +47,6 @@ def outputs_present(row: dict, out_dir: str) -> bool:
         except OSError:
             return False
     return True
-
-
-def atomic_writer_path(path: str) -> str:
-    """A temp path beside ``path`` for libraries that write files themselves; ``os.replace`` it afterwards.
-
-    The temp name keeps the final suffix(es) so writers that pick a format by suffix still work.
-    """
-    folder, base = os.path.split(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, f".tmp_{os.getpid()}_{base}")
 
 
 class Journal:

@@ -26,8 +26,8 @@ import torch
 from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.scoring.discovery import Unit, discover, read_manifest, safe_name
 from cadpipe.pipelines.scoring.item_transport import pack_item, unpack_item
-from cadpipe.pipelines.scoring.results import (Journal, atomic_write_text, atomic_writer_path, outputs_present,
-                                      write_results_table)
+from cadpipe.pipelines.outputs.files import atomic_write_text, atomic_writer_path
+from cadpipe.pipelines.scoring.results import Journal, outputs_present, write_results_table
 
 __all__ = ["ScoreConfig", "score", "process_units", "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE"]
 
@@ -406,8 +406,13 @@ def _steady_rate(times: list[float]) -> float | None:
     return (n - k) / (times[-1] - times[k - 1])
 
 
-def score(cfg: ScoreConfig) -> dict:
+def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
     """Run scoring; returns the run summary (also written to ``<output>/run_summary.json``).
+
+    ``backend``: None scores in this process (:func:`process_units`); otherwise a callable
+    ``backend(cfg, todo_units, emit_row, progress)`` that scores the units elsewhere and calls ``emit_row`` once per
+    finished unit, e.g. :func:`cadpipe.pipelines.scoring.ray_backend.score_with_ray` (``cfg.ray`` then says where).
+    Discovery, the journal, the results table and the reports stay here whatever the backend.
 
     Resuming: a unit whose last row is ``ok`` (and whose output files are there) is skipped; units without a row
     and units whose row is ``error`` are (re)scored, the new row replacing the old one; ``force`` rescores all.
@@ -420,6 +425,8 @@ def score(cfg: ScoreConfig) -> dict:
     Raises:
         CadpipeInputError: the bundle, the input or the manifest cannot be used (a usage error).
     """
+    if cfg.ray is not None and backend is None:
+        raise ValueError("ScoreConfig.ray is set: pass backend=cadpipe.pipelines.scoring.ray_backend.score_with_ray")
     t_start = time.perf_counter()
     info = _bundle_info(cfg.bundle)
     os.makedirs(cfg.output, exist_ok=True)
@@ -444,13 +451,11 @@ def score(cfg: ScoreConfig) -> dict:
     streams = 1
     plain_images = cfg.reports  # without a report a plain (heatmap-less) image PNG illustrates nothing
     threads_before = torch.get_num_threads()
-    if cfg.threads and cfg.ray is None:
+    if cfg.threads and backend is None:
         torch.set_num_threads(cfg.threads)
     try:
-        if todo and cfg.ray is not None:
-            from cadpipe.pipelines.scoring.ray_backend import score_with_ray
-
-            score_with_ray(cfg, todo, emit, progress)
+        if todo and backend is not None:
+            backend(cfg, todo, emit, progress)
         elif todo:
             from cadpipe.pipelines.inference.bundle_runner import BundleRunner
 

@@ -12,6 +12,8 @@ from tests.pipelines.scoring.score_helpers import make_bundle, mixed_2d_folder
 
 pytest.importorskip("ray")
 
+from cadpipe.pipelines.scoring.ray_backend import score_with_ray  # noqa: E402
+
 
 @pytest.mark.slow
 def test_ray_matches_local(tmp_path):
@@ -20,7 +22,7 @@ def test_ray_matches_local(tmp_path):
     mixed_2d_folder(src)
     local = score(ScoreConfig(bundle=bundle, input=src, output=str(tmp_path / "local"), workers=0, quiet=True))
     on_ray = score(ScoreConfig(bundle=bundle, input=src, output=str(tmp_path / "ray"), workers=0, quiet=True,
-                               ray="", ray_actors=2, batch_size=2))
+                               ray="", ray_actors=2, batch_size=2), backend=score_with_ray)
     assert on_ray["exit_code"] == local["exit_code"] and on_ray["ok"] == local["ok"] == 8
     a = pd.read_csv(str(tmp_path / "local" / "results.csv")).drop(columns=["elapsed_s"])
     b = pd.read_csv(str(tmp_path / "ray" / "results.csv")).drop(columns=["elapsed_s"])
@@ -58,7 +60,7 @@ def test_ray_no_heatmaps_matches_local(tmp_path):
     mixed_2d_folder(src)
     kw = dict(bundle=bundle, input=src, workers=0, quiet=True, heatmaps=False, reports=False)
     local = score(ScoreConfig(output=str(tmp_path / "local"), **kw))
-    on_ray = score(ScoreConfig(output=str(tmp_path / "ray"), ray="", ray_actors=2, batch_size=2, **kw))
+    on_ray = score(ScoreConfig(output=str(tmp_path / "ray"), ray="", ray_actors=2, batch_size=2, **kw), backend=score_with_ray)
     assert on_ray["ok"] == local["ok"] == 8
     assert _pngs(str(tmp_path / "ray")) == _pngs(str(tmp_path / "local")) == []  # no heatmaps, no plain images
     a = pd.read_csv(str(tmp_path / "local" / "results.csv")).drop(columns=["elapsed_s"])
