@@ -1,4 +1,4 @@
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="cadpipe",
@@ -6,10 +6,15 @@ setup(
     description="MONAI-based computer-aided-diagnosis pipelines: bundles, transforms, batch scoring",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    packages=find_packages(include=["cadpipe", "cadpipe.*"]),
+    python_requires=">=3.11",  # the version the suite runs on
+    # namespace packages: the portal's static/ and templates/ folders are data-only packages, declared as such
+    packages=find_namespace_packages(include=["cadpipe", "cadpipe.*"], exclude=["*.__pycache__"]),
     include_package_data=True,
-    package_data={"cadpipe": ["pipelines/portal/templates/*", "pipelines/portal/static/*"]},
+    package_data={
+        "cadpipe": ["metadata_schema.json"],
+        "cadpipe.pipelines.portal.static": ["*.css", "*.js"],
+        "cadpipe.pipelines.portal.templates": ["*.html"],
+    },
     install_requires=[
         "monai==1.6.1",
         "torch>=2.3",
@@ -40,6 +45,7 @@ setup(
             "pytest-timeout>=2",
             "opencv-python-headless>=4.8",
             "pyarrow>=14",
+            "jsonschema>=4",  # monai.bundle verify_metadata
             "httpx>=0.27", "selenium>=4.15",  # portal: FastAPI TestClient; browser test drives Debian's chromium
         ],
         "ray": ["ray>=2.9"],

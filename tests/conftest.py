@@ -21,3 +21,15 @@ def shared_dir():
     if not os.path.isdir(path):
         pytest.skip("../shared is not present beside the checkout")
     return path
+
+
+@pytest.fixture(scope="session")
+def metadata_schema():
+    """The JSON schema bundle metadata is checked against: MONAI's published schema when a copy lies in
+    ``../shared/monai`` beside the checkout, otherwise the project's own (``cadpipe/metadata_schema.json``, written
+    from the MONAI Bundle Specification), so the check runs on a fresh clone without network access."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monai_copy = os.path.join(os.path.dirname(here), "shared", "monai", "meta_schema_20240725.json")
+    if os.path.isfile(monai_copy):
+        return monai_copy
+    return os.path.join(here, "cadpipe", "metadata_schema.json")

@@ -39,11 +39,11 @@ def test_every_bundle_is_checked():
     assert len(BUNDLES) >= 6, BUNDLES
 
 
-def test_verify_metadata(bundle, tmp_path, shared_dir):
+def test_verify_metadata(bundle, tmp_path, metadata_schema):
     from monai.bundle import verify_metadata
 
-    schema = tmp_path / "meta_schema_20240725.json"
-    shutil.copy(os.path.join(shared_dir, "monai", "meta_schema_20240725.json"), schema)
+    schema = tmp_path / "metadata_schema.json"
+    shutil.copy(metadata_schema, schema)
     verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(schema))
     meta = _meta(bundle)
     assert meta["version"] in meta["changelog"]
@@ -65,6 +65,47 @@ def test_verify_metadata(bundle, tmp_path, shared_dir):
     assert pred["num_channels"] == len(names) and image["num_channels"] == len(image["channel_def"])
     assert meta["cadpipe"]["spatial_dims"] in (len(image["spatial_shape"]), 3)
     assert (bundle / "docs" / "README.md").is_file()
+
+
+PROJECT_SCHEMA = os.path.join(os.path.dirname(__file__), "..", "..", "cadpipe", "metadata_schema.json")
+
+
+def test_project_schema_accepts_the_bundle(bundle, tmp_path):
+    """The project's own schema (the offline fallback) accepts every shipped bundle's metadata."""
+    from monai.bundle import verify_metadata
+
+    schema = tmp_path / "metadata_schema.json"
+    shutil.copy(PROJECT_SCHEMA, schema)
+    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(schema))
+
+
+@pytest.mark.parametrize("breakage", ["drop network_data_format", "drop authors", "num_channels as text",
+                                      "tensor without dtype", "version as number", "no outputs"])
+def test_project_schema_rejects_bad_metadata(breakage, tmp_path):
+    """... and rejects metadata missing a required key or with a key of the wrong type."""
+    from monai.bundle import verify_metadata
+
+    meta = json.loads(open(os.path.join(BUNDLES_DIR, BUNDLES[0], "configs", "metadata.json")).read())
+    fmt = meta["network_data_format"]
+    first_input = next(iter(fmt["inputs"].values()))
+    if breakage == "drop network_data_format":
+        del meta["network_data_format"]
+    elif breakage == "drop authors":
+        del meta["authors"]
+    elif breakage == "num_channels as text":
+        first_input["num_channels"] = "one"
+    elif breakage == "tensor without dtype":
+        del first_input["dtype"]
+    elif breakage == "version as number":
+        meta["version"] = 1
+    elif breakage == "no outputs":
+        del fmt["outputs"]
+    meta_file = tmp_path / "metadata.json"
+    meta_file.write_text(json.dumps(meta))
+    schema = tmp_path / "metadata_schema.json"
+    shutil.copy(PROJECT_SCHEMA, schema)
+    with pytest.raises(Exception, match="validat|required|is not of type|is not valid"):
+        verify_metadata(meta_file=str(meta_file), filepath=str(schema))
 
 
 # Known failures, kept visible (strict: the test fails once they are fixed, so the mark gets removed).

@@ -28,9 +28,9 @@ def bundle(tmp_path):
     return root
 
 
-def test_verify_metadata(tmp_path, shared_dir):
-    schema = tmp_path / "meta_schema_20240725.json"
-    shutil.copy(os.path.join(shared_dir, "monai", "meta_schema_20240725.json"), schema)
+def test_verify_metadata(tmp_path, metadata_schema):
+    schema = tmp_path / "metadata_schema.json"
+    shutil.copy(metadata_schema, schema)
     r = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
                         os.path.join(BUNDLE, "configs", "metadata.json"), "--filepath", str(schema)],
                        capture_output=True, text=True)

@@ -33,13 +33,13 @@ def _bundle_copy(tmp_path):
     return b
 
 
-def test_layout_and_metadata(tmp_path, shared_dir):
+def test_layout_and_metadata(tmp_path, metadata_schema):
     for f in ("metadata.json", "train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "logging.conf"):
         assert (BUNDLE / "configs" / f).is_file(), f
     assert (BUNDLE / "docs" / "README.md").is_file() and (BUNDLE / "models").is_dir()
     assert "detection" in BUNDLE.name
-    schema = tmp_path / "meta_schema_20240725.json"
-    shutil.copy(Path(shared_dir) / "monai" / "meta_schema_20240725.json", schema)
+    schema = tmp_path / "metadata_schema.json"
+    shutil.copy(metadata_schema, schema)
     r = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(BUNDLE / "configs/metadata.json"),
          "--filepath", str(schema)], capture_output=True, text=True)
