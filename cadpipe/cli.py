@@ -12,6 +12,7 @@ import importlib
 import sys
 
 import cadpipe
+from cadpipe.extras import MissingExtraError, extra_for_module
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -46,12 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        print(f"cadpipe {name}: not available ({err})", file=sys.stderr)
+        extra = extra_for_module(getattr(err, "name", None))
+        hint = f"; pip install 'cadpipe[{extra}]'" if extra else ""
+        print(f"cadpipe {name}: not available ({err}){hint}", file=sys.stderr)
         return EXIT_USAGE
     sub_parser = argparse.ArgumentParser(prog=f"cadpipe {name}", description=help_text)
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except MissingExtraError as err:  # an optional extra the asked-for run needs: one line, before any work
+        print(f"cadpipe {name}: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

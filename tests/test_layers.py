@@ -12,7 +12,7 @@ PKG_DIR = os.path.dirname(os.path.abspath(cadpipe.__file__))
 
 # lowest first; a module may import from its own layer and the layers before it
 LAYERS = [
-    ("cadpipe", "cadpipe.errors", "cadpipe._version"),
+    ("cadpipe", "cadpipe.errors", "cadpipe._version", "cadpipe.flags", "cadpipe.extras"),
     ("cadpipe.transforms",),
     ("cadpipe.data",),
     ("cadpipe.pipelines.outputs",),

@@ -175,7 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundles", nargs="*", default=None, help="only these bundle names (default: all)")
     parser.add_argument("--bundles-dir", default=None, help="where the bundles are (default: the repo's bundles/)")
     parser.add_argument("--train-timeout", type=int, default=600, help="seconds allowed for each bundle's training")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
 def _train(copy: str, dataset_dir: str, overrides: dict, log_path: str, timeout: int) -> str | None:
@@ -201,6 +201,20 @@ def _train(copy: str, dataset_dir: str, overrides: dict, log_path: str, timeout:
     if not os.path.isfile(os.path.join(copy, "models", "model.pt")):
         return f"training wrote no models/model.pt; see {log_path}"
     return None
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the current folder when it lies below it (what a user copies), else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def next_steps(out: str, name: str) -> list[str]:
+    """The commands to try next with the demo's trained copy of bundle ``name``."""
+    bundle, studies = _shown(os.path.join(out, "bundles", name)), _shown(os.path.join(out, "studies", name))
+    return ["", "Next, with a bundle the demo trained (the bundles in bundles/ ship without weights):",
+            f"  cadpipe score --bundle {bundle} --input {studies} --output scored_{name}",
+            f"  cadpipe serve --bundles {bundle} --data-dir portal_data"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -258,10 +272,14 @@ def run(args: argparse.Namespace) -> int:
     say("=" * 78)
     for name, s in done:
         say(f"{name}: {s['ok']} scored, {s['error']} errors in {s['studies']} studies")
-        say(f"  results: {s['results_csv']}")
-        say(f"  reports: {s['output']}/<study>/report.html")
+        say(f"  trained bundle: {_shown(os.path.join(out, 'bundles', name))}")
+        say(f"  results: {_shown(s['results_csv'])}")
+        say(f"  reports: {_shown(s['output'])}/<study>/report.html")
     for name, why in skipped:
         say(f"{name}: skipped ({why})")
+    if done:
+        for line in next_steps(out, done[0][0]):
+            say(line)
     say(SYNTHETIC_NOTICE)
     if not done:
         return 3

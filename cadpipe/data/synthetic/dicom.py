@@ -196,10 +196,12 @@ def write_ct_series(
     orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
     shuffle_names: bool = True,
     instance_numbers: bool = True,
+    frame_of_reference: bool = True,
     seed: int = 0,
 ) -> dict:
     """Write a CT-like series (one slice per file) into ``folder``; file names are shuffled relative to the slice
-    order so readers must sort by position. Returns ``{"folder", "paths" (slice order), "hu" (rows, cols, slices)
+    order so readers must sort by position. Every slice carries the series' Frame of Reference UID, as a scanner
+    writes it (``frame_of_reference=False`` leaves it out, as some exports do). Returns ``{"folder", "paths" (slice order), "hu" (rows, cols, slices)
     float, "stored" (int16, same shape), "positions" (n, 3), "orientation", "pixel_spacing", "slice_spacing"}``.
     A bright sphere (+400 HU) sits in the middle of a water cylinder (0 HU) in air (-1000 HU)."""
     rng = np.random.default_rng(seed)
@@ -220,6 +222,7 @@ def write_ct_series(
     hu = stored.astype(np.float64) * slope + intercept
     study_uid, series_uid = _uid(rng), _uid(rng)
     order = rng.permutation(n_slices) if shuffle_names else np.arange(n_slices)
+    frame_uid = _uid(rng)
     paths, positions = [], []
     for k in range(n_slices):
         pos = np.asarray(origin) + normal * slice_spacing * k
@@ -229,6 +232,8 @@ def write_ct_series(
         ds.ImageOrientationPatient = [float(v) for v in iop]
         ds.PixelSpacing = [float(v) for v in pixel_spacing]
         ds.SliceThickness = slice_spacing
+        if frame_of_reference:
+            ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_uid, ""
         if instance_numbers:
             ds.InstanceNumber = k + 1
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "HU"
@@ -249,6 +254,7 @@ def write_ct_series(
         "slice_spacing": slice_spacing,
         "study_uid": study_uid,
         "series_uid": series_uid,
+        "frame_of_reference_uid": frame_uid if frame_of_reference else None,
     }
 
 

@@ -27,7 +27,7 @@ log = logging.getLogger("cadpipe.portal")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other address "
                                                               "needs --token)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default 8000)")
     parser.add_argument("--bundles", default=None, metavar="PATH[,PATH...]",
                         help="bundle folders to serve (default: every bundle under ./bundles that has weights)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cxr_pneumonia_classification:use_clahe=false for one bundle)")
     parser.add_argument("--no-heatmaps", action="store_true",
                         help="skip GradCAM heat maps (classification): faster reports, the overlay is the plain image")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="server log level (default info)")
 
 
 def parse_overrides(texts: list[str]) -> dict[str | None, dict]:

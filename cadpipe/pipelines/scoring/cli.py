@@ -1,6 +1,6 @@
 """``cadpipe score``: score a folder of studies with a bundle (see :mod:`cadpipe.pipelines.scoring.score`).
 
-Exit status: 0 all units scored; 3 some units failed (error rows in results.csv); 2 usage error.
+Exit status (also in ``--help``): see :data:`EXIT_STATUS`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,19 @@ import logging
 import sys
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.pipelines.scoring.score import EXIT_USAGE, ScoreConfig, score
+from cadpipe.extras import MissingExtraError, require
+from cadpipe.pipelines.scoring.score import EXIT_NOTHING_FOUND, EXIT_USAGE, ScoreConfig, score
+
+EXIT_STATUS = """exit status:
+  0  every unit scored ok (or already scored by an earlier run)
+  2  usage error, nothing written: bad option, missing input/bundle/weights, unavailable device, missing extra
+  3  some units failed: each has an error row in results.csv (path + reason); the others are scored
+  4  the input holds no scoreable unit (a warning on stderr says so)"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_STATUS
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/cxr_pneumonia_classification")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="folder of studies (DICOM anywhere, NIfTI, DDSM cases, JPEG/PNG/TIFF); ground "
@@ -23,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--manifest", help="CSV with a 'path' column and optional 'study_id'/'series_id' columns")
     parser.add_argument("--output", required=True, help="output folder (results.csv, per-study outputs, reports)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="units forwarded together (same-shape images are batched across studies; default 4)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers loading/preprocessing")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the forward pass (default: torch's, one per CPU). On a machine "
@@ -47,11 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
-    if (args.batch_size < 1 or args.workers < 0 or (args.limit is not None and args.limit < 1)
-            or (args.threads is not None and args.threads < 1) or (args.streams is not None and args.streams < 1)):
-        print("cadpipe score: --batch-size, --limit, --threads and --streams must be >= 1, --workers >= 0",
-              file=sys.stderr)
-        return EXIT_USAGE
     overrides = {}
     for text in args.override:
         key, sep, value = text.partition("=")
@@ -67,14 +72,20 @@ def run(args: argparse.Namespace) -> int:
                       force=args.force, quiet=args.quiet, ray=args.ray, ray_actors=args.ray_actors,
                       reports=not args.no_reports, heatmaps=not args.no_heatmaps, threads=args.threads,
                       streams=args.streams)
-    backend = None
-    if cfg.ray is not None:
-        from cadpipe.pipelines.scoring.ray_backend import score_with_ray as backend
     try:
+        backend = None
+        if cfg.ray is not None:
+            require("ray", "cadpipe score --ray")  # before any work
+            from cadpipe.pipelines.scoring.ray_backend import score_with_ray as backend
         summary = score(cfg, backend=backend)
-    except CadpipeInputError as err:
+    except (CadpipeInputError, MissingExtraError) as err:
         print(f"cadpipe score: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if summary["exit_code"] == EXIT_NOTHING_FOUND:
+        print(f"cadpipe score: warning: no scoreable unit in {args.input or args.manifest} (images: DICOM, NIfTI, "
+              "NRRD, MetaImage, DDSM cases, JPEG/PNG/TIFF; ground-truth masks are skipped); nothing scored",
+              file=sys.stderr)
+        return EXIT_NOTHING_FOUND
     if not args.quiet:
         rate = summary["units_per_second"]
         print(f"scored {summary['units']} units in {summary['studies']} studies: {summary['ok']} ok, "

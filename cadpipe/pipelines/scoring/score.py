@@ -28,12 +28,14 @@ from cadpipe.pipelines.scoring.discovery import Unit, discover, read_manifest, s
 from cadpipe.pipelines.scoring.item_transport import pack_item, unpack_item
 from cadpipe.pipelines.outputs.files import atomic_write_text, atomic_writer_path
 from cadpipe.pipelines.scoring.results import Journal, outputs_present, write_results_table
+from cadpipe.pipelines.scoring.preflight import preflight
 
-__all__ = ["ScoreConfig", "score", "process_units", "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE"]
+__all__ = ["ScoreConfig", "score", "process_units", "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_NOTHING_FOUND"]
 
 log = logging.getLogger("cadpipe.score")
 
 EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED = 0, 2, 3
+EXIT_NOTHING_FOUND = 4  # the input holds no scoreable unit (nothing was scored; a warning says so)
 
 
 @dataclass
@@ -201,9 +203,13 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
 
             seg = os.path.join(folder, f"{prefix}_seg.dcm")
             label = runner.class_names[1] if len(runner.class_names) > 1 else "lesion"
-            write_dicom_seg(mask, affine, unit.dicom_files, seg, label=label, algorithm=info["name"],
-                            version=info["version"])
-            outputs["dicom_seg"] = rel(seg)
+            try:  # an optional output: without it the unit keeps its mask and numbers, and the row says why
+                write_dicom_seg(mask, affine, unit.dicom_files, seg, label=label, algorithm=info["name"],
+                                version=info["version"])
+                outputs["dicom_seg"] = rel(seg)
+            except Exception as err:  # noqa: BLE001
+                reason = err.reason if isinstance(err, CadpipeInputError) else f"{type(err).__name__}: {err}"
+                row["warnings"] = f"no DICOM SEG written: {str(reason).strip()[:300]}"
         png = os.path.join(folder, f"{prefix}_overlay.png")
         overlay_png(_display_image(runner, pre_item, mask), mask=mask, path=png, durable=False)
         outputs["overlays"].append(rel(png))
@@ -422,12 +428,18 @@ def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
     ``seconds`` the steady rate does not explain: discovery, model load, worker start, warm-up) and ``finish_s``
     (results table + reports).
 
+    ``exit_code`` in the summary: 0 all scored, 3 some units failed, 4 no scoreable unit in the input.
+
     Raises:
-        CadpipeInputError: the bundle, the input or the manifest cannot be used (a usage error).
+        CadpipeInputError: the bundle, its weights, the device, an option, the input or the manifest cannot be used
+            (a usage error; checked by :func:`~cadpipe.pipelines.scoring.preflight.preflight` before anything is
+            created).
+        MissingExtraError: ``ray`` is asked for and the ``ray`` extra is not installed.
     """
     if cfg.ray is not None and backend is None:
         raise ValueError("ScoreConfig.ray is set: pass backend=cadpipe.pipelines.scoring.ray_backend.score_with_ray")
     t_start = time.perf_counter()
+    preflight(cfg)  # bundle, weights, device, options, input, extras: before anything is created
     info = _bundle_info(cfg.bundle)
     os.makedirs(cfg.output, exist_ok=True)
     units = _find_units(cfg, int(info.get("spatial_dims", 2)))
@@ -514,7 +526,7 @@ def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
         "finish_s": round(time.perf_counter() - t_finish, 3),
         "streams": streams, "studies": len({u.study_id for u in units}), "results_csv": os.path.abspath(csv_path),
         "reports": len(reports), "output": os.path.abspath(cfg.output),
-        "exit_code": EXIT_OK if n_err == 0 else EXIT_SOME_FAILED,
+        "exit_code": EXIT_NOTHING_FOUND if not units else EXIT_OK if n_err == 0 else EXIT_SOME_FAILED,
     }
     atomic_write_text(os.path.join(cfg.output, "run_summary.json"), json.dumps(summary, indent=1))
     return summary
