@@ -6,6 +6,9 @@ except reading results out of ``"pred"`` (see the bundle contract in ``docs/arch
 - ``preprocess(item)``: the bundle's ``preprocessing`` Compose on ``{"image": <path>}``.
 - ``predict(items)``: collate (items of one shape), ``inferer(image, network)`` under ``torch.inference_mode()``,
   decollate, and the bundle's pure ``postprocessing`` per item.
+- ``summarise(out)``: the ``results.csv`` columns; classification ``predicted`` comes from the operating
+  thresholds saved with the model (``models/thresholds.json``, :mod:`cadpipe.pipelines.inference.thresholds`),
+  arg-max / 0.5 when there are none (:attr:`BundleRunner.thresholds` ``.note`` says so).
 - ``heatmap(item)``: Grad-CAM on the bundle's ``cam_layers`` (classification), by
   ``cadpipe.pipelines.inference.heatmaps.compute_cam``.
 
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.pipelines.inference.thresholds import decide, load_thresholds
 
 __all__ = ["BundleRunner", "file_sha256", "bundle_is_complete", "RESULT_COLUMNS_KEY", "RESULT_NOTES_KEY",
            "result_columns"]
@@ -116,6 +120,8 @@ class BundleRunner:
         if not os.path.isfile(self.model_file):
             raise CadpipeInputError(self.model_file, "no trained weights (train the bundle first)")
         self.model_sha256 = file_sha256(self.model_file)
+        # operating thresholds saved by training beside the weights (defaults + a note when there are none)
+        self.thresholds = load_thresholds(self.model_file, self.model_sha256)
         self.network = parser.get_parsed_content("network")
         state = torch.load(self.model_file, map_location=self.device, weights_only=True)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
@@ -134,6 +140,10 @@ class BundleRunner:
             self.detector.eval()
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.postprocessing = parser.get_parsed_content("postprocessing")
+        # detection: boxes shown in the report (score at or above overlay_min_score, at most max_boxes_shown)
+        self.display_min_score = float(parser.get_parsed_content("overlay_min_score")) \
+            if "overlay_min_score" in parser else 0.0
+        self.max_boxes_shown = int(parser.get_parsed_content("max_boxes_shown")) if "max_boxes_shown" in parser else 5
         self.cam_layers = parser.get("cam_layers") if "cam_layers" in parser else info.get("cam_layers")
         # multi-label bundles: one heatmap per class at or above ``cam_threshold`` (issue 10)
         self.cam_threshold = float(parser.get_parsed_content("cam_threshold")) if "cam_threshold" in parser else None
@@ -220,12 +230,15 @@ class BundleRunner:
         return None
 
     def cam_classes(self, probs, skip: tuple[str, ...] = ("No Finding",)) -> list[int]:
-        """Multi-label: indices of the classes (``skip`` left out) whose probability is at least ``cam_threshold``."""
+        """Multi-label: indices of the classes (``skip`` left out) at or above their operating threshold (saved with
+        the model), else at or above the bundle's ``cam_threshold``; none when the bundle sets no ``cam_threshold``."""
         if self.task != "multilabel" or self.cam_threshold is None or not self.cam_layers:
             return []
         names = self.class_names
+        limit = (lambda i: self.thresholds.threshold(names[i])) if self.thresholds.saved and names else \
+            (lambda i: self.cam_threshold)
         return [i for i, p in enumerate(np.asarray(probs, dtype=np.float64).reshape(-1))
-                if p >= self.cam_threshold and not (i < len(names) and names[i] in skip)]
+                if p >= limit(i) and not (i < len(names) and names[i] in skip)]
 
     def heatmaps(self, items: list[dict], class_index: int | None = None) -> list[np.ndarray] | None:
         """GradCAM for a list of same-shape preprocessed items in one forward/backward pass (see :meth:`heatmap`)."""
@@ -259,19 +272,19 @@ class BundleRunner:
             probs = np.asarray(torch.as_tensor(pred).detach().cpu().float()).reshape(-1)
             names = self.class_names if len(self.class_names) == probs.size else [str(i) for i in range(probs.size)]
             row = {f"prob_{n}": float(p) for n, p in zip(names, probs)}
-            if self.task == "multilabel":
-                row["predicted"] = ";".join(n for n, p in zip(names, probs) if p >= 0.5)
-            else:
-                row["predicted"] = names[int(probs.argmax())]
+            row["predicted"] = decide(self.task, names, probs, self.thresholds)["predicted"]
             return row
         if self.task == "segmentation":
             mask = self.label_map(out)
             n = int((mask > 0).sum())
-            row = {"lesion_voxels": n, "lesion_volume_ml": float(n * self.voxel_volume_mm3(out) / 1000.0)}
-            return row
+            size = self.unit_size(out, mask.ndim)
+            if mask.ndim == 3:  # a volume: mL
+                return {"lesion_voxels": n, "lesion_volume_ml": float(n * size / 1000.0) if size else None}
+            return {"lesion_voxels": n, "lesion_area_cm2": float(n * size / 100.0) if size else None}  # 2D: cm²
         if self.task == "detection":
             scores = np.asarray(torch.as_tensor(out.get("score", [])).detach().cpu().float()).reshape(-1)
-            row = {"n_findings": int(scores.size), "top_score": float(scores.max()) if scores.size else 0.0}
+            shown = min(int((scores >= self.display_min_score).sum()), self.max_boxes_shown)
+            row = {"n_findings": shown, "top_score": float(scores.max()) if scores.size else 0.0}
             if "malignancy" in out and scores.size:
                 mal = np.asarray(torch.as_tensor(out["malignancy"]).detach().cpu().float()).reshape(-1)
                 row["top_malignancy"] = float(mal.max())
@@ -301,6 +314,17 @@ class BundleRunner:
             a4[:2, :2], a4[:2, 3] = aff[:2, :2], aff[:2, 2]
             aff = a4
         return aff
+
+    def unit_size(self, out: dict, ndim: int) -> float | None:
+        """One pixel's area in mm² (``ndim`` 2) or one voxel's volume in mm³ (3) from the affine; None when the
+        input file gives no spacing (PNG/JPEG/TIFF)."""
+        pred, image = out.get("pred"), out.get("image")
+        fmt = next((m.get("format") for m in (getattr(pred, "meta", None), getattr(image, "meta", None))
+                    if isinstance(m, dict) and m.get("format")), None)
+        if fmt == "image":
+            return None
+        aff = self.affine(out)
+        return float(abs(np.linalg.det(aff[:ndim, :ndim])))
 
     def voxel_volume_mm3(self, out: dict) -> float:
         aff = self.affine(out)

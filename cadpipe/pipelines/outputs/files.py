@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_writer_path"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_writer_path", "current_umask"]
+
+_UMASK_LOCK = threading.Lock()
 
 
 def atomic_write_bytes(path: str, data: bytes, durable: bool = True) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder + ``os.replace`` (readers never see a
     partial file; a killed process leaves the old file or the new one). ``durable`` also ``fsync``-s the data
-    before the rename (survives a power loss; slow: one disk flush per file)."""
+    before the rename (survives a power loss; slow: one disk flush per file).
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (``0o666`` less the process's umask), not
+    the ``0o600`` of the temp file ``mkstemp`` creates.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -31,6 +39,22 @@ def atomic_write_bytes(path: str, data: bytes, durable: bool = True) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status`` on Linux; elsewhere set and restored
+    under a lock, as ``os.umask`` can only be read by setting it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str, text: str, durable: bool = True) -> None:

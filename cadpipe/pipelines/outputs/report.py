@@ -96,7 +96,8 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray | None = None, mask: np.n
             x0, y0, x1, y1 = (float(v) for v in b["box"])
             colour = FINDING_COLOURS["box_malignant" if b.get("malignancy", 0) >= 0.5 else "box"]
             draw.rectangle([x0, y0, x1, y1], outline=colour, width=max(1, int(min(pil.size) / 200)))
-            draw.text((x0 + 2, y0 + 2), f"{b.get('label', '')} {b.get('score', 0):.2f}", fill=colour)
+            text = str(b["n"]) if "n" in b else f"{b.get('label', '')} {b.get('score', 0):.2f}"
+            draw.text((x0 + 2, y0 + 2), text, fill=colour, font_size=max(10, int(min(pil.size) / 40)))
     buf = io.BytesIO()
     pil.save(buf, format="PNG", compress_level=1)
     data = buf.getvalue()

@@ -153,21 +153,26 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
     rel = lambda p: os.path.relpath(p, out_dir)  # noqa: E731
     outputs: dict[str, Any] = {"overlays": []}
     findings: list[dict] = []
+    from cadpipe.pipelines.outputs.findings import (classification_findings, detection_caption, detection_findings,
+                                                    heatmap_caption, segmentation_caption, segmentation_finding,
+                                                    select_boxes)
     from cadpipe.pipelines.outputs.report import overlay_png
 
+    captions: list[str] = []  # one per overlay: what the image shows
     if runner.task in ("classification", "multilabel"):
         names = [k[5:] for k in row if k.startswith("prob_")]
         probs = [row[f"prob_{n}"] for n in names]
-        target = runner.positive_class if runner.positive_class in names else row.get("predicted")
-        shown = [target] if runner.task == "classification" and target in names else names
-        for n in shown:
-            p = row[f"prob_{n}"]
-            findings.append({"type": n, "probability": p,
-                             "text": f"The model estimates a {p:.0%} probability of {n.replace('_', ' ')}."})
+        ops = runner.thresholds
+        thr = {n: ops.threshold(n) for n in names}
+        findings += classification_findings(runner.task, names, probs, thr, ops.positive_class or runner.positive_class,
+                                            row["predicted"])
+        if ops.note:
+            findings.append({"type": "note", "text": ops.note[0].upper() + ops.note[1:] + "."})
         heat = pre_item.get("_heatmap")
+        cam_idx = runner.cam_class()
+        cam_idx = cam_idx if cam_idx is not None else int(np.argmax(probs))
         if heat is None and runner.cam_layers:
-            cls = runner.cam_class()
-            heat = runner.heatmap(pre_item, class_index=cls if cls is not None else int(np.argmax(probs)))
+            heat = runner.heatmap(pre_item, class_index=cam_idx)
         per_class_cams = runner.cam_classes(probs)
         image = None
         if heat is not None or info.get("plain_images", True) or per_class_cams:  # an overlay will be drawn
@@ -177,6 +182,9 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
             png = os.path.join(folder, f"{prefix}_heatmap.png" if heat is not None else f"{prefix}_image.png")
             overlay_png(image, heatmap=heat, path=png, durable=False)
             outputs["overlays"].append(rel(png))
+            cam_name = names[cam_idx] if cam_idx < len(names) else str(cam_idx)
+            captions.append(heatmap_caption(cam_name, probs[cam_idx], thr.get(cam_name, 0.5)) if heat is not None
+                            else "The image as analysed (no heat map)")
         # -- issue 10: multi-label bundles with cam_threshold get one heatmap per class above it ----------------
         per_class = []
         for ci in per_class_cams:
@@ -184,6 +192,7 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
             cpng = os.path.join(folder, f"{prefix}_heatmap_{safe_name(n)}.png")
             overlay_png(image, heatmap=runner.heatmap(pre_item, class_index=ci), path=cpng, durable=False)
             outputs["overlays"].append(rel(cpng))
+            captions.append(heatmap_caption(n, probs[ci], thr.get(n, 0.5)))
             per_class.append(rel(cpng))
         if runner.task == "multilabel" and runner.cam_threshold is not None:
             row["heatmaps"] = ";".join(per_class)
@@ -213,11 +222,10 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
         png = os.path.join(folder, f"{prefix}_overlay.png")
         overlay_png(_display_image(runner, pre_item, mask), mask=mask, path=png, durable=False)
         outputs["overlays"].append(rel(png))
-        if row["lesion_voxels"]:
-            size = f"{row['lesion_volume_ml']:.2f} mL" if runner.spatial_dims == 3 else f"{row['lesion_voxels']} pixels"
-            findings.append({"type": "lesion", "text": f"A suspicious region of {size} was outlined (red)."})
-        else:
-            findings.append({"type": "none", "text": "No suspicious region was outlined."})
+        structure = runner.class_names[1] if len(runner.class_names) > 1 else "lesion"
+        findings.append(segmentation_finding(structure, row["lesion_voxels"], mask.ndim,
+                                             runner.unit_size(out, mask.ndim)))
+        captions.append(segmentation_caption(structure, mask.ndim))
     elif runner.task == "detection":
         to_list = lambda k: np.asarray(torch.as_tensor(out.get(k, [])).detach().cpu().float()).tolist()  # noqa: E731
         boxes = [
@@ -228,6 +236,7 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
         if "malignancy" in out:
             for b, m in zip(boxes, to_list("malignancy")):
                 b["malignancy"] = m
+        shown_boxes = select_boxes(boxes, runner.display_min_score, runner.max_boxes_shown)
         js = os.path.join(folder, f"{prefix}_boxes.json")
         atomic_write_text(js, json.dumps({"format": "xyxy (col_min,row_min,col_max,row_max) pixels", "boxes": boxes},
                                          indent=1), durable=False)
@@ -239,14 +248,10 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
             shown = np.asarray(LoadStudyImage(mode="gray")(unit.image))[0]
         except Exception:  # noqa: BLE001
             shown = _display_image(runner, pre_item, None)
-        overlay_png(shown, boxes=boxes, path=png, durable=False)
+        overlay_png(shown, boxes=shown_boxes, path=png, durable=False)
         outputs["overlays"].append(rel(png))
-        for i, b in enumerate(sorted(boxes, key=lambda b: -b["score"]), start=1):
-            extra = f", malignancy {b['malignancy']:.0%}" if "malignancy" in b else ""
-            findings.append({"type": str(b["label"]), "probability": b["score"],
-                             "text": f"Finding {i}: possible {b['label']} (score {b['score']:.0%}{extra}), boxed."})
-        if not boxes:
-            findings.append({"type": "none", "text": "No finding above the model's threshold."})
+        findings += detection_findings(shown_boxes, runner.display_min_score)
+        captions.append(detection_caption(shown_boxes, runner.display_min_score))
     # -- issue 10: result keys set by the bundle's transforms (see bundle_runner): report notes + a details file --
     from cadpipe.pipelines.inference.bundle_runner import RESULT_NOTES_KEY, result_columns
 
@@ -257,7 +262,8 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
         atomic_write_text(js, json.dumps(extra, indent=1, default=str), durable=False)
         outputs["details"] = rel(js)
     # -- end issue 10 -------------------------------------------------------------------------------------------
-    return _base_row(unit, info) | {"status": "ok", "error": ""} | row | {"_findings": findings, "_outputs": outputs}
+    return _base_row(unit, info) | {"status": "ok", "error": ""} | row | {"_findings": findings, "_outputs": outputs,
+                                                                        "_captions": captions}
 
 
 # -- the scoring loop -------------------------------------------------------------------------------------------
