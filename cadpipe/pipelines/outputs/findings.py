@@ -17,7 +17,7 @@ Wording follows the task:
 from __future__ import annotations
 
 __all__ = ["classification_findings", "threshold_phrase", "heatmap_caption", "segmentation_finding",
-           "segmentation_caption", "select_boxes", "detection_findings", "detection_caption", "NO_FINDING"]
+           "segmentation_caption", "select_boxes", "detection_findings", "threshold_columns", "detection_caption", "NO_FINDING"]
 
 NO_FINDING = "No Finding"
 
@@ -65,6 +65,17 @@ def classification_findings(task: str, names: list[str], probs: list[float], thr
     call = "positive" if prob.get(predicted, 0.0) >= thr.get(predicted, 0.5) else "negative"
     return [item(predicted, call, f"Predicted class: {_name(predicted)} (probability {_pct(prob[predicted])}, the "
                                   f"highest of {len(names)} classes).")]
+
+
+def threshold_columns(task: str, names: list[str], thresholds: dict[str, float], ops) -> dict[str, float]:
+    """The thresholds that decide: every class (multi-label), the positive class (binary), none (multi-class:
+    arg-max). ``ops``: the model's :class:`~cadpipe.pipelines.inference.thresholds.OperatingThresholds`."""
+    if task == "multilabel":
+        return dict(thresholds)
+    if len(names) == 2:
+        pos = ops.positive_class if ops.positive_class in names else names[1]
+        return {pos: thresholds[pos]}
+    return {}
 
 
 def heatmap_caption(class_name: str, p: float, threshold: float, method: str = "Grad-CAM") -> str:

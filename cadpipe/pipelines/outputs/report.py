@@ -11,10 +11,12 @@ import base64
 import html
 import io
 import os
+import re
 
 import numpy as np
 
 from cadpipe.pipelines.outputs.files import atomic_write_bytes, atomic_writer_path
+from cadpipe.pipelines.outputs.patient_header import patient_lines, technical_lines, view_text
 
 __all__ = ["overlay_png", "write_study_report", "NOT_FOR_CLINICAL_USE", "FINDING_COLOURS"]
 
@@ -106,58 +108,123 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray | None = None, mask: np.n
     return data
 
 
-def _img_tag(path: str) -> str:
+def _img_tag(path: str, caption: str) -> str:
     with open(path, "rb") as f:
         b64 = base64.b64encode(f.read()).decode("ascii")
-    return f'<img alt="{html.escape(os.path.basename(path))}" src="data:image/png;base64,{b64}" style="max-width:480px">'
+    cap = html.escape(caption or os.path.basename(path))
+    return (f'<figure><img alt="{cap}" src="data:image/png;base64,{b64}" style="max-width:480px">'
+            f"<figcaption>{cap}</figcaption></figure>")
+
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+
+
+def _is_uid(text: str) -> bool:
+    return bool(_UID.match(str(text or "")))
+
+
+def _unit_title(index: int, row: dict) -> str:
+    """``"Image 2: IM0001.dcm (CC, left)"``: the file name, not the series UID."""
+    name = os.path.basename(str(row.get("input_paths", "")).split(";")[0])
+    series = str(row.get("series_id", ""))
+    label = name or series
+    if series and not _is_uid(series) and series not in name:
+        label = f"{series} — {name}" if name else series
+    view = view_text(row.get("_patient") or {})
+    return f"Image {index}: {label}" + (f" ({view})" if view else "")
+
+
+def _probability_block(row: dict, e) -> tuple[str, list[str]]:
+    """The probability table(s) of a classification row: HTML, and lines for the PDF.
+
+    Multi-label: the classes not reported as findings go into a collapsed table (``<details>``)."""
+    probs = {k[5:]: float(v) for k, v in row.items() if k.startswith("prob_") and v is not None}
+    if not probs:
+        return "", []
+    thr = row.get("_thresholds") or {}
+    positive = {f.get("type") for f in row.get("_findings", []) if f.get("call") == "positive"}
+    multilabel = row.get("_task") == "multilabel"
+
+    def table(names) -> str:
+        head = "<tr><th>Class</th><th>Probability</th>" + ("<th>Operating threshold</th>" if thr else "") + "</tr>"
+        body = "".join(f"<tr><td>{e(n.replace('_', ' '))}</td><td>{probs[n]:.1%}</td>"
+                       + (f"<td>{float(thr[n]):.1%}</td>" if n in thr else "<td>—</td>" if thr else "") + "</tr>" for n in names)
+        return f"<table>{head}{body}</table>"
+
+    names = sorted(probs, key=lambda n: -probs[n])
+    if multilabel:
+        rest = [n for n in names if n not in positive]
+        html_ = (f"<details><summary>Other classes, below their operating threshold ({len(rest)})</summary>"
+                 f"{table(rest)}</details>") if rest else ""
+        return html_, []
+    lines = ["Probabilities: " + ", ".join(f"{n.replace('_', ' ')} {probs[n]:.1%}" for n in names)]
+    return table(names), lines
 
 
 def write_study_report(study_dir: str, study_id: str, rows: list[dict], patient: dict, bundle: dict,
                        out_dir: str) -> list[str]:
     """Write ``<study_dir>/report.html`` (self-contained: images inlined as base64) and ``report.pdf`` when
-    reportlab is installed. ``rows`` are the journal rows of the study's units (with ``_findings`` and
-    ``_outputs``). Returns the written paths.
+    reportlab is installed. Returns the written paths.
+
+    ``rows`` are the journal rows of the study's units: ``_findings`` (sentences, see
+    :mod:`cadpipe.pipelines.outputs.findings`), ``_outputs`` (``overlays``: image paths relative to ``out_dir``),
+    ``_captions`` (one per overlay), ``_thresholds`` (class → operating threshold) and ``_patient`` (the unit's
+    DICOM identifiers, for its view and UIDs). The header shows ``patient`` in human form
+    (:mod:`cadpipe.pipelines.outputs.patient_header`); UIDs only appear under "Technical details".
     """
     e = html.escape
-    ident = [("Patient ID", patient.get("PatientID", "")), ("Patient name", patient.get("PatientName", "")),
-             ("Study", study_id), ("Study date", patient.get("StudyDate", "")),
-             ("Accession", patient.get("AccessionNumber", ""))]
+    ident = patient_lines(patient)
+    if study_id and not _is_uid(study_id) and not any(k == "Study" for k, _ in ident):
+        ident.append(("Study", str(study_id)))
+    model = f"{bundle['name']} version {bundle['version']}"
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>cadpipe report</title>",
         "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #999;padding:3px 6px}.warn{background:#fee;border:2px solid #c00;padding:8px;"
-        "font-weight:bold}</style></head><body>",
+        "td,th{border:1px solid #999;padding:3px 6px;text-align:left}.warn{background:#fee;border:2px solid #c00;"
+        "padding:8px;font-weight:bold}figure{display:inline-block;margin:6px}figcaption{font-size:90%;"
+        "max-width:480px}.tech{font-size:80%;color:#444}summary{cursor:pointer}</style></head><body>",
         f"<p class='warn'>{e(NOT_FOR_CLINICAL_USE)}</p>",
         "<h1>Computer-aided analysis report</h1><table>",
-        *[f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in ident if v],
-        f"<tr><th>Model</th><td>{e(bundle['name'])} version {e(bundle['version'])} "
-        f"(weights sha256 {e(bundle['model_sha256'][:12])}…)</td></tr></table>",
+        *[f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in ident],
+        f"<tr><th>Analysis</th><td>{e(model)}</td></tr></table>",
     ]
-    pdf_items: list[tuple[str, list[str], list[str]]] = []
-    for row in rows:
-        title = f"Series {row.get('series_id')} — {os.path.basename(str(row.get('input_paths', '')).split(';')[0])}"
+    pdf_items: list[tuple[str, list[str], list[tuple[str, str]]]] = []
+    for index, row in enumerate(rows, start=1):
+        title = _unit_title(index, row)
         parts.append(f"<h2>{e(title)}</h2>")
-        lines: list[str] = []
+        pdf_lines: list[str] = []
         if row.get("status") != "ok":
             lines = [f"Could not be analysed: {row.get('error')}"]
         else:
             lines = [f["text"] for f in row.get("_findings", [])] or ["No findings."]
-            probs = {k[5:]: v for k, v in row.items() if k.startswith("prob_")}
-            if probs:
-                parts.append("<table><tr>" + "".join(f"<th>{e(k)}</th>" for k in probs) + "</tr><tr>"
-                             + "".join(f"<td>{float(v):.1%}</td>" for v in probs.values()) + "</tr></table>")
         parts.append("<ul>" + "".join(f"<li>{e(t)}</li>" for t in lines) + "</ul>")
-        images = [os.path.join(out_dir, p) for p in row.get("_outputs", {}).get("overlays", [])]
-        images = [p for p in images if os.path.isfile(p)]
-        parts.extend(_img_tag(p) for p in images)
-        pdf_items.append((title, lines, images))
+        if row.get("status") == "ok":
+            block, pdf_lines = _probability_block(row, e)
+            parts.append(block)
+        overlays = list(row.get("_outputs", {}).get("overlays", []))
+        captions = list(row.get("_captions") or [])
+        images = [(os.path.join(out_dir, p), captions[i] if i < len(captions) else "") for i, p in enumerate(overlays)]
+        images = [(p, c) for p, c in images if os.path.isfile(p)]
+        parts.extend(_img_tag(p, c) for p, c in images)
+        pdf_items.append((title, lines + pdf_lines, images))
+    tech = [("Model", f"{model}, weights sha256 {bundle.get('model_sha256', '')}")]
+    tech += technical_lines(patient)
+    if study_id and _is_uid(study_id) and study_id != patient.get("StudyInstanceUID"):
+        tech.append(("Study", str(study_id)))
+    for index, row in enumerate(rows, start=1):
+        for label, value in technical_lines(row.get("_patient") or {}):
+            if label != "Study Instance UID" and (label, value) not in tech:
+                tech.append((f"Image {index}: {label}", value))
+    parts.append("<details class='tech'><summary>Technical details</summary><table>"
+                 + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in tech) + "</table></details>")
     parts.append(f"<p class='warn'>{e(NOT_FOR_CLINICAL_USE)}</p><p><small>Generated by cadpipe.</small></p>"
                  "</body></html>")
     html_path = os.path.join(study_dir, "report.html")
     atomic_write_bytes(html_path, "\n".join(parts).encode("utf-8"))
     written = [html_path]
     try:
-        written.append(_write_pdf(os.path.join(study_dir, "report.pdf"), ident, bundle, pdf_items))
+        written.append(_write_pdf(os.path.join(study_dir, "report.pdf"), ident + [("Analysis", model)], tech,
+                                  pdf_items))
     except ImportError:
         pass
     return written
@@ -178,7 +245,7 @@ def _pdf_image(path: str):
         return img.copy()
 
 
-def _write_pdf(path: str, ident, bundle: dict, items) -> str:
+def _write_pdf(path: str, ident, tech, items) -> str:
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.utils import ImageReader
     from reportlab.pdfgen import canvas
@@ -200,20 +267,24 @@ def _write_pdf(path: str, ident, bundle: dict, items) -> str:
     line(NOT_FOR_CLINICAL_USE, 10, True)
     line("Computer-aided analysis report", 16, True)
     for k, v in ident:
-        if v:
-            line(f"{k}: {v}")
-    line(f"Model: {bundle['name']} version {bundle['version']}")
+        line(f"{k}: {v}")
     for title, lines, images in items:
         y -= 6
         line(title, 12, True)
         for t in lines:
             line("- " + t)
-        for img in images:
-            if y < 260:
+        for img, caption in images:
+            if y < 280:
                 c.showPage()
                 y = height - 40
-            c.drawImage(ImageReader(_pdf_image(img)), 40, y - 220, width=220, height=220, preserveAspectRatio=True)
+            c.drawImage(ImageReader(_pdf_image(img)), 40, y - 220, width=220, height=220, preserveAspectRatio=True,
+                        anchor="sw")
             y -= 230
+            line(caption, 8)
+    y -= 6
+    line("Technical details", 9, True)
+    for k, v in tech:
+        line(f"{k}: {v}", 7)
     line(NOT_FOR_CLINICAL_USE, 10, True)
     c.save()
     os.replace(tmp, path)

@@ -72,6 +72,9 @@ def score_job(runner, units: list, out_dir: str, on_step: Callable[[str], None] 
     process_units(_StepRunner(runner, on_step), units, out_dir, rows.append, batch_size=4, workers=0)
     order = {u.unit_id: i for i, u in enumerate(units)}
     rows.sort(key=lambda r: order.get(r["unit_id"], 0))
+    by_id = {u.unit_id: u for u in units}
+    for row in rows:  # the unit's DICOM identifiers: its view in the report, its UIDs under technical details
+        row["_patient"] = getattr(by_id.get(row["unit_id"]), "patient", None) or {}
     names = display_names or {}
     stems = {os.path.basename(p).split(".")[0] for p in names}
     for i, row in enumerate(rows, start=1):

@@ -161,6 +161,12 @@ def _dicom_header(path: str) -> dict | None:
             "AccessionNumber": get("AccessionNumber"),
             "Modality": get("Modality"),
             "StudyInstanceUID": get("StudyInstanceUID"),
+            # the report header and technical details (cadpipe.pipelines.outputs.patient_header)
+            "PatientSex": get("PatientSex"), "PatientAge": get("PatientAge"),
+            "PatientBirthDate": get("PatientBirthDate"), "StudyDescription": get("StudyDescription"),
+            "BodyPartExamined": get("BodyPartExamined"), "ViewPosition": get("ViewPosition"),
+            "ImageLaterality": get("ImageLaterality"), "Laterality": get("Laterality"),
+            "SeriesInstanceUID": get("SeriesInstanceUID"), "SOPInstanceUID": get("SOPInstanceUID"),
         },
     }
 

@@ -153,9 +153,10 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
     rel = lambda p: os.path.relpath(p, out_dir)  # noqa: E731
     outputs: dict[str, Any] = {"overlays": []}
     findings: list[dict] = []
+    row_extra: dict[str, Any] = {}
     from cadpipe.pipelines.outputs.findings import (classification_findings, detection_caption, detection_findings,
                                                     heatmap_caption, segmentation_caption, segmentation_finding,
-                                                    select_boxes)
+                                                    select_boxes, threshold_columns)
     from cadpipe.pipelines.outputs.report import overlay_png
 
     captions: list[str] = []  # one per overlay: what the image shows
@@ -168,6 +169,7 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
                                             row["predicted"])
         if ops.note:
             findings.append({"type": "note", "text": ops.note[0].upper() + ops.note[1:] + "."})
+        row_extra = {"_task": runner.task, "_thresholds": threshold_columns(runner.task, names, thr, ops)}
         heat = pre_item.get("_heatmap")
         cam_idx = runner.cam_class()
         cam_idx = cam_idx if cam_idx is not None else int(np.argmax(probs))
@@ -263,7 +265,7 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
         outputs["details"] = rel(js)
     # -- end issue 10 -------------------------------------------------------------------------------------------
     return _base_row(unit, info) | {"status": "ok", "error": ""} | row | {"_findings": findings, "_outputs": outputs,
-                                                                        "_captions": captions}
+                                                                        "_captions": captions} | row_extra
 
 
 # -- the scoring loop -------------------------------------------------------------------------------------------
@@ -509,7 +511,7 @@ def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
         patients: dict[str, dict] = {}
         for u in units:
             if u.unit_id in rows_by_id:
-                by_study.setdefault(u.study_id, []).append(rows_by_id[u.unit_id])
+                by_study.setdefault(u.study_id, []).append(rows_by_id[u.unit_id] | {"_patient": u.patient})
                 patients.setdefault(u.study_id, u.patient)
         bundle = {"name": info["name"], "version": info["version"], "model_sha256": rows[0].get("model_sha256", "")}
         for study, srows in by_study.items():

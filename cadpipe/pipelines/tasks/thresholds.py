@@ -51,7 +51,7 @@ def youden_threshold(labels, scores) -> float:
     cand = np.unique(s)[::-1]  # descending
     tp = np.array([(s[y] >= t).sum() for t in cand], dtype=np.float64)
     fp = np.array([(s[~y] >= t).sum() for t in cand], dtype=np.float64)
-    j = tp / n_pos - fp / n_neg
+    j = np.round(tp / n_pos - fp / n_neg, 12)  # equal J in exact arithmetic must tie here too
     return float(cand[int(np.argmax(j))])  # argmax takes the first maximum: the highest threshold
 
 

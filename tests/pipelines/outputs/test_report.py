@@ -61,3 +61,30 @@ def test_pdf_embeds_large_overlays_downscaled_html_keeps_them_whole(tmp_path):
     html = open(html_path, encoding="utf-8").read()
     b64 = re.search(r"data:image/png;base64,([^\"]+)", html).group(1)
     assert Image.open(io.BytesIO(base64.b64decode(b64))).size == (2048, 1536)  # the HTML report keeps full size
+
+
+def test_header_human_form_uids_in_technical_details_captions_collapsed_table(tmp_path):
+    import re
+
+    p = tmp_path / "s" / "u" / "x_heatmap_Effusion.png"
+    overlay_png(np.random.rand(16, 16), heatmap=np.random.rand(8, 8), path=str(p))
+    patient = {"PatientName": "DOE^JANE", "PatientID": "P1", "PatientSex": "F", "PatientAge": "045Y",
+               "StudyDate": "20240131", "Modality": "DX", "StudyInstanceUID": "1.2.826.0.1.9"}
+    unit = {"ViewPosition": "PA", "SeriesInstanceUID": "1.2.826.0.1.10", "SOPInstanceUID": "1.2.826.0.1.11"}
+    rows = [{"series_id": "1.2.826.0.1.10", "input_paths": "/in/IM1.dcm", "status": "ok", "_task": "multilabel",
+             "prob_Effusion": 0.7, "prob_Mass": 0.1, "prob_No Finding": 0.2, "predicted": "Effusion",
+             "_thresholds": {"Effusion": 0.3, "Mass": 0.4, "No Finding": 0.5},
+             "_findings": [{"type": "Effusion", "call": "positive", "text": "Effusion: above threshold."}],
+             "_outputs": {"overlays": ["s/u/x_heatmap_Effusion.png"]},
+             "_captions": ["Grad-CAM for Effusion, 0.70 above threshold 0.30"], "_patient": unit}]
+    written = write_study_report(str(tmp_path / "s"), "1.2.826.0.1.9", rows, patient,
+                                 {"name": "cxr14", "version": "1.0", "model_sha256": "ab" * 32}, str(tmp_path))
+    html = open(written[0], encoding="utf-8").read()
+    for text in ("DOE, JANE", "Female", "45 years", "31 Jan 2024", "Radiograph (DX)", "Image 1: IM1.dcm (PA)",
+                 "<figcaption>Grad-CAM for Effusion, 0.70 above threshold 0.30</figcaption>"):
+        assert text in html, text
+    head, tech = html.split("Technical details", 1)
+    assert "1.2.826.0.1" not in head  # UIDs only in the technical details
+    assert "1.2.826.0.1.9" in tech and "1.2.826.0.1.10" in tech and "1.2.826.0.1.11" in tech and "ab" * 32 in tech
+    collapsed = re.search(r"<details><summary>Other classes.*?</details>", html).group(0)
+    assert "Mass" in collapsed and "No Finding" in collapsed and "Effusion" not in collapsed

@@ -66,7 +66,7 @@ def _cxr_and_mask_files(d):
 
 CASES = [
     ("cxr_pneumonia_classification", _cxr, {"use_clahe": False, "image_size": 64}, ["prob_PNEUMONIA", "predicted"]),
-    ("brain_mri_tumor_segmentation", _brain, {}, ["lesion_volume_ml"]),
+    ("brain_mri_tumor_segmentation", _brain, {}, ["lesion_voxels"]),  # 2D TIFF: no spacing, so no cm²
     ("brain_mri_tumor_segmentation", _brain_volume, {}, ["lesion_volume_ml"]),
     ("mammo_mass_detection", _mammo, {"image_long_side": 128}, ["n_findings", "top_score"]),
     ("breast_histology_classification", _histo, {"patch_size": 64}, ["predicted"]),
