@@ -87,6 +87,22 @@ def test_train_writes_checkpoints(trained):
 
 
 @pytest.mark.slow
+def test_train_saves_operating_threshold_with_the_weights(trained):
+    """The validation split's Youden point for PNEUMONIA, saved for exactly the weights in model.pt and used by
+    the runner that scoring, the portal and MONAI Label share."""
+    from cadpipe.pipelines.inference.bundle_runner import BundleRunner, file_sha256
+
+    models = os.path.join(trained["bundle"], "models")
+    doc = json.load(open(os.path.join(models, "thresholds.json")))
+    assert doc["model_sha256"] == file_sha256(os.path.join(models, "model.pt"))
+    assert doc["positive_class"] == "PNEUMONIA" and list(doc["classes"]) == ["PNEUMONIA"]
+    assert doc["split"] == "validation" and doc["n"] > 0
+    assert 0.0 <= doc["classes"]["PNEUMONIA"]["threshold"] <= 1.0
+    runner = BundleRunner(trained["bundle"], device="cpu", overrides={"image_size": 64, **TINY})
+    assert runner.thresholds.saved and runner.thresholds.threshold("PNEUMONIA") == doc["classes"]["PNEUMONIA"]["threshold"]
+
+
+@pytest.mark.slow
 def test_evaluate_writes_metrics_and_predictions(trained, capsys):
     out = str(trained["tmp"] / "eval")
     wf = bundle_workflow(trained["bundle"], ["train.json", "evaluate.json"], "eval", output_dir=out,

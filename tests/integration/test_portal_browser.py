@@ -164,7 +164,7 @@ def test_upload_cxr_and_see_report(server, browser):
     prob = cells[cells.index("PNEUMONIA") + 1]
     assert prob.endswith("%") and 0.0 <= float(prob[:-1]) <= 100.0
     summary = browser.find_element(By.ID, "summary").text
-    assert "probability of PNEUMONIA" in summary and "synthetic_cxr_upload.png" in summary
+    assert "PNEUMONIA: " in summary and "operating threshold" in summary and "synthetic_cxr_upload.png" in summary
     # the result is scrolled into view
     pos = browser.execute_script("const r = document.getElementById('result').getBoundingClientRect();"
                                  "return [r.top, window.innerHeight, window.scrollY, document.body.scrollHeight];")

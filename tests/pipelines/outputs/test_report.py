@@ -27,7 +27,7 @@ def test_report_is_self_contained_with_notice(tmp_path):
     p = tmp_path / "s" / "u" / "x.png"
     overlay_png(np.random.rand(16, 16), heatmap=np.random.rand(8, 8), path=str(p))
     rows = [{"series_id": "u", "input_paths": "/in/x.png", "status": "ok", "prob_normal": 0.2, "prob_pneumonia": 0.8,
-             "_findings": [{"text": "The model estimates a 80% probability of pneumonia."}],
+             "_findings": [{"text": "PNEUMONIA: positive (probability 80%, operating threshold 50%)."}],
              "_outputs": {"overlays": ["s/u/x.png"]}},
             {"series_id": "v", "input_paths": "/in/y.png", "status": "error", "error": "/in/y.png: corrupt"}]
     written = write_study_report(str(tmp_path / "s"), "S1", rows, {"PatientID": "P1"},

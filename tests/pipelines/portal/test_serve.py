@@ -183,7 +183,7 @@ def test_png_upload_to_report_and_restart(runner, tmp_path):
         row, = job["rows"]
         assert row["status"] == "ok" and 0.0 <= row["prob_PNEUMONIA"] <= 1.0
         assert abs(row["prob_PNEUMONIA"] + row["prob_NORMAL"] - 1.0) < 1e-4
-        assert "probability of PNEUMONIA" in row["findings"][0]["text"]
+        assert row["findings"][0]["text"].startswith("PNEUMONIA: ") and "operating threshold" in row["findings"][0]["text"]
         report = client.get(job["report_url"])
         assert report.status_code == 200 and "Computer-aided analysis report" in report.text
         assert "data:image/png;base64," in report.text and "synthetic_cxr.png" in report.text

@@ -119,9 +119,15 @@ def test_cli_scores_two_stage(two_stage):
         assert json.loads(r.lung_crop_box)[2] - json.loads(r.lung_crop_box)[0] <= mask.shape[1]
     dx = df.loc["synthetic_IM1"]
     assert str(dx.lung_crop_fallback) == str(str(dx.lung_found) != "True")
+    # training saved an operating threshold per pathology with the weights: heatmaps and findings follow them
+    saved = json.load(open(os.path.join(two_stage["cx14"], "models", "thresholds.json")))
+    thr = {n: c["threshold"] for n, c in saved["classes"].items()}
+    assert set(thr) == set(saved["class_names"]) and len(thr) == 15 and saved["task"] == "multilabel"
     for name, r in df.iterrows():
         probs = {c[5:]: float(r[c]) for c in df.columns if c.startswith("prob_")}
-        above = sorted(n for n, p in probs.items() if p >= 0.5 and n != "No Finding")
+        above = sorted(n for n, p in probs.items() if p >= thr[n] and n != "No Finding")
+        assert sorted(n for n in r.predicted.split(";") if n and n != "No Finding") == above
+        assert not ("No Finding" in r.predicted.split(";") and above)  # never beside a finding
         maps = [m for m in str(r.heatmaps).split(";") if m]
         assert sorted(os.path.basename(m).split("_heatmap_")[1][:-4] for m in maps) == above
         assert all(os.path.isfile(os.path.join(out, m)) for m in maps)
@@ -142,8 +148,14 @@ def test_fallback_and_per_pathology_heatmaps(two_stage):
 
     out = str(two_stage["tmp"] / "out_fallback")
     ovr = {"lung_overrides": {"threshold": 1.01}, "cam_threshold": 0.0}
-    summary = score(ScoreConfig(bundle=two_stage["cx14"], input=two_stage["input"], output=out, workers=0,
-                                quiet=True, device="cpu", overrides=ovr))
+    # cam_threshold decides the heatmaps of a model without saved operating thresholds (trained before them)
+    saved = os.path.join(two_stage["cx14"], "models", "thresholds.json")
+    os.replace(saved, saved + ".aside")
+    try:
+        summary = score(ScoreConfig(bundle=two_stage["cx14"], input=two_stage["input"], output=out, workers=0,
+                                    quiet=True, device="cpu", overrides=ovr))
+    finally:
+        os.replace(saved + ".aside", saved)
     df = _rows(out)
     assert summary["exit_code"] == EXIT_OK, df.error.tolist()
     assert set(df.lung_found.astype(str)) == {"False"} and set(df.lung_crop_fallback.astype(str)) == {"True"}
@@ -154,6 +166,7 @@ def test_fallback_and_per_pathology_heatmaps(two_stage):
         assert len(maps) == 14 and not any("No Finding" in m or "No_Finding" in m for m in maps)
         html = open(os.path.join(out, r.study_id, "report.html")).read()
         assert "no lung region found, the whole image was classified" in html
+        assert "No operating threshold saved with this model: 0.5 used." in html
 
 
 @pytest.mark.slow
