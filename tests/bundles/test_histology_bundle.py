@@ -187,6 +187,8 @@ def test_bach_layout_short_run(bundle, tmp_path):
     assert (bundle / "models" / "model.pt").is_file()
     sd = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert sd["class_layers.out.weight"].shape[0] == 4
+    doc = json.load(open(bundle / "models" / "thresholds.json"))  # one-vs-rest per class; the call stays arg-max
+    assert doc["positive_class"] is None and list(doc["classes"]) == ["Normal", "Benign", "InSitu", "Invasive"]
 
 
 def test_training_patches_follow_imagescope_regions(bundle, tmp_path):
