@@ -24,6 +24,7 @@ Output: a channel-first ``MetaTensor`` (default float32) with the reader's metad
 
 Multi-channel NIfTI volumes (e.g. several MR sequences) are never mixed: ``mode`` does not act on NIfTI. Colour
 multi-frame DICOM (ultrasound cine) is converted frame by frame like 2D colour images.
+The declared image size is checked against :class:`cadpipe.transforms.limits.PixelLimits` before any decoding.
 Any unreadable input raises :class:`cadpipe.errors.CadpipeInputError` naming the file and the reason (library
 errors are wrapped); a NIfTI (or float image) containing NaN is refused.
 """
@@ -41,7 +42,9 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.transforms.file_checks import check_readable
 from cadpipe.transforms.io_dicom import DicomReader, has_pixel_data, is_dicom_file, list_dicom_files
+from cadpipe.transforms.limits import check_declared_size
 
 __all__ = ["LoadStudyImage", "LoadStudyImaged", "detect_format", "IMAGE_SUFFIXES"]
 
@@ -186,14 +189,14 @@ class LoadStudyImage(Transform):
         if not isinstance(path, (str, os.PathLike)):
             raise CadpipeInputError(str(path), f"expected a file or folder path, got {type(path).__name__}")
         path = os.fspath(path)
-        if not os.path.exists(path):
-            raise CadpipeInputError(path, "no such file or folder")
+        check_readable(path)  # names link loops, dangling links, permission denied
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             raise CadpipeInputError(path, "empty file (0 bytes)")
         fmt = detect_format(path, check_dicom_pixels=False)  # the DICOM reader refuses files without pixels
         if fmt is None:
             what = "folder holds no DICOM files" if os.path.isdir(path) else "not a supported image format"
             raise CadpipeInputError(path, f"{what} (DICOM, DICOM series folder, LJPEG, NIfTI, PNG/JPEG/TIFF)")
+        check_declared_size(path, fmt)  # before decoding: image bombs (cadpipe.transforms.limits)
         reader = _reader_for(fmt, path)
         try:
             img = self._loader(path, reader=reader)

@@ -12,6 +12,7 @@ import sys
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.extras import MissingExtraError, require
+from cadpipe.pipelines.scoring.input_safety import add_input_safety_arguments, apply_input_safety
 from cadpipe.pipelines.scoring.score import EXIT_NOTHING_FOUND, EXIT_USAGE, ScoreConfig, score
 
 EXIT_STATUS = """exit status:
@@ -53,10 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--override", action="append", default=[], metavar="ID=VALUE",
                         help="bundle config override, VALUE parsed as JSON when it can be (e.g. image_size=64)")
     parser.add_argument("--ray-actors", type=int, default=None, help="number of Ray actors (default: CPUs)")
+    add_input_safety_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    if not apply_input_safety(args, "cadpipe score"):
+        return EXIT_USAGE
     overrides = {}
     for text in args.override:
         key, sep, value = text.partition("=")
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                       device=args.device, batch_size=args.batch_size, workers=args.workers, limit=args.limit,
                       force=args.force, quiet=args.quiet, ray=args.ray, ray_actors=args.ray_actors,
                       reports=not args.no_reports, heatmaps=not args.no_heatmaps, threads=args.threads,
-                      streams=args.streams)
+                      streams=args.streams, follow_links=args.follow_links)
     try:
         backend = None
         if cfg.ray is not None:

@@ -26,19 +26,27 @@ folder in its published layout (LGG ``*_mask.tif`` beside each slice, MSD ``labe
 - DICOM objects that are not images: Modality ``SEG``, ``RTSTRUCT``, ``SR``, ``PR``, ``KO``, ``REG``.
 
 ``discover(..., skip_ground_truth=False)`` scores them all. A manifest lists units explicitly: no rule applies.
+
+Hostile or odd input becomes a unit with ``error`` set (an error row naming the file and the reason, nothing
+loaded): symbolic links leaving the input folder (followed only with ``follow_links=True``, ``--follow-links``),
+link loops, dangling links, unreadable files, files named like DICOM that are not (decided from the ``DICM``
+preamble or a bounded header read, :mod:`cadpipe.transforms.dicom_probe`, so a gigabyte of junk is rejected in
+seconds). Output names are unique per unit (:mod:`cadpipe.pipelines.scoring.output_names`).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import os
 import re
 from dataclasses import asdict, dataclass, field
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.transforms.dicom_probe import read_dicom_header
+from cadpipe.transforms.file_checks import os_error_reason
 from cadpipe.transforms.io_any import detect_format
-from cadpipe.transforms.io_dicom import has_pixel_data
 
 __all__ = ["Unit", "discover", "read_manifest", "safe_name", "is_ground_truth"]
 
@@ -76,6 +84,10 @@ class Unit:
     paths: list[str] = field(default_factory=list)
     dicom_files: list[str] = field(default_factory=list)
     patient: dict = field(default_factory=dict)
+    error: str = ""  # set: not loaded, scored as an error row with this reason (links leaving the input...)
+    out_study: str = ""  # output folder / file names, unique (cadpipe.pipelines.scoring.output_names)
+    out_series: str = ""
+    out_prefix: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,29 +143,36 @@ def _detect(path: str) -> str | None:
         return "dicom"  # named like DICOM: a load failure is an error row, not a silent skip
     if suffix in SKIP_SUFFIXES:
         return None
+    with open(path, "rb"):  # an unreadable file raises OSError here: the caller reports why (not a silent skip)
+        pass
     # content sniffing: DICOM without extension, non-images -> None; a DICOM file's pixel data is checked with its
     # header (_dicom_header), one read per file
     fmt = detect_format(path, check_dicom_pixels=False)
     return fmt if fmt in ("dicom", "nifti", "ljpeg", "image") else None
 
 
-def _dicom_header(path: str) -> dict | None:
-    """Identifiers of one DICOM file and whether it has pixel data (large values are skipped, not read); None
-    when it cannot be read."""
-    import pydicom
-
+def _instance_number(ds) -> int:
     try:
-        ds = pydicom.dcmread(path, defer_size="1 KB", force=path.lower().endswith(DICOM_SUFFIXES))
-    except Exception:  # noqa: BLE001
-        return None
-    get = lambda key: str(getattr(ds, key, "") or "")  # noqa: E731
+        return int(getattr(ds, "InstanceNumber", 0) or 0)
+    except (TypeError, ValueError):  # a malformed IS value: order by path
+        return 0
+
+
+def _dicom_header(path: str) -> dict | str:
+    """Identifiers of one DICOM file and whether it has pixel data (bounded header read, pixel data never read);
+    the reason when it is not a readable DICOM file."""
+    try:
+        header = read_dicom_header(path)
+    except CadpipeInputError as err:
+        return err.reason
+    get = header.get
     return {
-        "pixels": has_pixel_data(ds),
+        "pixels": header.has_pixels,
         "modality": get("Modality").upper(),
         "study": get("StudyInstanceUID"),
         "series": get("SeriesInstanceUID"),
         "sop": get("SOPInstanceUID"),
-        "instance": int(getattr(ds, "InstanceNumber", 0) or 0),
+        "instance": _instance_number(header.dataset),
         "patient": {
             "PatientID": get("PatientID"),
             "PatientName": get("PatientName"),
@@ -183,8 +202,60 @@ def _file_study(root: str, path: str) -> tuple[str, str]:
     return parts[0], inner[: -len(_lower_suffix(base))] if _lower_suffix(base) else inner
 
 
+def _link_problem(path: str, real_root: str, follow_links: bool) -> str | None:
+    """Why a file/folder (a symbolic link, or under one) is not scored, or None when it may be."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ENOENT and os.path.islink(path):
+            return "broken symbolic link (its target does not exist)"
+        return os_error_reason(err)
+    if follow_links:
+        return None
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        return "symbolic link to a file outside the input folder (not followed; --follow-links follows it)"
+    return None
+
+
+def _walk(root: str, follow_links: bool) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files under ``root`` (sorted, hidden ones skipped) and ``(path, reason)`` for links that leave it."""
+    files: list[str] = []
+    refused: list[tuple[str, str]] = []
+    real_root = os.path.realpath(root)
+    visited: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_links):
+        real = os.path.realpath(dirpath)
+        if real in visited:  # a folder reached twice through links (or a link loop): once is enough
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            full = os.path.join(dirpath, d)
+            if os.path.islink(full):
+                problem = _link_problem(full, real_root, follow_links)
+                if problem:
+                    refused.append((full, problem.replace("a file outside", "a folder outside")))
+                    continue
+                if not follow_links:
+                    continue  # a link to a folder inside the input: its files are found under their real path
+            keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            if f.startswith("."):
+                continue
+            full = os.path.join(dirpath, f)
+            problem = _link_problem(full, real_root, follow_links) if os.path.islink(full) else None
+            if problem:
+                refused.append((full, problem))
+            else:
+                files.append(full)
+    return files, refused
+
+
 def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None,
-             skip_ground_truth: bool = True) -> list[Unit]:
+             skip_ground_truth: bool = True, follow_links: bool = False) -> list[Unit]:
     """All units under ``root`` (a folder, or one file), sorted by (study, series, unit id).
 
     Args:
@@ -193,6 +264,7 @@ def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None,
         series_dir: where to make folders of symlinks for DICOM series whose files do not sit alone in one
             folder (3D only); defaults to a temporary folder.
         skip_ground_truth: skip ground-truth masks/label maps and non-image DICOM objects (module docstring).
+        follow_links: follow symbolic links that leave ``root`` (default: such links become error units).
 
     Raises:
         CadpipeInputError: ``root`` does not exist.
@@ -201,31 +273,43 @@ def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None,
     if not os.path.exists(root):
         raise CadpipeInputError(root, "input does not exist")
     files: list[str] = []
+    units: list[Unit] = []
     if os.path.isfile(root):
         files = [root]
         root = os.path.dirname(root)
     else:
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+        files, refused = _walk(root, follow_links)
+        for path, reason in refused:
+            study, stem = _file_study(root, path)
+            units.append(Unit(os.path.relpath(path, root), study, stem, "error", path, [path], error=reason))
 
-    units: list[Unit] = []
     dicom: dict[tuple[str, str], list[tuple[dict, str]]] = {}
     for path in files:
         rel = os.path.relpath(path, root)
         if _is_hidden(rel) or (skip_ground_truth and is_ground_truth(rel if rel != "." else os.path.basename(path))):
             continue
-        fmt = _detect(path)
+        try:
+            fmt = _detect(path)
+        except OSError as err:  # cannot be opened to look at its content: say why
+            study, stem = _file_study(root, path)
+            units.append(Unit(os.path.relpath(path, root), study, stem, "error", path, [path],
+                              error=os_error_reason(err)))
+            continue
         if fmt is None:
             continue
         if fmt == "dicom":
             header = _dicom_header(path)
-            if header is not None and not header["pixels"] and header["study"]:
-                continue  # a readable DICOM object without an image (RT plan, SR...)
-            if skip_ground_truth and header is not None and header["modality"] in NON_IMAGE_MODALITIES:
+            if isinstance(header, str):  # named .dcm but not DICOM / broken header: an error row, nothing loaded
+                study, stem = _file_study(root, path)
+                units.append(Unit(os.path.relpath(path, root), study, stem, "dicom", path, [path], [path],
+                                  error=header))
                 continue
-            if header is None or not header["study"] or not header["series"]:
-                # named .dcm but unreadable: scored as an error row
+            if not header["pixels"] and header["study"]:
+                continue  # a readable DICOM object without an image (RT plan, SR...)
+            if skip_ground_truth and header["modality"] in NON_IMAGE_MODALITIES:
+                continue
+            if not header["study"] or not header["series"]:
+                # a DICOM image without study/series UIDs: scored as one unit (the loader decides)
                 study, stem = _file_study(root, path)
                 units.append(Unit(os.path.relpath(path, root), study, stem, "dicom", path, [path], [path]))
                 continue
@@ -277,6 +361,9 @@ def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None,
         if u.unit_id in seen:
             u.unit_id = f"{u.unit_id}#{os.path.relpath(u.paths[0], root)}"
         seen.add(u.unit_id)
+    from cadpipe.pipelines.scoring.output_names import assign_output_names
+
+    assign_output_names(units)
     return units
 
 
@@ -319,7 +406,9 @@ def read_manifest(manifest: str, spatial_dims: int = 2, series_dir: str | None =
                           [path] if fmt == "dicom" else [])]
             if fmt == "dicom":
                 header = _dicom_header(path)
-                if header:
+                if isinstance(header, str):
+                    found[0].error = header
+                else:
                     found[0].series_id, found[0].patient = header["series"] or stem, header["patient"]
         for u in found:
             if row.get("study_id"):
@@ -328,4 +417,7 @@ def read_manifest(manifest: str, spatial_dims: int = 2, series_dir: str | None =
                 u.series_id = row["series_id"]
             u.unit_id = f"{row['path']}::{u.unit_id}" if os.path.isdir(path) else u.unit_id
             units.append(u)
+    from cadpipe.pipelines.scoring.output_names import assign_output_names
+
+    assign_output_names(units)
     return units

@@ -24,6 +24,7 @@ import time
 from typing import Iterable
 
 from cadpipe.pipelines.outputs.files import atomic_write_text, atomic_writer_path
+from cadpipe.pipelines.outputs.spreadsheet import spreadsheet_safe
 
 __all__ = ["Journal", "write_results_table", "outputs_present", "BASE_COLUMNS"]
 
@@ -110,6 +111,10 @@ class Journal:
 def write_results_table(rows: Iterable[dict], out_dir: str, order: list[str] | None = None) -> str:
     """Write ``results.csv`` (and ``results.parquet`` when pyarrow is installed) atomically; returns the CSV path.
 
+    In the CSV, text cells a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, tab or
+    carriage return, e.g. a file named ``=HYPERLINK(...).png``) get a leading ``'``
+    (:func:`cadpipe.pipelines.outputs.spreadsheet.neutralise_formula`); the Parquet file keeps the raw values.
+
     Rows are sorted by (study_id, series_id, unit_id) — or by ``order`` (unit ids) when given — so an
     interrupted-and-resumed run gives the same table as an uninterrupted one.
     """
@@ -126,7 +131,7 @@ def write_results_table(rows: Iterable[dict], out_dir: str, order: list[str] | N
     extra = [c for c in extra if c not in prob]
     df = pd.DataFrame(rows, columns=BASE_COLUMNS + prob + extra)
     csv_path = os.path.join(out_dir, "results.csv")
-    atomic_write_text(csv_path, df.to_csv(index=False))
+    atomic_write_text(csv_path, spreadsheet_safe(df).to_csv(index=False))  # formulas neutralised; Parquet: raw
     try:
         import pyarrow  # noqa: F401
 

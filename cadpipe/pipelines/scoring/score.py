@@ -29,6 +29,7 @@ from cadpipe.pipelines.scoring.item_transport import pack_item, unpack_item
 from cadpipe.pipelines.outputs.files import atomic_write_text, atomic_writer_path
 from cadpipe.pipelines.scoring.results import Journal, outputs_present, write_results_table
 from cadpipe.pipelines.scoring.preflight import preflight
+from cadpipe.pipelines.scoring.worker_lifetime import die_with_parent
 
 __all__ = ["ScoreConfig", "score", "process_units", "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_NOTHING_FOUND"]
 
@@ -52,6 +53,7 @@ class ScoreConfig:
     quiet: bool = False
     ray: str | None = None  # None: local; "" / "local": a local Ray; else the cluster address
     ray_actors: int | None = None
+    follow_links: bool = False  # follow symbolic links that leave the input folder (default: error rows)
     overrides: dict[str, Any] = field(default_factory=dict)
     reports: bool = True
     heatmaps: bool = True  # GradCAM overlays for classification bundles (off: plain image PNGs)
@@ -89,6 +91,8 @@ class _UnitDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         t0 = time.perf_counter()
+        if self.units[i].error:  # refused by discovery (a link leaving the input, not DICOM...): nothing is loaded
+            return i, None, str(CadpipeInputError(self.units[i].image, self.units[i].error)), 0.0
         try:
             item = self.preprocess({"image": self.units[i].image})
             if self.pack:
@@ -112,6 +116,10 @@ def _loaded(loader, packed: bool):
 def _reason(unit: Unit, err: BaseException) -> str:
     if isinstance(err, CadpipeInputError):
         return str(err)
+    if isinstance(err, OSError):  # "permission denied", "symbolic link loop"... (cadpipe.transforms.file_checks)
+        from cadpipe.transforms.file_checks import os_error_reason
+
+        return str(CadpipeInputError(getattr(err, "filename", None) or unit.image, os_error_reason(err)))
     return str(CadpipeInputError(unit.image, f"{type(err).__name__}: {str(err).strip()[:300]}"))
 
 
@@ -148,8 +156,12 @@ def _display_image(runner, pre_item: dict, like: np.ndarray | None) -> np.ndarra
 def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, info: dict) -> dict:
     """Write the unit's files (atomically) and return its ok row (task columns + ``_findings``/``_outputs``)."""
     row = runner.summarise(out)
-    folder = os.path.join(out_dir, safe_name(unit.study_id), safe_name(unit.series_id))
-    prefix = safe_name(unit.unit_id.split("#")[0]) if unit.kind == "dicom" else safe_name(unit.series_id)
+    if not unit.out_prefix:  # units not from discover()/read_manifest(): unique names for this one
+        from cadpipe.pipelines.scoring.output_names import assign_output_names
+
+        assign_output_names([unit])
+    folder = os.path.join(out_dir, unit.out_study, unit.out_series)
+    prefix = unit.out_prefix
     rel = lambda p: os.path.relpath(p, out_dir)  # noqa: E731
     outputs: dict[str, Any] = {"overlays": []}
     findings: list[dict] = []
@@ -297,7 +309,8 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
     chunk = max(1, batch_size) if workers else 1
     loader = torch.utils.data.DataLoader(ds, batch_size=chunk, shuffle=False, num_workers=workers,
                                          collate_fn=_as_list, prefetch_factor=2 if workers else None,
-                                         persistent_workers=False)
+                                         persistent_workers=False,
+                                         worker_init_fn=die_with_parent(os.getpid()) if workers else None)
     groups: dict[tuple, list[tuple[int, dict, float]]] = {}
     emit_lock = threading.Lock()
 
@@ -392,7 +405,7 @@ def _find_units(cfg: ScoreConfig, spatial_dims: int) -> list[Unit]:
     if cfg.manifest:
         units = read_manifest(cfg.manifest, spatial_dims, series_dir)
     else:
-        units = discover(cfg.input, spatial_dims, series_dir)
+        units = discover(cfg.input, spatial_dims, series_dir, follow_links=cfg.follow_links)
     return units[: cfg.limit] if cfg.limit else units
 
 
@@ -509,14 +522,16 @@ def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
 
         by_study: dict[str, list[dict]] = {}
         patients: dict[str, dict] = {}
+        folders: dict[str, str] = {}
         for u in units:
             if u.unit_id in rows_by_id:
                 by_study.setdefault(u.study_id, []).append(rows_by_id[u.unit_id] | {"_patient": u.patient})
                 patients.setdefault(u.study_id, u.patient)
+                folders.setdefault(u.study_id, u.out_study or safe_name(u.study_id))
         bundle = {"name": info["name"], "version": info["version"], "model_sha256": rows[0].get("model_sha256", "")}
         for study, srows in by_study.items():
             try:
-                reports += write_study_report(os.path.join(cfg.output, safe_name(study)), study, srows,
+                reports += write_study_report(os.path.join(cfg.output, folders[study]), study, srows,
                                               patients[study], bundle, cfg.output)
             except Exception as err:  # noqa: BLE001 - a report failure must not lose the scores
                 log.warning("report for one study failed: %s", type(err).__name__)

@@ -1,0 +1,27 @@
+"""Keep patient and header values out of the logs of ``cadpipe score`` and ``cadpipe serve``.
+
+cadpipe's own log lines carry job ids, unit counts and reasons, never header values. pydicom, however, warns about
+invalid values by quoting them (``Invalid value for VR UI: '<script>...'``), both as a Python warning and on its
+``pydicom`` logger, and importing pydicom resets that logger's level. :func:`quiet_identifying_logs` imports pydicom
+first, then silences its logger below ERROR and ignores its warnings, for this process and the processes it forks.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+__all__ = ["quiet_identifying_logs"]
+
+
+def quiet_identifying_logs() -> None:
+    try:
+        import pydicom  # noqa: F401 - its import sets its logger's level: set ours after it
+        import pydicom.config
+    except ImportError:
+        return
+    logger = logging.getLogger("pydicom")
+    logger.setLevel(logging.ERROR)
+    logger.propagate = False
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+    warnings.filterwarnings("ignore", message=r".*(Invalid value|invalid value|VR [A-Z]{2}).*")
