@@ -63,9 +63,12 @@ def _image_shape(path: str) -> tuple[tuple[int, ...], int, bool]:
         with Image.open(path) as im:
             return (im.size[1], im.size[0]), len(im.getbands()), False
     except Image.DecompressionBombError as err:  # PIL's own guard (> 2 x its MAX_IMAGE_PIXELS) fired at open
+        with open(path, "rb") as f:
+            head = f.read(26)
+        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":  # the size as declared
+            return (int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")), 1, False
         m = re.search(r"\((\d+) pixels\)", str(err))
-        n = int(m.group(1)) if m else 0
-        return (n,), 1, False
+        return (int(m.group(1)) if m else 0,), 1, False
 
 
 def _dicom_shape(path: str) -> tuple[tuple[int, ...], int, bool]:

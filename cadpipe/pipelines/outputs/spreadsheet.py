@@ -23,8 +23,10 @@ def neutralise_formula(value):
 
 def spreadsheet_safe(df):
     """A copy of the pandas DataFrame ``df`` with :func:`neutralise_formula` applied to its text cells."""
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
     out = df.copy()
     for col in out.columns:
-        if out[col].dtype == object or str(out[col].dtype) == "string":
+        if is_object_dtype(out[col]) or is_string_dtype(out[col]):
             out[col] = out[col].map(neutralise_formula)
     return out
