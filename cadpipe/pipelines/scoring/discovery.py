@@ -38,12 +38,11 @@ from __future__ import annotations
 
 import csv
 import errno
-import hashlib
 import os
-import re
 from dataclasses import asdict, dataclass, field
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.pipelines.scoring.output_names import assign_output_names, safe_name
 from cadpipe.transforms.dicom_probe import read_dicom_header
 from cadpipe.transforms.file_checks import os_error_reason
 from cadpipe.transforms.io_any import detect_format
@@ -91,14 +90,6 @@ class Unit:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def safe_name(text: str, max_len: int = 80) -> str:
-    """A file-system safe folder name from an id (UIDs stay readable; long names get a hash suffix)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._") or "unnamed"
-    if len(name) > max_len:
-        name = name[: max_len - 9] + "_" + hashlib.sha1(str(text).encode()).hexdigest()[:8]
-    return name
 
 
 def _is_hidden(rel: str) -> bool:
@@ -361,8 +352,6 @@ def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None,
         if u.unit_id in seen:
             u.unit_id = f"{u.unit_id}#{os.path.relpath(u.paths[0], root)}"
         seen.add(u.unit_id)
-    from cadpipe.pipelines.scoring.output_names import assign_output_names
-
     assign_output_names(units)
     return units
 
@@ -417,7 +406,5 @@ def read_manifest(manifest: str, spatial_dims: int = 2, series_dir: str | None =
                 u.series_id = row["series_id"]
             u.unit_id = f"{row['path']}::{u.unit_id}" if os.path.isdir(path) else u.unit_id
             units.append(u)
-    from cadpipe.pipelines.scoring.output_names import assign_output_names
-
     assign_output_names(units)
     return units

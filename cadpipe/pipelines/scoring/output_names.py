@@ -1,7 +1,7 @@
 """Unique output names per unit: no two units write the same file, whatever their input names.
 
 Output files live at ``<output>/<study folder>/<series folder>/<prefix>_<what>.<ext>``. Folder and file names are
-made file-system safe with :func:`~cadpipe.pipelines.scoring.discovery.safe_name`, which maps ``a b`` and ``a_b``
+made file-system safe with :func:`safe_name`, which maps ``a b`` and ``a_b``
 (or ``é`` and ``è``) to the same text, and a case-insensitive file system (macOS, Windows) sees ``A`` and ``a`` as
 one name. So :func:`assign_output_names` gives each study, each series in a study and each unit in a series a name
 
@@ -14,9 +14,18 @@ one name. So :func:`assign_output_names` gives each study, each series in a stud
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter, defaultdict
 
-__all__ = ["unique_names", "assign_output_names"]
+__all__ = ["safe_name", "unique_names", "assign_output_names"]
+
+
+def safe_name(text: str, max_len: int = 80) -> str:
+    """A file-system safe folder name from an id (UIDs stay readable; long names get a hash suffix)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._") or "unnamed"
+    if len(name) > max_len:
+        name = name[: max_len - 9] + "_" + hashlib.sha1(str(text).encode()).hexdigest()[:8]
+    return name
 
 
 def _hashed(safe: str, original: str) -> str:
@@ -26,8 +35,6 @@ def _hashed(safe: str, original: str) -> str:
 def unique_names(ids: list[str], hash_when_changed: bool = True) -> dict[str, str]:
     """``{id: name}``: names unique ignoring case (module docstring). ``hash_when_changed=False`` adds the hash
     only on a collision."""
-    from cadpipe.pipelines.scoring.discovery import safe_name
-
     safe = {i: safe_name(i) for i in dict.fromkeys(ids)}
     count = Counter(s.lower() for s in safe.values())
     return {i: s if count[s.lower()] == 1 and (s == i or not hash_when_changed) else _hashed(s, i)
@@ -47,8 +54,6 @@ def assign_output_names(units: list) -> None:
         members[(u.study_id, u.series_id)].append(u)
     for group in members.values():
         base = {u.unit_id: (u.unit_id.split("#")[0] if u.kind == "dicom" else u.series_id) for u in group}
-        from cadpipe.pipelines.scoring.discovery import safe_name
-
         count = Counter(safe_name(b).lower() for b in base.values())
         for u in group:
             name = safe_name(base[u.unit_id])
