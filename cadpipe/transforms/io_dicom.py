@@ -239,20 +239,26 @@ def _check_decodable(ds, path: str) -> None:
         )
 
 
-def _decode(ds, path: str) -> np.ndarray:
-    """Pixel array (frames, rows, cols[, samples]) or (rows, cols[, samples]) after the modality LUT."""
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
-
+def stored_pixels(ds, path: str) -> np.ndarray:
+    """The decoded pixel array as stored (no modality LUT, no inversion): (frames, rows, cols[, samples]) or
+    (rows, cols[, samples]). Raises :class:`CadpipeInputError` (file + reason) when it cannot be decoded."""
     _check_decodable(ds, path)
     ts = _transfer_syntax(ds)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = ds.pixel_array
+            return ds.pixel_array
     except Exception as err:  # pydicom / plugins raise many types; all mean the same for the user
         raise CadpipeInputError(
             path, f"cannot decode pixel data ({ts.name}): truncated or corrupt: {type(err).__name__}: {err}"
         ) from err
+
+
+def _decode(ds, path: str) -> np.ndarray:
+    """Pixel array (frames, rows, cols[, samples]) or (rows, cols[, samples]) after the modality LUT."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
+
+    arr = stored_pixels(ds, path)
     pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if pi == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)

@@ -121,6 +121,11 @@ class Window(Transform):
         self.index, self.prefer_lut, self.use_meta = index, prefer_lut, use_meta
         self.dtype = dtype
 
+    def spec_for(self, meta: Mapping | None) -> dict[str, Any] | None:
+        """The window this transform applies to an image with metadata ``meta``: ``{"center", "width",
+        "function"}``, ``{"lut": (first, data, bits)}``, or None (min-max); see the module docstring."""
+        return self._spec(meta)
+
     def _spec(self, meta: Mapping | None) -> dict[str, Any] | None:
         if self.center is not None:
             return {"center": float(self.center), "width": float(self.width), "function": self.function}

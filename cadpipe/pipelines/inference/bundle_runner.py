@@ -40,7 +40,7 @@ from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.inference.thresholds import decide, load_thresholds
 
 __all__ = ["BundleRunner", "file_sha256", "bundle_is_complete", "RESULT_COLUMNS_KEY", "RESULT_NOTES_KEY",
-           "result_columns"]
+           "result_columns", "PRECISIONS", "precision_unsupported"]
 
 RESULT_COLUMNS_KEY, RESULT_NOTES_KEY = "result_columns", "result_notes"
 _RESULT_KEYS = (RESULT_COLUMNS_KEY, RESULT_NOTES_KEY)
@@ -149,6 +149,87 @@ class BundleRunner:
         self.cam_threshold = float(parser.get_parsed_content("cam_threshold")) if "cam_threshold" in parser else None
         if not self.class_names:
             self.class_names = self._channel_def_names()
+        # inference precision and memory layout: the bundle's defaults (``precision``, ``channels_last`` ids of
+        # inference.json), changed with configure_inference (``cadpipe score --precision/--channels-last``)
+        self.precision, self.channels_last = "fp32", False
+        self.configure_inference(parser.get_parsed_content("precision") if "precision" in parser else "fp32",
+                                 bool(parser.get_parsed_content("channels_last")) if "channels_last" in parser
+                                 else False)
+        self._batched: tuple | None = None  # (plan, reason) of batched_preprocessing(), computed once
+
+    # -- precision, layout, batched path --------------------------------------------------------------------
+    def configure_inference(self, precision: str | None = None, channels_last: bool | None = None) -> None:
+        """Set the forward's precision (``"fp32"``, ``"bf16"``, ``"fp16"``: autocast to that dtype) and, for 2D
+        networks, the ``channels_last`` memory layout; None keeps the current value.
+
+        Raises:
+            CadpipeInputError: a precision the device does not support (fp16 needs CUDA; bf16 a CUDA device that
+                supports it, or the CPU).
+        """
+        if precision is not None:
+            precision = str(precision).lower()
+            if precision not in PRECISIONS:
+                raise CadpipeInputError(self.bundle_root, f"precision {precision!r}: choose one of {list(PRECISIONS)}")
+            why = precision_unsupported(precision, self.device)
+            if why:
+                raise CadpipeInputError(self.bundle_root, f"precision {precision} on {self.device}: {why}")
+            self.precision = precision
+        if channels_last is not None:
+            use = bool(channels_last) and self.spatial_dims == 2 and self.detector is None
+            self.network.to(memory_format=torch.channels_last if use else torch.contiguous_format)
+            self.channels_last = use
+
+    def autocast(self):
+        """The forward's autocast context (a no-op at fp32)."""
+        import contextlib
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    def forward_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """``inferer(images, network)`` on a plain batch already on the device, in the configured precision and
+        layout; float32 output (under ``torch.inference_mode()``)."""
+        with torch.inference_mode(), self.autocast():
+            if self.channels_last and images.ndim == 4:
+                images = images.contiguous(memory_format=torch.channels_last)
+            return self.inferer(images, self.network).float()
+
+    def batched_preprocessing(self):
+        """``(plan, None)``: a :class:`~cadpipe.pipelines.inference.batched_preprocess.BatchedPreprocessing` for this
+        bundle, or ``(None, reason)`` when its task or chain has no batched path (scoring keeps the per-item one).
+        Classification bundles only: segmentation's postprocessing inverts the preprocessing item by item and
+        detection has its own detector."""
+        if self._batched is None:
+            if self.task not in ("classification", "multilabel"):
+                self._batched = (None, f"task {self.task!r} has no batched preprocessing yet")
+            else:
+                from cadpipe.pipelines.inference.batched_preprocess import plan_batched
+
+                self._batched = plan_batched(self.preprocessing)
+        return self._batched
+
+    def batched_postprocessing(self):
+        """A function ``pred (B, K) → (B, K)`` on the device that does what the bundle's ``postprocessing`` does to
+        each item, when that is only ``Activationsd(keys="pred", softmax|sigmoid)`` (identity when empty); else
+        None (the caller runs the bundle's postprocessing item by item)."""
+        from monai.transforms import Activationsd, Compose
+
+        steps = self.postprocessing.transforms if isinstance(self.postprocessing, Compose) else [self.postprocessing]
+        fns = []
+        for t in steps:
+            if not isinstance(t, Activationsd) or list(t.keys) != ["pred"] or t.other[0] is not None:
+                return None
+            dim = t.converter.kwargs.get("dim", 0)
+            if t.sigmoid[0]:
+                fns.append(torch.sigmoid)
+            elif t.softmax[0]:
+                fns.append(lambda p, d=dim: torch.softmax(p, dim=d + 1 if d >= 0 else d))
+        def apply(pred: torch.Tensor) -> torch.Tensor:
+            for f in fns:
+                pred = f(pred)
+            return pred
+        return apply
 
     def _channel_def_names(self) -> list[str]:
         outputs = self.metadata.get("network_data_format", {}).get("outputs", {})
@@ -194,7 +275,7 @@ class BundleRunner:
         batch = list_data_collate([{k: v for k, v in d.items() if k not in _RESULT_KEYS} for d in items])
         with torch.inference_mode():
             images = batch["image"].to(self.device)
-            batch["pred"] = _with_meta_of(self.inferer(_plain(images), self.network), images)
+            batch["pred"] = _with_meta_of(self.forward_batch(_plain(images)), images)
             outs = decollate_batch(batch)
             return [self.postprocessing({**o, **s}) for o, s in zip(outs, side)]
 
@@ -220,7 +301,7 @@ class BundleRunner:
         with torch.inference_mode():
             if self.detector is not None:
                 return self.detector(list(_plain(images).to(self.device)), use_inferer=True)
-            return self.inferer(_plain(images).to(self.device), self.network)
+            return self.forward_batch(_plain(images).to(self.device))
 
     # -- heatmaps -------------------------------------------------------------------------------------------
     def cam_class(self) -> int | None:
@@ -330,6 +411,25 @@ class BundleRunner:
         aff = self.affine(out)
         d = self.spatial_dims
         return float(abs(np.linalg.det(aff[:d, :d]))) if d in (2, 3) else 1.0
+
+
+#: ``--precision`` names → autocast dtypes (fp32: no autocast)
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_unsupported(precision: str, device: torch.device | str) -> str | None:
+    """Why ``precision`` cannot run on ``device`` (None when it can): fp16 autocast needs CUDA, bf16 a CUDA device
+    with bf16 support or the CPU."""
+    device = torch.device(device)
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            return "this GPU does not support bfloat16"
+        return None
+    if device.type == "cpu":
+        return "float16 autocast is for GPUs (use bf16 or fp32 on the CPU)" if precision == "fp16" else None
+    return f"no reduced-precision autocast on {device.type}"
 
 
 def _plain(images: torch.Tensor) -> torch.Tensor:

@@ -55,11 +55,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bundle config override, VALUE parsed as JSON when it can be (e.g. image_size=64)")
     parser.add_argument("--ray-actors", type=int, default=None, help="number of Ray actors (default: CPUs)")
     add_input_safety_arguments(parser)
+    parser.add_argument("--preprocess", choices=("auto", "per-item", "batched"), default="auto",
+                        help="per-item: the bundle's MONAI preprocessing in the workers; batched: workers only decode, "
+                             "the rest runs batched on the model's device; auto (default): batched where the "
+                             "bundle's preprocessing allows it (the log says why when it does not)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                        help="forward precision (default: the bundle's inference.json, fp32); bf16 on a CPU or a GPU "
+                             "that supports it, fp16 on a GPU")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels_last memory layout for 2D networks (default: the bundle's inference.json)")
+    parser.add_argument("--writer-threads", type=int, default=None,
+                        help="threads writing output files while the next batches run (default: CPUs / 4, 1 to 4)")
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if not apply_input_safety(args, "cadpipe score"):
+        return EXIT_USAGE
+    if args.writer_threads is not None and args.writer_threads < 0:
+        print("cadpipe score: --writer-threads must be >= 0", file=sys.stderr)
         return EXIT_USAGE
     overrides = {}
     for text in args.override:
@@ -75,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
                       device=args.device, batch_size=args.batch_size, workers=args.workers, limit=args.limit,
                       force=args.force, quiet=args.quiet, ray=args.ray, ray_actors=args.ray_actors,
                       reports=not args.no_reports, heatmaps=not args.no_heatmaps, threads=args.threads,
-                      streams=args.streams, follow_links=args.follow_links)
+                      streams=args.streams, follow_links=args.follow_links,
+                      preprocess=args.preprocess, precision=args.precision, channels_last=args.channels_last,
+                      writer_threads=args.writer_threads)
     try:
         backend = None
         if cfg.ray is not None:

@@ -64,6 +64,15 @@ class ScoreConfig:
     # None: 2 on a CPU with >= 2 threads when the bundle allows it (no detector), else 1. On the 2-core machine two
     # 1-thread streams forward ~1.5x the images of one 2-thread stream (benchmarks/score.py)
     streams: int | None = None
+    # preprocessing: "auto" (batched on the model's device where the bundle's chain allows it, else per item),
+    # "per-item" (the bundle's MONAI chain in the DataLoader workers) or "batched" (per item, with a logged reason,
+    # when the bundle has no batched plan); see cadpipe.pipelines.inference.batched_preprocess
+    preprocess: str = "auto"
+    precision: str | None = None  # fp32 | bf16 | fp16; None: the bundle's inference.json ("precision", fp32)
+    channels_last: bool | None = None  # None: the bundle's inference.json ("channels_last", false)
+    writer_threads: int | None = None  # threads writing outputs + journal lines; None: default_writer_threads()
+    # called with the BundleRunner once built, before scoring (benchmarks: replace the network by a null one)
+    runner_hook: Callable[[Any], None] | None = None
 
 
 def _bundle_info(bundle_root: str) -> dict:
@@ -292,27 +301,58 @@ def streams_allowed(runner) -> bool:
     return getattr(runner, "detector", None) is None
 
 
+def batched_plan(runner, preprocess: str):
+    """The batched preprocessing plan scoring uses with ``preprocess`` (``"auto"``, ``"batched"``,
+    ``"per-item"``), or None for the per-item chain; a bundle without a batched plan is logged with the reason."""
+    if preprocess == "per-item":
+        return None
+    if preprocess not in ("auto", "batched"):
+        raise ValueError(f"preprocess must be 'auto', 'per-item' or 'batched', got {preprocess!r}")
+    get = getattr(runner, "batched_preprocessing", None)
+    plan, why = get() if get is not None else (None, "the runner has no batched preprocessing")
+    if plan is None:
+        (log.warning if preprocess == "batched" else log.info)(
+            "preprocessing per item: the bundle's chain has no batched equivalent (%s)", why)
+    return plan
+
+
 def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict], None], batch_size: int = 4,
-                  workers: int = 0, progress=None, plain_images: bool = True, streams: int = 1) -> None:
+                  workers: int = 0, progress=None, plain_images: bool = True, streams: int = 1,
+                  preprocess: str = "per-item", writer_threads: int = 0) -> None:
     """Score ``units`` with ``runner``; call ``emit(row)`` once per unit (ok or error), in completion order.
 
     ``plain_images=False``: classification units without a heatmap get no ``<unit>_image.png`` (that picture
     only illustrates the report; ``cadpipe score --no-heatmaps --no-reports`` skips it).
-    ``streams > 1``: up to that many batches are forwarded (and their files written) at once on threads sharing
-    the runner; only when :func:`streams_allowed`, else one. ``emit`` is then called under a lock.
+    ``streams > 1``: up to that many batches are forwarded at once on threads sharing the runner; only when
+    :func:`streams_allowed`, else one. ``emit`` is called under a lock.
+    ``preprocess``: ``"per-item"`` (the bundle's MONAI chain in the workers), ``"batched"`` / ``"auto"`` (workers
+    decode, the rest runs batched on the runner's device: :mod:`cadpipe.pipelines.scoring.batched`; per item when
+    the bundle has no batched plan). ``writer_threads > 0``: output files and rows are written by that many
+    threads (:class:`~cadpipe.pipelines.scoring.writers.WriterPool`) while the next batches are forwarded.
     """
+    from cadpipe.pipelines.scoring.writers import WriterPool
+
     info = {"name": runner.name, "version": runner.version, "model_sha256": runner.model_sha256,
             "plain_images": plain_images}
-    # workers send whole batches of packed items (one queue message per batch_size units, no shared-memory
-    # segment per small tensor); in-process loading needs neither
-    ds = _UnitDataset(units, runner.preprocess, pack=workers > 0)
+    plan = batched_plan(runner, preprocess)
     chunk = max(1, batch_size) if workers else 1
+    if plan is None:
+        # workers send whole batches of packed items (one queue message per batch_size units, no shared-memory
+        # segment per small tensor); in-process loading needs neither
+        ds = _UnitDataset(units, runner.preprocess, pack=workers > 0)
+        collate = _as_list
+    else:
+        from cadpipe.pipelines.scoring import batched as batched_scoring
+
+        ds = batched_scoring.RawUnitDataset(units, plan.decode, _reason)
+        collate = batched_scoring.collate_raw if workers else _as_list
     loader = torch.utils.data.DataLoader(ds, batch_size=chunk, shuffle=False, num_workers=workers,
-                                         collate_fn=_as_list, prefetch_factor=2 if workers else None,
+                                         collate_fn=collate, prefetch_factor=2 if workers else None,
                                          persistent_workers=False,
                                          worker_init_fn=die_with_parent(os.getpid()) if workers else None)
-    groups: dict[tuple, list[tuple[int, dict, float]]] = {}
+    groups: dict[tuple, list[tuple[int, Any, float]]] = {}
     emit_lock = threading.Lock()
+    writers = WriterPool(writer_threads)
 
     def done(row: dict) -> None:
         with emit_lock:
@@ -320,38 +360,51 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
             if progress is not None:
                 progress.update(1)
 
-    def score_batch(pending: list[tuple[int, dict, float]]) -> None:
+    def run_items(pending: list[tuple[int, Any, float]]) -> list[tuple[dict, dict]]:
+        """``[(pre_item, out)]`` for one batch; raises on failure."""
+        if plan is not None:
+            need_images = plain_images or bool(runner.cam_layers)
+            return batched_scoring.forward_raw(runner, plan, [p[1] for p in pending], need_images,
+                                               _makes_heatmaps(runner))
+        items = [p[1] for p in pending]
+        outs = runner.predict(items)
+        if _makes_heatmaps(runner):
+            try:  # one batched GradCAM pass instead of one per unit
+                for item, m in zip(items, runner.heatmaps(items, runner.cam_class()) or []):
+                    item["_heatmap"] = m
+            except Exception:  # noqa: BLE001 - fall back to per-unit heatmaps in _finish_unit
+                pass
+        return list(zip(items, outs))
+
+    def finish(i: int, pre: dict, out: dict, load_s: float, infer_s: float) -> None:
+        t2 = time.perf_counter()
+        try:
+            row = _finish_unit(runner, units[i], pre, out, out_dir, info)
+        except Exception as err:  # noqa: BLE001
+            done(_error_row(units[i], info, _reason(units[i], err), load_s + infer_s))
+            return
+        row["elapsed_s"] = round(load_s + infer_s + time.perf_counter() - t2, 4)
+        done(row)
+
+    def score_batch(pending: list[tuple[int, Any, float]]) -> None:
         t0 = time.perf_counter()
         try:
-            outs = runner.predict([p[1] for p in pending])
-            if _makes_heatmaps(runner):
-                try:  # one batched GradCAM pass instead of one per unit
-                    maps = runner.heatmaps([p[1] for p in pending], runner.cam_class())
-                    for p, m in zip(pending, maps or []):
-                        p[1]["_heatmap"] = m
-                except Exception:  # noqa: BLE001 - fall back to per-unit heatmaps in _finish_unit
-                    pass
+            got = run_items(pending)
             per = (time.perf_counter() - t0) / len(pending)
-            results = [(p, o, per) for p, o in zip(pending, outs)]
+            results = [(p, pre, out, per) for p, (pre, out) in zip(pending, got)]
         except Exception:  # noqa: BLE001 - e.g. OOM on a batch: retry one by one so only the culprit fails
             results = []
             for p in pending:
                 t1 = time.perf_counter()
                 try:
-                    results.append((p, runner.predict([p[1]])[0], time.perf_counter() - t1))
+                    (pre, out), = run_items([p])
+                    results.append((p, pre, out, time.perf_counter() - t1))
                 except Exception as err:  # noqa: BLE001
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
                     done(_error_row(units[p[0]], info, _reason(units[p[0]], err), p[2] + time.perf_counter() - t1))
-        for (i, pre, load_s), out, infer_s in results:
-            t2 = time.perf_counter()
-            try:
-                row = _finish_unit(runner, units[i], pre, out, out_dir, info)
-            except Exception as err:  # noqa: BLE001
-                done(_error_row(units[i], info, _reason(units[i], err), load_s + infer_s))
-                continue
-            row["elapsed_s"] = round(load_s + infer_s + time.perf_counter() - t2, 4)
-            done(row)
+        for (i, _, load_s), pre, out, infer_s in results:
+            writers.submit(finish, i, pre, out, load_s, infer_s)
 
     pool = ThreadPoolExecutor(streams, thread_name_prefix="cadpipe-forward") if streams > 1 and streams_allowed(
         runner) else None
@@ -371,12 +424,16 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
                 f.result()
         in_flight.add(pool.submit(score_batch, pending))
 
+    if plan is None:
+        loaded, key_of = _loaded(loader, packed=workers > 0), lambda item: tuple(torch.as_tensor(item["image"]).shape)
+    else:
+        loaded, key_of = batched_scoring.iter_raw(loader, collated=workers > 0), plan.batch_key
     try:
-        for i, item, err, load_s in _loaded(loader, packed=workers > 0):
+        for i, item, err, load_s in loaded:
             if err is not None:
                 done(_error_row(units[i], info, err, load_s))
                 continue
-            key = tuple(torch.as_tensor(item["image"]).shape)
+            key = key_of(item)
             groups.setdefault(key, []).append((i, item, load_s))
             if len(groups[key]) >= batch_size:
                 flush(key)
@@ -387,17 +444,21 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
+        writers.close()
 
 
-def _streams(cfg: ScoreConfig, runner) -> int:
-    """Forward streams for this run: ``cfg.streams``, or 2 on a CPU with >= 2 torch threads (1 on a GPU), and 1
-    whenever the runner does not allow several (:func:`streams_allowed`)."""
+def _streams(cfg: ScoreConfig, runner, batched: bool = False) -> int:
+    """Forward streams for this run: ``cfg.streams``, or 2 on a CPU with >= 2 torch threads, 2 on a GPU with
+    batched preprocessing (one thread prepares and launches a batch while the other waits for its results), else
+    1; and 1 whenever the runner does not allow several (:func:`streams_allowed`)."""
     if not streams_allowed(runner):
         return 1
     if cfg.streams:
         return cfg.streams
     cpu = torch.device(runner.device).type == "cpu"
-    return 2 if cpu and torch.get_num_threads() >= 2 else 1
+    if not cpu:
+        return 2 if batched else 1
+    return 2 if torch.get_num_threads() >= 2 else 1
 
 
 def _find_units(cfg: ScoreConfig, spatial_dims: int) -> list[Unit]:
@@ -482,6 +543,7 @@ def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
 
     t_model = 0.0
     streams = 1
+    preprocess_used = None
     plain_images = cfg.reports  # without a report a plain (heatmap-less) image PNG illustrates nothing
     threads_before = torch.get_num_threads()
     if cfg.threads and backend is None:
@@ -496,14 +558,23 @@ def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
             # 0.70-0.90 s against 0.53 s one after the other for 1024 studies)
             t0 = time.perf_counter()
             runner = BundleRunner(cfg.bundle, device=cfg.device, overrides=cfg.overrides)
+            runner.configure_inference(cfg.precision, cfg.channels_last)
             if not cfg.heatmaps:
                 runner.cam_layers = None
+            if cfg.runner_hook is not None:
+                cfg.runner_hook(runner)
             t_model = time.perf_counter() - t0
-            streams = _streams(cfg, runner)
-            if streams > 1:  # split the forward threads between the streams
+            plan = batched_plan(runner, cfg.preprocess)
+            preprocess_used = "batched" if plan is not None else "per-item"
+            streams = _streams(cfg, runner, batched=plan is not None)
+            if streams > 1 and torch.device(runner.device).type == "cpu":  # split the forward threads
                 torch.set_num_threads(max(1, torch.get_num_threads() // streams))
+            from cadpipe.pipelines.scoring.writers import default_writer_threads
+
+            writer_threads = default_writer_threads() if cfg.writer_threads is None else cfg.writer_threads
             process_units(runner, todo, cfg.output, emit, cfg.batch_size, cfg.workers, progress,
-                          plain_images=plain_images, streams=streams)
+                          plain_images=plain_images, streams=streams, preprocess=preprocess_used,
+                          writer_threads=writer_threads)
     finally:
         progress.close()
         journal.close()
@@ -547,7 +618,8 @@ def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
         "steady_units_per_second": round(steady, 3) if steady else None,
         "startup_s": round(max(0.0, emitted[-1] - t_start - len(emitted) / steady), 3) if steady else None,
         "finish_s": round(time.perf_counter() - t_finish, 3),
-        "streams": streams, "studies": len({u.study_id for u in units}), "results_csv": os.path.abspath(csv_path),
+        "first_result_s": round(emitted[0] - t_start, 3) if emitted else None,
+        "preprocess": preprocess_used, "streams": streams, "studies": len({u.study_id for u in units}), "results_csv": os.path.abspath(csv_path),
         "reports": len(reports), "output": os.path.abspath(cfg.output),
         "exit_code": EXIT_NOTHING_FOUND if not units else EXIT_OK if n_err == 0 else EXIT_SOME_FAILED,
     }
