@@ -67,6 +67,9 @@ def main():
             iters = int(np.ceil(args.lgg_slices * ns / bs))
             print(f"train: {per_iter:.3f} s/iteration (batch {bs} crops of {p['roi_size']}, {len(times) - 1} timed); "
                   f"epoch of {args.lgg_slices} slices x {ns} crops = {iters} iterations -> {per_iter * iters:.0f} s/epoch (extrapolated)")
+            ceiling = _preloaded_step_s(trainer, args.device, min(args.iterations, 10))
+            print(f"train ceiling: {ceiling:.3f} s/iteration for the same forward + backward + optimiser step on "
+                  f"preloaded device tensors; the iteration takes {per_iter / ceiling:.2f}x that")
 
         import nibabel as nib
 
@@ -92,6 +95,42 @@ def main():
               f"loading + preprocessing {stamps[2][1] - stamps[1][1]:.1f} s; whole run (incl. warm-up volume) {total:.1f} s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _preloaded_step_s(trainer, device: str, n: int) -> float:
+    """Seconds per training step (forward, loss, backward, optimiser step: the trainer's network, loss, optimiser
+    and AMP setting) on ``n`` batches taken from the trainer's loader beforehand and kept on the device: the
+    training ceiling, with no loading, augmentation or transfer in the loop."""
+    batches = []
+    for batch in trainer.data_loader:
+        batches.append((batch["image"].as_tensor().to(device), batch["label"].as_tensor().to(device)))
+        if len(batches) >= n:
+            break
+    net, loss_fn, opt = trainer.network, trainer.loss_function, trainer.optimizer
+    scaler = torch.amp.GradScaler(torch.device(device).type) if trainer.amp else None
+
+    def step(img, lab):
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(torch.device(device).type, enabled=bool(trainer.amp)):
+            loss = loss_fn(net(img), lab)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+
+    net.train()
+    step(*batches[0])  # warm-up
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for img, lab in batches:
+        step(img, lab)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / len(batches)
 
 
 if __name__ == "__main__":

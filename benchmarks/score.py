@@ -83,12 +83,51 @@ import time
 import torch
 
 
-def _studies(root: str, n: int, rows: int, cols: int) -> None:
+def _studies(root: str, n: int, rows: int, cols: int, distinct: int = 8) -> None:
+    """``n`` one-image studies: ``distinct`` synthetic CXRs (generating one 2500x2048 image takes seconds), each
+    saved again under new UIDs (a new study, series and instance) until there are ``n``."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
     from cadpipe.data.synthetic.dicom import write_cxr_dicom
 
+    templates = []
     for i in range(n):
-        os.makedirs(os.path.join(root, f"study{i:03d}"))
-        write_cxr_dicom(os.path.join(root, f"study{i:03d}", "synthetic_IM0001"), rows=rows, cols=cols, seed=i)
+        folder = os.path.join(root, f"study{i:04d}")
+        os.makedirs(folder)
+        path = os.path.join(folder, "synthetic_IM0001")
+        if i < distinct:
+            write_cxr_dicom(path, rows=rows, cols=cols, seed=i)
+            templates.append(pydicom.dcmread(path))
+            continue
+        ds = templates[i % distinct]
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PatientID = f"SYNTHETIC-{i:04d}"
+        ds.save_as(path, enforce_file_format=True)
+
+
+class NullNetwork(torch.nn.Module):
+    """A near-free stand-in for the network (``--null-network``): the output shape of the real one, computed from a
+    single element of each image so the batch must still reach the device."""
+
+    def __init__(self, out_shape: tuple[int, ...]):
+        super().__init__()
+        self.out_shape = tuple(out_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probe = x.reshape(x.shape[0], -1)[:, :1]
+        return probe.reshape(-1, *([1] * len(self.out_shape))).expand(-1, *self.out_shape) * 0.0
+
+
+def _plain(x) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _rate_line(label: str, rate: float, ceiling: float, naive: float | None, extra: str = "") -> str:
@@ -115,12 +154,27 @@ def main() -> None:
                     help="torch threads of cadpipe score (repeat: every workers x threads pair; 0 or none: "
                          "torch's default)")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--preset", choices=("small", "real"), default=None,
+                    help="image size preset: small = 512x400 (default rows/cols), real = 2500x2048 (a real CXR)")
+    ap.add_argument("--preprocess", action="append", choices=("per-item", "batched"), default=None,
+                    help="cadpipe score preprocessing; repeat to compare (default: per-item and batched)")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                    help="forward precision of the ceiling and of cadpipe score (default: the bundle's)")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--null-network", action="store_true",
+                    help="replace the network by a near-free module of the same output shape: the studies/s the "
+                         "rest of the pipeline (decoding workers, preprocessing, host side) can deliver")
     ap.add_argument("--override", action="append", default=[],
                     help="bundle overrides ID=JSON used by all measurements (default: the bundle as shipped); "
                          "e.g. --override image_size=128 --override use_clahe=false, the case where "
                          "preprocessing weighs most against the forward")
     args = ap.parse_args()
+    if args.preset == "real":
+        args.rows, args.cols = 2500, 2048
+    elif args.preset == "small":
+        args.rows, args.cols = 512, 400
     workers_list = args.workers or [2]
+    preprocess_list = args.preprocess or ["per-item", "batched"]
     threads_list = args.threads or [None]
     overrides = {}
     for text in args.override:
@@ -147,18 +201,46 @@ def main() -> None:
               f"torch threads {threads}; CPUs {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
 
         # preloaded plain tensors for the ceiling; per-study preprocessing cost (1 thread)
+        t_first = time.perf_counter()
         runner = BundleRunner(bundle, device=args.device, overrides=overrides)
+        runner.configure_inference(args.precision, args.channels_last)
+        build_s = time.perf_counter() - t_first
+        device = runner.device
         units = discover(src)[: max(args.batch_size, min(n, args.ceiling_studies))]
         nc = len(units)
         torch.set_num_threads(1)
         runner.preprocess({"image": units[0].image})  # one-off costs (CLAHE's TorchScript compile) not counted
         t = time.perf_counter()
-        items = [runner.preprocess({"image": u.image})["image"] for u in units]
-        pre_ms = 1000 * (time.perf_counter() - t) / nc
-        batches = [torch.stack([torch.as_tensor(x).as_tensor() for x in items[i:i + args.batch_size]])
+        k_pre = 16 if args.rows * args.cols > 1 << 20 else 64  # per-item preprocessing of a real CXR takes ~0.2 s
+        items = [runner.preprocess({"image": u.image})["image"] for u in units[:k_pre]]
+        pre_ms = 1000 * (time.perf_counter() - t) / len(items)
+        plan, why = runner.batched_preprocessing()
+        decode_ms = dev_ms = None
+        if plan is not None:  # decode cost per study (1 thread), then the batched rest on the device per study
+            t = time.perf_counter()
+            raws = [plan.decode(u.image) for u in units[:64]]  # decoding is cheap next to preprocessing
+            decode_ms = 1000 * (time.perf_counter() - t) / len(raws)
+            torch.set_num_threads(threads)
+            plan(raws[:args.batch_size], device)  # warm-up (CLAHE compile, CUDA kernels)
+            _sync(device)
+            t = time.perf_counter()
+            done = [plan(raws[i:i + args.batch_size], device) for i in range(0, len(raws), args.batch_size)]
+            _sync(device)
+            dev_ms = 1000 * (time.perf_counter() - t) / len(raws)
+            items = [x for b in done for x in b.cpu()]
+        else:
+            print(f"no batched preprocessing for this bundle: {why}")
+        items = (items * (-(-nc // len(items))))[:nc]
+        batches = [torch.stack([_plain(x) for x in items[i:i + args.batch_size]]).to(device)
                    for i in range(0, nc, args.batch_size)]
         torch.set_num_threads(threads)
         runner.forward_only(batches[0])  # warm-up
+        _sync(device)
+        print(f"runner built in {build_s:.2f} s; preprocessing per item {pre_ms:.1f} ms/study (1 thread)"
+              + (f"; batched: decode {decode_ms:.1f} ms/study (1 thread), the rest {dev_ms:.2f} ms/study on "
+                 f"{device} (batch {args.batch_size})" if plan is not None else ""))
+        out_shape = tuple(runner.forward_only(batches[0][:1]).shape[1:])
+        hook = (lambda r: setattr(r, "network", NullNetwork(out_shape).to(r.device))) if args.null_network else None
 
         def forward_ms(nthreads: int) -> float:
             """ms per study of the network through the bundle's inferer over all preloaded batches."""
@@ -167,6 +249,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 for b in batches:
                     runner.forward_only(b)
+                _sync(device)
                 return 1000 * (time.perf_counter() - t0) / nc
             finally:
                 torch.set_num_threads(threads)
@@ -186,6 +269,7 @@ def main() -> None:
                     th.start()
                 for th in pool:
                     th.join()
+                _sync(device)
                 return 1000 * (time.perf_counter() - t0) / nc
             finally:
                 torch.set_num_threads(threads)
@@ -200,19 +284,26 @@ def main() -> None:
 
         runs = []  # (label, end-to-end rate, summary, ceiling adjacent in time)
         tname = lambda t, w: f"{t or threads} threads"  # noqa: E731
-        variants = [(f"score --no-heatmaps --no-reports, {n} studies, {w} workers, {tname(t, w)}", w,
-                     dict(heatmaps=False, reports=False, threads=t)) for w in workers_list for t in threads_list]
+        null = " NULL NETWORK" if args.null_network else ""
+        common = dict(precision=args.precision, channels_last=args.channels_last, runner_hook=hook)
+        variants = [(f"score --no-heatmaps --no-reports --preprocess {pp}{null}, {n} studies, {w} workers, "
+                     f"{tname(t, w)}", w, dict(heatmaps=False, reports=False, threads=t, preprocess=pp, **common))
+                    for pp in preprocess_list for w in workers_list for t in threads_list]
         w0, t0 = workers_list[0], threads_list[0]
-        k_all = min(n, args.all_outputs_studies)
+        k_all = min(n, args.all_outputs_studies) if not args.null_network else 0
         if k_all:
-            variants.append((f"score, all outputs (GradCAM, reports), {k_all} studies, {w0} workers, "
-                             f"{tname(t0, w0)}", w0, dict(threads=t0, limit=k_all)))
+            for pp in preprocess_list:
+                variants.append((f"score, all outputs (GradCAM, reports) --preprocess {pp}, {k_all} studies, "
+                                 f"{w0} workers, {tname(t0, w0)}", w0, dict(threads=t0, limit=k_all, preprocess=pp,
+                                                                           **common)))
         measure_ceiling()
         for i, (label, w, kw) in enumerate(variants):
             t = time.perf_counter()
+            cpu0 = time.process_time()  # this process only (not the workers): the scoring process's CPU
             s = score(ScoreConfig(bundle=bundle, input=src, output=os.path.join(work, f"out{i}"), device=args.device,
                                   batch_size=args.batch_size, workers=w, quiet=True, overrides=overrides, **kw))
             dt = time.perf_counter() - t
+            s["process_cpu_ms"] = 1000 * (time.process_time() - cpu0) / max(1, s["ok"])
             assert s["ok"] == s["scored_this_run"] == (kw.get("limit") or n), s
             measure_ceiling()
             # the ceiling for this run: the mean of the ones just before and just after it (load drifts)
@@ -240,7 +331,7 @@ def main() -> None:
             for i in range(k):
                 cmd = (f"{sys.executable} -m monai.bundle run --config_file {bundle}/configs/inference.json "
                        f"--meta_file {bundle}/configs/metadata.json --bundle_root {bundle} "
-                       f"--dataset_dir {src}/study{i:03d} --output_dir {work}/naive{i} " + " ".join(ov))
+                       f"--dataset_dir {src}/study{i:04d} --output_dir {work}/naive{i} " + " ".join(ov))
                 if args.device:
                     cmd += f" --device \"\\$torch.device('{args.device}')\""
                 r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
@@ -263,8 +354,14 @@ def main() -> None:
             steady = s.get("steady_units_per_second")
             label = f"{label}, {s.get('streams', 1)} stream(s)"
             extra = (f"   steady {steady:.2f}/s = {steady / adjacent:.2f}x; start-up {s['startup_s']:.1f} s "
-                     f"(model load {s['model_load_s']:.1f} s), tables/reports {s['finish_s']:.1f} s") if steady else ""
-            print(_rate_line(label + " (end to end)", rate, adjacent, naive, extra))
+                     f"(model load {s['model_load_s']:.1f} s), first result {s['first_result_s']:.2f} s, "
+                     f"tables/reports {s['finish_s']:.1f} s") if steady else ""
+            extra += (f"; scoring process CPU {s['process_cpu_ms']:.2f} ms/study "
+                      f"(one process could feed {1000 / max(s['process_cpu_ms'], 1e-9):.0f} studies/s)")
+            print(_rate_line(label + f" [{s['preprocess']}] (end to end)", rate, adjacent, naive, extra))
+        if decode_ms:
+            print(f"decoding workers: {1000 / decode_ms:.0f} studies/s per worker (1 thread each); "
+                  f"{cores} CPUs could decode {cores * 1000 / decode_ms:.0f} studies/s")
         print(_rate_line(f"ceiling: forward on {nc} preloaded studies (mean)", ceiling, ceiling, naive))
         if naive:
             print(_rate_line(f"naive: monai.bundle run per study ({k} studies)", naive, ceiling, naive))
