@@ -28,7 +28,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 KERMANY_CLASSES = ("NORMAL", "PNEUMONIA")
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".nii", ".nii.gz")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".nii", ".nii.gz", ".nrrd",
+                    ".mha")
 
 
 def _is_image(path: str) -> bool:

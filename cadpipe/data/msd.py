@@ -1,6 +1,8 @@
 """Medical Segmentation Decathlon (MSD) NIfTI layout adapter: ``imagesTr/``, ``labelsTr/``, ``imagesTs/``,
 optional ``dataset.json``. Multi-modal volumes are 4D NIfTI whose last axis becomes the channel axis on loading.
-A plain folder of NIfTI volumes (no ``imagesTr``) is accepted for inference.
+A plain folder of NIfTI volumes (no ``imagesTr``) is accepted for inference. NRRD (``.nrrd``/``.nhdr``) and
+MetaImage (``.mha``/``.mhd``) volumes are taken wherever NIfTI is (``VOLUME_SUFFIXES``), read with their geometry by
+:class:`cadpipe.transforms.LoadStudyImage`.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ import os
 import numpy as np
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.transforms.io_any import VOLUME_SUFFIXES as _FORMAT_OF_SUFFIX
 
-__all__ = ["msd_datalist", "msd_inference_list", "split_cases", "read_dataset_json", "NIFTI_SUFFIXES"]
+__all__ = ["msd_datalist", "msd_inference_list", "split_cases", "read_dataset_json", "NIFTI_SUFFIXES",
+           "VOLUME_SUFFIXES"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+VOLUME_SUFFIXES = tuple(sorted(_FORMAT_OF_SUFFIX, key=len, reverse=True))  # longest first: .nii.gz before .nii
 
 
 def _is_nifti(name: str) -> bool:
-    return name.lower().endswith(NIFTI_SUFFIXES) and not name.startswith(("._", "."))
+    """A volume file (NIfTI, NRRD, MetaImage), not a hidden one."""
+    return name.lower().endswith(VOLUME_SUFFIXES) and not name.startswith(("._", "."))
 
 
 def read_dataset_json(dataset_dir: str | os.PathLike) -> dict | None:
@@ -69,7 +75,7 @@ def msd_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
 
 def _case_name(path: str) -> str:
     name = os.path.basename(path)
-    for suf in NIFTI_SUFFIXES:
+    for suf in VOLUME_SUFFIXES:
         if name.lower().endswith(suf):
             return name[: -len(suf)]
     return name
@@ -84,7 +90,8 @@ def msd_inference_list(dataset_dir: str | os.PathLike) -> list[dict]:
             files = sorted(n for n in os.listdir(folder) if _is_nifti(n))
             if files:
                 return [{"image": os.path.join(folder, n), "case": _case_name(n)} for n in files]
-    raise CadpipeInputError(root, "no NIfTI volumes found (looked in imagesTs/, imagesTr/ and the folder itself)")
+    raise CadpipeInputError(root, "no NIfTI, NRRD or MetaImage volumes found (looked in imagesTs/, imagesTr/ and the "
+                                  "folder itself)")
 
 
 def split_cases(items: list[dict], val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[dict]]:

@@ -10,6 +10,8 @@ folder with DICOM files   ``dicom_series``   :class:`cadpipe.transforms.io_dicom
 DICM preamble / ``.dcm``  ``dicom``          ``DicomReader`` (any file name, also without extension)
 ``.LJPEG``                ``ljpeg``          ``cadpipe.transforms.io_ljpeg.LJPEGReader`` (imported lazily)
 ``.nii`` / ``.nii.gz``    ``nifti``          MONAI ``NibabelReader``
+``.nrrd`` / ``.nhdr``     ``nrrd``           MONAI ``ITKReader`` (3D Slicer volumes, ``.seg.nrrd`` label maps)
+``.mha`` / ``.mhd``       ``metaimage``      MONAI ``ITKReader`` (ITK MetaImage; ``.mhd`` with its data file)
 PNG/JPEG/TIFF/BMP         ``image``          MONAI ``PILReader`` (8/16-bit), ``ITKReader`` as fallback
 anything else             ``None``           not an image (text, ``DICOMDIR``, hidden files, empty folders)
 ========================  =================  ===========================================================
@@ -22,7 +24,9 @@ Output: a channel-first ``MetaTensor`` (default float32) with the reader's metad
 - ``"rgb"``: one-channel images are repeated to 3 channels, alpha dropped;
 - ``"keep"``: channels as stored.
 
-Multi-channel NIfTI volumes (e.g. several MR sequences) are never mixed: ``mode`` does not act on NIfTI. Colour
+Volumes (NIfTI, NRRD, MetaImage) keep their geometry: ``affine`` maps voxel indices to RAS millimetres from the
+file's spacing, direction and origin (ITK's LPS converted to RAS, as ``NibabelReader`` gives for NIfTI).
+Multi-channel volumes (e.g. several MR sequences) are never mixed: ``mode`` does not act on volumes. Colour
 multi-frame DICOM (ultrasound cine) is converted frame by frame like 2D colour images.
 The declared image size is checked against :class:`cadpipe.transforms.limits.PixelLimits` before any decoding.
 Any unreadable input raises :class:`cadpipe.errors.CadpipeInputError` naming the file and the reason (library
@@ -31,7 +35,9 @@ errors are wrapped); a NIfTI (or float image) containing NaN is refused.
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -46,15 +52,21 @@ from cadpipe.transforms.file_checks import check_readable
 from cadpipe.transforms.io_dicom import DicomReader, has_pixel_data, is_dicom_file, list_dicom_files
 from cadpipe.transforms.limits import check_declared_size
 
-__all__ = ["LoadStudyImage", "LoadStudyImaged", "detect_format", "IMAGE_SUFFIXES"]
+__all__ = ["LoadStudyImage", "LoadStudyImaged", "detect_format", "volume_suffix", "IMAGE_SUFFIXES", "VOLUME_SUFFIXES",
+           "VOLUME_FORMATS", "load_image"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# volume file suffix -> format; ``.seg.nrrd`` (3D Slicer segmentation) is an ``.nrrd`` and keeps ``.seg`` in its stem
+VOLUME_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "metaimage",
+                   ".mhd": "metaimage"}
+VOLUME_FORMATS = ("nifti", "nrrd", "metaimage")
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
 _LUMA = (0.299, 0.587, 0.114)
 
 
 def detect_format(path: str | os.PathLike, check_dicom_pixels: bool = True) -> str | None:
-    """``"dicom" | "dicom_series" | "ljpeg" | "nifti" | "image"`` or ``None`` when ``path`` is not an image.
+    """``"dicom" | "dicom_series" | "ljpeg" | "nifti" | "nrrd" | "metaimage" | "image"`` or ``None`` when ``path``
+    is not an image.
 
     Looks at the content where the name is not enough (DICM preamble, PNG/JPEG/TIFF magic numbers), so DICOM
     files without an extension are found; DICOM files without pixel data (SR, RT plan...) give ``None`` (with
@@ -73,8 +85,9 @@ def detect_format(path: str | os.PathLike, check_dicom_pixels: bool = True) -> s
     lower = name.lower()
     if lower.endswith((".ljpeg", ".ljpeg.gz")):
         return "ljpeg"
-    if lower.endswith((".nii", ".nii.gz")):
-        return "nifti"
+    suffix = volume_suffix(lower)
+    if suffix:
+        return VOLUME_SUFFIXES[suffix]
     if lower.endswith((".dcm", ".dicom", ".ima")) or is_dicom_file(path):
         return "dicom" if not check_dicom_pixels or _dicom_has_pixels(path) else None
     if lower.endswith(IMAGE_SUFFIXES):
@@ -87,6 +100,31 @@ def detect_format(path: str | os.PathLike, check_dicom_pixels: bool = True) -> s
     if any(head.startswith(m) for m in _MAGIC):
         return "image"
     return None
+
+
+def volume_suffix(name: str) -> str:
+    """The volume suffix of file name ``name`` (lower case: ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``...) or ``""``."""
+    lower = name.lower()
+    return next((suf for suf in sorted(VOLUME_SUFFIXES, key=len, reverse=True) if lower.endswith(suf)), "")
+
+
+def load_image(**kwargs) -> LoadImage:
+    """MONAI's ``LoadImage(**kwargs)`` without its nvImageCodec notices.
+
+    ``LoadImage`` builds every default reader, among them the GPU DICOM reader ``NvImgCodecPydicomReader``, which
+    without nvImageCodec (any CPU machine) logs and warns, on each construction, that it falls back to pydicom's
+    decoders. cadpipe reads DICOM with its own :class:`~cadpipe.transforms.io_dicom.DicomReader`, so that notice is
+    expected and says nothing: it is silenced here, while the loader is built, and nowhere else.
+    """
+    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin did not")
+            return LoadImage(**kwargs)
+    finally:
+        plugin_log.setLevel(level)
 
 
 def _dicom_has_pixels(path: str) -> bool:
@@ -135,13 +173,17 @@ def _reader_for(fmt: str, path: str):
         from monai.data import NibabelReader
 
         return NibabelReader()
+    if fmt in ("nrrd", "metaimage"):
+        from monai.data import ITKReader
+
+        return ITKReader()  # spacing, direction and origin -> RAS affine (affine_lps_to_ras)
     from monai.data import PILReader
 
     return PILReader()
 
 
 def _to_mode(img: MetaTensor, mode: str, fmt: str) -> MetaTensor:
-    if mode == "keep" or fmt == "nifti":
+    if mode == "keep" or fmt in VOLUME_FORMATS:
         return img
     spatial = img.ndim - 1
     c = img.shape[0]
@@ -181,7 +223,7 @@ class LoadStudyImage(Transform):
         if mode not in ("gray", "rgb", "keep"):
             raise ValueError(f"mode must be 'gray', 'rgb' or 'keep', got {mode!r}")
         self.mode, self.dtype, self.reject_nan = mode, dtype, reject_nan
-        self._loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=dtype)
+        self._loader = load_image(image_only=True, ensure_channel_first=True, dtype=dtype)
 
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
         if isinstance(path, (list, tuple)) and len(path) == 1:
@@ -195,7 +237,8 @@ class LoadStudyImage(Transform):
         fmt = detect_format(path, check_dicom_pixels=False)  # the DICOM reader refuses files without pixels
         if fmt is None:
             what = "folder holds no DICOM files" if os.path.isdir(path) else "not a supported image format"
-            raise CadpipeInputError(path, f"{what} (DICOM, DICOM series folder, LJPEG, NIfTI, PNG/JPEG/TIFF)")
+            raise CadpipeInputError(path, f"{what} (DICOM, DICOM series folder, LJPEG, NIfTI, NRRD, MetaImage, "
+                                          "PNG/JPEG/TIFF)")
         check_declared_size(path, fmt)  # before decoding: image bombs (cadpipe.transforms.limits)
         reader = _reader_for(fmt, path)
         try:

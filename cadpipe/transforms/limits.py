@@ -105,8 +105,21 @@ def _ljpeg_shape(path: str) -> tuple[tuple[int, ...], int, bool]:
     return (int(view["LINES"]), int(view["PIXELS_PER_LINE"])), 1, False
 
 
+def _itk_shape(path: str) -> tuple[tuple[int, ...], int, bool]:
+    """NRRD / MetaImage: ITK's ImageIO reads the header only (``ReadImageInformation``)."""
+    import itk
+
+    io = itk.ImageIOFactory.CreateImageIO(path, itk.CommonEnums.IOFileMode_ReadMode)
+    if io is None:
+        raise ValueError("no ITK ImageIO reads this file")
+    io.SetFileName(path)
+    io.ReadImageInformation()
+    shape = tuple(int(io.GetDimensions(i)) for i in range(io.GetNumberOfDimensions()))
+    return shape, int(io.GetNumberOfComponents()), len([s for s in shape[:3] if s > 1]) >= 3
+
+
 _SHAPES = {"image": _image_shape, "dicom": _dicom_shape, "dicom_series": _series_shape, "nifti": _nifti_shape,
-           "ljpeg": _ljpeg_shape}
+           "ljpeg": _ljpeg_shape, "nrrd": _itk_shape, "metaimage": _itk_shape}
 
 
 def declared_shape(path: str | os.PathLike, fmt: str) -> tuple[tuple[int, ...], int, bool] | None:

@@ -240,3 +240,18 @@ def test_dicom_without_pixels_through_the_universal_loader(tmp_path):
         shutil.copy(get_testdata_file(name, download=False), path)
         expect_error(path, "no pixel data")
 
+
+
+def test_building_the_loader_prints_no_nvimagecodec_notice(caplog, recwarn):
+    """MONAI's LoadImage builds its GPU DICOM reader, which announces on every construction that nvImageCodec is
+    missing; cadpipe reads DICOM itself, so building its loader says nothing."""
+    import logging
+
+    from cadpipe.transforms.io_any import LoadStudyImage
+
+    with caplog.at_level(logging.DEBUG):
+        LoadStudyImage()
+        LoadStudyImage(mode="rgb")
+    text = caplog.text + " ".join(str(w.message) for w in recwarn)
+    assert "nvImageCodec" not in text
+    assert logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").level == logging.NOTSET  # restored

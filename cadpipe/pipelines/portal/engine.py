@@ -133,7 +133,7 @@ def infer_task(files: list, tasks: list[str]) -> str | None:
     want = None
     if "ljpeg" in kinds:
         want = "mammo"
-    elif "nifti" in kinds:
+    elif kinds & {"nifti", "nrrd", "metaimage"}:
         want = "mri"
     elif "dicom" in kinds:
         import pydicom

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -28,6 +29,7 @@ ACCEPTED_SUFFIXES: dict[str, str] = {
     ".dcm": "dicom", ".dicom": "dicom", ".ima": "dicom", "": "dicom",
     ".ljpeg": "ljpeg", ".ics": "ics",
     ".nii": "nifti", ".nii.gz": "nifti",
+    ".nrrd": "nrrd", ".mha": "metaimage",  # one-file volumes (a detached .nhdr/.mhd header needs its data file)
     ".png": "image", ".jpg": "image", ".jpeg": "image", ".tif": "image", ".tiff": "image",
 }
 _IMAGE_MAGIC = {".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",), ".jpeg": (b"\xff\xd8\xff",),
@@ -65,7 +67,7 @@ class UploadLimits:
 class StoredFile:
     original: str  # the uploaded name (shown back to the uploader only, never logged, never a path)
     stored: str  # absolute path of the stored copy
-    kind: str  # dicom | ljpeg | ics | nifti | image
+    kind: str  # dicom | ljpeg | ics | nifti | nrrd | metaimage | image
     size: int
     info: dict = field(default_factory=dict)
 
@@ -80,7 +82,8 @@ def suffix_of(name: str) -> str:
 
 
 def _accepted_text() -> str:
-    return "DICOM (.dcm or no extension), DDSM .LJPEG + its .ics, NIfTI (.nii/.nii.gz), JPEG, PNG, TIFF"
+    return ("DICOM (.dcm or no extension), DDSM .LJPEG + its .ics, NIfTI (.nii/.nii.gz), NRRD (.nrrd), MetaImage "
+            "(.mha), JPEG, PNG, TIFF")
 
 
 def check_upload_set(names: list[str], limits: UploadLimits) -> None:
@@ -142,6 +145,12 @@ def sniff_kind(name: str, head: bytes) -> str:
         if head and len(head) >= 4 and int.from_bytes(head[:4], "little") not in (348, 540) \
                 and int.from_bytes(head[:4], "big") not in (348, 540):
             raise UploadRejected(name, "not a NIfTI file (bad header size)")
+    elif kind == "nrrd":
+        if not head.startswith(b"NRRD000"):
+            raise UploadRejected(name, "not an NRRD file (no NRRD magic line)")
+    elif kind == "metaimage":
+        if not re.match(rb"\s*(ObjectType|NDims|Comment|ObjectSubType|TransformType)\s*=", head):
+            raise UploadRejected(name, "not a MetaImage file (no 'ObjectType = ...' / 'NDims = ...' header)")
     elif kind == "ljpeg":
         if not head.startswith(b"\xff\xd8"):
             raise UploadRejected(name, "not an LJPEG file (no JPEG start-of-image marker)")

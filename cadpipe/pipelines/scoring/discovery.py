@@ -6,7 +6,8 @@ A *unit* is what one forward pass of a bundle scores:
   StudyInstanceUID / SeriesInstanceUID from their headers (one header read per file; the pixel data is not
   read). For 2D bundles
   every DICOM file (instance) is one unit; for 3D bundles every series is one unit (volume).
-- NIfTI files (``.nii``, ``.nii.gz``): one unit each.
+- Volumes: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) and ITK MetaImage (``.mha``, ``.mhd``; the
+  ``.raw``/``.zraw`` data file beside an ``.mhd`` is not a unit): one unit each.
 - DDSM case folders (a ``.ics`` file beside ``.LJPEG`` files): one unit per view (LJPEG file).
 - Plain image files (JPEG / PNG / TIFF): one unit each.
 - ``--manifest file.csv`` with a ``path`` column and an optional ``study_id`` column lists the units instead.
@@ -20,7 +21,7 @@ folder in its published layout (LGG ``*_mask.tif`` beside each slice, MSD ``labe
 
 - a file whose name without its image suffix ends with ``_mask``, ``_seg``, ``_label`` or ``_labels``
   (case-insensitive; e.g. ``TCGA_CS_4941_19960909_11_mask.tif``, ``BraTS_001_seg.nii.gz``, ``x_label.png``,
-  and cadpipe's own ``*_mask.nii.gz`` / ``*_seg.dcm`` outputs);
+  and cadpipe's own ``*_mask.nii.gz`` / ``*_seg.dcm`` outputs), and 3D Slicer segmentations ``*.seg.nrrd``;
 - any file under a folder named (case-insensitive) ``mask``, ``masks``, ``ManualMask``, ``label``, ``labels``,
   ``labelsTr``, ``labelsTs``, ``segmentation``, ``segmentations`` or ``ground_truth``;
 - DICOM objects that are not images: Modality ``SEG``, ``RTSTRUCT``, ``SR``, ``PR``, ``KO``, ``REG``.
@@ -45,11 +46,10 @@ from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.scoring.output_names import assign_output_names, safe_name
 from cadpipe.transforms.dicom_probe import read_dicom_header
 from cadpipe.transforms.file_checks import os_error_reason
-from cadpipe.transforms.io_any import detect_format
+from cadpipe.transforms.io_any import VOLUME_FORMATS, VOLUME_SUFFIXES, detect_format, volume_suffix
 
 __all__ = ["Unit", "discover", "read_manifest", "safe_name", "is_ground_truth"]
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LJPEG_SUFFIX = ".ljpeg"
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -57,6 +57,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 SKIP_SUFFIXES = (
     ".txt", ".csv", ".json", ".xml", ".html", ".htm", ".pdf", ".md", ".doc", ".docx", ".rtf", ".log", ".ics",
     ".overlay", ".zip", ".gz", ".py", ".yaml", ".yml", ".ini", ".cfg", ".parquet", ".pt", ".ts", ".sqlite",
+    ".raw", ".zraw",  # the data files of MetaImage .mhd / NRRD .nhdr headers
 )
 SKIP_NAMES = {"DICOMDIR", "LOCKFILE", "VERSION", "Thumbs.db"}
 # Ground truth (see the module docstring): stem endings, folder names (lower case), non-image DICOM modalities.
@@ -78,7 +79,7 @@ class Unit:
     unit_id: str
     study_id: str
     series_id: str
-    kind: str  # dicom | nifti | ljpeg | image
+    kind: str  # dicom | nifti | nrrd | metaimage | ljpeg | image
     image: str
     paths: list[str] = field(default_factory=list)
     dicom_files: list[str] = field(default_factory=list)
@@ -98,9 +99,7 @@ def _is_hidden(rel: str) -> bool:
 
 def _lower_suffix(name: str) -> str:
     low = name.lower()
-    if low.endswith(".nii.gz"):
-        return ".nii.gz"
-    return os.path.splitext(low)[1]
+    return volume_suffix(low) or os.path.splitext(low)[1]
 
 
 def is_ground_truth(rel_path: str) -> bool:
@@ -110,13 +109,15 @@ def is_ground_truth(rel_path: str) -> bool:
     if any(p.lower() in GROUND_TRUTH_FOLDERS for p in parts[:-1]):
         return True
     name = parts[-1]
+    if name.lower().endswith(".seg.nrrd"):  # a 3D Slicer segmentation
+        return True
     suffix = _lower_suffix(name)
     stem = (name[: -len(suffix)] if suffix else name).lower()
     return stem.endswith(GROUND_TRUTH_STEM_ENDINGS)
 
 
 def _detect(path: str) -> str | None:
-    """Format of ``path`` (``dicom``/``nifti``/``ljpeg``/``image``) or None for non-images.
+    """Format of ``path`` (``dicom``/``nifti``/``nrrd``/``metaimage``/``ljpeg``/``image``) or None for non-images.
 
     Suffix first (cheap), then ``cadpipe.transforms.io_any.detect_format`` for files without a telling suffix.
     """
@@ -124,8 +125,8 @@ def _detect(path: str) -> str | None:
     if name in SKIP_NAMES:
         return None
     suffix = _lower_suffix(name)
-    if suffix in NIFTI_SUFFIXES:
-        return "nifti"
+    if suffix in VOLUME_SUFFIXES:
+        return VOLUME_SUFFIXES[suffix]
     if suffix == LJPEG_SUFFIX:
         return "ljpeg"
     if suffix in IMAGE_SUFFIXES:
@@ -139,7 +140,7 @@ def _detect(path: str) -> str | None:
     # content sniffing: DICOM without extension, non-images -> None; a DICOM file's pixel data is checked with its
     # header (_dicom_header), one read per file
     fmt = detect_format(path, check_dicom_pixels=False)
-    return fmt if fmt in ("dicom", "nifti", "ljpeg", "image") else None
+    return fmt if fmt in ("dicom", "ljpeg", "image", *VOLUME_FORMATS) else None
 
 
 def _instance_number(ds) -> int:

@@ -452,11 +452,13 @@ class SaveMontaged:
         self.channel, self.max_slices = channel, max_slices
 
     def __call__(self, data):
-        from monai.transforms import EnsureChannelFirst, LoadImage
+        from monai.transforms import EnsureChannelFirst
         from PIL import Image
 
+        from cadpipe.transforms.io_any import load_image
+
         path = _filename(data[self.image_key]) or _filename(data[self.key])
-        img = EnsureChannelFirst()(LoadImage(image_only=True)(path))
+        img = EnsureChannelFirst()(load_image(image_only=True)(path))
         pred = data[self.key]
         pred = (pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred))[0]
         ch = min(self.channel, img.shape[0] - 1)

@@ -70,7 +70,8 @@
         cap.textContent = `${f.name} (${(f.size / 1024).toFixed(0)} kB)`;
       } else {
         const kind = s === ".ics" ? "case information for the LJPEG" :
-          (s === ".nii" || s === ".nii.gz") ? "NIfTI volume" : (s === ".ljpeg") ? "LJPEG mammogram" :
+          (s === ".nii" || s === ".nii.gz") ? "NIfTI volume" : (s === ".nrrd") ? "NRRD volume" :
+          (s === ".mha") ? "MetaImage volume" : (s === ".ljpeg") ? "LJPEG mammogram" :
           (s === ".tif" || s === ".tiff") ? "TIFF image" : "DICOM file";
         cap.textContent = `${f.name} (${(f.size / 1024).toFixed(0)} kB): ${kind}; the browser cannot preview it, ` +
           "the report will show the image.";
