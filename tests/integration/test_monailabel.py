@@ -298,6 +298,14 @@ def test_infer_classification_probabilities_and_cam(server, workspace, tmp_path,
     probs, idx, cam = _bundle_outputs(workspace["bundles"] / name, src)
     np.testing.assert_allclose(got, probs, atol=1e-4)
     assert result["cam_class"]["idx"] == idx == int(np.argmax(got))
+    calls = result["operating_thresholds"]  # the calls cadpipe score and the portal make with these weights
+    assert [c["label"] for c in calls["classes"]] == list(labels)
+    np.testing.assert_allclose([c["score"] for c in calls["classes"]], got, atol=1e-6)
+    if not calls["thresholds_saved"]:
+        assert calls["note"] == "no operating threshold saved with this model: 0.5 used"
+        assert all(c["threshold"] == 0.5 for c in calls["classes"])
+    positive = {c["label"] for c in calls["classes"] if c["call"] == "positive"}
+    assert positive == {n for n in calls["predicted"].split(";") if n}
 
     status, body = _request(f"{server['base']}/infer/{name}?image={image}&output=image", method="POST")
     assert status == 200

@@ -37,7 +37,7 @@ import numpy as np
 from cadpipe.errors import CadpipeInputError
 
 __all__ = ["THRESHOLDS_FILE", "THRESHOLDS_FORMAT", "DEFAULT_THRESHOLD", "NO_FINDING", "OperatingThresholds",
-           "load_thresholds", "decide"]
+           "load_thresholds", "decide", "result_calls"]
 
 THRESHOLDS_FILE = "thresholds.json"
 THRESHOLDS_FORMAT = "cadpipe-thresholds/1"
@@ -127,3 +127,15 @@ def decide(task: str, names: list[str], probs, ops: OperatingThresholds) -> dict
         is_pos = p[names.index(pos)] >= ops.threshold(pos)
         return {"predicted": pos if is_pos else other, "above": [pos] if is_pos else []}
     return {"predicted": names[int(p.argmax())] if p.size else "", "above": above}
+
+
+def result_calls(task: str, names: list[str], probs, ops: OperatingThresholds) -> dict:
+    """The calls as a JSON-ready dict (MONAI Label's result): ``predicted``, one entry per class with its
+    ``score``, ``threshold`` and ``call`` (``"positive"`` when the class is predicted / a finding), and ``note``
+    (why 0.5 is used, when it is)."""
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    d = decide(task, names, p, ops)
+    positive = set(d["predicted"].split(";")) if d["predicted"] else set()
+    return {"predicted": d["predicted"], "thresholds_saved": ops.saved, "note": ops.note,
+            "classes": [{"label": n, "score": float(v), "threshold": ops.threshold(n),
+                         "call": "positive" if n in positive else "negative"} for n, v in zip(names, p)]}

@@ -5,7 +5,9 @@ venv never imports this module). ``infer_task(name, path, conf)`` gives, per bun
 
 - classification bundles (``classification`` in the folder name; single- and multi-label):
   :class:`ClassificationCAMInferTask` — the result JSON holds the bundle's probabilities (MONAI Label's
-  ``ClassificationWriter`` format ``{"prediction": [{"idx", "label", "score"}, ...]}``) plus ``cam_class``, and
+  ``ClassificationWriter`` format ``{"prediction": [{"idx", "label", "score"}, ...]}``) plus ``cam_class`` and
+  ``operating_thresholds`` (``predicted`` and per class ``score``/``threshold``/``call`` from the thresholds saved
+  with the weights, :func:`cadpipe.pipelines.inference.thresholds.result_calls`; 0.5 and a ``note`` without), and
   the label image is the Grad-CAM heatmap of one class (``cadpipe.pipelines.inference.heatmaps.compute_cam`` on the bundle's
   ``cam_layers``) brought back to the input's geometry by inverting the bundle's ``preprocessing`` (``Invertd``),
   scaled to ``uint8`` 0..255. The class is the request's ``cam_class`` (index or label name) or the top-scoring one;
@@ -33,7 +35,9 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.transform.writer import Writer
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.pipelines.inference.bundle_runner import file_sha256
 from cadpipe.pipelines.inference.heatmaps import compute_cam
+from cadpipe.pipelines.inference.thresholds import load_thresholds, result_calls
 from cadpipe.pipelines.monailabel.app import cam_class_index, cam_to_label, monailabel_type
 
 __all__ = ["ClassificationCAMInferTask", "SegmentationInferTask", "infer_task"]
@@ -82,6 +86,11 @@ class ClassificationCAMInferTask(BundleInferTask):
             raise CadpipeInputError(os.path.join(path, "configs", "inference.json"),
                                     "classification bundle without cam_layers (inference.json or metadata.json)")
         self.cam_layers = layers
+        # the operating thresholds saved with the weights decide the calls (as in cadpipe score and the portal)
+        with open(os.path.join(path, "configs", "metadata.json"), encoding="utf-8") as fp:
+            self.cadpipe_task = (json.load(fp).get("cadpipe") or {}).get("task", "classification")
+        model = os.path.join(path, "models", "model.pt")
+        self.thresholds = load_thresholds(model, file_sha256(model) if os.path.isfile(model) else None)
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
         data = super().run_inferer(data, convert_to_batch=convert_to_batch, device=device)
@@ -114,6 +123,9 @@ class ClassificationCAMInferTask(BundleInferTask):
         idx = int(data["cam_class"])
         names = {v: k for k, v in self.labels.items()} if isinstance(self.labels, dict) else {}
         result["cam_class"] = {"idx": idx, "label": names.get(idx, f"label_{idx}"), "layer": self.cam_layers}
+        probs = torch.as_tensor(data[self.output_label_key]).detach().float().reshape(-1).cpu().numpy()
+        class_names = [names.get(i, f"label_{i}") for i in range(probs.size)]
+        result["operating_thresholds"] = result_calls(self.cadpipe_task, class_names, probs, self.thresholds)
         path = str(data.get("image_path") or "")
         if not data.get("result_extension") and path.lower().endswith((".jpg", ".jpeg")):
             data["result_extension"] = ".png"  # a heatmap must not go through lossy JPEG

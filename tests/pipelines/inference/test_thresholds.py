@@ -7,7 +7,8 @@ import json
 import pytest
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.pipelines.inference.thresholds import THRESHOLDS_FORMAT, OperatingThresholds, decide, load_thresholds
+from cadpipe.pipelines.inference.thresholds import (THRESHOLDS_FORMAT, OperatingThresholds, decide, load_thresholds,
+                                                   result_calls)
 
 
 def _write(models, classes, **extra):
@@ -68,3 +69,14 @@ def test_multilabel_no_finding_never_beside_a_finding():
     assert decide("multilabel", names, [0.1, 0.5, 0.9], ops)["predicted"] == "No Finding"
     assert decide("multilabel", names, [0.1, 0.5, 0.2], ops)["predicted"] == ""
     assert decide("multilabel", names, [0.4, 0.7, 0.1], ops)["above"] == ["Effusion", "Mass"]
+
+
+def test_result_calls_for_monai_label():
+    ops = OperatingThresholds({"PNEUMONIA": 0.3}, positive_class="PNEUMONIA", saved=True)
+    got = result_calls("classification", ["NORMAL", "PNEUMONIA"], [0.6, 0.4], ops)
+    assert got["predicted"] == "PNEUMONIA" and got["thresholds_saved"] and got["note"] == ""
+    assert got["classes"][1] == {"label": "PNEUMONIA", "score": 0.4, "threshold": 0.3, "call": "positive"}
+    assert got["classes"][0]["call"] == "negative"
+    fallback = result_calls("multilabel", ["Effusion", "No Finding"], [0.7, 0.6], OperatingThresholds(
+        note="no operating threshold saved with this model: 0.5 used"))
+    assert fallback["predicted"] == "Effusion" and [c["call"] for c in fallback["classes"]] == ["positive", "negative"]
