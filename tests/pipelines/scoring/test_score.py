@@ -91,6 +91,9 @@ def test_segmentation_nifti_and_dicom_seg(seg_bundle, tmp_path):
     assert row.lesion_voxels == int((mask > 0).sum())
     assert row.lesion_volume_ml == pytest.approx(row.lesion_voxels * vox_ml, rel=1e-4)
     assert vox_ml == pytest.approx(1.5 * 1.5 * 2.0 / 1000)
+    report = open(os.path.join(out, study, "report.html"), encoding="utf-8").read()
+    if row.lesion_voxels:  # a volume reports mL
+        assert f"volume {row.lesion_volume_ml:.2f} mL" in report
     seg_ds = pydicom.dcmread(os.path.join(folder, f"{series}_seg.dcm"))
     seg = hd.seg.Segmentation.from_dataset(seg_ds)
     refs = {item.ReferencedSOPInstanceUID

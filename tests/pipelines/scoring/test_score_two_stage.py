@@ -187,3 +187,10 @@ def test_lung_bundle_alone_scores_mask_and_box(two_stage):
         assert c0 < mask.shape[1] / 2 < c1 and r1 - r0 > mask.shape[0] / 3
     files = [f for _, _, fs in os.walk(out) for f in fs]
     assert sum(f.endswith("_mask.nii.gz") for f in files) == 3 and any(f.endswith("_seg.dcm") for f in files)
+    # the report speaks of lung fields: cm² from the DICOM pixel spacing, pixels for a PNG (no spacing), never mL
+    png, dcm = df.loc["synthetic_cxr.png"], df.loc["synthetic_rsna.dcm"]
+    html_png = open(os.path.join(out, png.study_id, "report.html"), encoding="utf-8").read()
+    html_dcm = open(os.path.join(out, dcm.study_id, "report.html"), encoding="utf-8").read()
+    assert f"Lung fields outlined (red): area {int(png.lesion_voxels)} pixels" in html_png and png.lesion_area_cm2 == ""
+    assert f"Lung fields outlined (red): area {float(dcm.lesion_area_cm2):.1f} cm²." in html_dcm
+    assert " mL" not in html_png + html_dcm and "suspicious" not in html_png + html_dcm
