@@ -163,9 +163,12 @@ def test_inference_with_heatmaps(trained):
     rows = list(csv.DictReader(open(os.path.join(out, "predictions.csv"))))
     assert len(rows) == 10
     assert {"path", "prob_pneumonia", "predicted", "heatmap_png", "heatmap"} <= set(rows[0])
+    # the operating threshold training saved with these weights decides, as in cadpipe score
+    saved = json.load(open(os.path.join(trained["bundle"], "models", "thresholds.json")))
+    thr = saved["classes"]["PNEUMONIA"]["threshold"]
     for r in rows:
         assert 0.0 <= float(r["prob_pneumonia"]) <= 1.0
-        assert r["predicted"] == ("PNEUMONIA" if float(r["prob_pneumonia"]) >= 0.5 else "NORMAL")
+        assert r["predicted"] == ("PNEUMONIA" if float(r["prob_pneumonia"]) >= thr - 1e-6 else "NORMAL")
         cam = np.load(r["heatmap"])
         assert cam.shape == (64, 64) and cam.min() >= 0 and cam.max() <= 1
         assert np.asarray(Image.open(r["heatmap_png"])).shape == (64, 64, 3)

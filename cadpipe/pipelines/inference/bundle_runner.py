@@ -28,7 +28,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any, Callable
@@ -38,6 +37,7 @@ import torch
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.inference.thresholds import decide, load_thresholds
+from cadpipe.pipelines.outputs.files import file_sha256
 
 __all__ = ["BundleRunner", "file_sha256", "bundle_is_complete", "RESULT_COLUMNS_KEY", "RESULT_NOTES_KEY",
            "result_columns", "PRECISIONS", "precision_unsupported"]
@@ -60,14 +60,6 @@ def result_columns(out: dict) -> dict:
     return row
 
 REQUIRED_CONFIGS = ("configs/metadata.json", "configs/inference.json")
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def bundle_is_complete(bundle_root: str, need_train: bool = False) -> bool:

@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.pipelines.outputs.files import file_sha256
 
 __all__ = ["THRESHOLDS_FILE", "THRESHOLDS_FORMAT", "DEFAULT_THRESHOLD", "NO_FINDING", "OperatingThresholds",
-           "load_thresholds", "decide", "result_calls"]
+           "load_thresholds", "decide", "result_calls", "saved_threshold"]
 
 THRESHOLDS_FILE = "thresholds.json"
 THRESHOLDS_FORMAT = "cadpipe-thresholds/1"
@@ -106,6 +107,15 @@ def load_thresholds(model_file: str, model_sha256: str | None = None) -> Operati
         return _fallback("the saved operating thresholds belong to other weights (thresholds.json does not match "
                          "model.pt): 0.5 used", path)
     return OperatingThresholds(thresholds, methods, doc.get("positive_class"), True, "", path)
+
+
+def saved_threshold(model_file: str, class_name: str, default: float = DEFAULT_THRESHOLD) -> float:
+    """The operating threshold of ``class_name`` saved for the weights ``model_file`` (checked by sha256), else
+    ``default``: what a bundle config's ``threshold`` id reads (``monai.bundle run`` inference)."""
+    if not os.path.isfile(model_file):
+        return float(default)
+    ops = load_thresholds(model_file, file_sha256(model_file))
+    return ops.threshold(class_name) if ops.saved and class_name in ops.thresholds else float(default)
 
 
 def decide(task: str, names: list[str], probs, ops: OperatingThresholds) -> dict:

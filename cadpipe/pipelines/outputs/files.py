@@ -7,11 +7,12 @@ journal relies on this.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import threading
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_writer_path", "current_umask"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_writer_path", "current_umask", "file_sha256"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -69,3 +70,12 @@ def atomic_writer_path(path: str) -> str:
     folder, base = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, f".tmp_{os.getpid()}_{base}")
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 of a file's content (hex), read in 1 MiB blocks: names the exact weights a result came from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -80,3 +80,20 @@ def test_result_calls_for_monai_label():
     fallback = result_calls("multilabel", ["Effusion", "No Finding"], [0.7, 0.6], OperatingThresholds(
         note="no operating threshold saved with this model: 0.5 used"))
     assert fallback["predicted"] == "Effusion" and [c["call"] for c in fallback["classes"]] == ["positive", "negative"]
+
+
+def test_saved_threshold_for_bundle_configs(tmp_path):
+    from cadpipe.pipelines.inference.thresholds import saved_threshold
+    from cadpipe.pipelines.outputs.files import file_sha256
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "model.pt").write_bytes(b"weights")
+    model = str(models / "model.pt")
+    assert saved_threshold(model, "PNEUMONIA") == 0.5  # no file: the config's default
+    _write(models, {"PNEUMONIA": {"threshold": 0.37}}, model_sha256=file_sha256(model))
+    assert saved_threshold(model, "PNEUMONIA") == 0.37
+    assert saved_threshold(model, "OTHER", 0.6) == 0.6
+    (models / "model.pt").write_bytes(b"retrained")  # other weights: the old threshold is not used
+    assert saved_threshold(model, "PNEUMONIA") == 0.5
+    assert saved_threshold(str(tmp_path / "missing.pt"), "PNEUMONIA", 0.4) == 0.4
