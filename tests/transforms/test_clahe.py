@@ -8,7 +8,7 @@ from skimage import exposure
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.transforms import CLAHE, CLAHEd
-from cadpipe.transforms import clahe as clahe_mod
+from cadpipe.transforms import clahe_image as clahe_mod
 from cadpipe.transforms.clahe import clahe_2d
 
 
@@ -248,3 +248,196 @@ def test_torchscript_and_plain_python_agree(monkeypatch, per_value):
     finally:
         monkeypatch.undo()
         clahe_mod._scripted.cache_clear()
+
+
+# ------------------------------------------------------------------ clahe_batch (vectorised, batched kernel)
+from cadpipe.transforms import clahe_batched  # noqa: E402
+from cadpipe.transforms.clahe import clahe_batch  # noqa: E402
+
+BATCH_CASES = [
+    # (h, w, dtype, maxv, kernel_size (rows, cols), clip_limit, nbins)
+    (96, 128, np.uint8, 255, None, 0.01, 256),  # 8-bit
+    (131, 97, np.uint16, 4095, None, 0.01, 256),  # 12-bit, sizes not divisible by the kernel
+    (64, 80, np.uint16, 65535, (9, 30), 0.05, 100),  # full 16-bit range (values >= 2**15)
+    (120, 90, np.float64, 1.0, (17, 13), 0.03, 128),  # float in [0, 1]
+    (75, 110, np.float32, 0.8, 20, 0.0, 64),  # plain AHE
+    (40, 33, np.uint8, 200, 50, 0.01, 256),  # kernel larger than the image
+    (150, 140, np.uint16, 4095, 16, 1.0, 256),  # no clipping
+    (48, 48, np.uint8, 255, 6, 0.01, 256),  # clip at 1 count: heavy residual redistribution
+    (70, 90, np.uint16, 1000, 20, 0.01, 16),  # few bins, small tiles
+]
+
+
+def assert_same_levels(a, b):
+    """The two kernels (vectorised, per image) round the interpolation differently: an interpolated level
+    within ~1e-3 of an integer can truncate one level apart in a few pixels; otherwise equal."""
+    diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    assert diff.mean() <= 1e-6 and diff.max() <= 2e-4, (diff.mean(), diff.max())
+
+
+def vec(img, **kw):
+    """clahe_batch's vectorised kernel on one numpy (rows, cols) image; numpy float32 out."""
+    out = clahe_batch(torch.from_numpy(np.ascontiguousarray(img))[None, None], impl="vectorised", **kw)
+    assert out.dtype == torch.float32 and out.shape == (1, 1) + img.shape
+    return out[0, 0].numpy()
+
+
+@pytest.mark.parametrize("h,w,dtype,maxv,kernel_size,clip_limit,nbins", BATCH_CASES)
+def test_batch_vectorised_matches_skimage(h, w, dtype, maxv, kernel_size, clip_limit, nbins):
+    img = natural(h, w, seed=h * w, dtype=dtype, maxv=maxv)
+    ref = exposure.equalize_adapthist(img, kernel_size=kernel_size, clip_limit=clip_limit, nbins=nbins)
+    out = vec(img, kernel_size=kernel_size, clip_limit=clip_limit, nbins=nbins)
+    assert np.abs(out - ref).mean() <= 1e-4
+    assert out.min() == 0.0 and out.max() == 1.0
+    plain = (img - img.min()) / (img.max() - img.min())
+    assert np.abs(out - plain).mean() > 0.01  # really equalised
+    # the CPU per-image kernel gives the same result
+    assert_same_levels(out, clahe_2d(torch.from_numpy(img), kernel_size, clip_limit, nbins).numpy())
+
+
+def test_batch_odd_size_large_image():
+    img = natural(1001, 777, seed=21, dtype=np.uint16, maxv=4095)
+    ref = exposure.equalize_adapthist(img, kernel_size=(130, 90))
+    assert np.abs(vec(img, kernel_size=(130, 90)) - ref).mean() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype,value", [(np.uint16, 1000), (np.uint8, 7), (np.float32, 0.25), (np.uint16, 0)])
+def test_batch_constant_image(dtype, value):
+    img = np.full((32, 40), value, dtype)
+    ref = exposure.equalize_adapthist(img)
+    np.testing.assert_allclose(vec(img), ref, atol=1e-6)
+
+
+def test_batch_constant_float_outside_unit_range_is_level_0():
+    """skimage refuses floats outside [-1, 1]; a constant one (e.g. an all-air CT slice) counts as level 0."""
+    img = np.full((32, 40), -1024.0, np.float32)
+    ref = exposure.equalize_adapthist(np.zeros((32, 40), np.float32))
+    np.testing.assert_allclose(vec(img), ref, atol=1e-6)
+    np.testing.assert_array_equal(clahe_2d(torch.from_numpy(img)).numpy(), vec(img))
+
+
+def test_batch_one_bright_pixel():
+    img = np.full((64, 72), 100, np.uint16)
+    img[40, 9] = 4095
+    ref = exposure.equalize_adapthist(img)
+    out = vec(img)
+    assert np.abs(out - ref).mean() <= 1e-4 and np.abs(out - ref).max() < 2e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int32, torch.float32, torch.float64])
+def test_batch_other_dtypes_as_uint16(dtype):
+    """Raw 12-bit values as int16/int32 give the uint16 result; as float (outside [0, 1]) they are quantised
+    through 16 bits first (within 1e-4)."""
+    img = natural(90, 70, seed=22, dtype=np.uint16, maxv=4095)
+    ref = vec(img)
+    out = clahe_batch(torch.from_numpy(img.astype(np.int32)).to(dtype)[None, None], impl="vectorised")[0, 0]
+    if dtype in (torch.int16, torch.int32):
+        np.testing.assert_array_equal(out.numpy(), ref)
+    else:
+        assert np.abs(out.numpy() - ref).mean() <= 1e-4
+
+
+def test_batch_wide_int_and_negative_values():
+    """int32 with a range above 65535 is treated as float (min-max to 16 bits); negative ints are min-max
+    rescaled directly; both as the per-image kernel does."""
+    base = natural(60, 50, seed=23, dtype=np.float64)
+    for img in ((base * 300000 - 100000).astype(np.int32), (base * 4000 - 2000).astype(np.int16),
+                (base * 6 - 3).astype(np.float64)):
+        assert_same_levels(vec(img), clahe_2d(torch.from_numpy(img)).numpy())
+
+
+def test_batch_equals_per_image_and_mixed_batch():
+    """A batch of images of different dtype ranges and contents: each equals its own single-image result."""
+    imgs = [natural(80, 100, seed=s, dtype=np.uint16, maxv=m) for s, m in ((30, 4095), (31, 1000), (32, 65535))]
+    imgs.append(np.full((80, 100), 77, np.uint16))  # constant, in the same batch
+    x = torch.from_numpy(np.stack(imgs)).view(2, 2, 80, 100)
+    out = clahe_batch(x, kernel_size=(23, 17), impl="vectorised")
+    assert out.shape == (2, 2, 80, 100) and out.dtype == torch.float32
+    for i, img in enumerate(imgs):
+        single = vec(img, kernel_size=(23, 17))
+        np.testing.assert_allclose(out.view(4, 80, 100)[i].numpy(), single, atol=1e-6)
+        if i < 3:  # (the constant one: see test_batch_flat_regions_float_noise)
+            ref = exposure.equalize_adapthist(img, kernel_size=(23, 17))
+            assert np.abs(single - ref).mean() <= 1e-4
+    # the per-image CPU path (what "auto" picks on the CPU) gives the same batch result
+    assert_same_levels(clahe_batch(x, kernel_size=(23, 17)).numpy(), out.numpy())
+
+
+def test_batch_flat_regions_float_noise():
+    """Where the four neighbouring tile mappings are equal (a constant image, or few bins all at the clip
+    limit), skimage's float32 sum of the four weighted terms can fall just below the integer level and be
+    truncated one level down in some pixels; ours stays on the level. With few output levels the rescale
+    magnifies that: documented, not matched. Both kernels agree with each other."""
+    img = np.full((80, 100), 77, np.uint16)
+    ref = exposure.equalize_adapthist(img, kernel_size=(23, 17))
+    assert set(np.unique(ref)) == {0.0, 1.0}  # skimage: 0/1 speckle from a constant image
+    np.testing.assert_array_equal(vec(img, kernel_size=(23, 17)), 1.0)
+    img = natural(70, 90, seed=70 * 90, dtype=np.uint16, maxv=1000)
+    out = vec(img, kernel_size=20, nbins=7)
+    assert_same_levels(out, clahe_2d(torch.from_numpy(img), 20, 0.01, 7).numpy())
+    assert np.abs(out - exposure.equalize_adapthist(img, kernel_size=20, nbins=7)).mean() < 1e-3
+
+
+def test_batch_small_chunks_same_result(monkeypatch):
+    """Row chunks that split images (and rounds of one redistribution step) change nothing."""
+    x = torch.from_numpy(np.stack([natural(50, 60, seed=s, dtype=np.uint8, maxv=255) for s in range(3)]))[:, None]
+    ref = clahe_batch(x, kernel_size=7, impl="vectorised")
+    monkeypatch.setattr(clahe_batched, "_CHUNK_PX", 130)
+    monkeypatch.setattr(clahe_batched, "_CLIP_STEPS", 1)
+    np.testing.assert_array_equal(clahe_batch(x, kernel_size=7, impl="vectorised").numpy(), ref.numpy())
+
+
+def test_batch_list_of_sizes():
+    a = torch.from_numpy(natural(40, 50, seed=40, dtype=np.uint16, maxv=4095))[None]
+    b = torch.from_numpy(natural(64, 30, seed=41, dtype=np.uint16, maxv=4095))[None]
+    c = torch.from_numpy(natural(40, 50, seed=42, dtype=np.uint16, maxv=4095))[None]
+    outs = clahe_batch([a, b, c], impl="vectorised")
+    assert [tuple(o.shape) for o in outs] == [(1, 40, 50), (1, 64, 30), (1, 40, 50)]
+    for t, o in zip((a, b, c), outs):
+        np.testing.assert_array_equal(o.numpy(), clahe_batch(t[None], impl="vectorised")[0].numpy())
+
+
+@pytest.mark.parametrize("nbins", [7, 64, 256, 600])
+def test_clip_histograms_vectorised_matches_skimage_exactly(nbins, monkeypatch):
+    """The all-tiles-in-step clip + redistribution equals skimage's per-tile loop, count for count."""
+    from skimage.exposure._adapthist import clip_histogram
+
+    monkeypatch.setattr(clahe_batched, "_CLIP_STEPS", 1)  # many rounds of host checks
+    rng = np.random.default_rng(nbins)
+    for clim_frac in (0.0005, 0.002, 0.02, 0.3):
+        n_px = 3000
+        hists = np.stack(
+            [np.bincount(rng.geometric(rng.uniform(0.01, 0.5), n_px) % nbins, minlength=nbins) for _ in range(6)]
+            + [np.bincount(np.full(n_px, nbins // 2), minlength=nbins)]  # one bin: all excess
+        )
+        clim = int(max(clim_frac * n_px, 1))
+        ref = np.stack([clip_histogram(h.copy(), clim) for h in hists])
+        out = clahe_batched._clip_histograms(torch.from_numpy(hists.astype(np.int32)), clim).numpy()
+        np.testing.assert_array_equal(out, ref)
+
+
+def test_batch_bad_input():
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        clahe_batch(torch.zeros(8, 8))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        clahe_batch(np.zeros((1, 1, 8, 8)))
+    with pytest.raises(TypeError, match="real dtype"):
+        clahe_batch(torch.zeros(1, 1, 8, 8, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="list item 1"):
+        clahe_batch([torch.zeros(1, 8, 8), torch.zeros(8, 8)])
+    with pytest.raises(ValueError, match="impl"):
+        clahe_batch(torch.zeros(1, 1, 8, 8), impl="fast")
+    with pytest.raises(ValueError, match="clip_limit"):
+        clahe_batch(torch.zeros(1, 1, 8, 8), clip_limit=-1)
+    img = torch.zeros(2, 1, 16, 16)
+    img[1, 0, 3, 4] = float("inf")
+    with pytest.raises(CadpipeInputError, match="case9.png: CLAHE input contains NaN or infinite values"):
+        clahe_batch(img, path="case9.png", impl="vectorised")
+
+
+def test_transform_uses_vectorised_kernel_when_asked():
+    img = natural(70, 50, seed=43, dtype=np.uint16, maxv=4095)
+    vol = np.stack([img, img[::-1]], -1)[None]  # (1, H, W, D)
+    assert_same_levels(CLAHE(impl="vectorised")(vol), CLAHE()(vol))
+    with pytest.raises(ValueError, match="impl"):
+        CLAHE(impl="gpu")

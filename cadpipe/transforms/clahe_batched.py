@@ -1,0 +1,415 @@
+"""Batched CLAHE: every channel of every image of a ``(B, C, H, W)`` tensor in a few vectorised torch steps.
+
+``clahe_batch`` is the one entry point (the ``CLAHE``/``CLAHEd`` transforms call it). It gives exactly what
+``cadpipe.transforms.clahe_image.clahe_2d`` gives for each 2D image (skimage's ``equalize_adapthist``
+semantics, see that module), and picks the implementation by device:
+
+- on a GPU (any non-CPU device): ``_clahe_vectorised`` below, one pass over the whole batch;
+- on the CPU: ``clahe_2d`` per image (cache-sized chunks, TorchScript loops, band threads), which is faster
+  there than the batch-wide ops (``impl=`` chooses either one explicitly).
+
+The vectorised kernel, for ``N = B * C`` images at once, with no Python loop over images, tiles or bins:
+
+1. one ``aminmax`` over each image and one host sync to read the ``N`` minima/maxima (the per-image
+   intensity range, the NaN check, the size of the value table);
+2. grey-level bins through one lookup per pixel in a ``(N, L)`` table (``L`` = the largest value range + 1,
+   at most 65536) built once from the per-image range in float64, exactly as ``clahe_2d`` does;
+3. the histograms of all ``N * tiles`` tiles: one ``index_add_`` over flat ``(image, tile, bin)`` indices
+   (main area, then the reflect-padded bottom rows and right columns, which are short);
+4. skimage's clip and redistribution for all tiles at once (``_clip_histograms``): the uniform part in
+   closed form, then skimage's strided residual loop as masked steps over all tiles together, a few steps
+   between host checks;
+5. the tile mappings (cumsum) and, per (image, block row, block column, bin), the bilinear terms of the four
+   neighbouring tiles packed in two ``complex64`` tables, so each pixel costs two gathers and three
+   ``addcmul``;
+6. truncation to integer levels and the per-image min-max rescale to ``[0, 1]`` (one ``aminmax`` over ``dim=1``, two in-place ops).
+
+Rows are processed in chunks of at most ``_CHUNK_PX`` pixels, so the work buffers (an int32 index and an
+8-byte gather per pixel) stay bounded: peak extra device memory is the float32 output plus at most about
+3x the input in float32 for small batches, and well below that for large ones (the (N, L) value table adds
+at most 256 KiB per image).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import torch
+
+from cadpipe.errors import CadpipeInputError
+from cadpipe.transforms.clahe_image import (
+    NR_OF_GRAY,
+    _empty_float32,
+    _one_intra_op_thread,
+    _reflect_index,
+    clahe_2d,
+)
+
+__all__ = ["clahe_batch"]
+
+# pixels per chunk of rows in the per-pixel passes (bounds the int32 index and 8-byte gather buffers)
+_CHUNK_PX = 1 << 22
+# masked redistribution steps before the first host check (most tiles finish within 2-6 steps); each
+# further round runs twice as many steps
+_CLIP_STEPS = 4
+_SMALL_INTS = (torch.uint8, torch.int8, torch.int16, torch.uint16)
+
+
+def clahe_batch(
+    x: torch.Tensor | Sequence[torch.Tensor],
+    kernel_size: Sequence[int] | int | None = None,
+    clip_limit: float = 0.01,
+    nbins: int = 256,
+    *,
+    num_threads: int | None = 1,
+    path=None,
+    impl: str = "auto",
+) -> torch.Tensor | list[torch.Tensor]:
+    """CLAHE of each channel of each image of a batch, ``skimage.exposure.equalize_adapthist`` semantics.
+
+    Args:
+        x: ``(B, C, H, W)`` tensor of any real dtype (``bool``, ``uint8``, ``int16``, ``uint16`` such as raw
+            12-bit data, ``int32``, floats, ...), on any device; or a list of ``(C, H, W)`` tensors of any
+            sizes, which are grouped by shape, dtype and device and each group run as one batch.
+        kernel_size: tile size ``(kh, kw)`` in pixels along ``H`` and ``W`` (an int for both). Default
+            ``None``: 1/8 of each side (at least 1), like skimage.
+        clip_limit: normalised clip limit: a tile of ``n`` pixels has its histogram clipped at
+            ``int(max(clip_limit * n, 1))``; ``0`` or ``>= 1`` gives plain AHE. Default 0.01.
+        nbins: histogram bins. Default 256.
+        num_threads: CPU threads per image for the per-image CPU path (see ``CLAHE``); ignored elsewhere.
+        path: file name used in the error for NaN/infinite input.
+        impl: ``"auto"`` (vectorised on a GPU, per image on the CPU), ``"vectorised"`` or ``"per_image"``.
+
+    Returns:
+        float32 ``(B, C, H, W)`` in ``[0, 1]`` on ``x``'s device (a list of ``(C, H, W)`` for a list input).
+
+    Intensity range: each ``(H, W)`` image is equalised on its own, from its own minimum and maximum
+    (per image and channel, never per batch). Integer images (``uint16`` 12-bit data included) use their
+    values' min-max: ``round((v - min) / (max - min) * 16383)`` grey levels, as skimage does for ``uint8``
+    and ``uint16``; signed integers are min-max rescaled the same way (skimage would first map negative
+    values to 0); ``int32``/``int64`` images whose range exceeds 65535, and ``uint32``/``uint64`` images,
+    are treated as floats. Float images with all values in ``[0, 1]`` are quantised to 16 bits
+    (``int(v * 65535 + 0.5)``, skimage's ``img_as_uint``) and then min-max rescaled; float images outside
+    ``[0, 1]`` (e.g. raw 12-bit data as float, or CT in HU) are min-max normalised to 16 bits first. So a
+    12-bit image gives the same output whether it arrives as ``uint16``, ``int16`` or ``int32``, while the
+    same values as float are quantised through 16 bits first (output within 1e-4 of the integer one).
+
+    Raises:
+        CadpipeInputError: NaN or infinite values (named by ``path``).
+        ValueError / TypeError: bad shapes, dtypes or parameters.
+    """
+    if isinstance(x, (list, tuple)):
+        return _clahe_list(x, kernel_size, clip_limit, nbins, num_threads=num_threads, path=path, impl=impl)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"clahe_batch expects a torch.Tensor (B, C, H, W) or a list of (C, H, W), got {type(x)}")
+    if x.ndim != 4:
+        raise ValueError(f"clahe_batch expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+    if x.is_complex():
+        raise TypeError(f"clahe_batch expects a real dtype, got {x.dtype}")
+    if nbins < 1:
+        raise ValueError(f"nbins must be >= 1, got {nbins}")
+    if clip_limit < 0:
+        raise ValueError(f"clip_limit must be >= 0, got {clip_limit}")
+    if impl not in ("auto", "vectorised", "per_image"):
+        raise ValueError(f"impl must be 'auto', 'vectorised' or 'per_image', got {impl!r}")
+    B, C, H, W = (int(s) for s in x.shape)
+    if H < 1 or W < 1:
+        raise ValueError(f"clahe_batch needs images of at least 1x1 pixels, got shape {tuple(x.shape)}")
+    k0, k1 = _kernel(kernel_size, H, W)
+    if B * C == 0:
+        return torch.empty((B, C, H, W), dtype=torch.float32, device=x.device)
+    if impl == "auto":
+        impl = "per_image" if x.device.type == "cpu" else "vectorised"
+    if impl == "vectorised":
+        out = _clahe_vectorised(x.reshape(B * C, H, W), k0, k1, float(clip_limit), int(nbins), path)
+        return out.view(B, C, H, W)
+    out = _empty_float32((B, C, H, W), x.device)
+    workers = 1
+    if x.device.type == "cpu":
+        workers = max(1, torch.get_num_threads() if num_threads is None else int(num_threads))
+    with _one_intra_op_thread(x.device):
+        for s, o in zip(x.reshape(B * C, H, W), out.view(B * C, H, W)):
+            clahe_2d(s, (k0, k1), clip_limit, nbins, path=path, out=o, workers=workers)
+    return out
+
+
+def _kernel(kernel_size, H: int, W: int) -> tuple[int, int]:
+    """``(kh, kw)`` from ``kernel_size`` (None: 1/8 of each side, at least 1), checked."""
+    if kernel_size is None:
+        k0, k1 = max(H // 8, 1), max(W // 8, 1)
+    elif isinstance(kernel_size, numbers.Real) or (isinstance(kernel_size, torch.Tensor) and kernel_size.ndim == 0):
+        k0 = k1 = int(kernel_size)
+    else:
+        if len(kernel_size) != 2:
+            raise ValueError(f"kernel_size needs 2 values (one per in-plane axis), got {kernel_size}")
+        k0, k1 = (int(k) for k in kernel_size)
+    if k0 < 1 or k1 < 1:
+        raise ValueError(f"kernel_size must be >= 1, got {(k0, k1)}")
+    return k0, k1
+
+
+def _clahe_list(xs, kernel_size, clip_limit, nbins, **kw) -> list[torch.Tensor]:
+    """``clahe_batch`` of a list of ``(C, H, W)`` tensors: one batch per (shape, dtype, device) group."""
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(xs):
+        if not isinstance(t, torch.Tensor) or t.ndim != 3:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t)
+            raise ValueError(f"clahe_batch: list item {i} must be a (C, H, W) tensor, got {shape}")
+        groups.setdefault((tuple(t.shape), t.dtype, t.device), []).append(i)
+    outs: list[torch.Tensor | None] = [None] * len(xs)
+    for idx in groups.values():
+        res = clahe_batch(torch.stack([xs[i] for i in idx]), kernel_size, clip_limit, nbins, **kw)
+        for i, o in zip(idx, res):
+            outs[i] = o
+    return outs
+
+
+class _Quantiser:
+    """Per-image grey-level bins of the ``N`` images of ``x`` (N, H, W), as ``clahe_2d``'s ``_Levels``.
+
+    Each pixel value ``v`` of image ``n`` maps to an index ``q = level(v) - min_level[n] + n * L`` into
+    ``self.table`` (N * L int32 bins, L = the largest level range + 1): for integer images up to 16 bits
+    ``level(v) = v``; for the others ``level(v) = int(v * a[n] + c[n])`` in the working float dtype.
+    """
+
+    def __init__(self, x: torch.Tensor, nbins: int, path):
+        dev = x.device
+        N = x.shape[0]
+        src_dtype = x.dtype
+        if src_dtype == torch.bool:
+            x = x.view(torch.uint8)
+        elif src_dtype in (torch.uint32, torch.uint64):
+            x = x.to(torch.float64)
+        elif src_dtype in (torch.float16, torch.bfloat16):
+            x = x.to(torch.float32)
+        self.shift = 0  # uint16 works on its bits as int16 with the sign bit flipped: v - 32768
+        if x.dtype == torch.uint16:
+            x = torch.bitwise_xor(x.view(torch.int16), -32768)
+            self.shift = 32768
+        self.x = x
+        flat = x.reshape(N, -1)
+        lo, hi = torch.aminmax(flat, dim=1)
+        stats = torch.stack([lo, hi], 1).cpu()  # the one host sync of the kernel (N x 2 numbers)
+        wide_int = not x.dtype.is_floating_point and x.dtype not in _SMALL_INTS  # int32 / int64
+        if x.dtype.is_floating_point or wide_int:
+            work = torch.float64 if (x.dtype == torch.float64 or wide_int) else torch.float32
+            fs = stats.to(torch.float64)
+            fmn, fmx = fs[:, 0], fs[:, 1]
+            if not bool(torch.isfinite(fs).all()):
+                raise CadpipeInputError(path, "CLAHE input contains NaN or infinite values")
+            # img_as_uint for floats in [0, 1]: level = int(v * 65535 + 0.5); other ranges min-max first
+            in01 = (fmn >= 0) & (fmx <= 1)
+            a = torch.where(fmx > fmn, 65535.0 / (fmx - fmn), torch.zeros_like(fmn))  # constant: level 0
+            a = torch.where(in01, torch.full_like(a, 65535.0), a)
+            c = torch.where(in01, torch.zeros_like(a), -fmn * a) + 0.5
+            if wide_int:  # ranges up to 65535 stay integers (a = 1, c = 0: level = v exactly)
+                st = stats.to(torch.int64)
+                direct = (st[:, 1] - st[:, 0]) <= 65535
+                a = torch.where(direct, torch.ones_like(a), a)
+                c = torch.where(direct, torch.zeros_like(c), c)
+            else:
+                direct = torch.zeros(N, dtype=torch.bool)
+            a, c = a.to(work), c.to(work)
+            ends = (stats.to(work) * a[:, None] + c[:, None]).to(torch.int64)  # as the pixels below
+            mn, mx = ends[:, 0], ends[:, 1]
+            self.affine = (a.to(dev), c.to(dev))
+            self.work = work
+        else:
+            mn, mx = stats[:, 0].to(torch.int64) + self.shift, stats[:, 1].to(torch.int64) + self.shift
+            self.affine = None
+        span = mx - mn
+        L = int(span.max()) + 1
+        self.L = L
+        bin_size = 1 + NR_OF_GRAY // nbins
+        # constant image: skimage clips its (img_as_uint) value to the 14-bit range, unscaled
+        if self.affine is not None:
+            const = torch.where(direct, mn.clamp_min(0), mn)
+        elif src_dtype in (torch.uint8, torch.bool):
+            const = mn * 257
+        elif src_dtype == torch.uint16:
+            const = mn
+        else:
+            const = mn.clamp_min(0)
+        const = const.clamp_max(NR_OF_GRAY - 1)
+        r = torch.arange(L, dtype=torch.float64, device=dev)
+        spand = span.to(device=dev, dtype=torch.float64)
+        level = torch.round(r[None, :] / spand[:, None] * (NR_OF_GRAY - 1)).to(torch.int64)
+        level = torch.where((spand > 0)[:, None], level, const.to(dev)[:, None])
+        self.table = (level // bin_size).to(torch.int32).view(-1)
+        # per-image additive index offset: q = level - mn + n * L (uint16: the stored bits are v - 32768)
+        self.qoff = (torch.arange(N, dtype=torch.int64) * L - mn + self.shift).to(dev)
+
+    def bins(self, xr: torch.Tensor, img: torch.Tensor, idx_dtype: torch.dtype) -> torch.Tensor:
+        """Bins (``idx_dtype``, same shape) of the rows ``xr`` (R, w) whose images are ``img`` (R,)."""
+        qoff = self.qoff.index_select(0, img)[:, None]
+        if self.affine is None:
+            q = torch.add(xr, qoff.to(idx_dtype))  # small ints + int32: int32, one pass
+        else:  # as clahe_2d: multiply, add, truncate to an integer
+            a, c = (t.index_select(0, img)[:, None] for t in self.affine)
+            f = xr.to(self.work) * a if xr.dtype != self.work else xr * a
+            f += c
+            q = f.to(idx_dtype)
+            q += qoff.to(idx_dtype)
+        return self.table.index_select(0, q.view(-1)).view(q.shape).to(idx_dtype)
+
+
+def _clahe_vectorised(x: torch.Tensor, k0: int, k1: int, clip_limit: float, nbins: int, path) -> torch.Tensor:
+    """CLAHE of the ``N`` images of ``x`` (N, H, W) at once (see the module docstring); float32 (N, H, W)."""
+    dev = x.device
+    N, H, W = (int(s) for s in x.shape)
+    x = x.contiguous()
+    quant = _Quantiser(x, nbins, path)
+    xf = quant.x.view(N * H, W)  # flat rows: row r is row r % H of image r // H
+    nt0, nt1 = -(-H // k0), -(-W // k1)
+    n_px = k0 * k1
+    T = N * nt0 * nt1
+    big = max(N * quant.L, N * (nt0 + 1) * (nt1 + 1) * nbins)
+    idx_dtype = torch.int32 if big < 2**31 else torch.int64
+    rows_per_chunk = max(1, _CHUNK_PX // W)
+
+    def ar(n: int) -> torch.Tensor:
+        return torch.arange(n, device=dev)
+
+    # ---- histograms: tile (i, j) of image n holds rows [i*k0, (i+1)*k0) and columns [j*k1, (j+1)*k1),
+    # reflect-padded beyond the image; flat index ((n * nt0 + i) * nt1 + j) * nbins + bin
+    hist = torch.zeros(T * nbins, dtype=torch.int32 if idx_dtype == torch.int32 else torch.int64, device=dev)
+    one = torch.ones(1, dtype=hist.dtype, device=dev)
+    row_img = torch.div(ar(N * H), H, rounding_mode="floor")
+    row_y = ar(N * H) - row_img * H
+    hoff = ((row_img * nt0 + torch.div(row_y, k0, rounding_mode="floor")) * (nt1 * nbins)).to(idx_dtype)
+    hcol = (torch.div(ar(W), k1, rounding_mode="floor") * nbins).to(idx_dtype)
+    rx = _reflect_index(ar(nt1 * k1 - W) + W, W) if nt1 * k1 > W else None  # padded columns' sources
+    hcol_rx = torch.full((nt1 * k1 - W,), (nt1 - 1) * nbins, dtype=idx_dtype, device=dev)
+
+    def accumulate(xr: torch.Tensor, img: torch.Tensor, roff: torch.Tensor, coff: torch.Tensor) -> None:
+        b = quant.bins(xr, img, idx_dtype)
+        b += roff[:, None]
+        b += coff
+        hist.index_add_(0, b.view(-1), one.expand(b.numel()))
+
+    def hist_rows(rows: torch.Tensor, img: torch.Tensor, roff: torch.Tensor) -> None:
+        for r0 in range(0, rows.shape[0], rows_per_chunk):
+            sl = slice(r0, r0 + rows_per_chunk)
+            accumulate(rows[sl], img[sl], roff[sl], hcol)
+            if rx is not None:
+                accumulate(rows[sl].index_select(1, rx), img[sl], roff[sl], hcol_rx)
+
+    hist_rows(xf, row_img, hoff)
+    if nt0 * k0 > H:  # padded rows below each image, all in the last tile row
+        ry = _reflect_index(ar(nt0 * k0 - H) + H, H)
+        pad_img = torch.repeat_interleave(ar(N), ry.numel())
+        src = (pad_img * H).view(N, -1) + ry
+        hist_rows(xf.index_select(0, src.view(-1)), pad_img,
+                  ((pad_img * nt0 + nt0 - 1) * (nt1 * nbins)).to(idx_dtype))
+
+    # ---- clip + redistribute (skimage's rules, all tiles at once), cumulate: one LUT per tile
+    clim = int(max(clip_limit * n_px, 1)) if clip_limit > 0 else n_px
+    h = _clip_histograms(hist.view(T, nbins), clim)
+    lut = h.cumsum(1).to(torch.float64) * ((NR_OF_GRAY - 1) / n_px)
+    lut = torch.floor(torch.clamp_max(lut, NR_OF_GRAY - 1)).to(torch.float32).view(N, nt0, nt1, nbins)
+
+    # ---- interpolation tables: pixel (y, x) lies in block (jy, jx) = ((y + k0//2) // k0, (x + k1//2) // k1)
+    # between tile rows jy-1|jy and columns jx-1|jx (clamped at the borders, skimage's edge padding).
+    # value = t0 + wy * t1 with t0 = a + wx*(b - a), t1 = (c - a) + wx*((d - c) - (b - a)), a/b the top
+    # left/right and c/d the bottom left/right tile values; (a, b - a) and (c - a, ...) as complex64 pairs.
+    rlo, rhi = (ar(nt0 + 1) - 1).clamp(0, nt0 - 1), ar(nt0 + 1).clamp(max=nt0 - 1)
+    clo, chi = (ar(nt1 + 1) - 1).clamp(0, nt1 - 1), ar(nt1 + 1).clamp(max=nt1 - 1)
+    top, bot = lut.index_select(1, rlo), lut.index_select(1, rhi)
+    a, b = top.index_select(2, clo), top.index_select(2, chi)
+    c, d = bot.index_select(2, clo), bot.index_select(2, chi)
+    p1 = torch.view_as_complex(torch.stack([a, b - a], -1)).view(-1)
+    p2 = torch.view_as_complex(torch.stack([c - a, (d - c) - (b - a)], -1)).view(-1)
+    del top, bot, a, b, c, d, lut
+
+    yk = row_y + k0 // 2
+    jy = torch.div(yk, k0, rounding_mode="floor")
+    moff = ((row_img * (nt0 + 1) + jy) * ((nt1 + 1) * nbins)).to(idx_dtype)
+    wy = ((yk - jy * k0).to(torch.float32) / k0)[:, None]
+    xk = ar(W) + k1 // 2
+    jx = torch.div(xk, k1, rounding_mode="floor")
+    mcol = (jx * nbins).to(idx_dtype)
+    wx = (xk - jx * k1).to(torch.float32) / k1
+
+    out = torch.empty((N * H, W), dtype=torch.float32, device=dev)
+    gbuf = torch.empty(min(rows_per_chunk, N * H) * W, dtype=torch.complex64, device=dev)
+    for r0 in range(0, N * H, rows_per_chunk):
+        r1 = min(r0 + rows_per_chunk, N * H)
+        idx = quant.bins(xf[r0:r1], row_img[r0:r1], idx_dtype)
+        idx += moff[r0:r1, None]
+        idx += mcol
+        idx = idx.view(-1)
+        g = gbuf[: idx.numel()]
+        gr = torch.view_as_real(g).view(r1 - r0, W, 2)
+        o = out[r0:r1]
+        torch.index_select(p1, 0, idx, out=g)
+        torch.addcmul(gr[..., 0], wx, gr[..., 1], out=o)
+        torch.index_select(p2, 0, idx, out=g)
+        gr[..., 0].addcmul_(wx, gr[..., 1])
+        o.addcmul_(wy[r0:r1], gr[..., 0])
+        o.floor_()  # skimage truncates the interpolated levels to integers
+    del gbuf
+
+    # ---- per-image rescale to [0, 1] (skimage's final rescale_intensity); a constant result is clipped
+    o = out.view(N, H * W)
+    lo, hi = torch.aminmax(o, dim=1)
+    ok = hi > lo
+    lo_e = torch.where(ok, lo, lo - lo.clamp(0.0, 1.0))  # constant integer v: (v - (v - clip(v))) / 1 = clip(v)
+    den = torch.where(ok, hi - lo, torch.ones_like(hi))
+    o.sub_(lo_e[:, None]).div_(den[:, None])
+    return out.view(N, H, W)
+
+
+def _clip_histograms(hist: torch.Tensor, clim: int) -> torch.Tensor:
+    """skimage's ``clip_histogram`` for every row of ``hist`` (tiles, nbins), all rows in step.
+
+    The uniform redistribution in closed form; then skimage's residual loop (``while n_excess > 0: for
+    index in range(nbins)``: add 1 to the under-limit bins ``index, index + step, ...`` with
+    ``step = max(1, n_under // n_excess)``) as masked steps over all tiles, the global step count ``g``
+    giving ``index = g % nbins`` (a new pass starts at index 0 for every tile alike). A tile is finished
+    when ``n_excess <= 0`` or no bin is under the limit: with a bin under the limit a pass always adds to
+    it (at its own index at the latest), so skimage's "no progress in a pass" exit is exactly that case,
+    and a finished tile never changes again. Host checks only every few steps (``_CLIP_STEPS``, doubling).
+    """
+    n = hist.shape[1]
+    over = hist > clim
+    n_excess = ((hist - clim) * over).sum(1)
+    hist = torch.where(over, torch.full_like(hist, clim), hist)
+    bin_incr = torch.div(n_excess, n, rounding_mode="floor")
+    upper = (clim - bin_incr)[:, None]
+    low = hist < upper
+    n_excess = n_excess - low.sum(1) * bin_incr
+    hist = hist + low * bin_incr[:, None].to(hist.dtype)
+    mid = (hist >= upper) & (hist < clim)
+    n_excess = n_excess + (hist * mid).sum(1) - mid.sum(1) * clim
+    hist = torch.where(mid, torch.full_like(hist, clim), hist)
+
+    def active() -> bool:
+        return bool(((n_excess > 0) & (hist < clim).any(1)).any())
+
+    if not active():
+        return hist
+    rel = torch.arange(n, device=hist.device)
+    # table[s, q] = (q % s == 0) for s >= 1, table[0] = False (finished tiles select nothing); small nbins only
+    table = None
+    if n <= 512:
+        table = rel[None, :] % torch.arange(n + 1, device=hist.device).clamp_min(1)[:, None] == 0
+        table[0] = False
+    g, steps = 0, _CLIP_STEPS
+    while True:
+        for _ in range(steps):
+            index = g % n
+            under = hist < clim
+            live = n_excess > 0
+            step = torch.div(under.sum(1), n_excess.clamp_min(1), rounding_mode="floor").clamp_(1, n)
+            if table is not None:
+                hit = table.index_select(0, step * live)[:, : n - index]
+            else:
+                hit = (rel[: n - index] % step[:, None] == 0) & live[:, None]
+            sel = under[:, index:] & hit
+            hist[:, index:] += sel
+            n_excess = n_excess - sel.sum(1)
+            g += 1
+        if not active():
+            return hist
+        steps *= 2
