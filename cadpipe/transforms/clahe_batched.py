@@ -17,12 +17,13 @@ The vectorised kernel, for ``N = B * C`` images at once, with no Python loop ove
 3. the histograms of all ``N * tiles`` tiles: one ``index_add_`` over flat ``(image, tile, bin)`` indices
    (main area, then the reflect-padded bottom rows and right columns, which are short);
 4. skimage's clip and redistribution for all tiles at once (``_clip_histograms``): the uniform part in
-   closed form, then skimage's strided residual loop as masked steps over all tiles together, a few steps
-   between host checks;
+   closed form, then skimage's strided residual loop followed exactly for all tiles together, its long runs
+   of ``step == 1`` jumped in one move, one host check per round;
 5. the tile mappings (cumsum) and, per (image, block row, block column, bin), the bilinear terms of the four
    neighbouring tiles packed in two ``complex64`` tables, so each pixel costs two gathers and three
    ``addcmul``;
-6. truncation to integer levels and the per-image min-max rescale to ``[0, 1]`` (one ``aminmax`` over ``dim=1``, two in-place ops).
+6. truncation to integer levels and the per-image min-max rescale to ``[0, 1]`` (one ``aminmax`` over
+   ``dim=1``, two in-place ops).
 
 Rows are processed in chunks of at most ``_CHUNK_PX`` pixels, so the work buffers (an int32 index and an
 8-byte gather per pixel) stay bounded: peak extra device memory is the float32 output plus at most about
@@ -50,9 +51,11 @@ __all__ = ["clahe_batch"]
 
 # pixels per chunk of rows in the per-pixel passes (bounds the int32 index and 8-byte gather buffers)
 _CHUNK_PX = 1 << 22
-# masked redistribution steps before the first host check (most tiles finish within 2-6 steps); each
-# further round runs twice as many steps
-_CLIP_STEPS = 4
+# longest run of step == 1 redistribution indices jumped in one move (a whole pass where the (tiles, J + 1,
+# nbins) int32 state stays below 64 MiB)
+_CLIP_JUMP = 1 << 16
+# productive plain steps per round (after a step == 1 run, n_excess is small and each step uses ~1 of it)
+_PLAIN_STEPS = 3
 _SMALL_INTS = (torch.uint8, torch.int8, torch.int16, torch.uint16)
 
 
@@ -361,17 +364,26 @@ def _clahe_vectorised(x: torch.Tensor, k0: int, k1: int, clip_limit: float, nbin
 
 
 def _clip_histograms(hist: torch.Tensor, clim: int) -> torch.Tensor:
-    """skimage's ``clip_histogram`` for every row of ``hist`` (tiles, nbins), all rows in step.
+    """skimage's ``clip_histogram`` for every row of ``hist`` (tiles, nbins), all rows at once, exactly.
 
-    The uniform redistribution in closed form; then skimage's residual loop (``while n_excess > 0: for
-    index in range(nbins)``: add 1 to the under-limit bins ``index, index + step, ...`` with
-    ``step = max(1, n_under // n_excess)``) as masked steps over all tiles, the global step count ``g``
-    giving ``index = g % nbins`` (a new pass starts at index 0 for every tile alike). A tile is finished
-    when ``n_excess <= 0`` or no bin is under the limit: with a bin under the limit a pass always adds to
-    it (at its own index at the latest), so skimage's "no progress in a pass" exit is exactly that case,
-    and a finished tile never changes again. Host checks only every few steps (``_CLIP_STEPS``, doubling).
+    The clip and the uniform redistribution are closed-form. skimage's residual loop (``while n_excess > 0:
+    for index in range(nbins)``: add 1 to each under-limit bin among ``index, index + step, ...`` with
+    ``step = max(1, n_under // n_excess)``) is followed tile by tile with a per-tile ``index``, alternating
+    two exact moves for all tiles together:
+
+    - a jump over a run of ``step == 1`` indices (``n_under < 2 * n_excess``, the long runs): ``t`` such
+      indices from ``index`` add ``min(t, p - index + 1)`` to each bin ``p >= index``, capped at the room
+      left below the limit, so the state after ``t = 0..J`` steps is one ``(tiles, J + 1, nbins)`` tensor
+      and the run's length is where ``step`` would first exceed 1, ``n_excess`` reach 0 or the pass end;
+    - one plain step at each tile's ``index`` (``step > 1``; once there ``n_under / n_excess`` only grows).
+
+    A new pass starts at index 0; a tile is finished when ``n_excess <= 0`` or no bin is under the limit:
+    with a bin under the limit a pass always adds to it (at its own index at the latest), so skimage's "no
+    progress in a pass" exit is exactly that case, and a finished tile never changes again. One host check
+    per round of the two moves.
     """
     n = hist.shape[1]
+    T = hist.shape[0]
     over = hist > clim
     n_excess = ((hist - clim) * over).sum(1)
     hist = torch.where(over, torch.full_like(hist, clim), hist)
@@ -389,27 +401,42 @@ def _clip_histograms(hist: torch.Tensor, clim: int) -> torch.Tensor:
 
     if not active():
         return hist
-    rel = torch.arange(n, device=hist.device)
-    # table[s, q] = (q % s == 0) for s >= 1, table[0] = False (finished tiles select nothing); small nbins only
-    table = None
-    if n <= 512:
-        table = rel[None, :] % torch.arange(n + 1, device=hist.device).clamp_min(1)[:, None] == 0
-        table[0] = False
-    g, steps = 0, _CLIP_STEPS
+    dev = hist.device
+    rel = torch.arange(n, device=dev)
+    J = max(1, min(_CLIP_JUMP, n, (1 << 24) // max(1, T * n)))  # jump window (bounds the (T, J+1, n) state)
+    t = torch.arange(J + 1, device=dev, dtype=torch.int32)
+    index = torch.zeros(T, dtype=torch.int64, device=dev)
     while True:
-        for _ in range(steps):
-            index = g % n
+        # -- jump over the step == 1 run from each tile's index
+        room = (clim - hist)[:, None, :]  # (T, 1, n)
+        reach = (rel[None, :] - index[:, None] + 1).clamp_min(0).to(torch.int32)  # increments bin p can get
+        inc = torch.minimum(torch.minimum(t[None, :, None], reach[:, None, :]), room)  # (T, J+1, n)
+        added = inc.sum(2)  # (T, J+1): excess used after t steps
+        n_under = (inc < room).sum(2)
+        left = n_excess[:, None] - added
+        ok = (left > 0) & (n_under < 2 * left) & (index[:, None] + t < n)  # step t runs with step == 1
+        stop = ~ok[:, :J]
+        run = torch.where(stop.any(1), stop.to(torch.uint8).argmax(1), torch.full_like(index, J))  # (T,)
+        hist = hist + inc.gather(1, run[:, None, None].expand(T, 1, n))[:, 0].to(hist.dtype)
+        n_excess = n_excess - added.gather(1, run[:, None])[:, 0].to(n_excess.dtype)
+        index = index + run
+        index = torch.where(index >= n, torch.zeros_like(index), index)
+        del inc, room, reach
+        # -- ``_PLAIN_STEPS`` productive plain steps: indices that select no under-limit bin change nothing
+        # (nor the step), so each tile skips to the next index that does, index + min((p - index) % step)
+        # over its under-limit bins p >= index, or to the pass end when there is none
+        for _ in range(_PLAIN_STEPS):
             under = hist < clim
-            live = n_excess > 0
-            step = torch.div(under.sum(1), n_excess.clamp_min(1), rounding_mode="floor").clamp_(1, n)
-            if table is not None:
-                hit = table.index_select(0, step * live)[:, : n - index]
-            else:
-                hit = (rel[: n - index] % step[:, None] == 0) & live[:, None]
-            sel = under[:, index:] & hit
-            hist[:, index:] += sel
+            step = torch.div(under.sum(1), n_excess.clamp_min(1), rounding_mode="floor").clamp_min(1)[:, None]
+            off = rel[None, :] - index[:, None]
+            cand = under & (off >= 0)
+            skip = torch.where(cand, torch.remainder(off, step), torch.full_like(off, n)).amin(1)  # (T,)
+            has = (skip < n) & (n_excess > 0)
+            off = off - skip[:, None]
+            sel = cand & (off >= 0) & (torch.remainder(off, step) == 0) & has[:, None]
+            hist = hist + sel.to(hist.dtype)
             n_excess = n_excess - sel.sum(1)
-            g += 1
+            index = torch.where(has, index + skip + 1, torch.full_like(index, n))
+            index = torch.where(index >= n, torch.zeros_like(index), index)
         if not active():
             return hist
-        steps *= 2

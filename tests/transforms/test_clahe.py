@@ -379,11 +379,11 @@ def test_batch_flat_regions_float_noise():
 
 
 def test_batch_small_chunks_same_result(monkeypatch):
-    """Row chunks that split images (and rounds of one redistribution step) change nothing."""
+    """Row chunks that split images (and a jump window of 4 redistribution steps) change nothing."""
     x = torch.from_numpy(np.stack([natural(50, 60, seed=s, dtype=np.uint8, maxv=255) for s in range(3)]))[:, None]
     ref = clahe_batch(x, kernel_size=7, impl="vectorised")
     monkeypatch.setattr(clahe_batched, "_CHUNK_PX", 130)
-    monkeypatch.setattr(clahe_batched, "_CLIP_STEPS", 1)
+    monkeypatch.setattr(clahe_batched, "_CLIP_JUMP", 1)
     np.testing.assert_array_equal(clahe_batch(x, kernel_size=7, impl="vectorised").numpy(), ref.numpy())
 
 
@@ -397,12 +397,13 @@ def test_batch_list_of_sizes():
         np.testing.assert_array_equal(o.numpy(), clahe_batch(t[None], impl="vectorised")[0].numpy())
 
 
+@pytest.mark.parametrize("jump", [1, 64])
 @pytest.mark.parametrize("nbins", [7, 64, 256, 600])
-def test_clip_histograms_vectorised_matches_skimage_exactly(nbins, monkeypatch):
+def test_clip_histograms_vectorised_matches_skimage_exactly(nbins, jump, monkeypatch):
     """The all-tiles-in-step clip + redistribution equals skimage's per-tile loop, count for count."""
     from skimage.exposure._adapthist import clip_histogram
 
-    monkeypatch.setattr(clahe_batched, "_CLIP_STEPS", 1)  # many rounds of host checks
+    monkeypatch.setattr(clahe_batched, "_CLIP_JUMP", jump)  # 1: many rounds of plain steps
     rng = np.random.default_rng(nbins)
     for clim_frac in (0.0005, 0.002, 0.02, 0.3):
         n_px = 3000
@@ -441,3 +442,24 @@ def test_transform_uses_vectorised_kernel_when_asked():
     assert_same_levels(CLAHE(impl="vectorised")(vol), CLAHE()(vol))
     with pytest.raises(ValueError, match="impl"):
         CLAHE(impl="gpu")
+
+
+def test_clip_histograms_fuzz_against_skimage():
+    """Many tile-like histograms (narrow peaks anywhere: long step == 1 runs, several passes) at once, with
+    the clip limits CLAHE uses (a fraction of the tile's pixels)."""
+    from skimage.exposure._adapthist import clip_histogram
+
+    rng = np.random.default_rng(5)
+    for nbins in (16, 256):
+        for frac in (0.001, 0.01, 0.05):
+            n_px = int(rng.integers(50, 200000))
+            hists = []
+            for _ in range(60):
+                centre, width = rng.uniform(0, nbins), rng.uniform(0.3, nbins / 3)
+                vals = np.clip(np.round(rng.normal(centre, width, n_px)), 0, nbins - 1).astype(np.int64)
+                hists.append(np.bincount(vals, minlength=nbins))
+            hists = np.stack(hists)
+            clim = int(max(frac * n_px, 1))
+            ref = np.stack([clip_histogram(h.copy(), clim) for h in hists])
+            out = clahe_batched._clip_histograms(torch.from_numpy(hists.astype(np.int32)), clim).numpy()
+            np.testing.assert_array_equal(out, ref)
