@@ -11,8 +11,10 @@ Endpoints (OpenAPI at ``/docs``):
 - ``GET /api/studies/{id}/report`` the HTML report, ``/report.pdf`` the PDF (the ``cadpipe score`` report).
 - ``GET /api/studies/{id}/overlays/{n}.png`` the overlay images.
 
-When the service has a token, every ``/api/studies`` call needs it: ``Authorization: Bearer <token>``, a
-``token`` query parameter, or a ``token`` form field on upload. Errors are JSON ``{"error": "<file>: <reason>",
+When the service has a token, every route but ``/api/health`` needs it: ``Authorization: Bearer <token>``, a
+``token`` query parameter, or the session cookie the page gets when opened with ``?token=`` — checked before an
+upload's body is read; security headers and the Host check: :mod:`cadpipe.pipelines.portal.security`. An upload
+whose image declares more pixels than the limit (:mod:`cadpipe.transforms.limits`) is refused with ``422``. Errors are JSON ``{"error": "<file>: <reason>",
 "file": ..., "reason": ...}`` with a 4xx/5xx status; the service stays up.
 """
 
@@ -27,7 +29,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 
+from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.portal.jobs import STEPS, JobStore, is_job_id, new_job_id
+from cadpipe.pipelines.portal.security import SecurityGate, install_spool_dir
 from cadpipe.pipelines.portal.uploads import (ACCEPTED_SUFFIXES, UploadLimits, UploadRejected, check_upload_set,
                                               ljpeg_stored_names, store_upload, suffix_of)
 from cadpipe.pipelines.portal.worker import QueueFull, Worker
@@ -44,6 +48,7 @@ class PortalSettings:
     token: str | None = None
     limits: UploadLimits = field(default_factory=UploadLimits)
     queue_size: int = 16
+    allowed_hosts: list[str] | None = None  # Host header values served (None: any; cadpipe serve always sets it)
 
 
 def _swagger_ui_dir() -> str | None:
@@ -136,6 +141,19 @@ class BodyLimit:
                 await self._reply(send)
 
 
+def check_declared_sizes(stored: list) -> None:
+    """Refuse (``422``) an upload whose image declares more pixels than the limit, or a ``.dcm`` that is not DICOM,
+    from the headers alone (:func:`cadpipe.transforms.limits.check_declared_size`)."""
+    from cadpipe.transforms.limits import check_declared_size
+
+    for s in stored:
+        if s.kind in ("image", "dicom", "nifti", "ljpeg"):
+            try:
+                check_declared_size(s.stored, s.kind)
+            except CadpipeInputError as err:
+                raise UploadRejected(s.original, err.reason, 422) from err
+
+
 def create_app(runners: dict, settings: PortalSettings):
     """The FastAPI app scoring uploads with ``runners`` (``{task key: BundleRunner}``, loaded once by the caller).
 
@@ -189,11 +207,17 @@ def create_app(runners: dict, settings: PortalSettings):
 
     app.add_middleware(BodyLimit, path="/api/studies", limit=settings.limits.max_total_bytes + slack,
                        message=f"upload is larger than the limit of {settings.limits.max_total_mb:g} MB in total")
+    # outermost: Host and token checked before anything else runs or any body is read; uploads spool into data_dir
+    install_spool_dir()
+    app.add_middleware(SecurityGate, token=settings.token, allowed_hosts=settings.allowed_hosts,
+                       spool_dir=settings.data_dir)
 
-    def authorised(request: Request, form_token: str | None = None) -> bool:
+    def authorised(request: Request) -> bool:  # the gate checked already; kept per route as a second lock
         if not settings.token:
             return True
-        given = [form_token or "", request.query_params.get("token", "")]
+        if SecurityGate.cookie_ok(request.headers.get("cookie", ""), settings.token):
+            return True
+        given = [request.query_params.get("token", "")]
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             given.append(auth[7:].strip())
@@ -250,9 +274,8 @@ def create_app(runners: dict, settings: PortalSettings):
     @app.post("/api/studies", status_code=202, summary="upload one study (one or more files) for scoring")
     def upload(request: Request, files: list[UploadFile] = File(..., description="DICOM, LJPEG + .ics, NIfTI, "
                                                                                   "JPEG/PNG/TIFF"),
-               task: str = Form("auto", description="a task key from /api/tasks, or 'auto' to infer it"),
-               token: str | None = Form(None, description="access token (or Authorization: Bearer)")):
-        if not authorised(request, token):
+               task: str = Form("auto", description="a task key from /api/tasks, or 'auto' to infer it")):
+        if not authorised(request):
             return unauthorised()
         names = [f.filename or "" for f in files]
         job_id = new_job_id()
@@ -271,6 +294,7 @@ def create_app(runners: dict, settings: PortalSettings):
                 s = store_upload(names[i], f.file, in_dir, i, settings.limits, total, ics_name)
                 total += s.size
                 stored.append(s)
+            check_declared_sizes(stored)
             if task in ("", "auto"):
                 from cadpipe.pipelines.portal.engine import infer_task
 

@@ -15,9 +15,9 @@ import json
 import logging
 import os
 import sys
-import warnings
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.pipelines.scoring.input_safety import add_input_safety_arguments, apply_input_safety
 
 EXIT_USAGE = 2
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -46,6 +46,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip GradCAM heat maps (classification): faster reports, the overlay is the plain image")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="server log level (default info)")
+    parser.add_argument("--allowed-hosts", default="", metavar="NAME[,NAME...]",
+                        help="Host header values served besides the bound address (and localhost names on loopback): "
+                             "the names users type, e.g. the reverse proxy's public name; other Hosts get 400 (DNS "
+                             "rebinding)")
+    add_input_safety_arguments(parser, links=False)
+
+
+def allowed_hosts(host: str, extra: str) -> list[str]:
+    """The Host names the portal answers: the bound address, loopback names when bound to loopback, the machine's
+    names when bound to every address, and ``--allowed-hosts``."""
+    import socket
+
+    names = [host]
+    if host in LOCAL_HOSTS:
+        names += list(LOCAL_HOSTS)
+    elif host in ("0.0.0.0", "::", ""):
+        names += [socket.gethostname(), socket.getfqdn(), *LOCAL_HOSTS]
+    return names + [h.strip() for h in extra.split(",") if h.strip()]
 
 
 def parse_overrides(texts: list[str]) -> dict[str | None, dict]:
@@ -93,9 +111,9 @@ def load_runners(paths: list[str], explicit: bool, device: str | None, overrides
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # pydicom's value-validation warnings/log lines may quote header values (identifiers): keep them out of the log
-    warnings.filterwarnings("ignore", module="pydicom")
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    # pixel limits for every reader; pydicom's warnings quote header values: kept out of the log (after its import)
+    if not apply_input_safety(args, "cadpipe serve"):
+        return EXIT_USAGE
     token = args.token or os.environ.get("CADPIPE_TOKEN") or None
     if args.host not in LOCAL_HOSTS and not token:
         print(f"cadpipe serve: binding to {args.host} needs an access token (--token or CADPIPE_TOKEN); refusing to "
@@ -128,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     settings = PortalSettings(data_dir=args.data_dir, token=token, queue_size=args.queue_size,
-                              limits=UploadLimits(args.max_files, args.max_file_mb, args.max_upload_mb))
+                              limits=UploadLimits(args.max_files, args.max_file_mb, args.max_upload_mb),
+                              allowed_hosts=allowed_hosts(args.host, args.allowed_hosts))
     app = create_app(runners, settings)
     print(f"cadpipe serve: http://{args.host}:{args.port}/ ({', '.join(runners)}; data in "
           f"{os.path.abspath(args.data_dir)}){' token required' if token else ''}", flush=True)

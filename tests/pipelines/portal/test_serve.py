@@ -243,8 +243,15 @@ def test_dicom_patient_name_not_logged(runner, tmp_path, caplog):
 @pytest.mark.slow
 def test_bad_uploads_give_clear_errors_and_service_stays_up(runner, tmp_path):
     with make_client(runner, tmp_path) as client:
-        # corrupt DICOM: passes the upload checks (DICM preamble), fails when loaded -> job error naming the file
+        # a DICM preamble and no header: refused at upload from the header read (422), naming the file
         bad = b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 20
+        r = upload(client, [("broken.dcm", bad, "application/dicom")], task=CXR)
+        assert r.status_code == 422 and r.json()["error"].startswith("broken.dcm: not a DICOM file"), r.text
+        # truncated pixel data: the header passes the upload checks, loading fails -> job error naming the file
+        from cadpipe.data.synthetic.dicom import write_cxr_dicom
+
+        write_cxr_dicom(tmp_path / "synthetic.dcm", rows=64, cols=48)
+        bad = (tmp_path / "synthetic.dcm").read_bytes()[:-3000]
         r = upload(client, [("broken.dcm", bad, "application/dicom")], task=CXR)
         assert r.status_code == 202, r.text
         job = wait(client, r.json()["id"])

@@ -1,7 +1,9 @@
 // cadpipe portal page: validate and preview the chosen files, upload with progress, follow the job, show the report.
 (function () {
   "use strict";
-  const cfg = window.CADPIPE;
+  // settings come as JSON data (the Content-Security-Policy allows no inline script)
+  const cfg = JSON.parse(document.getElementById("cadpipe-config").textContent);
+  cfg.accept = cfg.accept.split(",");
   const $ = (id) => document.getElementById(id);
   const form = $("upload-form"), filesInput = $("files"), submit = $("submit"), errorBox = $("error");
   const STEP_TEXT = {"uploaded": "File received", "loaded": "Image loaded", "preprocessed": "Image prepared",
