@@ -163,6 +163,9 @@ def create_app(runners: dict, settings: PortalSettings):
     from fastapi.responses import FileResponse, HTMLResponse
     from fastapi.staticfiles import StaticFiles
 
+    from cadpipe.pipelines.scoring.log_privacy import quiet_identifying_logs
+
+    quiet_identifying_logs()  # no header value (pydicom's warnings quote them) in the server log
     store = JobStore(settings.data_dir)
     worker = Worker(store, runners, settings.queue_size)
     tasks = [_task_info(k, r) for k, r in runners.items()]
