@@ -175,3 +175,33 @@ def test_no_header_value_in_the_logs_of_a_portal_job_and_of_score(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "units found" in proc.stderr and "<script>" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_hostile_corpus_through_the_portal_api(runner, tmp_path):
+    """Each file of the hostile corpus uploaded on its own: valid ones are scored, bad ones refused with the
+    uploaded name and the reason (links cannot be uploaded: the client sends bytes, never a path)."""
+    from cadpipe.data.synthetic.hostile import write_hostile_corpus
+
+    corpus = write_hostile_corpus(tmp_path / "in", tmp_path / "outside", sparse_size=2 << 20)
+    data = tmp_path / "data"
+    expect = {"bombs/synthetic_bomb.png": 422, "bombs/synthetic_bomb.dcm": 422, "junk/big.dcm": 413}
+    with client_for(runner, data) as client:
+        for rel, status in expect.items():
+            name = os.path.basename(rel)
+            r = upload(client, [(name, open(tmp_path / "in" / rel, "rb").read(), "application/octet-stream")],
+                       task=CXR)
+            assert r.status_code == status, (rel, r.text)
+            assert r.json()["error"].startswith(name + ": ") or status == 413
+        ids = []
+        for rel in corpus["valid"][:3] + [v for v in corpus["valid"] if "formulas" in v or "collide" in v][:4]:
+            name = os.path.basename(rel)
+            r = upload(client, [(name, open(tmp_path / "in" / rel, "rb").read(), "image/png")], task=CXR)
+            assert r.status_code == 202, (rel, r.text)
+            ids.append(r.json()["id"])
+        for job_id in ids:
+            assert wait(client, job_id)["status"] == "done"
+        assert client.get("/api/health").json()["status"] == "ok"
+    # nothing outside the data folder: every file the service wrote is under it
+    assert sorted(os.listdir(data)) == sorted(set(os.listdir(data)) & {"jobs", "jobs.sqlite3", "spool",
+                                                                        "jobs.sqlite3-wal", "jobs.sqlite3-shm"})
