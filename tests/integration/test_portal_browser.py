@@ -196,8 +196,12 @@ def test_bad_uploads_show_errors_in_page(server, browser):
     assert "notes.txt: file type .txt is not accepted" in error.text
     assert not browser.find_element(By.ID, "submit").is_enabled()
 
+    # a DICOM header the upload accepts, pixel data cut short: the job fails when loading it
+    from cadpipe.data.synthetic.dicom import write_cxr_dicom
+
+    write_cxr_dicom(server["tmp"] / "synthetic_full.dcm", rows=64, cols=48)
     broken = server["tmp"] / "broken.dcm"
-    broken.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 20)
+    broken.write_bytes((server["tmp"] / "synthetic_full.dcm").read_bytes()[:-3000])
     browser.find_element(By.ID, "files").clear()
     browser.find_element(By.ID, "files").send_keys(str(broken))
     WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "submit").is_enabled())
