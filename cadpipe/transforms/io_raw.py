@@ -58,6 +58,11 @@ def read_raw_2d(path: str | os.PathLike, mode: str = "gray", reject_nan: bool = 
         from cadpipe.transforms.io_any import detect_format
 
         if detect_format(path, check_dicom_pixels=False) == "dicom":
+            from cadpipe.transforms.file_checks import check_readable
+            from cadpipe.transforms.limits import check_declared_size
+
+            check_readable(path)
+            check_declared_size(path, "dicom")  # image bombs: refused from the header, before decoding
             raw = _dicom_as_stored(path)
             if raw is not None:
                 return raw

@@ -57,3 +57,14 @@ def test_ljpeg_ics_dims_are_checked(tmp_path):
     with pytest.raises(CadpipeInputError, match=r"96x64 .*over the limit"):
         check_declared_size(ljpeg, "ljpeg", PixelLimits(max_pixels=1000))
     del case
+
+
+def test_batched_reader_checks_the_declared_size_too(tmp_path):
+    from cadpipe.transforms.io_raw import read_raw_2d
+
+    bomb = write_dicom_bomb(tmp_path / "synthetic_bomb.dcm")["path"]
+    with pytest.raises(CadpipeInputError, match=r"synthetic_bomb.dcm: declared image size 30000x30000"):
+        read_raw_2d(bomb)
+    png = write_png_bomb(tmp_path / "synthetic_bomb.png")["path"]
+    with pytest.raises(CadpipeInputError, match=r"synthetic_bomb.png: declared image size 30000x30000"):
+        read_raw_2d(png)
