@@ -110,7 +110,9 @@ class BundleRunner:
 
         self.model_file = os.path.abspath(model_file or os.path.join(self.bundle_root, "models", "model.pt"))
         if not os.path.isfile(self.model_file):
-            raise CadpipeInputError(self.model_file, "no trained weights (train the bundle first)")
+            demo_copy = os.path.join("demo_out", "bundles", os.path.basename(self.bundle_root))
+            raise CadpipeInputError(self.model_file, "no trained weights (train the bundle first; `make demo` leaves "
+                                                     f"a briefly trained copy in {demo_copy})")
         self.model_sha256 = file_sha256(self.model_file)
         # operating thresholds saved by training beside the weights (defaults + a note when there are none)
         self.thresholds = load_thresholds(self.model_file, self.model_sha256)
