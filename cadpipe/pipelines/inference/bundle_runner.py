@@ -116,12 +116,11 @@ class BundleRunner:
         self.model_sha256 = file_sha256(self.model_file)
         # operating thresholds saved by training beside the weights (defaults + a note when there are none)
         self.thresholds = load_thresholds(self.model_file, self.model_sha256)
-        self.network = parser.get_parsed_content("network")
         state = torch.load(self.model_file, map_location=self.device, weights_only=True)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]  # tolerate a {"model": state_dict} checkpoint
         try:
-            self.network.load_state_dict(state)
+            self.network = _network_with_weights(parser, state)
         except (RuntimeError, KeyError) as err:
             raise CadpipeInputError(self.model_file, f"weights do not fit the bundle's network: {err}") from err
         self.network.eval()
@@ -405,6 +404,31 @@ class BundleRunner:
         aff = self.affine(out)
         d = self.spatial_dims
         return float(abs(np.linalg.det(aff[:d, :d]))) if d in (2, 3) else 1.0
+
+
+def _network_with_weights(parser, state: dict) -> torch.nn.Module:
+    """The bundle's ``network`` with the weights ``state`` loaded.
+
+    Start-up: ``network_def`` is built on the ``meta`` device (no memory, no random initialisation: DenseNet121's
+    init and the copy of every weight into it were most of a runner's build time), then the loaded tensors become
+    its parameters (``load_state_dict(assign=True)``). A network that keeps tensors outside its state dict (a
+    non-persistent buffer would stay on ``meta``), or a config without ``network_def``, is built and loaded the
+    ordinary way.
+
+    Raises:
+        RuntimeError, KeyError: the weights do not fit the network.
+    """
+    if "network_def" in parser:
+        with torch.device("meta"):
+            net = parser.get_parsed_content("network_def")
+        if isinstance(net, torch.nn.Module):
+            net.load_state_dict(state, assign=True)
+            if not any(t.is_meta for t in [*net.parameters(), *net.buffers()]):
+                return parser.get_parsed_content("network")  # "$@network_def.to(@device)": the same instance
+        parser.get_parsed_content("network_def", lazy=False)  # not meta-buildable: build it again, for real
+    net = parser.get_parsed_content("network")
+    net.load_state_dict(state)
+    return net
 
 
 #: ``--precision`` names → autocast dtypes (fp32: no autocast)
