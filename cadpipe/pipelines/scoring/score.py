@@ -507,8 +507,9 @@ def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
 
     The summary's timings: ``seconds`` (start to last row), ``discovery_s``, ``model_load_s`` (bundle runner
     build), ``steady_units_per_second`` (rate after the first quarter of the units), ``startup_s`` (the part of
-    ``seconds`` the steady rate does not explain: discovery, model load, worker start, warm-up) and ``finish_s``
-    (results table + reports).
+    ``seconds`` the steady rate does not explain: discovery, model load, worker start, warm-up), ``first_result_s``
+    (start to the first unit's row: time to first result), ``preprocess`` (``batched`` or ``per-item``, as used) and
+    ``finish_s`` (results table + reports).
 
     ``exit_code`` in the summary: 0 all scored, 3 some units failed, 4 no scoreable unit in the input.
 
