@@ -78,9 +78,8 @@ def modality_lut(x: torch.Tensor, slope: Sequence[float], intercept: Sequence[fl
     inverted = [s is not None for s in inversion_sum]
     if any(inverted):
         sums = _column([s if s is not None else 0.0 for s in inversion_sum], x.device)
-        flip = _column([1.0 if f else 0.0 for f in inverted], x.device)
-        # y -> S - y where flipped, unchanged elsewhere: y + flip * (S - 2y)
-        y = torch.where(flip.bool(), sums - y, y)
+        flip = _column([1.0 if f else 0.0 for f in inverted], x.device).bool()
+        y = torch.where(flip, sums - y, y)  # S - value for MONOCHROME1 images, unchanged for the others
     return y
 
 
