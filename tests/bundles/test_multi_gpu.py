@@ -57,27 +57,34 @@ def _handler_kinds(train, ref):
         if isinstance(item, str) and item.startswith("@"):
             item = _node(train, item[1:])
         assert isinstance(item, dict) and "_target_" in item, f"{ref}: not a handler component: {item!r}"
-        kinds.append(item["_target_"].split(".")[-1])
+        kinds.append(item["_target_"])
     return kinds
+
+
+def _handler_class(target: str):
+    """A handler class from a config ``_target_``: a dotted path, or a bare name in ``monai.handlers``."""
+    import monai.handlers
+    from monai.utils import optional_import
+
+    if "." not in target:
+        return getattr(monai.handlers, target)
+    module, _, name = target.rpartition(".")
+    return getattr(optional_import(module)[0], name)
 
 
 def _kept(component, ref, kinds, rank):
     """The kinds of handlers that the multi-GPU config's handler choice keeps on ``rank``, from stand-ins of the
     handler classes named in train.json (built without arguments: only their type matters)."""
-    import monai.handlers
-
     from cadpipe.pipelines.tasks.distributed import handlers_for_rank
 
     assert component == {"_target_": "cadpipe.pipelines.tasks.distributed.handlers_for_rank", "handlers": "@" + ref}, \
         f"handlers for {ref} are not chosen by rank: {component!r}"
-    stand_ins = [object.__new__(getattr(monai.handlers, k)) for k in kinds]
+    stand_ins = [object.__new__(_handler_class(k)) for k in kinds]
     out = handlers_for_rank(stand_ins, rank=rank)
-    return [] if out is None else [type(h).__name__ for h in out]
+    return [] if out is None else [kinds[stand_ins.index(h)] for h in out]
 
 
 def test_handlers_for_rank():
-    import monai.handlers
-
     from cadpipe.pipelines.tasks.distributed import handlers_for_rank
 
     every = [object.__new__(getattr(monai.handlers, k)) for k in STATE_HANDLERS + OUTPUT_HANDLERS]
@@ -135,9 +142,10 @@ def test_model_zoo_pattern(name):
         kinds = _handler_kinds(train, ref)
         assert _kept(multi[key], ref, kinds, 0) == kinds, f"{key}: rank 0 must keep every handler"
         kept = _kept(multi[key], ref, kinds, 1)
-        assert not [k for k in kept if k in OUTPUT_HANDLERS], f"{key}: rank 1 writes output: {kept}"
-        assert [k for k in kinds if k in STATE_HANDLERS] == [k for k in kept if k in STATE_HANDLERS], \
-            f"{key}: rank 1 must keep {[k for k in kinds if k in STATE_HANDLERS]}, keeps {kept}"
+        names, kept_names = [k.split(".")[-1] for k in kinds], [k.split(".")[-1] for k in kept]
+        assert not [k for k in kept_names if k in OUTPUT_HANDLERS], f"{key}: rank 1 writes output: {kept}"
+        state = [k for k in names if k in STATE_HANDLERS]
+        assert state == [k for k in kept_names if k in STATE_HANDLERS], f"{key}: rank 1 must keep {state}, keeps {kept}"
 
 
 # ------------------------------------------------------------------------------------------- torchrun on CPU
