@@ -12,7 +12,7 @@ transforms):
   ``S - value`` (:mod:`cadpipe.transforms.io_dicom`);
 - :func:`window_batch`: :class:`cadpipe.transforms.window.Window`'s formulas, linear windows and min-max for the
   whole batch in one pass, sigmoid / VOI LUT / one-wide LINEAR windows per image with ``Window``'s own code;
-- :func:`clahe_images`: CLAHE with :mod:`cadpipe.transforms.clahe`'s semantics;
+- :func:`clahe_images`: CLAHE by :func:`cadpipe.transforms.clahe.clahe_batch` (vectorised over the batch on a GPU);
 - :func:`resize_batch`: ``torch.nn.functional.interpolate`` as MONAI's ``Resize`` calls it;
 - :func:`normalize_batch`: MONAI's ``NormalizeIntensity`` (whole image: mean, population std, std 0 → 1).
 
@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["upload", "modality_lut", "window_batch", "clahe_images", "resize_batch", "normalize_batch",
-           "clahe_backend"]
+__all__ = ["upload", "modality_lut", "window_batch", "clahe_images", "resize_batch", "normalize_batch"]
 
 
 def upload(arrays: Sequence[np.ndarray | torch.Tensor], device: torch.device | str) -> torch.Tensor:
@@ -130,27 +129,16 @@ def window_batch(x: torch.Tensor, specs: Sequence[dict[str, Any] | None], out_mi
     return y
 
 
-def clahe_backend():
-    """The batched CLAHE function ``(B, C, H, W) → (B, C, H, W)`` float32 when :mod:`cadpipe.transforms.clahe` has
-    one (``clahe_batch``), else None (:func:`clahe_images` then equalises image by image)."""
-    from cadpipe.transforms import clahe
-
-    return getattr(clahe, "clahe_batch", None)
-
-
 def clahe_images(x: torch.Tensor, kernel_size: Sequence[int] | int | None = None, clip_limit: float = 0.01,
-                 nbins: int = 256, path=None) -> torch.Tensor:
-    """CLAHE of each image of ``x`` ``(B, H, W)`` (skimage's semantics, :mod:`cadpipe.transforms.clahe`);
-    float32 ``(B, H, W)`` in ``[0, 1]`` on ``x``'s device. ``kernel_size`` is in ``(H, W)`` order."""
-    batch_fn = clahe_backend()
-    if batch_fn is not None:
-        return batch_fn(x[:, None], kernel_size=kernel_size, clip_limit=clip_limit, nbins=nbins)[:, 0]
-    from cadpipe.transforms.clahe import clahe_2d
+                 nbins: int = 256, path=None, impl: str = "auto") -> torch.Tensor:
+    """CLAHE of each image of ``x`` ``(B, H, W)`` (skimage's semantics): float32 ``(B, H, W)`` in ``[0, 1]`` on
+    ``x``'s device, by :func:`cadpipe.transforms.clahe.clahe_batch` (one vectorised pass on a GPU, per image on
+    the CPU; the per-item ``CLAHE`` runs the same kernels). ``kernel_size`` is in ``(H, W)`` order; ``path`` names
+    the file in the error for non-finite input; ``impl``: ``clahe_batch``'s kernel choice (``"vectorised"`` runs
+    the GPU kernel on the CPU, as the tests do)."""
+    from cadpipe.transforms.clahe import clahe_batch
 
-    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-    for img, o in zip(x, out):
-        clahe_2d(img, kernel_size, clip_limit, nbins, path=path, out=o)
-    return out
+    return clahe_batch(x[:, None], kernel_size, clip_limit, nbins, path=path, impl=impl)[:, 0]
 
 
 def resize_batch(x: torch.Tensor, size: Sequence[int], mode: str = "area",
