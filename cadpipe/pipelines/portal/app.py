@@ -257,6 +257,7 @@ def create_app(runners: dict, settings: PortalSettings):
             "report_url": f"{base}/report" if result.get("report_html") else None,
             "report_pdf_url": f"{base}/report.pdf" if result.get("report_pdf") else None,
             "overlay_urls": [f"{base}/overlays/{i}.png" for i in range(len(result.get("overlays", [])))],
+            "overlay_captions": result.get("overlay_captions", []),
         }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -138,6 +138,7 @@ class Worker:
             "report_html": os.path.relpath(result["report_html"], job_dir) if result["report_html"] else None,
             "report_pdf": os.path.relpath(result["report_pdf"], job_dir) if result["report_pdf"] else None,
             "overlays": [os.path.join("out", p) for r in ok for p in r.get("_outputs", {}).get("overlays", [])],
+            "overlay_captions": [_caption(r, i) for r in ok for i, _ in enumerate(r.get("_outputs", {}).get("overlays", []))],
         }
         step_times["report ready"] = round(time.time() - job["created"], 3)
         summary["step_times"] = step_times
@@ -149,6 +150,12 @@ class Worker:
                          finished=time.time())
         log.info("job %s (%s): %s, %d/%d units ok in %.2f s", job_id, job["task"], "done" if ok else "error",
                  len(ok), len(rows), time.time() - t0)
+
+
+def _caption(row: dict, index: int) -> str:
+    """What overlay ``index`` of a row shows (scoring's ``_captions``), "" when not said."""
+    captions = row.get("_captions") or []
+    return str(captions[index]) if index < len(captions) else ""
 
 
 def _public_row(row: dict) -> dict:

@@ -188,6 +188,9 @@ def test_png_upload_to_report_and_restart(runner, tmp_path):
         assert report.status_code == 200 and "Computer-aided analysis report" in report.text
         assert "data:image/png;base64," in report.text and "synthetic_cxr.png" in report.text
         assert f"{row['prob_PNEUMONIA']:.1%}" in report.text  # the same numbers as the API
+        assert len(job["overlay_captions"]) == len(job["overlay_urls"]) >= 1  # each picture says what it shows
+        assert job["overlay_captions"][0].startswith("Grad-CAM for PNEUMONIA, ")
+        assert job["overlay_captions"][0] in report.text
         pdf = client.get(job["report_pdf_url"])
         assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
         png = client.get(job["overlay_urls"][0])

@@ -140,6 +140,8 @@
     table.hidden = !anyProb;
     if (job.overlay_urls.length) {
       $("overlay").src = withToken(job.overlay_urls[0]);
+      const caption = (job.overlay_captions || [])[0];
+      if (caption) { $("overlay-caption").textContent = caption; $("overlay").alt = caption; }
       $("overlay-figure").hidden = false;
     }
     if (job.report_url) {
