@@ -154,6 +154,8 @@ def test_upload_cxr_and_see_report(server, browser):
         _screenshot(browser, "portal_report.png")
     assert browser.find_element(By.ID, "error").is_displayed() is False
     assert browser.find_element(By.ID, "upload-progress").get_attribute("value") == "100"
+    # the overlay's caption says what it shows (as in the report)
+    assert browser.find_element(By.ID, "overlay-caption").text.startswith("Grad-CAM for PNEUMONIA, ")
     steps = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#steps li")]
     assert len(steps) == 5 and all(li.get_attribute("class") == "done"
                                    for li in browser.find_elements(By.CSS_SELECTOR, "#steps li")), steps
