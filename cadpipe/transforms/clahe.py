@@ -22,7 +22,7 @@ from monai.data.meta_tensor import MetaTensor
 from monai.transforms.transform import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
-from cadpipe.transforms.clahe_batched import clahe_batch
+from cadpipe.transforms.clahe_batched import IMPLS, clahe_batch
 from cadpipe.transforms.clahe_image import clahe_2d
 
 __all__ = ["CLAHE", "CLAHEd", "clahe_batch", "clahe_2d"]
@@ -59,8 +59,9 @@ class CLAHE(Transform):
             other processes or images are already processed in parallel (DataLoader workers).
             ``None``: ``torch.get_num_threads()`` (all cores by default), for one large image on an
             otherwise idle machine. Ignored on a GPU.
-        impl: ``clahe_batch``'s choice of kernel: ``"auto"`` (vectorised on a GPU, per image on the CPU),
-            ``"vectorised"`` or ``"per_image"``.
+        impl: ``clahe_batch``'s choice of kernel: ``"auto"`` (the Triton kernels on a GPU where Triton is
+            importable, else vectorised torch ops; per image on the CPU), ``"triton"``, ``"vectorised"``
+            or ``"per_image"``.
 
     Raises:
         CadpipeInputError: a float image with NaN or infinite values (the path is taken from the
@@ -80,8 +81,8 @@ class CLAHE(Transform):
         num_threads: int | None = 1,
         impl: str = "auto",
     ) -> None:
-        if impl not in ("auto", "vectorised", "per_image"):
-            raise ValueError(f"impl must be 'auto', 'vectorised' or 'per_image', got {impl!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         if nbins < 1:
             raise ValueError(f"nbins must be >= 1, got {nbins}")
         if clip_limit < 0:

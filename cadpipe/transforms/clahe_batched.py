@@ -4,7 +4,9 @@
 ``cadpipe.transforms.clahe_image.clahe_2d`` gives for each 2D image (skimage's ``equalize_adapthist``
 semantics, see that module), and picks the implementation by device:
 
-- on a GPU (any non-CPU device): ``_clahe_vectorised`` below, one pass over the whole batch;
+- on a GPU (any non-CPU device): the Triton kernels of ``cadpipe.transforms.clahe_triton`` (seven launches,
+  no host sync for integer images, optionally replayed as a CUDA graph) where Triton is importable and
+  supports the input, else ``_clahe_vectorised`` below, one pass over the whole batch in torch ops;
 - on the CPU: ``clahe_2d`` per image (cache-sized chunks, TorchScript loops, band threads), which is faster
   there than the batch-wide ops (``impl=`` chooses either one explicitly).
 
@@ -68,6 +70,7 @@ def clahe_batch(
     num_threads: int | None = 1,
     path=None,
     impl: str = "auto",
+    graph: bool = False,
 ) -> torch.Tensor | list[torch.Tensor]:
     """CLAHE of each channel of each image of a batch, ``skimage.exposure.equalize_adapthist`` semantics.
 
@@ -82,7 +85,14 @@ def clahe_batch(
         nbins: histogram bins. Default 256.
         num_threads: CPU threads per image for the per-image CPU path (see ``CLAHE``); ignored elsewhere.
         path: file name used in the error for NaN/infinite input.
-        impl: ``"auto"`` (vectorised on a GPU, per image on the CPU), ``"vectorised"`` or ``"per_image"``.
+        impl: ``"auto"``, ``"triton"``, ``"vectorised"`` or ``"per_image"``. ``"auto"`` picks, on a GPU, the
+            Triton kernels (``clahe_triton``) when Triton is importable and they support the input (integer
+            dtypes up to 16 bits, float32/16/bfloat16; ``nbins <= 4096``), else the vectorised torch kernel;
+            on the CPU, the per-image kernel. ``"triton"`` on the CPU needs ``TRITON_INTERPRET=1`` (Triton's
+            interpreter, for tests) and falls back to ``"vectorised"`` where the input is not supported.
+        graph: replay a cached CUDA graph of the Triton kernels for repeated (shape, dtype, device,
+            parameters), the input copied into the graph's buffer and the output copied out. Only where the
+            Triton path needs no host sync (CUDA, integer dtypes up to 16 bits); elsewhere ignored.
 
     Returns:
         float32 ``(B, C, H, W)`` in ``[0, 1]`` on ``x``'s device (a list of ``(C, H, W)`` for a list input).
@@ -103,7 +113,8 @@ def clahe_batch(
         ValueError / TypeError: bad shapes, dtypes or parameters.
     """
     if isinstance(x, (list, tuple)):
-        return _clahe_list(x, kernel_size, clip_limit, nbins, num_threads=num_threads, path=path, impl=impl)
+        return _clahe_list(x, kernel_size, clip_limit, nbins, num_threads=num_threads, path=path, impl=impl,
+                           graph=graph)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"clahe_batch expects a torch.Tensor (B, C, H, W) or a list of (C, H, W), got {type(x)}")
     if x.ndim != 4:
@@ -114,8 +125,8 @@ def clahe_batch(
         raise ValueError(f"nbins must be >= 1, got {nbins}")
     if clip_limit < 0:
         raise ValueError(f"clip_limit must be >= 0, got {clip_limit}")
-    if impl not in ("auto", "vectorised", "per_image"):
-        raise ValueError(f"impl must be 'auto', 'vectorised' or 'per_image', got {impl!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     B, C, H, W = (int(s) for s in x.shape)
     if H < 1 or W < 1:
         raise ValueError(f"clahe_batch needs images of at least 1x1 pixels, got shape {tuple(x.shape)}")
@@ -123,7 +134,22 @@ def clahe_batch(
     if B * C == 0:
         return torch.empty((B, C, H, W), dtype=torch.float32, device=x.device)
     if impl == "auto":
-        impl = "per_image" if x.device.type == "cpu" else "vectorised"
+        impl = "per_image" if x.device.type == "cpu" else "triton"
+    if impl == "triton":
+        triton_mod = _triton_module()
+        xs = x.reshape(B * C, H, W)
+        if triton_mod is None:
+            if x.device.type == "cpu":
+                raise ValueError("impl='triton' needs Triton, and on the CPU TRITON_INTERPRET=1")
+            impl = "vectorised"
+        elif not triton_mod.supported(xs, k0, k1, nbins):
+            if x.device.type == "cpu" and not triton_mod.INTERPRET:
+                raise ValueError("impl='triton' on the CPU needs TRITON_INTERPRET=1 (Triton's interpreter)")
+            impl = "vectorised"
+        elif graph and x.device.type == "cuda" and triton_mod.sync_free(xs):
+            return triton_mod.GRAPHS(xs, k0, k1, float(clip_limit), int(nbins)).view(B, C, H, W)
+        else:
+            return triton_mod.clahe_triton(xs, k0, k1, float(clip_limit), int(nbins), path).view(B, C, H, W)
     if impl == "vectorised":
         out = _clahe_vectorised(x.reshape(B * C, H, W), k0, k1, float(clip_limit), int(nbins), path)
         return out.view(B, C, H, W)
@@ -135,6 +161,21 @@ def clahe_batch(
         for s, o in zip(x.reshape(B * C, H, W), out.view(B * C, H, W)):
             clahe_2d(s, (k0, k1), clip_limit, nbins, path=path, out=o, workers=workers)
     return out
+
+
+IMPLS = ("auto", "triton", "vectorised", "per_image")
+_TRITON: list = []
+
+
+def _triton_module():
+    """``cadpipe.transforms.clahe_triton``, or None where Triton is not importable (cached)."""
+    if not _TRITON:
+        try:
+            from cadpipe.transforms import clahe_triton
+        except Exception:  # Triton missing or unusable here: the torch kernels remain
+            clahe_triton = None
+        _TRITON.append(clahe_triton)
+    return _TRITON[0]
 
 
 def _kernel(kernel_size, H: int, W: int) -> tuple[int, int]:

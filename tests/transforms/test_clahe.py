@@ -463,3 +463,146 @@ def test_clip_histograms_fuzz_against_skimage():
             ref = np.stack([clip_histogram(h.copy(), clim) for h in hists])
             out = clahe_batched._clip_histograms(torch.from_numpy(hists.astype(np.int32)), clim).numpy()
             np.testing.assert_array_equal(out, ref)
+
+
+# ---- Triton kernels (clahe_triton): on the CPU through Triton's interpreter (TRITON_INTERPRET=1) ----
+
+
+@pytest.fixture(scope="module")
+def triton_interp():
+    """``cadpipe.transforms.clahe_triton`` under Triton's interpreter (CPU tensors), on machines without CUDA.
+
+    ``TRITON_INTERPRET=1`` takes effect when the module is first imported (the kernels are decorated then),
+    so it is set here, for the rest of the test process, before that import (and Triton's)."""
+    import os
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the compiled kernels are tested by the gpu tests")
+    if "triton" not in sys.modules:
+        os.environ["TRITON_INTERPRET"] = "1"
+    pytest.importorskip("triton")
+    from cadpipe.transforms import clahe_triton as ct
+
+    if not ct.INTERPRET:
+        pytest.skip("clahe_triton was imported before TRITON_INTERPRET=1 was set")
+    clahe_batched._TRITON[:] = [ct]
+    return ct
+
+
+def tri(img, **kw):
+    """clahe_batch's Triton kernels on one numpy (rows, cols) image; numpy float32 out."""
+    out = clahe_batch(torch.from_numpy(np.ascontiguousarray(img))[None, None], impl="triton", **kw)
+    assert out.dtype == torch.float32 and out.shape == (1, 1) + img.shape
+    return out[0, 0].numpy()
+
+
+TRITON_CASES = [
+    # (dtype, maxv, kernel_size, clip_limit, nbins) on 64x48 images (the interpreter is slow)
+    (np.uint16, 4095, (32, 24), 0.01, 64),
+    (np.uint8, 255, (21, 17), 0.02, 32),  # odd kernels, reflect-padded tiles
+    (np.float32, 1.0, (32, 24), 0.01, 64),  # float: levels through _Quantiser
+    (np.int16, 1000, (27, 25), 0.05, 16),
+    (np.uint16, 65535, (64, 48), 0.0, 128),  # one tile, plain AHE
+]
+
+
+@pytest.mark.parametrize("dtype,maxv,kernel_size,clip_limit,nbins", TRITON_CASES)
+def test_triton_matches_vectorised_and_skimage(triton_interp, dtype, maxv, kernel_size, clip_limit, nbins):
+    img = natural(64, 48, seed=int(maxv) + nbins, dtype=dtype, maxv=maxv)
+    kw = dict(kernel_size=kernel_size, clip_limit=clip_limit, nbins=nbins)
+    out = tri(img, **kw)
+    assert_same_levels(out, vec(img, **kw))
+    assert out.min() == 0.0 and out.max() == 1.0
+    if dtype != np.int16:  # (skimage maps negative/signed values differently, see clahe_batch)
+        ref = exposure.equalize_adapthist(img, **kw)
+        assert np.abs(out - ref).mean() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype,value", [(np.uint16, 1000), (np.uint8, 7), (np.int16, -5)])
+def test_triton_constant_image(triton_interp, dtype, value):
+    """As the vectorised kernel (see test_batch_constant_image and test_batch_flat_regions_float_noise for
+    skimage's own result on constant images)."""
+    img = np.full((64, 48), value, dtype)
+    np.testing.assert_array_equal(tri(img, kernel_size=(32, 24)), vec(img, kernel_size=(32, 24)))
+
+
+def test_triton_one_bright_pixel(triton_interp):
+    """Equal to the vectorised kernel; within one output level of skimage, whose float32 sums in the flat
+    background fall just below the level (see test_batch_flat_regions_float_noise)."""
+    img = np.full((64, 48), 100, np.uint16)
+    img[40, 9] = 4095
+    out = tri(img, kernel_size=(32, 24), nbins=64)
+    np.testing.assert_array_equal(out, vec(img, kernel_size=(32, 24), nbins=64))
+    ref = exposure.equalize_adapthist(img, kernel_size=(32, 24), nbins=64)
+    assert np.abs(out - ref).max() < 2e-4
+
+
+def test_triton_batch_equals_single_images(triton_interp):
+    imgs = [natural(64, 48, seed=s, dtype=np.uint16, maxv=m) for s, m in ((50, 4095), (51, 300), (52, 65535))]
+    imgs.append(np.full((64, 48), 9, np.uint16))
+    x = torch.from_numpy(np.stack(imgs)).view(2, 2, 64, 48)
+    out = clahe_batch(x, kernel_size=(32, 24), nbins=64, impl="triton")
+    assert out.shape == (2, 2, 64, 48) and out.dtype == torch.float32
+    for i, img in enumerate(imgs):
+        np.testing.assert_allclose(out.view(4, 64, 48)[i].numpy(), tri(img, kernel_size=(32, 24), nbins=64),
+                                   atol=1e-6)
+    assert_same_levels(out.numpy(), clahe_batch(x, kernel_size=(32, 24), nbins=64, impl="vectorised").numpy())
+
+
+@pytest.mark.parametrize("nbins", [7, 64])
+def test_triton_clip_kernel_matches_skimage_exactly(triton_interp, nbins):
+    """The per-tile clip + redistribution kernel equals skimage's clip_histogram, count for count (seen
+    through the tile mapping it writes: the floored cumulative sum)."""
+    from skimage.exposure._adapthist import clip_histogram
+
+    rng = np.random.default_rng(nbins)
+    n_px = 3000
+    hists = np.stack(
+        [np.bincount(rng.geometric(rng.uniform(0.01, 0.5), n_px) % nbins, minlength=nbins) for _ in range(5)]
+        + [np.bincount(np.full(n_px, nbins // 2), minlength=nbins)]  # one bin: all excess
+    )
+    for clim_frac in (0.0005, 0.02, 0.3):
+        clim = int(max(clim_frac * n_px, 1))
+        ref = np.stack([clip_histogram(h.copy(), clim) for h in hists])
+        ref_lut = np.floor(np.minimum(ref.cumsum(1) * ((clahe_mod.NR_OF_GRAY - 1) / n_px), 16383))
+        hist = torch.from_numpy(hists.astype(np.int32)).reshape(-1)
+        lut = torch.empty(hist.numel(), dtype=torch.float32)
+        scale = torch.full((1,), (clahe_mod.NR_OF_GRAY - 1) / n_px, dtype=torch.float64)
+        triton_interp._clip_lut_kernel[(len(hists),)](hist, lut, scale, nbins, clim,
+                                                       NB=triton_interp._pow2(nbins))
+        np.testing.assert_array_equal(lut.view(len(hists), nbins).numpy(), ref_lut)
+
+
+def test_triton_falls_back_where_unsupported(triton_interp):
+    """float64 input and nbins > 4096 run the vectorised kernel under impl="triton"."""
+    img = natural(40, 30, seed=60, dtype=np.float64)
+    np.testing.assert_array_equal(tri(img), vec(img))
+    img = natural(40, 30, seed=61, dtype=np.uint16, maxv=65535)
+    np.testing.assert_array_equal(tri(img, nbins=5000), vec(img, nbins=5000))
+
+
+def test_triton_on_cpu_needs_the_interpreter(triton_interp, monkeypatch):
+    monkeypatch.setattr(triton_interp, "INTERPRET", False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        clahe_batch(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), impl="triton")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+def test_gpu_triton_graph_and_vectorised_agree():
+    """On CUDA: the Triton kernels (eager and CUDA-graph replay, twice with new data of the same shape) and
+    the vectorised kernel give the same levels, close to skimage; float32 input through the Triton path."""
+    pytest.importorskip("triton")
+    imgs = [natural(300, 260, seed=s, dtype=np.uint16, maxv=4095) for s in (70, 71, 72)]
+    x = torch.from_numpy(np.stack(imgs))[:, None].cuda()
+    vec_out = clahe_batch(x, impl="vectorised").cpu().numpy()
+    tri_out = clahe_batch(x, impl="triton").cpu().numpy()
+    assert_same_levels(tri_out, vec_out)
+    for i, img in enumerate(imgs):
+        assert np.abs(tri_out[i, 0] - exposure.equalize_adapthist(img)).mean() <= 1e-4
+    g1 = clahe_batch(x, impl="triton", graph=True)
+    g2 = clahe_batch(x.flip(0), impl="triton", graph=True)
+    np.testing.assert_array_equal(g1.cpu().numpy(), tri_out)
+    np.testing.assert_array_equal(g2.cpu().numpy(), tri_out[::-1])
+    f = torch.from_numpy(np.stack(imgs).astype(np.float32) / 4095)[:, None].cuda()
+    assert_same_levels(clahe_batch(f, impl="triton").cpu().numpy(), clahe_batch(f, impl="vectorised").cpu().numpy())
