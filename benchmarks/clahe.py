@@ -1,23 +1,33 @@
 """Benchmark: cadpipe CLAHE (``clahe_batch``) vs skimage.exposure.equalize_adapthist vs OpenCV createCLAHE.
 
-Two workloads, every contender timed in the same run: one large 12-bit image (``--size``, default 4000x3000
-uint16, mammogram-like) and a batch of ``--batch`` 512x512 12-bit images (default 32; 0 skips it).
+Three workloads, every contender timed in the same run: one large 12-bit image (``--size``, default 4000x3000
+uint16, mammogram-like), one square image (``--square``, default 2048x2048; 0 skips it) and a batch of
+``--batch`` 512x512 12-bit images (default 32; 0 skips it).
 
-    python benchmarks/clahe.py [--device cpu|cuda] [--batch 32] [--rounds 5] [--size 4000 3000] [--threads 0]
+    python benchmarks/clahe.py [--device cpu|cuda] [--batch 32] [--rounds 5] [--size 4000 3000] [--square 2048]
+                               [--threads 0] [--cv-threads 16]
 
 Needs only torch, numpy, scikit-image and opencv-python (cv2), plus ``cadpipe`` on the import path
 (``PYTHONPATH=.`` from the repository root): it imports ``cadpipe.transforms.clahe_batched``, which does not
-import MONAI. kornia (``kornia.enhance.equalize_clahe``, batched, other semantics) and cuCIM
-(``cucim.skimage.exposure.equalize_adapthist``, skimage semantics on the GPU) are timed on the GPU when
-importable, as optional comparisons only.
+import MONAI (Triton, when installed, for the Triton variants). kornia (``kornia.enhance.equalize_clahe``,
+batched, other semantics) and cuCIM (``cucim.skimage.exposure.equalize_adapthist``, skimage semantics on the
+GPU) are timed on the GPU when importable, as optional comparisons only.
 
-cadpipe runs on ``--device`` (the uint16 tensor already there; output float32 [0, 1] on the device).
-skimage and OpenCV run on the CPU on the numpy arrays, one image after another for the batch. On CUDA the
+cadpipe variants (the uint16 tensor already on ``--device``; output float32 [0, 1] on the device):
+- on the CPU, ``cadpipe``: ``clahe_batch``'s CPU path (per image);
+- on CUDA, ``vectorised``: the torch-ops kernel (``impl="vectorised"``); ``triton``: the Triton kernels
+  (``impl="triton"``, eager launches); ``triton+graph``: the same kernels replayed as a cached CUDA graph
+  (``graph=True``: input copied into the graph's buffer, output copied out, both timed).
+A variant that raises is printed with its exception and the others still run.
+
+skimage and OpenCV run on the CPU on the numpy arrays, one image after another for a batch. On CUDA the
 times are from CUDA events around each call (after ``torch.cuda.synchronize()``; cuCIM, on its own stream,
-by wall clock around device-wide synchronisation), after warm-up calls, best of ``--rounds``; on the CPU the
-median of ``--rounds`` interleaved rounds (so load from other processes hits all alike). The script prints
-each output's mean absolute difference to skimage's (the correctness check, on the device used), and on
-CUDA the peak device memory the cadpipe call allocated beyond its input, relative to the input in float32.
+by wall clock around device-wide synchronisation), after warm-up calls (which compile the Triton kernels and
+capture the graphs), best of ``--rounds``; skimage there runs once (its output is the reference; seconds for
+the large image) and OpenCV uses ``--cv-threads`` threads (default 16). On the CPU the median of ``--rounds``
+interleaved rounds (so load from other processes hits all alike). The script prints each output's mean
+absolute difference to skimage's (the correctness check), and on CUDA each variant's peak device memory
+beyond its input (output included), relative to the input in float32.
 
 Parameters: skimage and cadpipe use their defaults (kernel_size = 1/8 of each side -> 8x8 tiles,
 clip_limit=0.01, nbins=256). OpenCV's semantics differ; comparable settings are:
@@ -28,9 +38,8 @@ clip_limit=0.01, nbins=256). OpenCV's semantics differ; comparable settings are:
   each, at ``clip_limit * tile_pixels``. The same clip per grey value needs
   ``clipLimit = clip_limit * 65536 / 16 = 40.96``. OpenCV's run time does not depend on clipLimit.
 kornia gets the images as float in [0, 1] (the conversion is timed with it), ``clip_limit=40.0`` and
-``grid_size=(8, 8)``. OpenCV runs with its default thread count (printed) and, for the large image, again
-with ``cv2.setNumThreads(1)``. On the CPU, cadpipe runs with ``--threads`` threads (0: all) for the large
-image, like OpenCV's default.
+``grid_size=(8, 8)``. For a single image OpenCV also runs with ``cv2.setNumThreads(1)`` (``opencv1t``). On
+the CPU, cadpipe runs with ``--threads`` threads (0: all) per image, like OpenCV's default.
 """
 
 from __future__ import annotations
@@ -113,16 +122,52 @@ def time_cuda(fn, rounds: int, events: bool = True) -> list[float]:
     return times
 
 
+def cadpipe_variants(x: torch.Tensor, args, device: torch.device) -> dict:
+    """cadpipe's kernels to time on ``device``: name -> fn() (on CUDA every GPU variant, else the CPU path)."""
+    from cadpipe.transforms.clahe_batched import _triton_module, clahe_batch
+
+    if device.type != "cuda":
+        threads = args.threads or None
+        return {"cadpipe": lambda: clahe_batch(x, num_threads=threads)}
+    runs = {"vectorised": lambda: clahe_batch(x, impl="vectorised")}
+    try:
+        tm = _triton_module()
+    except Exception as e:  # pragma: no cover - reported, the other variants still run
+        tm = None
+        print(f"(triton variants not run: {type(e).__name__}: {e})")
+    if tm is None:
+        print("(triton variants not run: Triton is not importable here)")
+    else:
+        runs["triton"] = lambda: clahe_batch(x, impl="triton")
+        runs["triton+graph"] = lambda: clahe_batch(x, impl="triton", graph=True)
+    return runs
+
+
+def peak_memory(fn, device: torch.device) -> int:
+    """Peak bytes allocated during ``fn()`` beyond what was allocated before (its output included)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    out = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated(device) - base
+    del out
+    return peak
+
+
 def run_workload(name: str, imgs: np.ndarray, args, device: torch.device) -> None:
-    """Time every contender on ``imgs`` (N, H, W) uint16 and print times, ratios and differences."""
+    """Time every contender on ``imgs`` (N, H, W) uint16 and print times, ratios and differences.
+
+    A contender that raises is reported with its exception and left out; the others still run.
+    """
     import cv2
     from skimage import exposure
 
-    from cadpipe.transforms.clahe_batched import clahe_batch
-
     cpu_x = torch.from_numpy(imgs)[:, None]  # (N, 1, H, W)
     x = cpu_x.to(device)
-    threads = args.threads or None
+    h, w = imgs.shape[1:]
+    cuda = device.type == "cuda"
+    print(f"\n== {name}: {len(imgs)} x {h}x{w} uint16 12-bit; cadpipe on {device}")
     cv = cv2.createCLAHE(clipLimit=0.01 * 65536 / 16, tileGridSize=(8, 8))
     cv_threads = cv2.getNumThreads()
 
@@ -133,68 +178,89 @@ def run_workload(name: str, imgs: np.ndarray, args, device: torch.device) -> Non
         finally:
             cv2.setNumThreads(cv_threads)
 
-    runs = {
-        "cadpipe": lambda: clahe_batch(x, num_threads=threads),
-        "skimage": lambda: [exposure.equalize_adapthist(im) for im in imgs],
-        "opencv": lambda: [cv.apply(im) for im in imgs],
-    }
-    if len(imgs) == 1:
-        runs["opencv1t"] = opencv_1thread
-    gpu_runs = {"cadpipe"}
-    for k, f in optional_contenders(device).items():
-        runs[k] = (lambda f=f: f(imgs, x))
-        gpu_runs.add(k)
+    def skimage_run():
+        return [exposure.equalize_adapthist(im) for im in imgs]
 
-    outs = {k: f() for k, f in runs.items()}  # warm-up, and the outputs for the difference check
-    if device.type == "cuda":
+    gpu_runs = cadpipe_variants(x, args, device) if cuda else {}
+    for k, f in optional_contenders(device).items():
+        gpu_runs[k] = (lambda f=f: f(imgs, x))
+    cpu_runs = {"opencv": lambda: [cv.apply(im) for im in imgs]}
+    if len(imgs) == 1:
+        cpu_runs["opencv1t"] = opencv_1thread
+    if not cuda:
+        cpu_runs.update(cadpipe_variants(x, args, device))
+        cpu_runs["skimage"] = skimage_run
+
+    # skimage's result is the reference; on CUDA it runs once (seconds for a large image), timed once
+    t0 = time.perf_counter()
+    ref = as_numpy(skimage_run())
+    ref_time = time.perf_counter() - t0
+
+    outs, errors = {}, {}
+    for k, f in {**gpu_runs, **cpu_runs}.items():  # warm-up (Triton compiles, graphs are captured here)
+        if k == "skimage":
+            continue
+        try:
+            outs[k] = as_numpy(f())
+        except Exception as e:
+            errors[k] = f"{type(e).__name__}: {e}"
+    if cuda:
         torch.cuda.synchronize()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    if device.type == "cuda":
-        for k in gpu_runs:
-            times[k] = time_cuda(runs[k], args.rounds, events=(k != "cucim"))
-    for _ in range(args.rounds):  # CPU contenders (and cadpipe on the CPU), interleaved
-        for k, f in runs.items():
-            if device.type == "cuda" and k in gpu_runs:
-                continue
+    times: dict[str, list[float]] = {}
+    for k, f in gpu_runs.items():
+        if k in errors:
+            continue
+        try:
+            times[k] = time_cuda(f, args.rounds, events=(k != "cucim"))
+        except Exception as e:
+            errors[k] = f"{type(e).__name__}: {e}"
+    cpu_timed = {k: f for k, f in cpu_runs.items() if k not in errors}
+    for k in cpu_timed:
+        times[k] = []
+    for _ in range(args.rounds):  # CPU contenders, interleaved (so load from other processes hits all alike)
+        for k, f in cpu_timed.items():
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
-    best = {k: (min(v) if device.type == "cuda" and k in gpu_runs else statistics.median(v)) for k, v in times.items()}
+    if cuda:
+        times["skimage"] = [ref_time]
+    best = {k: (min(v) if k in gpu_runs else statistics.median(v)) for k, v in times.items()}
 
-    ref = as_numpy(outs["skimage"])
-    h, w = imgs.shape[1:]
-    print(f"\n== {name}: {len(imgs)} x {h}x{w} uint16 12-bit; cadpipe on {device}")
-    for k in runs:
-        how = "best" if device.type == "cuda" and k in gpu_runs else "median"
+    for k, msg in errors.items():
+        print(f"  {k:13s} FAILED: {msg}")
+    for k in times:
+        how = "best" if k in gpu_runs else ("one run" if cuda and k == "skimage" else "median")
         runs_ms = " ".join(f"{t * 1e3:.2f}" for t in times[k])
-        line = f"  {k:9s} {best[k] * 1e3:9.2f} ms ({how} of {args.rounds}: {runs_ms})"
-        if k != "skimage" and not k.startswith("opencv"):
-            line += f"   MAE vs skimage {np.abs(as_numpy(outs[k]) - ref).mean():.2e}"
+        line = f"  {k:13s} {best[k] * 1e3:9.3f} ms ({how} of {len(times[k])}: {runs_ms})"
+        if k in outs and not k.startswith("opencv"):
+            line += f"   MAE vs skimage {np.abs(outs[k] - ref).mean():.2e}"
         print(line)
-    c = best["cadpipe"]
-    print(f"  cadpipe speed-up vs skimage: {best['skimage'] / c:.1f}x")
-    print(f"  cadpipe time / OpenCV time ({cv_threads} threads): {c / best['opencv']:.3f}x "
-          f"(OpenCV/cadpipe = {best['opencv'] / c:.1f}x)")
-    if "opencv1t" in best:
-        print(f"  cadpipe time / OpenCV 1-thread time: {c / best['opencv1t']:.3f}x")
-    for k in ("kornia", "cucim"):
-        if k in best:
-            print(f"  cadpipe speed-up vs {k}: {best[k] / c:.2f}x")
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        out = clahe_batch(x)
-        torch.cuda.synchronize()
-        extra = torch.cuda.max_memory_allocated(device) - base
-        print(f"  cadpipe peak device memory beyond the input: {extra / 2**20:.1f} MiB = "
-              f"{extra / (x.numel() * 4):.2f}x the input in float32 (output included)")
-        del out
-        cpu_out = clahe_batch(cpu_x, impl="vectorised") if x.numel() <= 1 << 24 else None
-        if cpu_out is not None:
-            diff = (cpu_out - clahe_batch(x).cpu()).abs()
-            print(f"  cadpipe {device} vs the same kernel on the CPU: mean |diff| {float(diff.mean()):.2e}, "
-                  f"max {float(diff.max()):.2e}")
+    ours = [k for k in ("cadpipe", "vectorised", "triton", "triton+graph") if k in best]
+    for k in ours:
+        c = best[k]
+        line = (f"  {k}: {best['skimage'] / c:.1f}x skimage; time / OpenCV ({cv_threads} threads) "
+                f"{c / best['opencv']:.3f}x (OpenCV/{k} = {best['opencv'] / c:.1f}x)")
+        if "opencv1t" in best:
+            line += f"; time / OpenCV 1 thread {c / best['opencv1t']:.3f}x"
+        for other in ("kornia", "cucim"):
+            if other in best:
+                line += f"; {best[other] / c:.2f}x faster than {other}"
+        print(line)
+    if cuda:
+        in_f32 = x.numel() * 4
+        for k in ours:
+            try:
+                peak = peak_memory(gpu_runs[k], device)
+                print(f"  {k}: peak device memory beyond the input {peak / 2**20:.1f} MiB = "
+                      f"{peak / in_f32:.2f}x the input in float32 (output included)")
+            except Exception as e:
+                print(f"  {k}: peak memory not measured: {type(e).__name__}: {e}")
+        if "triton+graph" in ours:
+            from cadpipe.transforms.clahe_triton import GRAPHS
+
+            pool = sum(e[1].numel() * e[1].element_size() + e[2].numel() * 4 for e in GRAPHS.graphs.values())
+            print(f"  triton+graph: the cached graphs also hold static input/output buffers of {pool / 2**20:.1f} "
+                  f"MiB (plus their pools' work buffers) between calls")
 
 
 def main(argv=None):
@@ -203,6 +269,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32, help="images in the 512x512 batch workload (0: skip it)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--size", type=int, nargs=2, default=(4000, 3000), metavar=("ROWS", "COLS"))
+    p.add_argument("--square", type=int, default=2048, help="side of the square single-image workload (0: skip)")
+    p.add_argument("--cv-threads", type=int, default=16, help="OpenCV threads with --device cuda (the comparison)")
     p.add_argument("--threads", type=int, default=0,
                    help="cadpipe's CPU threads per image (0: torch.get_num_threads()); ignored on a GPU")
     args = p.parse_args(argv)
@@ -213,13 +281,17 @@ def main(argv=None):
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
           + f"; opencv threads {cv2.getNumThreads()}, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
+    if device.type == "cuda":
+        cv2.setNumThreads(args.cv_threads)
     run_workload("large image", mammogram_like(*args.size)[None], args, device)
+    if args.square:
+        run_workload("square image", mammogram_like(args.square, args.square, seed=1)[None], args, device)
     if args.batch:
         imgs = np.stack([mammogram_like(512, 512, seed=s) for s in range(args.batch)])
         run_workload("batch", imgs, args, device)
     if device.type == "cuda":
-        print("\nissue #17 goals on a GPU: 32x512x512 <= 1.5 ms (kornia 1.7 ms), 4000x3000 <= 1 ms (>= 5x OpenCV at 16 "
-              "threads)")
+        print("\nGPU goals: 32x512x512 <= 1.5 ms (kornia 1.7 ms), 4000x3000 <= 1 ms (>= 5x OpenCV at 16 threads); "
+              "peak extra device memory <= 4x the input in float32")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ passes instead of ~300 torch ops:
    ``_Quantiser``, ``L`` fixed by the dtype: 256 for 8-bit, 65536 for 16-bit) and the per-image index
    offset, in float64 with round-half-to-even like ``torch.round``;
 3. ``_hist_kernel``: one program per block of rows x columns of one tile (reflect padding by index):
-   bins by table lookup, a block-local ``tl.histogram``, one masked ``atomic_add`` of its non-zero bins;
+   bins by table lookup, a block-local ``tl.histogram`` (warp ballots + shared memory), one masked
+   ``atomic_add`` of its non-zero bins into the tile's histogram;
 4. ``_clip_lut_kernel``: one program per tile runs skimage's ``clip_histogram`` loop literally (the tile's
    histogram lives in registers, ``nbins <= 4096``), then the cumulative mapping (float64, floored);
 5. ``_map_kernel``: per pixel the bin, the four neighbouring tile mappings, skimage's bilinear
@@ -129,10 +130,9 @@ def _hist_kernel(x_ptr, qoff_ptr, table_ptr, hist_ptr, H, W, k0, k1, nt0, nt1, n
     y = _reflect(i * k0 + ry, H)
     x = _reflect(j * k1 + cx, W)
     v = _load_int(x_ptr + n.to(tl.int64) * H * W + y * W + x, m, U16)
-    b = tl.load(table_ptr + v + tl.load(qoff_ptr + n), mask=m, other=0)
-    b = tl.where(m, b, nbins)  # masked lanes go to a discarded bin
-    h = tl.histogram(b, NB2)
+    b = tl.load(table_ptr + v + tl.load(qoff_ptr + n), mask=m, other=0)  # masked lanes: bin 0, taken off
     bins = tl.arange(0, NB2)
+    h = tl.histogram(b, NB2) - tl.where(bins == 0, BR * BC - tl.sum(m.to(tl.int32), 0), 0)
     tl.atomic_add(hist_ptr + t.to(tl.int64) * nbins + bins, h, mask=(bins < nbins) & (h > 0))
 
 
@@ -310,7 +310,7 @@ def clahe_triton(x: torch.Tensor, k0: int, k1: int, clip_limit: float, nbins: in
     nt0, nt1 = -(-H // k0), -(-W // k1)
     T = N * nt0 * nt1
     n_px = k0 * k1
-    NB2 = _pow2(nbins + 1)
+    NB2 = max(32, _pow2(nbins))  # tl.histogram: a power of 2, at least one bin per lane of a warp
     hist = torch.zeros(T * nbins, dtype=torch.int32, device=dev)
     BC = min(128, _pow2(k1))
     BR = max(1, min(_pow2(k0), 2048 // BC))
