@@ -44,6 +44,7 @@ setup(
             "pytest-xdist>=3",
             "pytest-timeout>=2",
             "opencv-python-headless>=4.8",
+            "triton>=3.0; platform_system == 'Linux'",  # CLAHE's Triton kernels, tested on the CPU in its interpreter
             "pyarrow>=14",
             "jsonschema>=4",  # monai.bundle verify_metadata
             "httpx>=0.27", "selenium>=4.15",  # portal: FastAPI TestClient; browser test drives Debian's chromium

@@ -296,6 +296,10 @@ def clahe_triton(x: torch.Tensor, k0: int, k1: int, clip_limit: float, nbins: in
         from cadpipe.transforms.clahe_batched import _Quantiser
 
         quant = _Quantiser(x, nbins, path)
+        if N * quant.L > _I32_MAX:  # level ranges beyond int32 indexing (huge float ranges): torch kernel
+            from cadpipe.transforms.clahe_batched import _clahe_vectorised
+
+            return _clahe_vectorised(x, k0, k1, clip_limit, nbins, path)
         src = quant.x.view(N, HW)
         if quant.affine is not None:
             a, c = quant.affine
