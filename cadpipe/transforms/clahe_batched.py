@@ -36,6 +36,7 @@ at most 256 KiB per image).
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -88,7 +89,8 @@ def clahe_batch(
         impl: ``"auto"``, ``"triton"``, ``"vectorised"`` or ``"per_image"``. ``"auto"`` picks, on a GPU, the
             Triton kernels (``clahe_triton``) when Triton is importable and they support the input (integer
             dtypes up to 16 bits, float32/16/bfloat16; ``nbins <= 4096``), else the vectorised torch kernel;
-            on the CPU, the per-image kernel. ``"triton"`` on the CPU needs ``TRITON_INTERPRET=1`` (Triton's
+            on the CPU, the per-image kernel (if the Triton kernels raise there, e.g. cannot be compiled,
+            ``"auto"`` warns once and uses the vectorised kernel from then on). ``"triton"`` on the CPU needs ``TRITON_INTERPRET=1`` (Triton's
             interpreter, for tests) and falls back to ``"vectorised"`` where the input is not supported.
         graph: replay a cached CUDA graph of the Triton kernels for repeated (shape, dtype, device,
             parameters), the input copied into the graph's buffer and the output copied out. Only where the
@@ -133,8 +135,19 @@ def clahe_batch(
     k0, k1 = _kernel(kernel_size, H, W)
     if B * C == 0:
         return torch.empty((B, C, H, W), dtype=torch.float32, device=x.device)
-    if impl == "auto":
+    auto = impl == "auto"
+    if auto:
         impl = "per_image" if x.device.type == "cpu" else "triton"
+    if impl == "triton" and auto:
+        try:
+            return clahe_batch(x, (k0, k1), clip_limit, nbins, path=path, impl="triton", graph=graph)
+        except CadpipeInputError:
+            raise
+        except Exception as e:  # e.g. a Triton build that cannot compile here: the torch kernel, from now on
+            warnings.warn(f"clahe_batch: Triton kernels failed ({type(e).__name__}: {e}); using the vectorised "
+                          "torch kernel instead", RuntimeWarning, stacklevel=2)
+            _TRITON[:] = [None]
+            impl = "vectorised"
     if impl == "triton":
         triton_mod = _triton_module()
         xs = x.reshape(B * C, H, W)
