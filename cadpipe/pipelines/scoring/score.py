@@ -285,6 +285,10 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
         atomic_write_text(js, json.dumps(extra, indent=1, default=str), durable=False)
         outputs["details"] = rel(js)
     # -- end issue 10 -------------------------------------------------------------------------------------------
+    if unit.kind == "dicom" and unit.dicom_files and info.get("dicom_results", True):  # SR + SC beside the SEG
+        from cadpipe.pipelines.outputs.dicom_results import write_dicom_results
+
+        outputs.update(write_dicom_results(row, outputs, out_dir, unit.dicom_files, folder, prefix, info, runner.task))
     return _base_row(unit, info) | {"status": "ok", "error": ""} | row | {"_findings": findings, "_outputs": outputs,
                                                                         "_captions": captions} | row_extra
 

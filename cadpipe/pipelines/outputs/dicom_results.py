@@ -1,0 +1,80 @@
+"""The DICOM results of one scored unit from DICOM input: a TID 1500 SR of its findings and the overlay as a
+Secondary Capture (the mask's DICOM SEG is written by :mod:`cadpipe.pipelines.outputs.dicom_seg` beside them).
+
+:func:`write_dicom_results` takes the unit's results row (the ``results.csv`` columns), the output files already
+written for it and the unit's source DICOM files, and writes ``<prefix>_sr.dcm`` and ``<prefix>_sc.dcm`` in the
+unit's folder, each atomically (temp file + rename). All reference the source study: same Study Instance UID,
+a new series each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+__all__ = ["write_dicom_results", "RESULT_KEYS"]
+
+# the ``_outputs`` keys that name DICOM result files (what --store-results / --send-to send)
+RESULT_KEYS = ("dicom_seg", "dicom_sr", "dicom_sc")
+
+
+def _save(ds, path: str) -> None:
+    folder, base = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp_{os.getpid()}_{base}")
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_dicom_results(row: dict, outputs: dict, out_dir: str, source_files: list[str], folder: str, prefix: str,
+                        bundle: dict, task: str) -> dict[str, str]:
+    """Write the unit's SR and (when it has an overlay picture) Secondary Capture; returns their ``_outputs``
+    entries (paths relative to ``out_dir``).
+
+    Args:
+        row: the unit's results row (``prob_<class>``, ``predicted``, ``lesion_volume_ml`` ...).
+        outputs: the unit's output files so far, relative to ``out_dir`` (``overlays``, ``boxes``, ``dicom_seg``).
+        source_files: the unit's DICOM files (headers are read, pixel data is not).
+        folder, prefix: where the unit's files go and their name prefix.
+        bundle: ``name``, ``version``, ``model_sha256``.
+        task: the bundle's task (classification, multilabel, segmentation, detection).
+    """
+    import pydicom
+
+    from cadpipe.pipelines.outputs.dicom_seg import _with_type2_attributes  # same fix-up as for the SEG
+    from cadpipe.pipelines.outputs.dicom_sr import build_measurement_report
+    from cadpipe.pipelines.outputs.secondary_capture import build_secondary_capture
+
+    # missing Type 2 patient/study attributes added empty in memory (highdicom copies them); files are not touched
+    sources = [_with_type2_attributes(pydicom.dcmread(p, stop_before_pixels=True)) for p in source_files]
+    kwargs: dict = {}
+    if task in ("classification", "multilabel"):
+        kwargs["probabilities"] = {k[5:]: float(v) for k, v in row.items() if k.startswith("prob_")}
+        kwargs["predicted"] = [p for p in str(row.get("predicted") or "").split(";") if p]
+    elif task == "detection" and outputs.get("boxes"):
+        with open(os.path.join(out_dir, outputs["boxes"]), encoding="utf-8") as f:
+            kwargs["boxes"] = json.load(f)["boxes"]
+    elif task == "segmentation" and outputs.get("dicom_seg"):
+        kwargs["segmentation"] = pydicom.dcmread(os.path.join(out_dir, outputs["dicom_seg"]))
+        kwargs["volume_ml"] = float(row["lesion_volume_ml"])
+    written: dict[str, str] = {}
+    sr = build_measurement_report(sources, bundle, **kwargs)
+    path = os.path.join(folder, f"{prefix}_sr.dcm")
+    _save(sr, path)
+    written["dicom_sr"] = os.path.relpath(path, out_dir)
+    if outputs.get("overlays"):
+        from PIL import Image
+
+        with Image.open(os.path.join(out_dir, outputs["overlays"][0])) as im:
+            rgb = np.asarray(im.convert("RGB"))
+        path = os.path.join(folder, f"{prefix}_sc.dcm")
+        _save(build_secondary_capture(sources[0], rgb, bundle), path)
+        written["dicom_sc"] = os.path.relpath(path, out_dir)
+    return written

@@ -1,0 +1,115 @@
+"""DICOM results (TID 1500 SR + Secondary Capture + SEG) written by scoring for DICOM input, parsed back through
+highdicom and checked against results.csv."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from cadpipe.pipelines.outputs.dicom_sr import build_measurement_report, read_report
+from cadpipe.pipelines.scoring.score import EXIT_OK, ScoreConfig, score
+from tests.pipelines.scoring.score_helpers import make_bundle, write_dicom_series
+
+
+def _journal_outputs(out) -> dict[str, dict]:
+    rows = {}
+    with open(os.path.join(out, ".cadpipe", "journal.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            rows[row["unit_id"]] = row["_outputs"]
+    return rows
+
+
+def _check_common(report: dict, row, sources: list, sr_ds, study_uid: str) -> None:
+    assert report["algorithm"] == {"name": row.bundle, "version": str(row.bundle_version),
+                                   "parameters": [f"model_sha256={row.model_sha256}"]}
+    assert report["intended_use"] and set(report["intended_use"]) == {"Not for clinical use"}
+    assert sr_ds.StudyInstanceUID == study_uid
+    assert sr_ds.SeriesInstanceUID not in {s.SeriesInstanceUID for s in sources}
+    assert "not for clinical use" in sr_ds.SeriesDescription
+    refs = {i.ReferencedSOPInstanceUID for s in sr_ds.CurrentRequestedProcedureEvidenceSequence
+            for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence}
+    assert {s.SOPInstanceUID for s in sources} <= refs
+
+
+def test_classification_sr_and_sc_match_results_csv(tmp_path):
+    from cadpipe.data.synthetic.dicom import write_cxr_dicom
+
+    bundle = make_bundle("tiny_classification_bundle", str(tmp_path / "b"))
+    (tmp_path / "in").mkdir()
+    for i in (1, 2):
+        write_cxr_dicom(str(tmp_path / "in" / f"synthetic_IM{i}"), rows=40, cols=32, seed=i)
+    out = str(tmp_path / "out")
+    assert score(ScoreConfig(bundle=bundle, input=str(tmp_path / "in"), output=out, workers=0, quiet=True,
+                             reports=False))["exit_code"] == EXIT_OK
+    df = pd.read_csv(os.path.join(out, "results.csv"))
+    outputs = _journal_outputs(out)
+    assert len(df) == 2
+    for row in df.itertuples():
+        src = pydicom.dcmread(row.input_paths, stop_before_pixels=True)
+        sr_path = os.path.join(out, outputs[row.unit_id]["dicom_sr"])
+        report = read_report(sr_path)
+        assert report["probabilities"] == pytest.approx({"normal": row.prob_normal, "abnormal": row.prob_abnormal},
+                                                        rel=1e-6)
+        assert report["predicted"] == [row.predicted]
+        _check_common(report, row, [src], pydicom.dcmread(sr_path), src.StudyInstanceUID)
+        sc = pydicom.dcmread(os.path.join(out, outputs[row.unit_id]["dicom_sc"]))
+        assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+        assert sc.StudyInstanceUID == src.StudyInstanceUID and sc.SeriesInstanceUID != src.SeriesInstanceUID
+        assert sc.PatientID == src.PatientID and "not for clinical use" in sc.SeriesDescription
+        from PIL import Image
+
+        png = np.asarray(Image.open(os.path.join(out, outputs[row.unit_id]["overlays"][0])).convert("RGB"))
+        np.testing.assert_array_equal(sc.pixel_array, png)
+
+
+def test_segmentation_sr_references_the_seg_segment_and_its_volume(tmp_path):
+    import highdicom as hd
+
+    bundle = make_bundle("tiny_segmentation_bundle", str(tmp_path / "b"))
+    study = generate_uid()
+    files = write_dicom_series(str(tmp_path / "in" / "s"), study, generate_uid(), n=6, size=12)
+    out = str(tmp_path / "out")
+    assert score(ScoreConfig(bundle=bundle, input=str(tmp_path / "in"), output=out, workers=0, quiet=True,
+                             reports=False))["exit_code"] == EXIT_OK
+    row = next(pd.read_csv(os.path.join(out, "results.csv")).itertuples())
+    outputs = _journal_outputs(out)[row.unit_id]
+    seg = hd.seg.segread(os.path.join(out, outputs["dicom_seg"]))
+    sr_path = os.path.join(out, outputs["dicom_sr"])
+    report = read_report(sr_path)
+    assert report["volume_ml"] == pytest.approx(row.lesion_volume_ml, rel=1e-6, abs=1e-9)
+    assert report["segment"] == (seg.SOPInstanceUID, 1)
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    _check_common(report, row, sources, pydicom.dcmread(sr_path), study)
+    assert pydicom.dcmread(os.path.join(out, outputs["dicom_sc"])).StudyInstanceUID == study
+
+
+def test_detection_boxes_round_trip_as_scoord_regions(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    src = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    boxes = [{"box": [1.5, 2.0, 30.0, 40.25], "label": "mass", "score": 0.875},
+             {"box": [10, 10, 20, 22], "label": "calcification", "score": 0.25}]
+    bundle = {"name": "mammo", "version": "0.3", "model_sha256": "ab" * 32}
+    sr = build_measurement_report([src], bundle, boxes=boxes)
+    path = str(tmp_path / "sr.dcm")
+    sr.save_as(path)
+    report = read_report(path)
+    assert [(b["label"], b["score"]) for b in report["boxes"]] == [("mass", 0.875), ("calcification", 0.25)]
+    c0, r0, c1, r1 = boxes[0]["box"]
+    assert report["boxes"][0]["polyline"] == [[c0, r0], [c1, r0], [c1, r1], [c0, r1], [c0, r0]]
+    assert report["algorithm"]["parameters"] == ["model_sha256=" + "ab" * 32]
+
+
+def test_segmentation_volume_without_its_seg_is_refused():
+    from pydicom.data import get_testdata_file
+
+    src = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    with pytest.raises(ValueError, match="needs the DICOM SEG"):
+        build_measurement_report([src], {"name": "x"}, volume_ml=1.0)
