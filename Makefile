@@ -13,7 +13,7 @@ $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel setuptools
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[dev,serve,ray,mlflow]"
+	$(PIP) install -q -e ".[dev,serve,ray,mlflow,pacs]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -24,6 +24,7 @@ demo: venv
 # Full suite, integration tests with real servers included.
 test: venv
 	bash scripts/browser_deps.sh
+	bash scripts/pacs_deps.sh
 	$(PY) -m pytest -n 2 --timeout 1800 $(PYTEST_ARGS)
 
 # Quick subset for development: no training runs, no servers.

@@ -16,7 +16,8 @@ from cadpipe.extras import MissingExtraError, extra_for_module
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "score": ("cadpipe.pipelines.scoring.cli", "score a folder of studies with a bundle"),
+    "score": ("cadpipe.pipelines.pacs.score_cli", "score a folder of studies (or a DICOMweb PACS) with a bundle"),
+    "listen": ("cadpipe.pipelines.pacs.listener", "receive studies over DICOM (C-STORE), score them, send results"),
     "demo": ("cadpipe.pipelines.demo", "generate synthetic studies, train briefly, score them"),
     "synth": ("cadpipe.data.synthetic.cli", "write synthetic studies in every supported format"),
     "monailabel-app": ("cadpipe.pipelines.monailabel.app", "assemble a MONAI Label app serving our bundles"),

@@ -10,7 +10,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: trains a model or runs a server (skipped by `make test-quick`)")
-    config.addinivalue_line("markers", "integration: starts real external servers (MONAI Label, browser)")
+    config.addinivalue_line("markers", "integration: starts real external servers (MONAI Label, browser, Orthanc)")
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,26 @@ import os
 
 import numpy as np
 
-__all__ = ["write_dicom_results", "RESULT_KEYS"]
+__all__ = ["write_dicom_results", "RESULT_KEYS", "is_cadpipe_result", "RESULT_SERIES_DESCRIPTIONS"]
 
 # the ``_outputs`` keys that name DICOM result files (what --store-results / --send-to send)
 RESULT_KEYS = ("dicom_seg", "dicom_sr", "dicom_sc")
+
+
+def _descriptions() -> set[str]:
+    from cadpipe.pipelines.outputs import dicom_sr, secondary_capture
+
+    return {dicom_sr.SERIES_DESCRIPTION, secondary_capture.SERIES_DESCRIPTION,
+            "cadpipe segmentation (not for clinical use)"}
+
+
+RESULT_SERIES_DESCRIPTIONS = frozenset(_descriptions())
+
+
+def is_cadpipe_result(modality: str, series_description: str) -> bool:
+    """True for a series cadpipe wrote (SR, SEG, Secondary Capture overlay), or any SR/SEG/KO/PR: results that
+    come back from a PACS with the study are not scored again."""
+    return modality.upper() in ("SR", "SEG", "KO", "PR") or series_description in RESULT_SERIES_DESCRIPTIONS
 
 
 def _save(ds, path: str) -> None:
