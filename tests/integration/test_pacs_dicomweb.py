@@ -122,7 +122,7 @@ def test_unreadable_instance_is_an_error_row_and_server_gone_keeps_what_was_scor
         for s in studies:
             args += ["--study", s]
         capsys.readouterr()
-        assert _score(*args) == 4
+        assert _score(*args) == 5
         err = capsys.readouterr().err
         assert f"study {studies[1]} not (fully) retrieved" in err and "cannot connect" in err and pacs.dicomweb in err
         rows = _rows(out)  # the first study was scored: its good instance ok, the truncated one an error row
@@ -153,7 +153,7 @@ def test_wrong_credentials_give_a_clear_error_without_the_secret(tmp_path, bundl
         out = str(tmp_path / "out")
         capsys.readouterr()
         assert _score("--bundle", bundle, "--dicomweb", pacs.dicomweb, "--query", "ModalitiesInStudy=DX",
-                      "--dicomweb-auth-file", str(secret), "--output", out) == 4
+                      "--dicomweb-auth-file", str(secret), "--output", out) == 5
         captured = capsys.readouterr()
         assert "HTTP 401" in captured.err and "wrong-password" not in captured.err + captured.out
         # a malformed credentials file is a usage error naming the file, not its content

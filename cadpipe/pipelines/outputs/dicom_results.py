@@ -79,7 +79,10 @@ def write_dicom_results(row: dict, outputs: dict, out_dir: str, source_files: li
             kwargs["boxes"] = json.load(f)["boxes"]
     elif task == "segmentation" and outputs.get("dicom_seg"):
         kwargs["segmentation"] = pydicom.dcmread(os.path.join(out_dir, outputs["dicom_seg"]))
-        kwargs["volume_ml"] = float(row["lesion_volume_ml"])
+        if row.get("lesion_volume_ml") is not None:  # volumes; 2D images have an area instead
+            kwargs["volume_ml"] = float(row["lesion_volume_ml"])
+        elif row.get("lesion_area_cm2") is not None:
+            kwargs["area_cm2"] = float(row["lesion_area_cm2"])
     written: dict[str, str] = {}
     sr = build_measurement_report(sources, bundle, **kwargs)
     path = os.path.join(folder, f"{prefix}_sr.dcm")

@@ -7,7 +7,8 @@ and ``model_sha256=<hex>`` as its parameter):
   UCUM ``1``) and one group ``prediction`` whose ``Finding`` evaluation names the predicted class(es);
 - detection: one planar ROI group per box, the box as a closed SCOORD ``POLYLINE`` on the source image (pixel
   column, row), finding type = the box label, measurement ``Probability`` = the score;
-- segmentation: one volumetric ROI group referencing segment 1 of the DICOM SEG, measurement ``Volume`` in mL.
+- segmentation: one volumetric ROI group referencing segment 1 of the DICOM SEG, measurement ``Volume`` in mL
+  (``Area`` in cm² for a 2D image); no group when there is no SEG to refer to.
 
 Class names are coded in the private scheme ``99CADPIPE`` (value = meaning = the bundle's class name). Every
 group also has the evaluation ``Intended use`` = ``Not for clinical use``, the series description says so and
@@ -58,7 +59,8 @@ def _intended_use():
 
 def build_measurement_report(sources: Sequence, bundle: dict, *, probabilities: dict[str, float] | None = None,
                              predicted: Sequence[str] = (), boxes: Sequence[dict] | None = None,
-                             volume_ml: float | None = None, segmentation=None, series_number: int = 9902):
+                             volume_ml: float | None = None, area_cm2: float | None = None, segmentation=None,
+                             series_number: int = 9902):
     """A Comprehensive 3D SR (TID 1500) for one scored unit; see the module docstring for its content.
 
     Args:
@@ -69,7 +71,8 @@ def build_measurement_report(sources: Sequence, bundle: dict, *, probabilities: 
         predicted: the predicted class names (classification: one; multi-label: those >= 0.5, maybe none).
         boxes: detection boxes ``{"box": [col_min, row_min, col_max, row_max], "label": str, "score": float}`` in
             the source image's pixel grid.
-        volume_ml: segmentation volume in mL; with ``segmentation`` (the SEG dataset) whose segment 1 it refers to.
+        volume_ml: segmentation volume in mL (a volume), or ``area_cm2``: its area in cm² (a 2D image); with
+            ``segmentation`` (the SEG dataset) whose segment 1 it refers to.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -102,9 +105,14 @@ def build_measurement_report(sources: Sequence, bundle: dict, *, probabilities: 
             measurements=[hd.sr.Measurement(name=codes.DCM.Probability, value=float(b["score"]),
                                             unit=codes.UCUM.NoUnits, algorithm_id=algo)],
             qualitative_evaluations=[_intended_use()]))
-    if volume_ml is not None:
+    if volume_ml is not None or area_cm2 is not None:
         if segmentation is None:
-            raise ValueError("a segmentation volume needs the DICOM SEG it refers to")
+            raise ValueError("a segmentation volume or area needs the DICOM SEG it refers to")
+        size = hd.sr.Measurement(name=codes.SCT.Volume, value=float(volume_ml),
+                                 unit=hd.sr.CodedConcept("ml", "UCUM", "milliliter"), algorithm_id=algo) \
+            if volume_ml is not None else \
+            hd.sr.Measurement(name=codes.SCT.Area, value=float(area_cm2), unit=codes.UCUM.SquareCentimeter,
+                              algorithm_id=algo)
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="segment 1"),
             # built from the sources, not ReferencedSegment.from_segmentation: that one needs the segment in
@@ -114,8 +122,7 @@ def build_measurement_report(sources: Sequence, bundle: dict, *, probabilities: 
                 segment_number=1,
                 source_images=[hd.sr.SourceImageForSegmentation.from_source_image(s) for s in sources]),
             finding_type=codes.SCT.Lesion, algorithm_id=algo,
-            measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=float(volume_ml),
-                                            unit=hd.sr.CodedConcept("ml", "UCUM", "milliliter"), algorithm_id=algo)],
+            measurements=[size],
             qualitative_evaluations=[_intended_use()]))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -134,14 +141,15 @@ def build_measurement_report(sources: Sequence, bundle: dict, *, probabilities: 
 def read_report(path_or_dataset) -> dict:
     """Parse a report written by :func:`build_measurement_report` back (through highdicom's own SR parser, which
     validates the TID 1500 structure): ``{"probabilities": {class: p}, "predicted": [..], "boxes": [{"label",
-    "score", "polyline"}], "volume_ml": float | None, "segment": (seg SOP Instance UID, segment number) | None,
+    "score", "polyline"}], "volume_ml" / "area_cm2": float | None, "segment": (seg SOP Instance UID, segment number) | None,
     "algorithm": {"name", "version", "parameters"}, "intended_use": [meanings]}``."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     sr = hd.sr.srread(path_or_dataset) if isinstance(path_or_dataset, str) else \
         hd.sr.Comprehensive3DSR.from_dataset(path_or_dataset)
-    out: dict = {"probabilities": {}, "predicted": [], "boxes": [], "volume_ml": None, "segment": None,
+    out: dict = {"probabilities": {}, "predicted": [], "boxes": [], "volume_ml": None, "area_cm2": None,
+                 "segment": None,
                  "algorithm": None, "intended_use": []}
     report = sr.content
     for g in report.get_image_measurement_groups():
@@ -156,7 +164,10 @@ def read_report(path_or_dataset) -> dict:
                              "polyline": np.asarray(g.roi.value).tolist()})
     for g in report.get_volumetric_roi_measurement_groups():
         items = _read_common(g, out)
-        out["volume_ml"] = _number(items["Volume"][0])
+        if "Volume" in items:
+            out["volume_ml"] = _number(items["Volume"][0])
+        if "Area" in items:
+            out["area_cm2"] = _number(items["Area"][0])
         seg = g.referenced_segment
         out["segment"] = (seg.referenced_sop_instance_uid, int(seg.referenced_segment_numbers[0]))
     return out

@@ -239,7 +239,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study-timeout", type=float, default=10.0,
                         help="seconds without a new instance after which a study is scored (default 10)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4, help="units per forward pass (default 4)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers loading/preprocessing")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for the forward pass")
     parser.add_argument("--override", action="append", default=[], metavar="ID=VALUE",

@@ -6,8 +6,8 @@ scored from there like a folder (resume included: a rerun fetches only missing i
 scored). ``--store-results`` then sends the DICOM results (SEG, SR, Secondary Capture) back with STOW-RS; results
 already stored by an earlier run are not sent again.
 
-Exit status: 0 all scored (and stored); 3 some units failed; 2 usage error; 4 the server could not be used for
-some or all studies (what was retrieved before is scored, nothing scored is lost; rerun to continue).
+Exit status: those of the folder CLI (0, 2, 3, 4), and 5: the DICOMweb server could not be used for some or all
+studies or results (what was retrieved is scored, nothing scored is lost; a rerun continues).
 """
 
 from __future__ import annotations
@@ -20,13 +20,16 @@ from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.scoring import cli as scoring_cli
 from cadpipe.pipelines.scoring.score import EXIT_USAGE
 
-EXIT_SOURCE = 4
+EXIT_SOURCE = 5
 CACHE = "dicomweb_cache"
 STORED = os.path.join(".cadpipe", "dicomweb_stored.txt")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     scoring_cli.add_arguments(parser)
+    parser.epilog = (parser.epilog or "") + (
+        "\n  5  --dicomweb: the server could not be searched, or some studies not retrieved or results not stored "
+        "(stderr says which and why); what was retrieved is scored, a rerun continues")
     # --dicomweb joins the required one-of group (--input | --manifest) the folder CLI defines
     source = next(g for g in parser._mutually_exclusive_groups  # noqa: SLF001 - argparse has no public accessor
                   if any("--input" in a.option_strings for a in g._group_actions))  # noqa: SLF001

@@ -288,7 +288,12 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
     if unit.kind == "dicom" and unit.dicom_files and info.get("dicom_results", True):  # SR + SC beside the SEG
         from cadpipe.pipelines.outputs.dicom_results import write_dicom_results
 
-        outputs.update(write_dicom_results(row, outputs, out_dir, unit.dicom_files, folder, prefix, info, runner.task))
+        try:  # optional outputs, like the SEG: without them the unit keeps its row and files, and the row says why
+            outputs.update(write_dicom_results(row, outputs, out_dir, unit.dicom_files, folder, prefix, info,
+                                               runner.task))
+        except Exception as err:  # noqa: BLE001
+            note = f"no DICOM SR/SC written: {type(err).__name__}: {str(err).strip()[:300]}"
+            row["warnings"] = f"{row['warnings']}; {note}" if row.get("warnings") else note
     return _base_row(unit, info) | {"status": "ok", "error": ""} | row | {"_findings": findings, "_outputs": outputs,
                                                                         "_captions": captions} | row_extra
 

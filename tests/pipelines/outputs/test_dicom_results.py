@@ -113,3 +113,21 @@ def test_segmentation_volume_without_its_seg_is_refused():
     src = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     with pytest.raises(ValueError, match="needs the DICOM SEG"):
         build_measurement_report([src], {"name": "x"}, volume_ml=1.0)
+
+
+def test_2d_segmentation_sr_has_the_area_referencing_the_seg(tmp_path):
+    """A 2D DICOM image: the SR gives the area in cm² (results.csv's lesion_area_cm2) referencing the SEG."""
+    from cadpipe.data.synthetic.dicom import write_cxr_dicom
+
+    bundle = make_bundle("tiny_segmentation_2d_bundle", str(tmp_path / "b"))
+    (tmp_path / "in").mkdir()
+    write_cxr_dicom(str(tmp_path / "in" / "synthetic_IM1"), rows=40, cols=32, seed=3)
+    out = str(tmp_path / "out")
+    assert score(ScoreConfig(bundle=bundle, input=str(tmp_path / "in"), output=out, workers=0, quiet=True,
+                             reports=False))["exit_code"] == EXIT_OK
+    row = next(pd.read_csv(os.path.join(out, "results.csv")).itertuples())
+    outputs = _journal_outputs(out)[row.unit_id]
+    report = read_report(os.path.join(out, outputs["dicom_sr"]))
+    assert report["volume_ml"] is None
+    assert report["area_cm2"] == pytest.approx(row.lesion_area_cm2, rel=1e-6, abs=1e-9)
+    assert report["segment"] == (pydicom.dcmread(os.path.join(out, outputs["dicom_seg"])).SOPInstanceUID, 1)
