@@ -42,6 +42,7 @@ bench: venv
 	$(PY) benchmarks/two_stage_cxr.py
 	$(PY) benchmarks/report_pdf.py
 	$(PY) benchmarks/portal.py
+	$(PY) benchmarks/pacs.py
 
 clean:
 	rm -rf $(VENV) .build demo_out
