@@ -26,7 +26,7 @@ import torch
 from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.scoring.discovery import Unit, discover, read_manifest, safe_name
 from cadpipe.pipelines.scoring.item_transport import pack_item, unpack_item
-from cadpipe.pipelines.outputs.files import atomic_write_text, atomic_writer_path
+from cadpipe.pipelines.outputs.files import atomic_write_text, atomic_writer_path, file_sha256
 from cadpipe.pipelines.scoring.results import Journal, outputs_present, write_results_table
 from cadpipe.pipelines.scoring.preflight import preflight
 from cadpipe.pipelines.scoring.worker_lifetime import die_with_parent
@@ -479,14 +479,17 @@ def _find_units(cfg: ScoreConfig, spatial_dims: int) -> list[Unit]:
     return units[: cfg.limit] if cfg.limit else units
 
 
-def _todo(units: list[Unit], done_rows: dict[str, dict], out_dir: str) -> tuple[list[Unit], int, int]:
-    """Units to score on this run: no row yet, an ``error`` row (retried: the file may have been fixed), or an
-    ``ok`` row whose output files are missing/empty (lost in a crash, or deleted). Returns
+def _todo(units: list[Unit], done_rows: dict[str, dict], out_dir: str,
+          model_sha256: str | None = None) -> tuple[list[Unit], int, int]:
+    """Units to score on this run: no row yet, an ``error`` row (retried: the file may have been fixed), an
+    ``ok`` row whose output files are missing/empty (lost in a crash, or deleted), or (given ``model_sha256``) an
+    ``ok`` row scored with other weights (the bundle was retrained). Returns
     ``(todo, n_ok_skipped, n_errors_retried)``; the new row replaces the old one (last journal line wins)."""
     todo, skipped, retried = [], 0, 0
     for u in units:
         row = done_rows.get(u.unit_id)
-        if row is not None and row.get("status") == "ok" and outputs_present(row, out_dir):
+        same_model = model_sha256 is None or row is None or row.get("model_sha256") in (None, "", model_sha256)
+        if row is not None and row.get("status") == "ok" and same_model and outputs_present(row, out_dir):
             skipped += 1
             continue
         retried += row is not None and row.get("status") != "ok"
@@ -536,7 +539,9 @@ def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
     os.makedirs(cfg.output, exist_ok=True)
     units = _find_units(cfg, int(info.get("spatial_dims", 2)))
     journal = Journal(cfg.output, force=cfg.force)
-    todo, n_skipped, n_retried = _todo(units, journal.rows(), cfg.output)
+    weights = os.path.join(cfg.bundle, "models", "model.pt")  # BundleRunner's; a rerun after retraining rescores
+    todo, n_skipped, n_retried = _todo(units, journal.rows(), cfg.output,
+                                       file_sha256(weights) if os.path.isfile(weights) else None)
     t_found = time.perf_counter()
     log.info("%d units found, %d already scored, %d to score (%d errors retried)", len(units), n_skipped,
              len(todo), n_retried)
