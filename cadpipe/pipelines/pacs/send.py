@@ -48,15 +48,19 @@ def send_files(paths: list[str], peer: Peer, calling_aet: str = "CADPIPE", timeo
         classes.setdefault(str(meta.MediaStorageSOPClassUID), set()).add(str(meta.TransferSyntaxUID))
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.requested_contexts = [build_context(c, sorted(ts | {"1.2.840.10008.1.2.1", "1.2.840.10008.1.2"}))
-                             for c, ts in classes.items()]
+    # one context per (SOP class, the files' transfer syntax): the peer accepts one syntax per context, and a
+    # compressed file must go in its own syntax (it is sent as stored, not re-encoded)
+    ae.requested_contexts = [build_context(c, t) for c, ts in classes.items() for t in sorted(ts)][:128]
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.aet)
     if not assoc.is_established:
         raise SendError(f"{peer}: no association (peer unreachable, or it refused AE title {calling_aet!r})")
     sent = 0
     try:
         for p in paths:
-            status = assoc.send_c_store(p)
+            try:
+                status = assoc.send_c_store(p)
+            except ValueError as err:  # no accepted presentation context for this file's class / syntax
+                raise SendError(f"{peer}: does not accept {p}: {err}") from None
             code = getattr(status, "Status", None)
             if code is None:
                 raise SendError(f"{peer}: no answer while storing {p}")
