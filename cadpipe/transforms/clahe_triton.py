@@ -1,6 +1,6 @@
 """Triton kernels for ``clahe_batch``: CLAHE of ``N`` images in seven launches, no host sync for integer input.
 
-Same results as ``clahe_batched._clahe_vectorised`` (skimage's ``equalize_adapthist`` semantics), in fused
+Same results as ``clahe_vectorised._clahe_vectorised`` (skimage's ``equalize_adapthist`` semantics), in fused
 passes instead of ~300 torch ops:
 
 1. ``_minmax_kernel``: per-image partial minima/maxima (``(N, P)`` programs, no atomics, no init);
@@ -293,11 +293,11 @@ def clahe_triton(x: torch.Tensor, k0: int, k1: int, clip_limit: float, nbins: in
         _table_kernel[(N, -(-L // TB))](part, P, qoff, table, L, bin_size, CONST_MODE=mode,
                                         BLOCK_P=min(1024, _pow2(P)), BLOCK=TB)
     else:  # floats: levels through _Quantiser (one host sync: range and NaN check), as the vectorised kernel
-        from cadpipe.transforms.clahe_batched import _Quantiser
+        from cadpipe.transforms.clahe_vectorised import _Quantiser
 
         quant = _Quantiser(x, nbins, path)
         if N * quant.L > _I32_MAX:  # level ranges beyond int32 indexing (huge float ranges): torch kernel
-            from cadpipe.transforms.clahe_batched import _clahe_vectorised
+            from cadpipe.transforms.clahe_vectorised import _clahe_vectorised
 
             return _clahe_vectorised(x, k0, k1, clip_limit, nbins, path)
         src = quant.x.view(N, HW)

@@ -251,7 +251,7 @@ def test_torchscript_and_plain_python_agree(monkeypatch, per_value):
 
 
 # ------------------------------------------------------------------ clahe_batch (vectorised, batched kernel)
-from cadpipe.transforms import clahe_batched  # noqa: E402
+from cadpipe.transforms import clahe_batched, clahe_vectorised  # noqa: E402
 from cadpipe.transforms.clahe import clahe_batch  # noqa: E402
 
 BATCH_CASES = [
@@ -382,8 +382,8 @@ def test_batch_small_chunks_same_result(monkeypatch):
     """Row chunks that split images (and a jump window of 4 redistribution steps) change nothing."""
     x = torch.from_numpy(np.stack([natural(50, 60, seed=s, dtype=np.uint8, maxv=255) for s in range(3)]))[:, None]
     ref = clahe_batch(x, kernel_size=7, impl="vectorised")
-    monkeypatch.setattr(clahe_batched, "_CHUNK_PX", 130)
-    monkeypatch.setattr(clahe_batched, "_CLIP_JUMP", 1)
+    monkeypatch.setattr(clahe_vectorised, "_CHUNK_PX", 130)
+    monkeypatch.setattr(clahe_vectorised, "_CLIP_JUMP", 1)
     np.testing.assert_array_equal(clahe_batch(x, kernel_size=7, impl="vectorised").numpy(), ref.numpy())
 
 
@@ -403,7 +403,7 @@ def test_clip_histograms_vectorised_matches_skimage_exactly(nbins, jump, monkeyp
     """The all-tiles-in-step clip + redistribution equals skimage's per-tile loop, count for count."""
     from skimage.exposure._adapthist import clip_histogram
 
-    monkeypatch.setattr(clahe_batched, "_CLIP_JUMP", jump)  # 1: many rounds of plain steps
+    monkeypatch.setattr(clahe_vectorised, "_CLIP_JUMP", jump)  # 1: many rounds of plain steps
     rng = np.random.default_rng(nbins)
     for clim_frac in (0.0005, 0.002, 0.02, 0.3):
         n_px = 3000
@@ -413,7 +413,7 @@ def test_clip_histograms_vectorised_matches_skimage_exactly(nbins, jump, monkeyp
         )
         clim = int(max(clim_frac * n_px, 1))
         ref = np.stack([clip_histogram(h.copy(), clim) for h in hists])
-        out = clahe_batched._clip_histograms(torch.from_numpy(hists.astype(np.int32)), clim).numpy()
+        out = clahe_vectorised._clip_histograms(torch.from_numpy(hists.astype(np.int32)), clim).numpy()
         np.testing.assert_array_equal(out, ref)
 
 
@@ -461,7 +461,7 @@ def test_clip_histograms_fuzz_against_skimage():
             hists = np.stack(hists)
             clim = int(max(frac * n_px, 1))
             ref = np.stack([clip_histogram(h.copy(), clim) for h in hists])
-            out = clahe_batched._clip_histograms(torch.from_numpy(hists.astype(np.int32)), clim).numpy()
+            out = clahe_vectorised._clip_histograms(torch.from_numpy(hists.astype(np.int32)), clim).numpy()
             np.testing.assert_array_equal(out, ref)
 
 
