@@ -406,6 +406,22 @@ class BundleRunner:
         return float(abs(np.linalg.det(aff[:d, :d]))) if d in (2, 3) else 1.0
 
 
+class _SkipMetaInit(torch.overrides.TorchFunctionMode):
+    """Random initialisation of ``meta`` tensors is skipped (the tensors have no data; the loaded weights replace
+    them). On ``meta``, ``normal_`` / ``uniform_`` go through ``torch._refs``, whose first call imports
+    ``torch._dynamo``: about 1-2 s of a runner's build on the 2-core machine, for nothing. A torch function mode
+    is per thread: other threads' initialisation is untouched."""
+
+    _SKIP = frozenset(getattr(torch.Tensor, n) for n in (
+        "normal_", "uniform_", "fill_", "zero_", "exponential_", "geometric_", "log_normal_", "cauchy_",
+        "random_", "bernoulli_", "erfinv_") if hasattr(torch.Tensor, n))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self._SKIP and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 def _network_with_weights(parser, state: dict) -> torch.nn.Module:
     """The bundle's ``network`` with the weights ``state`` loaded.
 
@@ -419,7 +435,7 @@ def _network_with_weights(parser, state: dict) -> torch.nn.Module:
         RuntimeError, KeyError: the weights do not fit the network.
     """
     if "network_def" in parser:
-        with torch.device("meta"):
+        with torch.device("meta"), _SkipMetaInit():
             net = parser.get_parsed_content("network_def")
         if isinstance(net, torch.nn.Module):
             net.load_state_dict(state, assign=True)

@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.add_argument("--no-reports", action="store_true", help="skip report.html/pdf")
     parser.add_argument("--no-heatmaps", action="store_true", help="skip GradCAM heatmaps (classification)")
+    parser.add_argument("--no-dicom-results", action="store_true",
+                        help="DICOM input: skip the per-unit DICOM SR and Secondary Capture (the SEG of a "
+                             "segmentation bundle is still written)")
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="score on Ray (one model per actor); no ADDRESS = a local Ray")
     parser.add_argument("--override", action="append", default=[], metavar="ID=VALUE",
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                       reports=not args.no_reports, heatmaps=not args.no_heatmaps, threads=args.threads,
                       streams=args.streams, follow_links=args.follow_links,
                       preprocess=args.preprocess, precision=args.precision, channels_last=args.channels_last,
-                      writer_threads=args.writer_threads)
+                      writer_threads=args.writer_threads, dicom_results=not args.no_dicom_results)
     try:
         backend = None
         if cfg.ray is not None:

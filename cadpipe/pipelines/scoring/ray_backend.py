@@ -18,7 +18,8 @@ from cadpipe.pipelines.scoring.discovery import Unit
 
 def run_options(cfg) -> dict:
     """The per-run options an actor needs besides the bundle (the same as the local path applies)."""
-    return {"heatmaps": bool(cfg.heatmaps), "plain_images": bool(cfg.reports)}
+    return {"heatmaps": bool(cfg.heatmaps), "plain_images": bool(cfg.reports),
+            "dicom_results": bool(getattr(cfg, "dicom_results", True))}
 
 
 class _Scorer:
@@ -40,7 +41,8 @@ class _Scorer:
 
         rows: list[dict] = []
         process_units(self.runner, [Unit(**u) for u in units], out_dir, rows.append, batch_size, workers=0,
-                      plain_images=self.options.get("plain_images", True))
+                      plain_images=self.options.get("plain_images", True),
+                      dicom_results=self.options.get("dicom_results", True))
         return rows
 
 

@@ -71,6 +71,8 @@ class ScoreConfig:
     precision: str | None = None  # fp32 | bf16 | fp16; None: the bundle's inference.json ("precision", fp32)
     channels_last: bool | None = None  # None: the bundle's inference.json ("channels_last", false)
     writer_threads: int | None = None  # threads writing outputs + journal lines; None: default_writer_threads()
+    # DICOM SR + Secondary Capture per unit of DICOM input (outputs/dicom_results.py); off: --no-dicom-results
+    dicom_results: bool = True
     # called with the BundleRunner once built, before scoring (benchmarks: replace the network by a null one)
     runner_hook: Callable[[Any], None] | None = None
 
@@ -327,11 +329,12 @@ def batched_plan(runner, preprocess: str):
 
 def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict], None], batch_size: int = 4,
                   workers: int = 0, progress=None, plain_images: bool = True, streams: int = 1,
-                  preprocess: str = "per-item", writer_threads: int = 0) -> None:
+                  preprocess: str = "per-item", writer_threads: int = 0, dicom_results: bool = True) -> None:
     """Score ``units`` with ``runner``; call ``emit(row)`` once per unit (ok or error), in completion order.
 
     ``plain_images=False``: classification units without a heatmap get no ``<unit>_image.png`` (that picture
     only illustrates the report; ``cadpipe score --no-heatmaps --no-reports`` skips it).
+    ``dicom_results=False``: no DICOM SR / Secondary Capture for DICOM units (``--no-dicom-results``).
     ``streams > 1``: up to that many batches are forwarded at once on threads sharing the runner; only when
     :func:`streams_allowed`, else one. ``emit`` is called under a lock.
     ``preprocess``: ``"per-item"`` (the bundle's MONAI chain in the workers), ``"batched"`` / ``"auto"`` (workers
@@ -342,7 +345,7 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
     from cadpipe.pipelines.scoring.writers import WriterPool
 
     info = {"name": runner.name, "version": runner.version, "model_sha256": runner.model_sha256,
-            "plain_images": plain_images}
+            "plain_images": plain_images, "dicom_results": dicom_results}
     plan = batched_plan(runner, preprocess)
     chunk = max(1, batch_size) if workers else 1
     if plan is None:
@@ -589,7 +592,7 @@ def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
             writer_threads = default_writer_threads() if cfg.writer_threads is None else cfg.writer_threads
             process_units(runner, todo, cfg.output, emit, cfg.batch_size, cfg.workers, progress,
                           plain_images=plain_images, streams=streams, preprocess=preprocess_used,
-                          writer_threads=writer_threads)
+                          writer_threads=writer_threads, dicom_results=cfg.dicom_results)
     finally:
         progress.close()
         journal.close()

@@ -131,3 +131,24 @@ def test_2d_segmentation_sr_has_the_area_referencing_the_seg(tmp_path):
     assert report["volume_ml"] is None
     assert report["area_cm2"] == pytest.approx(row.lesion_area_cm2, rel=1e-6, abs=1e-9)
     assert report["segment"] == (pydicom.dcmread(os.path.join(out, outputs["dicom_seg"])).SOPInstanceUID, 1)
+
+
+def test_no_dicom_results_option(tmp_path):
+    """``--no-dicom-results``: no SR / Secondary Capture, same scores as with them."""
+    from cadpipe.cli import main
+    from cadpipe.data.synthetic.dicom import write_cxr_dicom
+
+    bundle = make_bundle("tiny_classification_bundle", str(tmp_path / "b"))
+    (tmp_path / "in").mkdir()
+    write_cxr_dicom(str(tmp_path / "in" / "synthetic_IM1"), rows=40, cols=32, seed=1)
+    common = ["score", "--bundle", bundle, "--input", str(tmp_path / "in"), "--quiet", "--device", "cpu",
+              "--no-reports", "--workers", "0"]
+    assert main(common + ["--output", str(tmp_path / "with")]) == EXIT_OK
+    assert main(common + ["--output", str(tmp_path / "without"), "--no-dicom-results"]) == EXIT_OK
+    with_, without = _journal_outputs(str(tmp_path / "with")), _journal_outputs(str(tmp_path / "without"))
+    assert all("dicom_sr" in o for o in with_.values())
+    assert not any(k in o for o in without.values() for k in ("dicom_sr", "dicom_sc"))
+    assert not [f for _, _, fs in os.walk(tmp_path / "without") for f in fs if f.endswith(("_sr.dcm", "_sc.dcm"))]
+    a = pd.read_csv(tmp_path / "with" / "results.csv").drop(columns=["elapsed_s"])
+    b = pd.read_csv(tmp_path / "without" / "results.csv").drop(columns=["elapsed_s"])
+    pd.testing.assert_frame_equal(a, b)
