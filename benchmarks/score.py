@@ -4,7 +4,8 @@ All measurements run in one process on the same synthetic study folder (syntheti
 per study) with the same bundle as shipped (override ids with ``--override``) and the same (random, untrained:
 speed does not depend on training) weights:
 
-- ``cadpipe score`` end to end (discovery, model load, DataLoader workers, outputs, results.csv) on ``--studies``
+- ``cadpipe score --no-heatmaps --no-reports --no-dicom-results`` end to end (discovery, model load, DataLoader
+  workers, outputs, results.csv) on ``--studies``
   studies (1024: a batch job, over which start-up amortises), once per ``--workers`` x ``--threads`` value, and its
   *steady* rate (after the first quarter of the units: no start-up) with the start-up seconds the steady rate does
   not explain (``run_summary.json``: ``startup_s``); then once with every output (Grad-CAM, reports) on the first
@@ -286,8 +287,9 @@ def main() -> None:
         tname = lambda t, w: f"{t or threads} threads"  # noqa: E731
         null = " NULL NETWORK" if args.null_network else ""
         common = dict(precision=args.precision, channels_last=args.channels_last, runner_hook=hook)
-        variants = [(f"score --no-heatmaps --no-reports --preprocess {pp}{null}, {n} studies, {w} workers, "
-                     f"{tname(t, w)}", w, dict(heatmaps=False, reports=False, threads=t, preprocess=pp, **common))
+        variants = [(f"score --no-heatmaps --no-reports --no-dicom-results --preprocess {pp}{null}, {n} studies, {w} workers, "
+                     f"{tname(t, w)}", w, dict(heatmaps=False, reports=False, dicom_results=False, threads=t,
+                                               preprocess=pp, **common))
                     for pp in preprocess_list for w in workers_list for t in threads_list]
         w0, t0 = workers_list[0], threads_list[0]
         k_all = min(n, args.all_outputs_studies) if not args.null_network else 0
@@ -358,6 +360,9 @@ def main() -> None:
                      f"tables/reports {s['finish_s']:.1f} s") if steady else ""
             extra += (f"; scoring process CPU {s['process_cpu_ms']:.2f} ms/study "
                       f"(one process could feed {1000 / max(s['process_cpu_ms'], 1e-9):.0f} studies/s)")
+            if s.get("steady_cpu_ms_per_unit"):  # without start-up (model load, discovery, worker start)
+                extra += (f", steady {s['steady_cpu_ms_per_unit']:.3f} ms/study "
+                          f"({1000 / s['steady_cpu_ms_per_unit']:.0f} studies/s)")
             print(_rate_line(label + f" [{s['preprocess']}] (end to end)", rate, adjacent, naive, extra))
         if decode_ms:
             print(f"decoding workers: {1000 / decode_ms:.0f} studies/s per worker (1 thread each); "

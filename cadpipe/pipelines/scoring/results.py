@@ -1,7 +1,8 @@
 """Crash-safe result journal and the results table built from it.
 
 The journal ``<out>/.cadpipe/journal.jsonl`` is append-only: one JSON line per finished unit, written and
-flushed to the OS *after* the unit's output files were renamed into place. A run killed at any moment (SIGKILL
+flushed to the OS *after* the unit's output files were renamed into place (scoring writes the lines of a batch's
+units in one write, :meth:`Journal.append_many`, once all of their files are in place). A run killed at any moment (SIGKILL
 included: flushed data is in the kernel's page cache and survives the process) therefore leaves every journalled
 unit complete; a unit in flight simply has no line and is redone. A torn last line (killed mid-write) is cut off
 when the journal is reopened. ``results.csv`` (and ``results.parquet``) are rebuilt from the journal, last line per
@@ -93,6 +94,17 @@ class Journal:
     def append(self, row: dict) -> None:
         """One line, flushed to the OS (survives a killed process); ``fsync`` at most every ``sync_interval`` s."""
         self._f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+        self._f.flush()
+        if time.monotonic() - self._last_sync >= self.sync_interval:
+            self.sync()
+
+    def append_many(self, rows: list[dict]) -> None:
+        """The lines of ``rows`` in one write, flushed to the OS; same guarantees as :meth:`append` for each line:
+        a kill during the write leaves whole lines (complete units) and at most one torn last line, which
+        :meth:`_repair` cuts off when the journal is reopened."""
+        if not rows:
+            return
+        self._f.write("".join([json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows]))
         self._f.flush()
         if time.monotonic() - self._last_sync >= self.sync_interval:
             self.sync()

@@ -301,6 +301,24 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
 
 
 # -- the scoring loop -------------------------------------------------------------------------------------------
+class _Chunks(torch.utils.data.Sampler):
+    """DataLoader batch sampler: indices ``0..n-1`` in order, a first chunk of ``first`` then chunks of ``size``
+    (with workers, each chunk is one worker's task and one message back)."""
+
+    def __init__(self, n: int, size: int, first: int):
+        self.n, self.size, self.first = n, max(1, size), max(1, min(first, size))
+
+    def __iter__(self):
+        start, step = 0, self.first
+        while start < self.n:
+            yield list(range(start, min(self.n, start + step)))
+            start, step = start + step, self.size
+
+    def __len__(self) -> int:
+        rest = max(0, self.n - self.first)
+        return (1 if self.n else 0) + -(-rest // self.size)
+
+
 def _makes_heatmaps(runner) -> bool:
     """Whether scoring computes GradCAM maps with this runner (classification bundles with ``cam_layers``)."""
     return bool(runner.cam_layers) and runner.task in ("classification", "multilabel")
@@ -329,12 +347,17 @@ def batched_plan(runner, preprocess: str):
 
 def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict], None], batch_size: int = 4,
                   workers: int = 0, progress=None, plain_images: bool = True, streams: int = 1,
-                  preprocess: str = "per-item", writer_threads: int = 0, dicom_results: bool = True) -> None:
+                  preprocess: str = "per-item", writer_threads: int = 0, dicom_results: bool = True,
+                  emit_many: Callable[[list[dict]], None] | None = None, first_batch: int | None = None) -> None:
     """Score ``units`` with ``runner``; call ``emit(row)`` once per unit (ok or error), in completion order.
 
     ``plain_images=False``: classification units without a heatmap get no ``<unit>_image.png`` (that picture
     only illustrates the report; ``cadpipe score --no-heatmaps --no-reports`` skips it).
     ``dicom_results=False``: no DICOM SR / Secondary Capture for DICOM units (``--no-dicom-results``).
+    ``emit_many(rows)``: when given, called instead of ``emit`` with the rows of a whole batch at once (one journal
+    write per batch), after all of their files are in place; progress advances once per call.
+    ``first_batch``: size of the first batch (default ``min(batch_size, 8)``): the first rows come out after a few
+    units are loaded instead of a whole batch.
     ``streams > 1``: up to that many batches are forwarded at once on threads sharing the runner; only when
     :func:`streams_allowed`, else one. ``emit`` is called under a lock.
     ``preprocess``: ``"per-item"`` (the bundle's MONAI chain in the workers), ``"batched"`` / ``"auto"`` (workers
@@ -348,6 +371,7 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
             "plain_images": plain_images, "dicom_results": dicom_results}
     plan = batched_plan(runner, preprocess)
     chunk = max(1, batch_size) if workers else 1
+    first = max(1, min(batch_size, 8 if first_batch is None else first_batch))
     if plan is None:
         # workers send whole batches of packed items (one queue message per batch_size units, no shared-memory
         # segment per small tensor); in-process loading needs neither
@@ -358,7 +382,8 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
 
         ds = batched_scoring.RawUnitDataset(units, plan.decode, _reason)
         collate = batched_scoring.collate_raw if workers else _as_list
-    loader = torch.utils.data.DataLoader(ds, batch_size=chunk, shuffle=False, num_workers=workers,
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=_Chunks(len(ds), chunk, min(first, chunk)),
+                                         num_workers=workers,
                                          collate_fn=collate, prefetch_factor=2 if workers else None,
                                          persistent_workers=False,
                                          worker_init_fn=die_with_parent(os.getpid()) if workers else None)
@@ -367,10 +392,19 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
     writers = WriterPool(writer_threads)
 
     def done(row: dict) -> None:
+        done_many([row])
+
+    def done_many(rows: list[dict]) -> None:
+        if not rows:
+            return
         with emit_lock:
-            emit(row)
+            if emit_many is not None:
+                emit_many(rows)
+            else:
+                for row in rows:
+                    emit(row)
             if progress is not None:
-                progress.update(1)
+                progress.update(len(rows))
 
     def run_items(pending: list[tuple[int, Any, float]]) -> list[tuple[dict, dict]]:
         """``[(pre_item, out)]`` for one batch; raises on failure."""
@@ -388,15 +422,19 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
                 pass
         return list(zip(items, outs))
 
-    def finish(i: int, pre: dict, out: dict, load_s: float, infer_s: float) -> None:
-        t2 = time.perf_counter()
-        try:
-            row = _finish_unit(runner, units[i], pre, out, out_dir, info)
-        except Exception as err:  # noqa: BLE001
-            done(_error_row(units[i], info, _reason(units[i], err), load_s + infer_s))
-            return
-        row["elapsed_s"] = round(load_s + infer_s + time.perf_counter() - t2, 4)
-        done(row)
+    def finish_batch(results: list) -> None:
+        """Write the files of a batch's units, then journal their rows in one write (files first)."""
+        rows = []
+        for (i, _, load_s), pre, out, infer_s in results:
+            t2 = time.perf_counter()
+            try:
+                row = _finish_unit(runner, units[i], pre, out, out_dir, info)
+            except Exception as err:  # noqa: BLE001
+                rows.append(_error_row(units[i], info, _reason(units[i], err), load_s + infer_s))
+                continue
+            row["elapsed_s"] = round(load_s + infer_s + time.perf_counter() - t2, 4)
+            rows.append(row)
+        done_many(rows)
 
     def score_batch(pending: list[tuple[int, Any, float]]) -> None:
         t0 = time.perf_counter()
@@ -415,8 +453,8 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
                     done(_error_row(units[p[0]], info, _reason(units[p[0]], err), p[2] + time.perf_counter() - t1))
-        for (i, _, load_s), pre, out, infer_s in results:
-            writers.submit(finish, i, pre, out, load_s, infer_s)
+        if results:
+            writers.submit(finish_batch, results)
 
     pool = ThreadPoolExecutor(streams, thread_name_prefix="cadpipe-forward") if streams > 1 and streams_allowed(
         runner) else None
@@ -440,6 +478,7 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
         loaded, key_of = _loaded(loader, packed=workers > 0), lambda item: tuple(torch.as_tensor(item["image"]).shape)
     else:
         loaded, key_of = batched_scoring.iter_raw(loader, collated=workers > 0), plan.batch_key
+    limit = first  # the first batch is small: the first rows come early; then batch_size
     try:
         for i, item, err, load_s in loaded:
             if err is not None:
@@ -447,8 +486,9 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
                 continue
             key = key_of(item)
             groups.setdefault(key, []).append((i, item, load_s))
-            if len(groups[key]) >= batch_size:
+            if len(groups[key]) >= limit:
                 flush(key)
+                limit = batch_size
         for key in list(groups):
             flush(key)
         for f in list(in_flight):
@@ -523,7 +563,8 @@ def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
     The summary's timings: ``seconds`` (start to last row), ``discovery_s``, ``model_load_s`` (bundle runner
     build), ``steady_units_per_second`` (rate after the first quarter of the units), ``startup_s`` (the part of
     ``seconds`` the steady rate does not explain: discovery, model load, worker start, warm-up), ``first_result_s``
-    (start to the first unit's row: time to first result), ``preprocess`` (``batched`` or ``per-item``, as used) and
+    (start to the first unit's row: time to first result), ``steady_cpu_ms_per_unit`` (this process's CPU per unit
+after the first quarter of the units: the scoring process's per-unit cost without start-up), ``preprocess`` (``batched`` or ``per-item``, as used) and
     ``finish_s`` (results table + reports).
 
     ``exit_code`` in the summary: 0 all scored, 3 some units failed, 4 no scoreable unit in the input.
@@ -554,10 +595,18 @@ def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
     progress = tqdm(total=len(todo), disable=cfg.quiet, unit="unit", desc="scoring", dynamic_ncols=True,
                     mininterval=0.5)
     emitted: list[float] = []
+    emitted_cpu: list[float] = []  # this process's CPU time at each row (steady CPU per unit in the summary)
 
     def emit(row: dict) -> None:
         journal.append(row)
         emitted.append(time.perf_counter())
+        emitted_cpu.append(time.process_time())
+
+    def emit_many(rows: list[dict]) -> None:
+        journal.append_many(rows)
+        now, cpu = time.perf_counter(), time.process_time()
+        emitted.extend([now] * len(rows))
+        emitted_cpu.extend([cpu] * len(rows))
 
     t_model = 0.0
     streams = 1
@@ -592,7 +641,7 @@ def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
             writer_threads = default_writer_threads() if cfg.writer_threads is None else cfg.writer_threads
             process_units(runner, todo, cfg.output, emit, cfg.batch_size, cfg.workers, progress,
                           plain_images=plain_images, streams=streams, preprocess=preprocess_used,
-                          writer_threads=writer_threads, dicom_results=cfg.dicom_results)
+                          writer_threads=writer_threads, dicom_results=cfg.dicom_results, emit_many=emit_many)
     finally:
         progress.close()
         journal.close()
@@ -628,6 +677,9 @@ def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
     n_ok = sum(r["status"] == "ok" for r in rows)
     n_err = sum(r["status"] != "ok" for r in rows)
     steady = _steady_rate(emitted)
+    k = max(1, len(emitted_cpu) // 4)
+    steady_cpu = ((emitted_cpu[-1] - emitted_cpu[k - 1]) / (len(emitted_cpu) - k)
+                  if len(emitted_cpu) >= 4 and emitted_cpu[-1] > emitted_cpu[k - 1] else None)
     summary = {
         "units": len(units), "ok": n_ok, "error": n_err, "scored_this_run": len(todo),
         "skipped_already_done": n_skipped, "errors_retried": n_retried, "seconds": round(scored_s, 3),
@@ -637,6 +689,7 @@ def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
         "startup_s": round(max(0.0, emitted[-1] - t_start - len(emitted) / steady), 3) if steady else None,
         "finish_s": round(time.perf_counter() - t_finish, 3),
         "first_result_s": round(emitted[0] - t_start, 3) if emitted else None,
+        "steady_cpu_ms_per_unit": round(1000 * steady_cpu, 4) if steady_cpu else None,
         "preprocess": preprocess_used, "streams": streams, "studies": len({u.study_id for u in units}), "results_csv": os.path.abspath(csv_path),
         "reports": len(reports), "output": os.path.abspath(cfg.output),
         "exit_code": EXIT_NOTHING_FOUND if not units else EXIT_OK if n_err == 0 else EXIT_SOME_FAILED,
