@@ -356,7 +356,7 @@ def main() -> None:
             steady = s.get("steady_units_per_second")
             label = f"{label}, {s.get('streams', 1)} stream(s)"
             extra = (f"   steady {steady:.2f}/s = {steady / adjacent:.2f}x; start-up {s['startup_s']:.1f} s "
-                     f"(model load {s['model_load_s']:.1f} s), first result {s['first_result_s']:.2f} s, "
+                     f"(discovery {s['discovery_s']:.2f} s, model load {s['model_load_s']:.2f} s), first result {s['first_result_s']:.2f} s, "
                      f"tables/reports {s['finish_s']:.1f} s") if steady else ""
             extra += (f"; scoring process CPU {s['process_cpu_ms']:.2f} ms/study "
                       f"(one process could feed {1000 / max(s['process_cpu_ms'], 1e-9):.0f} studies/s)")

@@ -83,7 +83,6 @@ class BundleRunner:
 
     def __init__(self, bundle_root: str, device: str | None = None, model_file: str | None = None,
                  overrides: dict[str, Any] | None = None):
-        from monai.bundle import ConfigParser
 
         self.bundle_root = os.path.abspath(bundle_root)
         for rel in REQUIRED_CONFIGS:
@@ -99,13 +98,7 @@ class BundleRunner:
         self.name = self.metadata.get("name") or os.path.basename(self.bundle_root.rstrip("/"))
         self.version = str(self.metadata.get("version", ""))
 
-        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        parser = ConfigParser()
-        parser.read_config(os.path.join(self.bundle_root, "configs/inference.json"))
-        parser["bundle_root"] = self.bundle_root
-        parser["device"] = f"$torch.device('{self.device}')"
-        for key, value in (overrides or {}).items():
-            parser[key] = value
+        parser, self.device = bundle_config(self.bundle_root, device, overrides)
         self.parser = parser
 
         self.model_file = os.path.abspath(model_file or os.path.join(self.bundle_root, "models", "model.pt"))
@@ -420,6 +413,22 @@ class _SkipMetaInit(torch.overrides.TorchFunctionMode):
         if func in self._SKIP and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
             return args[0]
         return func(*args, **(kwargs or {}))
+
+
+def bundle_config(bundle_root: str, device: str | None = None, overrides: dict[str, Any] | None = None):
+    """``(parser, device)``: the bundle's ``configs/inference.json`` in a MONAI ``ConfigParser`` with
+    ``bundle_root``, ``device`` (default: cuda when available) and ``overrides`` set, as the runner reads it."""
+    from monai.bundle import ConfigParser
+
+    bundle_root = os.path.abspath(bundle_root)
+    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    parser = ConfigParser()
+    parser.read_config(os.path.join(bundle_root, "configs/inference.json"))
+    parser["bundle_root"] = bundle_root
+    parser["device"] = f"$torch.device('{device}')"
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return parser, device
 
 
 def _network_with_weights(parser, state: dict) -> torch.nn.Module:

@@ -301,6 +301,46 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
 
 
 # -- the scoring loop -------------------------------------------------------------------------------------------
+def _loader(ds, collate, workers: int, chunk: int, first: int):
+    return torch.utils.data.DataLoader(ds, batch_sampler=_Chunks(len(ds), chunk, min(first, chunk)),
+                                       num_workers=workers, collate_fn=collate,
+                                       prefetch_factor=2 if workers else None, persistent_workers=False,
+                                       worker_init_fn=die_with_parent(os.getpid()) if workers else None)
+
+
+def _start_loading(cfg: "ScoreConfig", units: list[Unit], task: str) -> tuple | None:
+    """Start the decoding workers before the runner is built: ``(plan, loader iterator)``, or None (no workers,
+    per-item preprocessing, a chain without a batched plan, any problem: scoring then starts its loader after
+    the model as usual, and reports problems there).
+
+    The workers are forked while the scoring process is still small (no weights, no CUDA context) and decode the
+    first chunks while the model loads, in other processes: no fight over the GIL. The plan comes from the same
+    config the runner reads (:func:`~cadpipe.pipelines.inference.bundle_runner.bundle_config`)."""
+    if not units or cfg.workers <= 0 or cfg.preprocess == "per-item" or task not in ("classification", "multilabel"):
+        return None
+    try:
+        from cadpipe.pipelines.inference.batched_preprocess import plan_batched
+        from cadpipe.pipelines.inference.bundle_runner import bundle_config
+        from cadpipe.pipelines.scoring import batched as batched_scoring
+
+        parser, _ = bundle_config(cfg.bundle, cfg.device, cfg.overrides)
+        plan, _ = plan_batched(parser.get_parsed_content("preprocessing"))
+        if plan is None:
+            return None
+        ds = batched_scoring.RawUnitDataset(units, plan.decode, _reason)
+        first = max(1, min(cfg.batch_size, 8))
+        return plan, iter(_loader(ds, batched_scoring.collate_raw, cfg.workers, max(1, cfg.batch_size), first))
+    except Exception as err:  # noqa: BLE001 - the runner's build reports what is wrong with the bundle
+        log.debug("workers not started early: %s: %s", type(err).__name__, err)
+        return None
+
+
+def _stop_loading(early: tuple | None) -> None:
+    stop = getattr(early[1], "_shutdown_workers", None) if early is not None else None
+    if stop is not None:
+        stop()
+
+
 class _Chunks(torch.utils.data.Sampler):
     """DataLoader batch sampler: indices ``0..n-1`` in order, a first chunk of ``first`` then chunks of ``size``
     (with workers, each chunk is one worker's task and one message back)."""
@@ -348,7 +388,8 @@ def batched_plan(runner, preprocess: str):
 def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict], None], batch_size: int = 4,
                   workers: int = 0, progress=None, plain_images: bool = True, streams: int = 1,
                   preprocess: str = "per-item", writer_threads: int = 0, dicom_results: bool = True,
-                  emit_many: Callable[[list[dict]], None] | None = None, first_batch: int | None = None) -> None:
+                  emit_many: Callable[[list[dict]], None] | None = None, first_batch: int | None = None,
+                  early: tuple | None = None) -> None:
     """Score ``units`` with ``runner``; call ``emit(row)`` once per unit (ok or error), in completion order.
 
     ``plain_images=False``: classification units without a heatmap get no ``<unit>_image.png`` (that picture
@@ -358,6 +399,8 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
     write per batch), after all of their files are in place; progress advances once per call.
     ``first_batch``: size of the first batch (default ``min(batch_size, 8)``): the first rows come out after a few
     units are loaded instead of a whole batch.
+    ``early``: ``(plan, loader iterator)`` from :func:`_start_loading` (workers started before the runner was
+    built, decoding while the model loads); used instead of a new loader.
     ``streams > 1``: up to that many batches are forwarded at once on threads sharing the runner; only when
     :func:`streams_allowed`, else one. ``emit`` is called under a lock.
     ``preprocess``: ``"per-item"`` (the bundle's MONAI chain in the workers), ``"batched"`` / ``"auto"`` (workers
@@ -369,7 +412,7 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
 
     info = {"name": runner.name, "version": runner.version, "model_sha256": runner.model_sha256,
             "plain_images": plain_images, "dicom_results": dicom_results}
-    plan = batched_plan(runner, preprocess)
+    plan = early[0] if early is not None else batched_plan(runner, preprocess)
     chunk = max(1, batch_size) if workers else 1
     first = max(1, min(batch_size, 8 if first_batch is None else first_batch))
     if plan is None:
@@ -382,11 +425,7 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
 
         ds = batched_scoring.RawUnitDataset(units, plan.decode, _reason)
         collate = batched_scoring.collate_raw if workers else _as_list
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=_Chunks(len(ds), chunk, min(first, chunk)),
-                                         num_workers=workers,
-                                         collate_fn=collate, prefetch_factor=2 if workers else None,
-                                         persistent_workers=False,
-                                         worker_init_fn=die_with_parent(os.getpid()) if workers else None)
+    loader = early[1] if early is not None else _loader(ds, collate, workers, chunk, first)
     groups: dict[tuple, list[tuple[int, Any, float]]] = {}
     emit_lock = threading.Lock()
     writers = WriterPool(writer_threads)
@@ -609,6 +648,7 @@ after the first quarter of the units: the scoring process's per-unit cost withou
         emitted_cpu.extend([cpu] * len(rows))
 
     t_model = 0.0
+    early = None
     streams = 1
     preprocess_used = None
     plain_images = cfg.reports  # without a report a plain (heatmap-less) image PNG illustrates nothing
@@ -621,6 +661,8 @@ after the first quarter of the units: the scoring process's per-unit cost withou
         elif todo:
             from cadpipe.pipelines.inference.bundle_runner import BundleRunner
 
+            # workers forked now, decoding while the model loads (other processes: no GIL shared)
+            early = _start_loading(cfg, todo, str(info.get("task", "classification")))
             # (not on a thread beside discovery: both are Python-heavy, and sharing the GIL made the pair slower,
             # 0.70-0.90 s against 0.53 s one after the other for 1024 studies)
             t0 = time.perf_counter()
@@ -631,7 +673,7 @@ after the first quarter of the units: the scoring process's per-unit cost withou
             if cfg.runner_hook is not None:
                 cfg.runner_hook(runner)
             t_model = time.perf_counter() - t0
-            plan = batched_plan(runner, cfg.preprocess)
+            plan = early[0] if early is not None else batched_plan(runner, cfg.preprocess)
             preprocess_used = "batched" if plan is not None else "per-item"
             streams = _streams(cfg, runner, batched=plan is not None)
             if streams > 1 and torch.device(runner.device).type == "cpu":  # split the forward threads
@@ -641,8 +683,10 @@ after the first quarter of the units: the scoring process's per-unit cost withou
             writer_threads = default_writer_threads() if cfg.writer_threads is None else cfg.writer_threads
             process_units(runner, todo, cfg.output, emit, cfg.batch_size, cfg.workers, progress,
                           plain_images=plain_images, streams=streams, preprocess=preprocess_used,
-                          writer_threads=writer_threads, dicom_results=cfg.dicom_results, emit_many=emit_many)
+                          writer_threads=writer_threads, dicom_results=cfg.dicom_results, emit_many=emit_many,
+                          early=early)
     finally:
+        _stop_loading(early)
         progress.close()
         journal.close()
         torch.set_num_threads(threads_before)

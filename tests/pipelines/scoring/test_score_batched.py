@@ -117,3 +117,51 @@ def test_writer_pool_bounds_pending_and_reraises():
     got = []
     inline.submit(got.append, 5)
     assert got == [5]
+
+
+def test_workers_start_before_the_model(cxr_bundle, tmp_path, monkeypatch):
+    """Batched + workers: the decoding workers are started before the runner is built (decoding while the model
+    loads) and stopped when the build fails; rows as with workers started after the model."""
+    import multiprocessing
+
+    from cadpipe.pipelines.scoring import score as score_mod
+    from cadpipe.pipelines.scoring.discovery import discover
+
+    src = str(tmp_path / "in")
+    mixed_2d_folder(src)
+    units = discover(src)
+    cfg = ScoreConfig(bundle=cxr_bundle, input=src, output=str(tmp_path / "x"), device="cpu", workers=1,
+                      batch_size=3, quiet=True)
+    early = score_mod._start_loading(cfg, units, "classification")
+    assert early is not None and early[0] is not None
+    score_mod._stop_loading(early)
+    for kw in ({"workers": 0}, {"preprocess": "per-item"}):
+        c = ScoreConfig(**(cfg.__dict__ | kw))
+        assert score_mod._start_loading(c, units, "classification") is None
+    assert score_mod._start_loading(cfg, units, "segmentation") is None
+
+    started = []
+    real = score_mod._start_loading
+    monkeypatch.setattr(score_mod, "_start_loading", lambda *a: started.append(real(*a)) or started[-1])
+    s = score(ScoreConfig(bundle=cxr_bundle, input=src, output=str(tmp_path / "a"), device="cpu", batch_size=3,
+                          workers=1, quiet=True, preprocess="batched", reports=False))
+    assert started and started[0] is not None and s["preprocess"] == "batched"
+    ref = score(ScoreConfig(bundle=cxr_bundle, input=src, output=str(tmp_path / "b"), device="cpu", batch_size=3,
+                            workers=0, quiet=True, preprocess="batched", reports=False))
+    pd.testing.assert_frame_equal(_rows(str(tmp_path / "a")), _rows(str(tmp_path / "b")))
+    assert s["exit_code"] == ref["exit_code"]
+
+    import cadpipe.pipelines.inference.bundle_runner as br
+
+    def broken(*a, **k):
+        raise RuntimeError("model load failed")
+
+    monkeypatch.setattr(br, "BundleRunner", broken)
+    with pytest.raises(RuntimeError, match="model load failed"):
+        score(ScoreConfig(bundle=cxr_bundle, input=src, output=str(tmp_path / "c"), device="cpu", batch_size=3,
+                          workers=2, quiet=True, preprocess="batched", reports=False))
+    assert started[-1] is not None
+    deadline = time.monotonic() + 30
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not multiprocessing.active_children()
