@@ -85,6 +85,8 @@ def _kept(component, ref, kinds, rank):
 
 
 def test_handlers_for_rank():
+    import monai.handlers
+
     from cadpipe.pipelines.tasks.distributed import handlers_for_rank
 
     every = [object.__new__(getattr(monai.handlers, k)) for k in STATE_HANDLERS + OUTPUT_HANDLERS]

@@ -2,8 +2,10 @@
 
 cadpipe's own log lines carry job ids, unit counts and reasons, never header values. pydicom, however, warns about
 invalid values by quoting them (``Invalid value for VR UI: '<script>...'``), both as a Python warning and on its
-``pydicom`` logger, and importing pydicom resets that logger's level. :func:`quiet_identifying_logs` imports pydicom
-first, then silences its logger below ERROR and ignores its warnings, for this process and the processes it forks.
+``pydicom`` logger, and importing pydicom resets that logger's level; highdicom (writing DICOM SEG/SR/SC results)
+quotes values it finds odd the same way (e.g. a patient name it thinks malformed). :func:`quiet_identifying_logs`
+imports pydicom first, then silences both libraries' loggers below ERROR and ignores their warnings, for this process
+and the processes it forks.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ def quiet_identifying_logs() -> None:
         import pydicom.config
     except ImportError:
         return
-    logger = logging.getLogger("pydicom")
-    logger.setLevel(logging.ERROR)
-    logger.propagate = False
-    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+    for name in ("pydicom", "highdicom"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.ERROR)
+        logger.propagate = False
+        warnings.filterwarnings("ignore", module=rf"{name}(\..*)?$")
     warnings.filterwarnings("ignore", message=r".*(Invalid value|invalid value|VR [A-Z]{2}).*")
