@@ -336,9 +336,12 @@ class BundleRunner:
     def _task_columns(self, out: dict) -> dict:
         pred = out["pred"]
         if self.task in ("classification", "multilabel"):
-            probs = np.asarray(torch.as_tensor(pred).detach().cpu().float()).reshape(-1)
+            if isinstance(pred, np.ndarray):  # batched scoring: a row of the batch's one host copy
+                probs = pred.astype(np.float32, copy=False).reshape(-1)
+            else:
+                probs = np.asarray(torch.as_tensor(pred).detach().cpu().float()).reshape(-1)
             names = self.class_names if len(self.class_names) == probs.size else [str(i) for i in range(probs.size)]
-            row = {f"prob_{n}": float(p) for n, p in zip(names, probs)}
+            row = {f"prob_{n}": p for n, p in zip(names, probs.tolist())}
             row["predicted"] = decide(self.task, names, probs, self.thresholds)["predicted"]
             return row
         if self.task == "segmentation":

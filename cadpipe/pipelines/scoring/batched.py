@@ -82,7 +82,7 @@ def forward_raw(runner, plan, raws: list[RawImage], need_images: bool, heatmaps:
     post = runner.batched_postprocessing()
     if post is not None:
         with torch.inference_mode():
-            preds = post(logits).float().cpu()
+            preds = post(logits).float().cpu().numpy()  # one copy to the host; rows are numpy views
         outs = [{"pred": p} for p in preds]
     else:
         preds = logits.cpu()
