@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["to_device_steps", "train_loader", "default_workers"]
+__all__ = ["to_device_steps", "train_loader", "default_workers", "on_cuda"]
 
 
 def to_device_steps(device: torch.device | str, keys: Sequence[str], device_pipeline: bool) -> list:
@@ -46,6 +46,11 @@ def train_loader(dataset, batch_size: int, shuffle: bool = True, num_workers: in
     from monai.data import DataLoader
 
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, **kwargs)
+
+
+def on_cuda(device: torch.device | str) -> bool:
+    """True when ``device`` (a ``torch.device`` or a string such as ``"cuda:0"``, as MONAI Label passes it) is CUDA."""
+    return torch.device(device).type == "cuda"
 
 
 def default_workers(device: torch.device | str, cpu_default: int) -> int:
