@@ -35,14 +35,13 @@ at most 256 KiB per image).
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from collections.abc import Sequence
 
 import torch
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms.clahe_image import _empty_float32, _one_intra_op_thread, clahe_2d
+from cadpipe.transforms.clahe_image import _empty_float32, _one_intra_op_thread, clahe_2d, kernel_pair
 
 from cadpipe.transforms.clahe_vectorised import _clahe_vectorised
 
@@ -118,7 +117,7 @@ def clahe_batch(
     B, C, H, W = (int(s) for s in x.shape)
     if H < 1 or W < 1:
         raise ValueError(f"clahe_batch needs images of at least 1x1 pixels, got shape {tuple(x.shape)}")
-    k0, k1 = _kernel(kernel_size, H, W)
+    k0, k1 = kernel_pair(kernel_size, H, W)
     if B * C == 0:
         return torch.empty((B, C, H, W), dtype=torch.float32, device=x.device)
     auto = impl == "auto"
@@ -175,21 +174,6 @@ def _triton_module():
             clahe_triton = None
         _TRITON.append(clahe_triton)
     return _TRITON[0]
-
-
-def _kernel(kernel_size, H: int, W: int) -> tuple[int, int]:
-    """``(kh, kw)`` from ``kernel_size`` (None: 1/8 of each side, at least 1), checked."""
-    if kernel_size is None:
-        k0, k1 = max(H // 8, 1), max(W // 8, 1)
-    elif isinstance(kernel_size, numbers.Real) or (isinstance(kernel_size, torch.Tensor) and kernel_size.ndim == 0):
-        k0 = k1 = int(kernel_size)
-    else:
-        if len(kernel_size) != 2:
-            raise ValueError(f"kernel_size needs 2 values (one per in-plane axis), got {kernel_size}")
-        k0, k1 = (int(k) for k in kernel_size)
-    if k0 < 1 or k1 < 1:
-        raise ValueError(f"kernel_size must be >= 1, got {(k0, k1)}")
-    return k0, k1
 
 
 def _clahe_list(xs, kernel_size, clip_limit, nbins, **kw) -> list[torch.Tensor]:

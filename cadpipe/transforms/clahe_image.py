@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import threading
 import warnings
 from collections.abc import Sequence
@@ -255,6 +256,23 @@ class _Levels:
         return out
 
 
+
+def kernel_pair(kernel_size, H: int, W: int) -> tuple[int, int]:
+    """``(kh, kw)`` from ``kernel_size`` (None: 1/8 of each side, at least 1; one number: both; two numbers), checked."""
+    if kernel_size is None:
+        k0, k1 = max(H // 8, 1), max(W // 8, 1)
+    elif isinstance(kernel_size, (numbers.Real, np.integer)) or (isinstance(kernel_size, torch.Tensor)
+                                                                 and kernel_size.ndim == 0):
+        k0 = k1 = int(kernel_size)
+    else:
+        if len(kernel_size) != 2:
+            raise ValueError(f"kernel_size needs 2 values (one per in-plane axis), got {kernel_size}")
+        k0, k1 = (int(k) for k in kernel_size)
+    if k0 < 1 or k1 < 1:
+        raise ValueError(f"kernel_size must be >= 1, got {(k0, k1)}")
+    return k0, k1
+
+
 def clahe_2d(
     x: torch.Tensor,
     kernel_size: Sequence[int] | int | None = None,
@@ -275,16 +293,7 @@ def clahe_2d(
     if nbins < 1:
         raise ValueError(f"nbins must be >= 1, got {nbins}")
     H, W = (int(s) for s in x.shape)
-    if kernel_size is None:
-        k0, k1 = max(H // 8, 1), max(W // 8, 1)
-    elif isinstance(kernel_size, (int, np.integer, float)):
-        k0 = k1 = int(kernel_size)
-    else:
-        if len(kernel_size) != 2:
-            raise ValueError(f"kernel_size needs 2 values (one per in-plane axis), got {kernel_size}")
-        k0, k1 = (int(k) for k in kernel_size)
-    if k0 < 1 or k1 < 1:
-        raise ValueError(f"kernel_size must be >= 1, got {(k0, k1)}")
+    k0, k1 = kernel_pair(kernel_size, H, W)
     workers = max(1, min(workers, H * W // _MIN_PX_PER_WORKER))  # small images: threads cost more than they give
     if workers == 1:
         return _clahe_2d(x, k0, k1, clip_limit, nbins, path, out, None, 1)

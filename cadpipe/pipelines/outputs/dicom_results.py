@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from cadpipe.pipelines.outputs.files import atomic_save_dicom
+
 __all__ = ["write_dicom_results", "RESULT_KEYS", "is_cadpipe_result", "RESULT_SERIES_DESCRIPTIONS"]
 
 # the ``_outputs`` keys that name DICOM result files (what --store-results / --send-to send)
@@ -34,19 +36,6 @@ def is_cadpipe_result(modality: str, series_description: str) -> bool:
     """True for a series cadpipe wrote (SR, SEG, Secondary Capture overlay), or any SR/SEG/KO/PR: results that
     come back from a PACS with the study are not scored again."""
     return modality.upper() in ("SR", "SEG", "KO", "PR") or series_description in RESULT_SERIES_DESCRIPTIONS
-
-
-def _save(ds, path: str) -> None:
-    folder, base = os.path.split(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp_{os.getpid()}_{base}")
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_dicom_results(row: dict, outputs: dict, out_dir: str, source_files: list[str], folder: str, prefix: str,
@@ -86,7 +75,7 @@ def write_dicom_results(row: dict, outputs: dict, out_dir: str, source_files: li
     written: dict[str, str] = {}
     sr = build_measurement_report(sources, bundle, **kwargs)
     path = os.path.join(folder, f"{prefix}_sr.dcm")
-    _save(sr, path)
+    atomic_save_dicom(sr, path)
     written["dicom_sr"] = os.path.relpath(path, out_dir)
     if outputs.get("overlays"):
         from PIL import Image
@@ -94,6 +83,6 @@ def write_dicom_results(row: dict, outputs: dict, out_dir: str, source_files: li
         with Image.open(os.path.join(out_dir, outputs["overlays"][0])) as im:
             rgb = np.asarray(im.convert("RGB"))
         path = os.path.join(folder, f"{prefix}_sc.dcm")
-        _save(build_secondary_capture(sources[0], rgb, bundle), path)
+        atomic_save_dicom(build_secondary_capture(sources[0], rgb, bundle), path)
         written["dicom_sc"] = os.path.relpath(path, out_dir)
     return written

@@ -12,7 +12,8 @@ import os
 import tempfile
 import threading
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_writer_path", "current_umask", "file_sha256"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_writer_path", "atomic_save_dicom", "current_umask",
+           "file_sha256"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -79,3 +80,15 @@ def file_sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def atomic_save_dicom(ds, path: str) -> None:
+    """``ds.save_as`` (a pydicom Dataset, DICOM file format enforced) through a temp file beside ``path``."""
+    tmp = atomic_writer_path(path)
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -19,6 +19,7 @@ from typing import Callable
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.outputs.dicom_results import is_cadpipe_result
+from cadpipe.pipelines.outputs.files import atomic_save_dicom
 
 __all__ = ["AUTH_ENV", "read_auth", "connect", "find_studies", "retrieve_study", "store_files", "DicomwebError",
            "RetrieveResult"]
@@ -148,19 +149,6 @@ class RetrieveResult:
     series: list[str] = field(default_factory=list)
 
 
-def _save(ds, path: str) -> None:
-    folder, base = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp_{os.getpid()}_{base}")
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def retrieve_study(client, study_uid: str, cache_dir: str,
                    on_instance: Callable[[str], None] | None = None) -> RetrieveResult:
     """Fetch ``study_uid`` into ``cache_dir`` (see module docstring); ``on_instance(path)`` after each write.
@@ -196,7 +184,7 @@ def retrieve_study(client, study_uid: str, cache_dir: str,
                 path = os.path.join(folder, f"{safe_name(str(ds.SOPInstanceUID))}.dcm")
                 if os.path.isfile(path):
                     continue
-                _save(ds, path)
+                atomic_save_dicom(ds, path)
                 result.written += 1
                 if on_instance is not None:
                     on_instance(path)

@@ -34,6 +34,7 @@ from typing import Callable
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.pacs.send import Peer, SendError, parse_peer, send_files
+from cadpipe.pipelines.scoring.cli import parse_overrides
 from cadpipe.pipelines.scoring.discovery import safe_name
 from cadpipe.pipelines.scoring.score import EXIT_USAGE, ScoreConfig, score
 
@@ -255,16 +256,11 @@ def run(args: argparse.Namespace) -> int:
         print("cadpipe listen: --batch-size >= 1, --workers >= 0, --study-timeout >= 0, 0 < --port < 65536",
               file=sys.stderr)
         return EXIT_USAGE
-    overrides = {}
-    for text in args.override:
-        key, sep, value = text.partition("=")
-        if not sep or not key:
-            print(f"cadpipe listen: --override needs ID=VALUE, got {text!r}", file=sys.stderr)
-            return EXIT_USAGE
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    try:
+        overrides = parse_overrides(args.override)
+    except ValueError as err:
+        print(f"cadpipe listen: {err}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         peer = parse_peer(args.send_to) if args.send_to else None
     except ValueError as err:

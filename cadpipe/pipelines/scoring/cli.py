@@ -71,6 +71,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="threads writing output files while the next batches run (default: CPUs / 4, 1 to 4)")
 
 
+
+def parse_overrides(texts: list[str]) -> dict:
+    """``--override ID=VALUE`` options as a dict: VALUE parsed as JSON where it is JSON, else kept as the string."""
+    overrides = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--override needs ID=VALUE, got {text!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if not apply_input_safety(args, "cadpipe score"):
@@ -78,16 +93,11 @@ def run(args: argparse.Namespace) -> int:
     if args.writer_threads is not None and args.writer_threads < 0:
         print("cadpipe score: --writer-threads must be >= 0", file=sys.stderr)
         return EXIT_USAGE
-    overrides = {}
-    for text in args.override:
-        key, sep, value = text.partition("=")
-        if not sep or not key:
-            print(f"cadpipe score: --override needs ID=VALUE, got {text!r}", file=sys.stderr)
-            return EXIT_USAGE
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    try:
+        overrides = parse_overrides(args.override)
+    except ValueError as err:
+        print(f"cadpipe score: {err}", file=sys.stderr)
+        return EXIT_USAGE
     cfg = ScoreConfig(overrides=overrides, bundle=args.bundle, input=args.input, output=args.output, manifest=args.manifest,
                       device=args.device, batch_size=args.batch_size, workers=args.workers, limit=args.limit,
                       force=args.force, quiet=args.quiet, ray=args.ray, ray_actors=args.ray_actors,
