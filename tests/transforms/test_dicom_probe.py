@@ -52,3 +52,73 @@ def test_permission_error_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "open", deny)
     with pytest.raises(CadpipeInputError, match=r"synthetic.dcm: permission denied$"):
         read_dicom_header(path)
+
+
+_KEYWORDS = ("PatientID", "PatientName", "StudyDate", "AccessionNumber", "Modality", "StudyInstanceUID",
+             "PatientSex", "PatientAge", "PatientBirthDate", "StudyDescription", "BodyPartExamined", "ViewPosition",
+             "ImageLaterality", "Laterality", "SeriesInstanceUID", "SOPInstanceUID", "InstanceNumber",
+             "SpecificCharacterSet", "ImageType", "Rows")
+
+
+def _pydicom_files() -> list[str]:
+    from pydicom.data import get_testdata_files
+
+    return [p for p in get_testdata_files("*") if p.lower().endswith((".dcm", ".dicom")) or "charset" in p.lower()]
+
+
+def _size(h) -> tuple | str:
+    try:
+        return h.rows, h.cols, h.frames, h.samples
+    except CadpipeInputError as err:
+        return err.reason
+
+
+def test_header_text_and_integers_equal_pydicoms_on_its_own_files():
+    """The header's own decoding of plain ASCII values gives what pydicom gives, on every DICOM file pydicom
+    ships (other character sets, multiple values, numbers: pydicom's conversion), with and without ``keywords``."""
+    import pydicom
+
+    checked = 0
+    for path in _pydicom_files():
+        try:
+            ref = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            full = read_dicom_header(path)
+        except Exception:  # noqa: BLE001 - files pydicom itself cannot read (deliberately broken ones)
+            continue
+        kept = read_dicom_header(path, keywords=_KEYWORDS)
+        for key in _KEYWORDS:
+            try:
+                expected = str(getattr(ref, key, "") or "")
+            except Exception:  # noqa: BLE001 - a value pydicom cannot convert is not compared
+                continue
+            assert full.get(key) == expected, (path, key)
+            assert kept.get(key) == expected, (path, key)
+        try:
+            number = int(getattr(ref, "InstanceNumber", 0) or 0)
+        except (TypeError, ValueError):
+            number = 0
+        assert kept.get_int("InstanceNumber") == number, path
+        assert _size(kept) == _size(full), path
+        checked += 1
+    assert checked >= 40  # pydicom ships ~100 DICOM files
+
+
+def test_keywords_keep_only_those_elements(tmp_path):
+    path = str(tmp_path / "synthetic.dcm")
+    write_cxr_dicom(path, rows=48, cols=40)
+    h = read_dicom_header(path, keywords=("StudyInstanceUID",))
+    assert h.get("StudyInstanceUID") and h.has_pixels and (h.rows, h.cols) == (48, 40)
+    assert "PhotometricInterpretation" not in h.dataset
+
+
+def test_malformed_size_is_an_input_error_naming_the_file(tmp_path):
+    import pydicom
+
+    path = str(tmp_path / "synthetic_frames.dcm")
+    write_cxr_dicom(path, rows=48, cols=40)
+    ds = pydicom.dcmread(path)
+    ds.add_new(0x00280008, "IS", None)
+    ds[0x00280008]._value = "1A"
+    ds.save_as(path)
+    with pytest.raises(CadpipeInputError, match=r"synthetic_frames.dcm: malformed NumberOfFrames"):
+        read_dicom_header(path).frames

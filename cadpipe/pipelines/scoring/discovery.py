@@ -143,18 +143,18 @@ def _detect(path: str) -> str | None:
     return fmt if fmt in ("dicom", "ljpeg", "image", *VOLUME_FORMATS) else None
 
 
-def _instance_number(ds) -> int:
-    try:
-        return int(getattr(ds, "InstanceNumber", 0) or 0)
-    except (TypeError, ValueError):  # a malformed IS value: order by path
-        return 0
+# the header fields discovery keeps per file (identifiers, and the report header's patient/study fields)
+_PATIENT_KEYWORDS = ("PatientID", "PatientName", "StudyDate", "AccessionNumber", "Modality", "StudyInstanceUID",
+                     "PatientSex", "PatientAge", "PatientBirthDate", "StudyDescription", "BodyPartExamined",
+                     "ViewPosition", "ImageLaterality", "Laterality", "SeriesInstanceUID", "SOPInstanceUID")
+_HEADER_KEYWORDS = (*_PATIENT_KEYWORDS, "InstanceNumber")
 
 
 def _dicom_header(path: str) -> dict | str:
-    """Identifiers of one DICOM file and whether it has pixel data (bounded header read, pixel data never read);
-    the reason when it is not a readable DICOM file."""
+    """Identifiers of one DICOM file and whether it has pixel data (bounded header read of the fields kept, pixel
+    data never read); the reason when it is not a readable DICOM file."""
     try:
-        header = read_dicom_header(path)
+        header = read_dicom_header(path, keywords=_HEADER_KEYWORDS)
     except CadpipeInputError as err:
         return err.reason
     get = header.get
@@ -164,21 +164,9 @@ def _dicom_header(path: str) -> dict | str:
         "study": get("StudyInstanceUID"),
         "series": get("SeriesInstanceUID"),
         "sop": get("SOPInstanceUID"),
-        "instance": _instance_number(header.dataset),
-        "patient": {
-            "PatientID": get("PatientID"),
-            "PatientName": get("PatientName"),
-            "StudyDate": get("StudyDate"),
-            "AccessionNumber": get("AccessionNumber"),
-            "Modality": get("Modality"),
-            "StudyInstanceUID": get("StudyInstanceUID"),
-            # the report header and technical details (cadpipe.pipelines.outputs.patient_header)
-            "PatientSex": get("PatientSex"), "PatientAge": get("PatientAge"),
-            "PatientBirthDate": get("PatientBirthDate"), "StudyDescription": get("StudyDescription"),
-            "BodyPartExamined": get("BodyPartExamined"), "ViewPosition": get("ViewPosition"),
-            "ImageLaterality": get("ImageLaterality"), "Laterality": get("Laterality"),
-            "SeriesInstanceUID": get("SeriesInstanceUID"), "SOPInstanceUID": get("SOPInstanceUID"),
-        },
+        "instance": header.get_int("InstanceNumber"),  # malformed: 0, ordered by path
+        # the report header and technical details (cadpipe.pipelines.outputs.patient_header)
+        "patient": {k: get(k) for k in _PATIENT_KEYWORDS},
     }
 
 
