@@ -17,22 +17,37 @@ from cadpipe.pipelines.scoring.discovery import Unit
 
 
 def run_options(cfg) -> dict:
-    """The per-run options an actor needs besides the bundle (the same as the local path applies)."""
+    """The per-run options an actor needs besides the bundle (the same as the local path applies): outputs, the
+    forward's precision and layout, and this process's pixel limits (an actor on another machine does not inherit
+    the driver's environment, where ``--max-pixels`` / ``--max-voxels`` live)."""
+    from cadpipe.transforms.limits import PixelLimits
+
+    limits = PixelLimits.current()
     return {"heatmaps": bool(cfg.heatmaps), "plain_images": bool(cfg.reports),
-            "dicom_results": bool(getattr(cfg, "dicom_results", True))}
+            "dicom_results": bool(getattr(cfg, "dicom_results", True)),
+            "precision": getattr(cfg, "precision", None), "channels_last": getattr(cfg, "channels_last", None),
+            "max_pixels": limits.max_pixels, "max_voxels": limits.max_voxels}
 
 
 class _Scorer:
-    """One actor: one :class:`BundleRunner`, configured with the run's options (:func:`run_options`)."""
+    """One actor: one :class:`BundleRunner`, configured with the run's options (:func:`run_options`); the pixel
+    limits are exported to its environment and header values kept out of its logs, as in the local path."""
 
     def __init__(self, bundle: str, device: str | None, overrides: dict, options: dict | None = None):
         import torch
 
         torch.set_num_threads(1)
         from cadpipe.pipelines.inference.bundle_runner import BundleRunner
+        from cadpipe.pipelines.scoring.log_privacy import quiet_identifying_logs
+        from cadpipe.transforms.limits import PixelLimits
 
         self.options = dict(options or {})
+        defaults = PixelLimits()
+        PixelLimits(int(self.options.get("max_pixels") or defaults.max_pixels),
+                    int(self.options.get("max_voxels") or defaults.max_voxels)).export()
+        quiet_identifying_logs()
         self.runner = BundleRunner(bundle, device=device, overrides=overrides)
+        self.runner.configure_inference(self.options.get("precision"), self.options.get("channels_last"))
         if not self.options.get("heatmaps", True):
             self.runner.cam_layers = None
 

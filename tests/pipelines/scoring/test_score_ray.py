@@ -53,6 +53,28 @@ def test_actor_gets_the_run_options(tmp_path):
     assert with_heat.runner.cam_layers
 
 
+def test_actor_gets_precision_and_pixel_limits(tmp_path, monkeypatch):
+    """--precision and --max-pixels reach an actor through its options, not through the driver's environment
+    (which an actor on another machine does not have): a limit below the images' size makes error rows there."""
+    from cadpipe.pipelines.scoring.discovery import discover
+    from cadpipe.pipelines.scoring.ray_backend import _Scorer, run_options
+    from cadpipe.transforms.limits import ENV_MAX_PIXELS, PixelLimits
+
+    bundle = make_bundle("tiny_classification_bundle", str(tmp_path))
+    src = str(tmp_path / "in")
+    expected = mixed_2d_folder(src)
+    monkeypatch.setenv(ENV_MAX_PIXELS, "100")
+    options = run_options(ScoreConfig(bundle=bundle, input=src, output="x", precision="bf16", reports=False,
+                                      heatmaps=False))
+    assert options["max_pixels"] == 100 and options["precision"] == "bf16"
+    monkeypatch.delenv(ENV_MAX_PIXELS)  # the actor's process: no limit in its environment
+    actor = _Scorer(bundle, "cpu", {}, options)
+    assert actor.runner.precision == "bf16" and PixelLimits.current().max_pixels == 100
+    rows = actor.score([u.to_dict() for u in discover(src)], str(tmp_path / "o"), 4)
+    readable = [r for r in rows if r["input_paths"].split(";")[0] in expected["ok"]]
+    assert len(readable) == 8 and all(r["status"] == "error" and "limit" in r["error"] for r in readable), rows
+
+
 @pytest.mark.slow
 def test_ray_no_heatmaps_matches_local(tmp_path):
     bundle = make_bundle("tiny_classification_bundle", str(tmp_path))
