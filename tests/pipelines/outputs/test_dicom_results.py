@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pandas as pd
 import pydicom
 import pytest
@@ -14,16 +13,8 @@ from pydicom.uid import generate_uid
 
 from cadpipe.pipelines.outputs.dicom_sr import build_measurement_report, read_report
 from cadpipe.pipelines.scoring.score import EXIT_OK, ScoreConfig, score
+from tests.pipelines.outputs.dicom_checks import assert_sc_matches_png, journal_outputs
 from tests.pipelines.scoring.score_helpers import make_bundle, write_dicom_series
-
-
-def _journal_outputs(out) -> dict[str, dict]:
-    rows = {}
-    with open(os.path.join(out, ".cadpipe", "journal.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            rows[row["unit_id"]] = row["_outputs"]
-    return rows
 
 
 def _check_common(report: dict, row, sources: list, sr_ds, study_uid: str) -> None:
@@ -49,7 +40,7 @@ def test_classification_sr_and_sc_match_results_csv(tmp_path):
     assert score(ScoreConfig(bundle=bundle, input=str(tmp_path / "in"), output=out, workers=0, quiet=True,
                              reports=False))["exit_code"] == EXIT_OK
     df = pd.read_csv(os.path.join(out, "results.csv"))
-    outputs = _journal_outputs(out)
+    outputs = journal_outputs(out)
     assert len(df) == 2
     for row in df.itertuples():
         src = pydicom.dcmread(row.input_paths, stop_before_pixels=True)
@@ -59,14 +50,10 @@ def test_classification_sr_and_sc_match_results_csv(tmp_path):
                                                         rel=1e-6)
         assert report["predicted"] == [row.predicted]
         _check_common(report, row, [src], pydicom.dcmread(sr_path), src.StudyInstanceUID)
-        sc = pydicom.dcmread(os.path.join(out, outputs[row.unit_id]["dicom_sc"]))
-        assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
-        assert sc.StudyInstanceUID == src.StudyInstanceUID and sc.SeriesInstanceUID != src.SeriesInstanceUID
-        assert sc.PatientID == src.PatientID and "not for clinical use" in sc.SeriesDescription
-        from PIL import Image
-
-        png = np.asarray(Image.open(os.path.join(out, outputs[row.unit_id]["overlays"][0])).convert("RGB"))
-        np.testing.assert_array_equal(sc.pixel_array, png)
+        # the Secondary Capture read back through highdicom: header and the overlay PNG's pixels
+        sc_path = os.path.join(out, outputs[row.unit_id]["dicom_sc"])
+        assert_sc_matches_png(sc_path, os.path.join(out, outputs[row.unit_id]["overlays"][0]), source=src)
+        assert pydicom.dcmread(sc_path).SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
 
 
 def test_segmentation_sr_references_the_seg_segment_and_its_volume(tmp_path):
@@ -79,7 +66,7 @@ def test_segmentation_sr_references_the_seg_segment_and_its_volume(tmp_path):
     assert score(ScoreConfig(bundle=bundle, input=str(tmp_path / "in"), output=out, workers=0, quiet=True,
                              reports=False))["exit_code"] == EXIT_OK
     row = next(pd.read_csv(os.path.join(out, "results.csv")).itertuples())
-    outputs = _journal_outputs(out)[row.unit_id]
+    outputs = journal_outputs(out)[row.unit_id]
     seg = hd.seg.segread(os.path.join(out, outputs["dicom_seg"]))
     sr_path = os.path.join(out, outputs["dicom_sr"])
     report = read_report(sr_path)
@@ -87,7 +74,8 @@ def test_segmentation_sr_references_the_seg_segment_and_its_volume(tmp_path):
     assert report["segment"] == (seg.SOPInstanceUID, 1)
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     _check_common(report, row, sources, pydicom.dcmread(sr_path), study)
-    assert pydicom.dcmread(os.path.join(out, outputs["dicom_sc"])).StudyInstanceUID == study
+    assert_sc_matches_png(os.path.join(out, outputs["dicom_sc"]), os.path.join(out, outputs["overlays"][0]),
+                          source=sources[0])
 
 
 def test_detection_boxes_round_trip_as_scoord_regions(tmp_path):
@@ -126,11 +114,13 @@ def test_2d_segmentation_sr_has_the_area_referencing_the_seg(tmp_path):
     assert score(ScoreConfig(bundle=bundle, input=str(tmp_path / "in"), output=out, workers=0, quiet=True,
                              reports=False))["exit_code"] == EXIT_OK
     row = next(pd.read_csv(os.path.join(out, "results.csv")).itertuples())
-    outputs = _journal_outputs(out)[row.unit_id]
+    outputs = journal_outputs(out)[row.unit_id]
     report = read_report(os.path.join(out, outputs["dicom_sr"]))
     assert report["volume_ml"] is None
     assert report["area_cm2"] == pytest.approx(row.lesion_area_cm2, rel=1e-6, abs=1e-9)
     assert report["segment"] == (pydicom.dcmread(os.path.join(out, outputs["dicom_seg"])).SOPInstanceUID, 1)
+    assert_sc_matches_png(os.path.join(out, outputs["dicom_sc"]), os.path.join(out, outputs["overlays"][0]),
+                          source=pydicom.dcmread(row.input_paths, stop_before_pixels=True))
 
 
 def test_no_dicom_results_option(tmp_path):
@@ -145,7 +135,7 @@ def test_no_dicom_results_option(tmp_path):
               "--no-reports", "--workers", "0"]
     assert main(common + ["--output", str(tmp_path / "with")]) == EXIT_OK
     assert main(common + ["--output", str(tmp_path / "without"), "--no-dicom-results"]) == EXIT_OK
-    with_, without = _journal_outputs(str(tmp_path / "with")), _journal_outputs(str(tmp_path / "without"))
+    with_, without = journal_outputs(str(tmp_path / "with")), journal_outputs(str(tmp_path / "without"))
     assert all("dicom_sr" in o for o in with_.values())
     assert not any(k in o for o in without.values() for k in ("dicom_sr", "dicom_sc"))
     assert not [f for _, _, fs in os.walk(tmp_path / "without") for f in fs if f.endswith(("_sr.dcm", "_sc.dcm"))]
