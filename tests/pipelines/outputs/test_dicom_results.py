@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pydicom
 import pytest
@@ -78,6 +79,100 @@ def test_segmentation_sr_references_the_seg_segment_and_its_volume(tmp_path):
                           source=sources[0])
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def _score_mammograms(tmp_path, overrides: dict, n_patients: int = 1) -> tuple[str, pd.DataFrame]:
+    """The real mammography detection bundle (untrained, seeded weights; ``image_long_side`` 128 + ``overrides``)
+    scores synthetic CBIS-DDSM DICOM mammograms (2 per patient, 160 x 100); returns the output folder and
+    results.csv."""
+    import shutil
+
+    from cadpipe.data.synthetic.ddsm import write_cbis_dataset
+    from cadpipe.data.synthetic.weights import copy_bundle_untrained
+    from cadpipe.pipelines.inference.bundle_runner import bundle_is_complete
+
+    src_bundle = os.path.join(REPO, "bundles", "mammo_mass_detection")
+    if not bundle_is_complete(src_bundle):
+        pytest.skip("bundles/mammo_mass_detection is not complete")
+    overrides = {"image_long_side": 128, **overrides}
+    bundle = copy_bundle_untrained(src_bundle, str(tmp_path / "b"), overrides)
+    cbis = write_cbis_dataset(str(tmp_path / "cbis"), n_patients=n_patients, rows=160, cols=100)
+    (tmp_path / "in").mkdir()
+    for k, path in enumerate(sorted(cbis["truth"])):  # the full mammograms (not the ROI masks beside them)
+        shutil.copy(path, tmp_path / "in" / f"mammogram_{k}.dcm")
+    out = str(tmp_path / "out")
+    assert score(ScoreConfig(bundle=bundle, input=str(tmp_path / "in"), output=out, workers=0, quiet=True,
+                             reports=False, overrides=overrides))["exit_code"] == EXIT_OK
+    df = pd.read_csv(os.path.join(out, "results.csv"))
+    assert len(df) == 2 * n_patients
+    return out, df
+
+
+def test_detection_bundle_sr_has_every_scored_box_as_a_scoord_region(tmp_path):
+    """Each unit's SR of the real detection bundle, parsed back through highdicom, holds exactly the boxes scoring
+    wrote for it (``<unit>_boxes.json``: label, score, corners on the source image) and agrees with results.csv."""
+    # every box counts as a finding (overlay_min_score 0), so results.csv's n_findings sees them
+    out, df = _score_mammograms(tmp_path, {"overlay_min_score": 0.0})
+    outputs = journal_outputs(out)
+    assert "warnings" not in df or df.warnings.isna().all()
+    for row in df.itertuples():
+        src = pydicom.dcmread(row.input_paths, stop_before_pixels=True)
+        with open(os.path.join(out, outputs[row.unit_id]["boxes"]), encoding="utf-8") as f:
+            scored = json.load(f)["boxes"]
+        assert scored, "random weights gave no box: the test would check nothing"
+        sr_path = os.path.join(out, outputs[row.unit_id]["dicom_sr"])
+        report = read_report(sr_path)
+        assert not report["probabilities"] and report["volume_ml"] is None and report["segment"] is None
+        assert not report["no_detections"]
+        got = report["boxes"]
+        assert [b["label"] for b in got] == [b["label"] for b in scored]
+        assert {b["label"] for b in got} <= {"benign", "malignant"}
+        assert [b["score"] for b in got] == pytest.approx([b["score"] for b in scored], rel=1e-9)
+        for mine, theirs in zip(got, scored):
+            c0, r0, c1, r1 = theirs["box"]
+            np.testing.assert_allclose(mine["polyline"], [[c0, r0], [c1, r0], [c1, r1], [c0, r1], [c0, r0]],
+                                       rtol=1e-6)  # GraphicData is float32
+            assert 0 <= c0 <= c1 <= src.Columns and 0 <= r0 <= r1 <= src.Rows  # the source image's pixel grid
+        # results.csv: the top score, and the findings shown (score >= overlay_min_score = 0, at most 5)
+        assert max(b["score"] for b in got) == pytest.approx(row.top_score, rel=1e-6)
+        assert row.n_findings == min(len(got), 5) > 0
+        _check_common(report, row, [src], pydicom.dcmread(sr_path), src.StudyInstanceUID)
+        sr_ds = pydicom.dcmread(sr_path)
+        # every box refers to the source image
+        regions = [c for c in _walk(sr_ds) if getattr(c, "ValueType", "") == "SCOORD"]
+        assert len(regions) == len(got)
+        assert all(r.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+                   for r in regions)
+        sc = assert_sc_matches_png(os.path.join(out, outputs[row.unit_id]["dicom_sc"]),
+                                   os.path.join(out, outputs[row.unit_id]["overlays"][0]), source=src)
+        assert (sc.Rows, sc.Columns) == (src.Rows, src.Columns)  # boxes drawn on the image as it was sent
+
+
+def test_detection_without_any_box_still_has_an_sr_saying_so(tmp_path):
+    """A score threshold no box reaches: every unit still gets its SR (a ``no detections`` group, Finding =
+    Absent) and its Secondary Capture, and no warning (TID 1500 needs one group: an SR of zero groups failed)."""
+    out, df = _score_mammograms(tmp_path, {"score_thresh": 1.01})
+    assert (df.n_findings == 0).all()
+    assert "warnings" not in df or df.warnings.isna().all(), df.warnings.tolist()
+    outputs = journal_outputs(out)
+    for row in df.itertuples():
+        with open(os.path.join(out, outputs[row.unit_id]["boxes"]), encoding="utf-8") as f:
+            assert json.load(f)["boxes"] == []
+        sr_path = os.path.join(out, outputs[row.unit_id]["dicom_sr"])
+        report = read_report(sr_path)
+        assert report["boxes"] == [] and report["no_detections"] and not report["predicted"]
+        src = pydicom.dcmread(row.input_paths, stop_before_pixels=True)
+        _check_common(report, row, [src], pydicom.dcmread(sr_path), src.StudyInstanceUID)
+        assert "dicom_sc" in outputs[row.unit_id]
+
+
+def _walk(ds):
+    for item in getattr(ds, "ContentSequence", []):
+        yield item
+        yield from _walk(item)
+
+
 def test_detection_boxes_round_trip_as_scoord_regions(tmp_path):
     from pydicom.data import get_testdata_file
 
@@ -93,6 +188,12 @@ def test_detection_boxes_round_trip_as_scoord_regions(tmp_path):
     c0, r0, c1, r1 = boxes[0]["box"]
     assert report["boxes"][0]["polyline"] == [[c0, r0], [c1, r0], [c1, r1], [c0, r1], [c0, r0]]
     assert report["algorithm"]["parameters"] == ["model_sha256=" + "ab" * 32]
+    assert not report["no_detections"]
+    empty = str(tmp_path / "empty_sr.dcm")
+    build_measurement_report([src], bundle, boxes=[]).save_as(empty)
+    report = read_report(empty)
+    assert report["boxes"] == [] and report["no_detections"]
+    assert set(report["intended_use"]) == {"Not for clinical use"}
 
 
 def test_segmentation_volume_without_its_seg_is_refused():
