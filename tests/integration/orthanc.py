@@ -122,6 +122,18 @@ class Orthanc:
         r.raise_for_status()
         return r.json()
 
+    def download(self, instance_id: str) -> bytes:
+        """The DICOM file of one instance (by its Orthanc id), as Orthanc stores it."""
+        r = requests.get(f"{self.url}/instances/{instance_id}/file", auth=self.auth, timeout=30)
+        r.raise_for_status()
+        return r.content
+
+    def series_files(self, study_uid: str, modalities: tuple[str, ...]) -> list[bytes]:
+        """The files of every instance of the study's series whose Modality is one of ``modalities``."""
+        study = self.study_orthanc_id(study_uid)
+        return [self.download(i) for s in self.get(f"/studies/{study}/series")
+                if s["MainDicomTags"].get("Modality", "") in modalities for i in s["Instances"]]
+
     def study_orthanc_id(self, study_uid: str) -> str:
         r = requests.post(f"{self.url}/tools/lookup", data=study_uid, auth=self.auth, timeout=30)
         r.raise_for_status()

@@ -74,6 +74,18 @@ def test_dicomweb_scores_like_a_folder_and_stores_results(tmp_path, bundle, caps
             assert modalities.count("SR") == 1 and modalities.count("OT") + modalities.count("SC") >= 1, modalities
         n_instances = len(pacs.get("/instances"))
         assert n_instances == 3 * len(files)  # source + SR + SC per study
+        # each stored Secondary Capture, read back from Orthanc through highdicom, is its unit's overlay PNG
+        import io
+
+        from tests.pipelines.outputs.dicom_checks import assert_sc_matches_png, journal_outputs
+
+        outputs = journal_outputs(web)
+        for f in files:
+            src = pydicom.dcmread(f, stop_before_pixels=True)
+            raw, = pacs.series_files(_uid(f), ("OT", "SC"))
+            unit = outputs[str(src.SOPInstanceUID)]
+            sc = assert_sc_matches_png(io.BytesIO(raw), os.path.join(web, unit["overlays"][0]), source=src)
+            assert sc.SOPInstanceUID == pydicom.dcmread(os.path.join(web, unit["dicom_sc"])).SOPInstanceUID
 
         # a rerun retrieves nothing, rescores nothing, stores nothing again
         capsys.readouterr()

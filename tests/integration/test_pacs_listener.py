@@ -71,17 +71,14 @@ def test_listen_scores_a_study_sent_by_orthanc_and_sends_results_back(tmp_path):
             _wait(lambda: _sent_back(pacs, uids[0]), 120, "SR + SC back in Orthanc", proc, log_path)
             row = _rows(out).iloc[0]
             # the SR Orthanc holds now carries the values of results.csv
-            study = pacs.study_orthanc_id(uids[0])
-            sr_series = next(s for s in pacs.get(f"/studies/{study}/series") if s["MainDicomTags"]["Modality"] == "SR")
-            import requests
-
-            raw = requests.get(f"{pacs.url}/instances/{sr_series['Instances'][0]}/file", timeout=30).content
+            raw, = pacs.series_files(uids[0], ("SR",))
             sr_path = tmp_path / "sr_from_orthanc.dcm"
             sr_path.write_bytes(raw)
             report = read_report(str(sr_path))
             assert report["probabilities"] == pytest.approx({"normal": row.prob_normal, "abnormal": row.prob_abnormal},
                                                             rel=1e-6)
             assert report["predicted"] == [row.predicted]
+            _check_sc_in_orthanc(pacs, uids[0], out, row.unit_id, files[0])
 
             # second study: SIGTERM right after it arrived (before --study-timeout): on disk, scored on restart
             assert _try_store(pacs, uids[1])
@@ -93,11 +90,26 @@ def test_listen_scores_a_study_sent_by_orthanc_and_sends_results_back(tmp_path):
             rows = _rows(out)
             assert sorted(rows.study_id) == sorted(uids) and (rows.status == "ok").all()
             assert _sent_back(pacs, uids[0])  # the first study's results were not sent again
+            _check_sc_in_orthanc(pacs, uids[1], out, rows.set_index("study_id").loc[uids[1]].unit_id, files[1])
             assert len(pacs.get("/instances")) == 6  # 2 sources + 2 x (SR + SC)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(60)
+
+
+def _check_sc_in_orthanc(pacs, study_uid: str, out: str, unit_id: str, source_path: str) -> None:
+    """The Secondary Capture Orthanc holds for the study, read through highdicom, is the unit's overlay PNG pixel
+    for pixel, in a new series of the source study."""
+    import io
+
+    from tests.pipelines.outputs.dicom_checks import assert_sc_matches_png, journal_outputs
+
+    raw, = pacs.series_files(study_uid, ("OT", "SC"))
+    outputs = journal_outputs(out)[unit_id]
+    sc = assert_sc_matches_png(io.BytesIO(raw), os.path.join(out, outputs["overlays"][0]),
+                               source=pydicom.dcmread(source_path, stop_before_pixels=True))
+    assert sc.SOPInstanceUID == pydicom.dcmread(os.path.join(out, outputs["dicom_sc"])).SOPInstanceUID
 
 
 def _sent_back(pacs, study_uid: str) -> bool:

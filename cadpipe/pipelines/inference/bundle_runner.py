@@ -100,6 +100,7 @@ class BundleRunner:
 
         parser, self.device = bundle_config(self.bundle_root, device, overrides)
         self.parser = parser
+        self.overrides = dict(overrides or {})  # as given (scoring checks a reused runner against its config)
 
         self.model_file = os.path.abspath(model_file or os.path.join(self.bundle_root, "models", "model.pt"))
         if not os.path.isfile(self.model_file):

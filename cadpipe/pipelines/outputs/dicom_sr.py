@@ -6,7 +6,9 @@ and ``model_sha256=<hex>`` as its parameter):
 - classification: one image-level group per class (finding type = the class, measurement ``Probability`` in
   UCUM ``1``) and one group ``prediction`` whose ``Finding`` evaluation names the predicted class(es);
 - detection: one planar ROI group per box, the box as a closed SCOORD ``POLYLINE`` on the source image (pixel
-  column, row), finding type = the box label, measurement ``Probability`` = the score;
+  column, row), finding type = the box label, measurement ``Probability`` = the score; no box at all: one
+  image-level group ``no detections`` whose ``Finding`` evaluation is ``Absent`` (DCM 121054) (TID 1500 needs at
+  least one group, and "nothing found" is a result too);
 - segmentation: one volumetric ROI group referencing segment 1 of the DICOM SEG, measurement ``Volume`` in mL
   (``Area`` in cm² for a 2D image); no group when there is no SEG to refer to.
 
@@ -40,6 +42,7 @@ def class_code(name: str):
 
 
 INTENDED_USE = ("USE", "Intended use")
+NO_DETECTIONS = "no detections"  # tracking identifier of the group of a detection without any box
 NOT_FOR_CLINICAL_USE = ("NFCU", "Not for clinical use")
 
 
@@ -94,6 +97,12 @@ def build_measurement_report(sources: Sequence, bundle: dict, *, probabilities: 
             algorithm_id=algo, source_images=src_group,
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=class_code(n))
                                      for n in predicted] + [_intended_use()]))
+    if boxes is not None and len(boxes) == 0:  # a detection without any box: say so
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=NO_DETECTIONS),
+            algorithm_id=algo, source_images=src_group,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=codes.DCM.Absent),
+                                     _intended_use()]))
     for i, b in enumerate(boxes or [], start=1):
         c0, r0, c1, r1 = (max(0.0, float(v)) for v in b["box"])
         polyline = np.array([[c0, r0], [c1, r0], [c1, r1], [c0, r1], [c0, r0]], dtype=float)
@@ -141,15 +150,16 @@ def build_measurement_report(sources: Sequence, bundle: dict, *, probabilities: 
 def read_report(path_or_dataset) -> dict:
     """Parse a report written by :func:`build_measurement_report` back (through highdicom's own SR parser, which
     validates the TID 1500 structure): ``{"probabilities": {class: p}, "predicted": [..], "boxes": [{"label",
-    "score", "polyline"}], "volume_ml" / "area_cm2": float | None, "segment": (seg SOP Instance UID, segment number) | None,
-    "algorithm": {"name", "version", "parameters"}, "intended_use": [meanings]}``."""
+    "score", "polyline"}], "no_detections": bool, "volume_ml" / "area_cm2": float | None, "segment": (seg SOP
+    Instance UID, segment number) | None, "algorithm": {"name", "version", "parameters"}, "intended_use":
+    [meanings]}``. ``no_detections``: the report says a detection found no box (its ``no detections`` group)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     sr = hd.sr.srread(path_or_dataset) if isinstance(path_or_dataset, str) else \
         hd.sr.Comprehensive3DSR.from_dataset(path_or_dataset)
-    out: dict = {"probabilities": {}, "predicted": [], "boxes": [], "volume_ml": None, "area_cm2": None,
-                 "segment": None,
+    out: dict = {"probabilities": {}, "predicted": [], "boxes": [], "no_detections": False, "volume_ml": None,
+                 "area_cm2": None, "segment": None,
                  "algorithm": None, "intended_use": []}
     report = sr.content
     for g in report.get_image_measurement_groups():
@@ -158,6 +168,9 @@ def read_report(path_or_dataset) -> dict:
             out["probabilities"][g.finding_type.meaning] = _number(items["Probability"][0])
         if items["Tracking Identifier"][0].TextValue == "prediction":  # the class groups' Finding = finding type
             out["predicted"] += [it.ConceptCodeSequence[0].CodeMeaning for it in items.get("Finding", [])]
+        if items["Tracking Identifier"][0].TextValue == NO_DETECTIONS:
+            out["no_detections"] = [it.ConceptCodeSequence[0].CodeMeaning for it in items.get("Finding", [])] == [
+                "Absent"]
     for g in report.get_planar_roi_measurement_groups():
         items = _read_common(g, out)
         out["boxes"].append({"label": g.finding_type.meaning, "score": _number(items["Probability"][0]),

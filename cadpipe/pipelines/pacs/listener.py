@@ -5,9 +5,10 @@ Instances arrive over DIMSE (``pynetdicom``) and are written, as received, to
 answered. A study counts as complete once no instance of it has arrived for ``--study-timeout`` seconds: its
 folder moves to ``<output>/dimse_studies/`` and the studies there are scored like a folder with
 :func:`cadpipe.pipelines.scoring.score.score` (one ``results.csv`` for everything received; units already scored
-are skipped). With ``--send-to AET@host:port`` the study's DICOM results (SEG, SR, Secondary Capture) are then
-C-STOREd there; what was sent is remembered in ``.cadpipe/dimse_sent.txt`` and what could not be sent is retried
-after the next study and on restart.
+are skipped). The model is loaded once, on the first study, and kept for the next ones (``score(cfg, runner=)``);
+it is loaded again when the bundle's ``models/model.pt`` changes. With ``--send-to AET@host:port`` the study's DICOM
+results (SEG, SR, Secondary Capture) are then C-STOREd there; what was sent is remembered in
+``.cadpipe/dimse_sent.txt`` and what could not be sent is retried after the next study and on restart.
 
 Who may send: calling AE titles in ``--allow-aet``; without it, any calling AE when bound to a loopback address,
 and binding elsewhere without ``--allow-aet`` is refused. Accepted: the image storage SOP classes the bundle reads
@@ -36,7 +37,8 @@ from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.pacs.send import Peer, SendError, parse_peer, send_files
 from cadpipe.pipelines.scoring.cli import parse_overrides
 from cadpipe.pipelines.scoring.discovery import safe_name
-from cadpipe.pipelines.scoring.score import EXIT_USAGE, ScoreConfig, score
+from cadpipe.pipelines.scoring.preflight import WEIGHTS, preflight
+from cadpipe.pipelines.scoring.score import EXIT_USAGE, ScoreConfig, build_runner, score
 
 __all__ = ["ListenConfig", "StudyListener", "STORAGE_2D", "STORAGE_3D", "add_arguments", "run"]
 
@@ -96,6 +98,8 @@ class StudyListener:
         for name in os.listdir(self.incoming):  # received before a restart: complete after the timeout
             self._last[name] = self._first[name] = now
         self._pending_score = any(os.scandir(self.studies))  # moved but maybe not scored before a restart
+        self._runner = None  # the bundle's model, loaded on the first study and reused (_runner_for)
+        self._runner_stamp: tuple | None = None
 
     # -- receiving -----------------------------------------------------------------------------------------------
     def _accepted(self) -> tuple[str, ...]:
@@ -173,7 +177,25 @@ class StudyListener:
 
     def _score_received(self) -> dict:
         cfg = ScoreConfig(**{**self.cfg.score.__dict__, "input": self.studies, "manifest": None})
-        return score(cfg)
+        return score(cfg, runner=self._runner_for(cfg))
+
+    def _runner_for(self, cfg: ScoreConfig):
+        """The model, built on the first study and kept for the next ones; built again when the bundle's
+        ``models/model.pt`` changed (size or modification time) since: new weights are used from the next study,
+        as ``cadpipe score`` would (score() checks the runner's sha256 against the file in any case)."""
+        weights = os.path.join(cfg.bundle, WEIGHTS)
+        try:
+            st = os.stat(weights)
+            stamp = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None  # preflight (in score) names the problem
+        if self._runner is None or stamp != self._runner_stamp:
+            preflight(cfg)  # the same usage errors as before a model is loaded by score()
+            self._runner, self._runner_stamp = None, None  # the old model is freed before the new one loads
+            self._runner = build_runner(cfg)
+            self._runner_stamp = stamp
+            log.info("model loaded (%s)", self._runner.name)
+        return self._runner
 
     def _send(self) -> int:
         """C-STORE result files not sent yet; a failure is logged and retried next time."""

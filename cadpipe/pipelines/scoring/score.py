@@ -31,7 +31,8 @@ from cadpipe.pipelines.scoring.results import Journal, outputs_present, write_re
 from cadpipe.pipelines.scoring.preflight import preflight
 from cadpipe.pipelines.scoring.worker_lifetime import die_with_parent
 
-__all__ = ["ScoreConfig", "score", "process_units", "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_NOTHING_FOUND"]
+__all__ = ["ScoreConfig", "score", "build_runner", "check_runner", "process_units", "EXIT_OK", "EXIT_SOME_FAILED",
+           "EXIT_USAGE", "EXIT_NOTHING_FOUND"]
 
 log = logging.getLogger("cadpipe.score")
 
@@ -588,13 +589,67 @@ def _steady_rate(times: list[float]) -> float | None:
     return (n - k) / (times[-1] - times[k - 1])
 
 
-def score(cfg: ScoreConfig, backend: Callable | None = None) -> dict:
+def build_runner(cfg: ScoreConfig):
+    """The :class:`~cadpipe.pipelines.inference.bundle_runner.BundleRunner` :func:`score` builds for ``cfg``:
+    bundle, device and overrides of ``cfg``, its precision and channels_last, no Grad-CAM layers without
+    ``cfg.heatmaps``, then ``cfg.runner_hook`` called with it. Build one and pass it as ``score(cfg, runner=...)``
+    to score many times with one model load."""
+    from cadpipe.pipelines.inference.bundle_runner import BundleRunner
+
+    runner = BundleRunner(cfg.bundle, device=cfg.device, overrides=cfg.overrides)
+    runner.configure_inference(cfg.precision, cfg.channels_last)
+    if not cfg.heatmaps:
+        runner.cam_layers = None
+    if cfg.runner_hook is not None:
+        cfg.runner_hook(runner)
+    return runner
+
+
+def _device_of(cfg: ScoreConfig) -> torch.device:
+    """The device a runner built for ``cfg`` is on (as ``bundle_runner.bundle_config`` resolves it)."""
+    return torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_runner(cfg: ScoreConfig, runner, weights_sha256: str | None) -> None:
+    """Refuse (``ValueError``) a runner given to :func:`score` that :func:`build_runner` would not have built for
+    ``cfg`` now: another bundle, device, overrides, precision or channels_last, Grad-CAM layers without
+    ``cfg.heatmaps``, or weights other than the bundle's ``models/model.pt`` (sha256 ``weights_sha256``)."""
+    problems = []
+    if getattr(runner, "bundle_root", None) != os.path.abspath(cfg.bundle):
+        problems.append(f"bundle {getattr(runner, 'bundle_root', None)} is not {os.path.abspath(cfg.bundle)}")
+    if getattr(runner, "model_sha256", None) != weights_sha256:
+        problems.append("its weights are not the bundle's models/model.pt now (retrained since it was built?)")
+    if torch.device(runner.device) != _device_of(cfg):
+        problems.append(f"device {runner.device} is not {_device_of(cfg)}")
+    if dict(getattr(runner, "overrides", {}) or {}) != dict(cfg.overrides or {}):
+        problems.append("other overrides")
+    if cfg.precision is not None and runner.precision != str(cfg.precision).lower():
+        problems.append(f"precision {runner.precision} is not {cfg.precision}")
+    if cfg.channels_last is not None and runner.channels_last != (
+            bool(cfg.channels_last) and runner.spatial_dims == 2 and runner.detector is None):
+        problems.append("another channels_last")
+    if not cfg.heatmaps and runner.cam_layers:
+        problems.append("it computes Grad-CAM heat maps and cfg.heatmaps is off")
+    if problems:
+        raise ValueError("the runner given to score() was not built for this ScoreConfig (build_runner(cfg)): "
+                         + "; ".join(problems))
+
+
+def score(cfg: ScoreConfig, backend: Callable | None = None, *, runner=None) -> dict:
     """Run scoring; returns the run summary (also written to ``<output>/run_summary.json``).
 
     ``backend``: None scores in this process (:func:`process_units`); otherwise a callable
     ``backend(cfg, todo_units, emit_row, progress)`` that scores the units elsewhere and calls ``emit_row`` once per
     finished unit, e.g. :func:`cadpipe.pipelines.scoring.ray_backend.score_with_ray` (``cfg.ray`` then says where).
     Discovery, the journal, the results table and the reports stay here whatever the backend.
+
+    ``runner``: a :class:`~cadpipe.pipelines.inference.bundle_runner.BundleRunner` already built by
+    :func:`build_runner` from this ``cfg`` (same bundle, device, overrides, precision, channels_last, heatmaps and
+    runner_hook), used instead of building one: a caller scoring again and again (``cadpipe listen``, one call
+    per study) loads the model once. It is not changed by the call and not part of ``cfg`` (nothing of it is sent
+    to a backend; with ``backend`` it is refused). :func:`check_runner` refuses a runner built otherwise, and one
+    whose weights are no longer ``models/model.pt`` (retrained since: build a new one), so the journal's
+    ``model_sha256`` stays that of the weights used. ``model_load_s`` is then 0.
 
     Resuming: a unit whose last row is ``ok`` (and whose output files are there) is skipped; units without a row
     and units whose row is ``error`` are (re)scored, the new row replacing the old one; ``force`` rescores all.
@@ -616,6 +671,8 @@ after the first quarter of the units: the scoring process's per-unit cost withou
     """
     if cfg.ray is not None and backend is None:
         raise ValueError("ScoreConfig.ray is set: pass backend=cadpipe.pipelines.scoring.ray_backend.score_with_ray")
+    if runner is not None and backend is not None:
+        raise ValueError("runner= scores in this process: it cannot be combined with a backend")
     t_start = time.perf_counter()
     preflight(cfg)  # bundle, weights, device, options, input, extras: before anything is created
     info = _bundle_info(cfg.bundle)
@@ -623,8 +680,10 @@ after the first quarter of the units: the scoring process's per-unit cost withou
     units = _find_units(cfg, int(info.get("spatial_dims", 2)))
     journal = Journal(cfg.output, force=cfg.force)
     weights = os.path.join(cfg.bundle, "models", "model.pt")  # BundleRunner's; a rerun after retraining rescores
-    todo, n_skipped, n_retried = _todo(units, journal.rows(), cfg.output,
-                                       file_sha256(weights) if os.path.isfile(weights) else None)
+    weights_sha = file_sha256(weights) if os.path.isfile(weights) else None
+    if runner is not None:
+        check_runner(cfg, runner, weights_sha)
+    todo, n_skipped, n_retried = _todo(units, journal.rows(), cfg.output, weights_sha)
     t_found = time.perf_counter()
     log.info("%d units found, %d already scored, %d to score (%d errors retried)", len(units), n_skipped,
              len(todo), n_retried)
@@ -659,20 +718,14 @@ after the first quarter of the units: the scoring process's per-unit cost withou
         if todo and backend is not None:
             backend(cfg, todo, emit, progress)
         elif todo:
-            from cadpipe.pipelines.inference.bundle_runner import BundleRunner
-
             # workers forked now, decoding while the model loads (other processes: no GIL shared)
             early = _start_loading(cfg, todo, str(info.get("task", "classification")))
             # (not on a thread beside discovery: both are Python-heavy, and sharing the GIL made the pair slower,
             # 0.70-0.90 s against 0.53 s one after the other for 1024 studies)
             t0 = time.perf_counter()
-            runner = BundleRunner(cfg.bundle, device=cfg.device, overrides=cfg.overrides)
-            runner.configure_inference(cfg.precision, cfg.channels_last)
-            if not cfg.heatmaps:
-                runner.cam_layers = None
-            if cfg.runner_hook is not None:
-                cfg.runner_hook(runner)
-            t_model = time.perf_counter() - t0
+            if runner is None:
+                runner = build_runner(cfg)
+                t_model = time.perf_counter() - t0
             plan = early[0] if early is not None else batched_plan(runner, cfg.preprocess)
             preprocess_used = "batched" if plan is not None else "per-item"
             streams = _streams(cfg, runner, batched=plan is not None)
