@@ -40,6 +40,7 @@ bench: venv
 	$(PY) benchmarks/mammo_detection.py
 	$(PY) benchmarks/histology.py
 	$(PY) benchmarks/two_stage_cxr.py
+	$(PY) benchmarks/precision.py
 	$(PY) benchmarks/report_pdf.py
 	$(PY) benchmarks/portal.py
 	$(PY) benchmarks/pacs.py

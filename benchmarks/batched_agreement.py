@@ -8,8 +8,8 @@ window, RLE), prints the largest probability difference between:
 - batched preprocessing + fp32 forward on ``--device``,
 - batched preprocessing + ``--precision`` (default bf16) + channels_last on ``--device``.
 
-The bundle READMEs' fp32-vs-bf16 AUC differences come from trained models on their test splits; this script only
-checks that the code paths compute the same thing (CI checks the CPU case in
+The bundle READMEs' fp32-vs-bf16 metric differences come from ``benchmarks/precision.py`` (briefly trained weights,
+synthetic test splits); this script only checks that the code paths compute the same thing (CI checks the CPU case in
 ``tests/pipelines/inference/test_batched_preprocess.py``).
 
     python benchmarks/batched_agreement.py --device cuda [--studies 64] [--precision bf16]

@@ -267,18 +267,20 @@ class BundleRunner:
             return [self.postprocessing({**o, **s}) for o, s in zip(outs, side)]
 
     def _detect(self, items: list[dict]) -> list[dict]:
-        """Detection: the bundle's ``detector`` on a list of images (any shapes), then per-item postprocessing."""
+        """Detection: the bundle's ``detector`` on a list of images (any shapes), in the configured precision (the
+        network's forward autocast; boxes and scores come back float32), then per-item postprocessing."""
         det = self.detector
         images = [torch.as_tensor(d["image"], dtype=torch.float32).to(self.device) for d in items]
         images = [i.as_tensor() if hasattr(i, "as_tensor") else i for i in images]
         with torch.inference_mode():
-            outs = det(images, use_inferer=True)
+            with self.autocast():
+                outs = det(images, use_inferer=True)
             results = []
             for d, o in zip(items, outs):
                 d = dict(d)
-                d["box"] = o[det.target_box_key].detach().cpu()
+                d["box"] = o[det.target_box_key].detach().cpu().float()
                 d["label"] = o[det.target_label_key].detach().cpu()
-                d["score"] = o[det.pred_score_key].detach().cpu()
+                d["score"] = o[det.pred_score_key].detach().cpu().float()
                 d["pred"] = d["score"]
                 results.append(self.postprocessing(d))
             return results
@@ -287,7 +289,8 @@ class BundleRunner:
         """The network through the bundle's inferer, nothing else (benchmark ceiling)."""
         with torch.inference_mode():
             if self.detector is not None:
-                return self.detector(list(_plain(images).to(self.device)), use_inferer=True)
+                with self.autocast():
+                    return self.detector(list(_plain(images).to(self.device)), use_inferer=True)
             return self.forward_batch(_plain(images).to(self.device))
 
     # -- heatmaps -------------------------------------------------------------------------------------------
