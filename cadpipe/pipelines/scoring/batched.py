@@ -113,7 +113,8 @@ def forward_raw(runner, plan, raws: list[RawImage], need_images: bool, heatmaps:
 
 def _segment(seg, x: torch.Tensor, logits: torch.Tensor, raws: list[RawImage]) -> list[tuple[dict, dict]]:
     """Segmentation: the activation batched on the device, then per item the inversion to the input's size and the
-    bundle's remaining steps (:class:`~cadpipe.pipelines.inference.batched_segmentation.BatchedSegmentationPostprocessing`).
+    bundle's remaining steps
+    (:class:`~cadpipe.pipelines.inference.batched_segmentation.BatchedSegmentationPostprocessing`).
     ``pre_item``: the preprocessed image (``image``) and, for the overlay, the same image mapped back to the input's
     size by the same inversion (``_display``, ``(1, X0, Y0)`` on the host), as the per-item path's overlay shows it."""
     outs = seg(logits, raws)
