@@ -8,7 +8,10 @@ move), plus what the later steps need to finish the job on the device:
 - ``slope``, ``intercept``: the Rescale Slope / Intercept (modality LUT ``value = stored * slope + intercept``);
 - ``inversion_sum``: for ``MONOCHROME1``, ``S`` of ``inverted = S - value`` (:mod:`cadpipe.transforms.io_dicom`);
 - ``meta``: the reader's window tags (``WindowCenters``... ``VOILUTSequence``), already consistent with the
-  inverted image, for :meth:`cadpipe.transforms.window.Window.spec_for`.
+  inverted image, for :meth:`cadpipe.transforms.window.Window.spec_for`;
+- ``affine`` (4x4, the reader's: pixel indices in MONAI's ``(X, Y)`` order to millimetres) and ``format``
+  (``LoadStudyImage``'s ``meta["format"]``: ``"dicom"``, ``"image"``...): the geometry a segmentation's mask is
+  given back in (:mod:`cadpipe.pipelines.inference.batched_segmentation`); 128 bytes and a word per image.
 
 Layout: ``pixels`` is ``(rows, cols)``, numpy's order for the stored image; ``LoadStudyImage`` gives
 ``(1, cols, rows)`` (MONAI's ``swap_ij``): the batched steps transpose at the end.
@@ -46,6 +49,8 @@ class RawImage:
     inversion_sum: float | None = None  # MONOCHROME1: value -> inversion_sum - value after the modality LUT
     meta: dict = field(default_factory=dict)  # window tags only (WINDOW_META_KEYS)
     path: str = ""
+    affine: np.ndarray | None = None  # (4, 4) float64, as LoadStudyImage's meta["affine"]
+    format: str = ""  # as LoadStudyImage's meta["format"]
 
 
 def read_raw_2d(path: str | os.PathLike, mode: str = "gray", reject_nan: bool = True) -> RawImage:
@@ -72,8 +77,8 @@ def read_raw_2d(path: str | os.PathLike, mode: str = "gray", reject_nan: bool = 
 def _dicom_as_stored(path: str) -> RawImage | None:
     """The stored pixels of a single-frame greyscale DICOM file with a linear modality LUT; None for any other
     DICOM file (the caller then reads it through ``LoadStudyImage``)."""
-    from cadpipe.transforms.io_dicom import (_dicom_meta, _functional_rescale, _modality_range, has_pixel_data,
-                                             read_dicom_dataset, stored_pixels)
+    from cadpipe.transforms.io_dicom import (_affine, _dicom_meta, _functional_rescale, _geometry, _modality_range,
+                                             has_pixel_data, read_dicom_dataset, stored_pixels)
 
     ds = read_dicom_dataset(path)
     if not has_pixel_data(ds):
@@ -88,6 +93,7 @@ def _dicom_as_stored(path: str) -> RawImage | None:
         return None
     try:
         meta = _dicom_meta(ds, path)
+        affine = _affine(ds, *_geometry(ds, 0), None, 1)  # as DicomReader's for one frame
     except CadpipeInputError:
         raise
     except Exception as err:  # malformed tags (LUTs...): name the file, as DicomReader does
@@ -100,11 +106,13 @@ def _dicom_as_stored(path: str) -> RawImage | None:
         lo, hi = _modality_range(ds)
         inversion = lo + hi
     return RawImage(np.ascontiguousarray(arr), slope, intercept, inversion,
-                    {k: meta[k] for k in WINDOW_META_KEYS if k in meta}, path)
+                    {k: meta[k] for k in WINDOW_META_KEYS if k in meta}, path, affine, "dicom")
 
 
 def _loaded(path: str, mode: str, reject_nan: bool) -> RawImage:
     """Any other input through ``LoadStudyImage`` (modality LUT and inversion already applied), as float32."""
+    import torch
+
     from cadpipe.transforms.io_any import LoadStudyImage
 
     img = LoadStudyImage(mode=mode, dtype=np.float32, reject_nan=reject_nan)(path)
@@ -113,4 +121,6 @@ def _loaded(path: str, mode: str, reject_nan: bool) -> RawImage:
                                       "(channels first)")
     pixels = np.ascontiguousarray(img.as_tensor()[0].numpy().T)  # (cols, rows) -> (rows, cols)
     meta = {k: img.meta[k] for k in WINDOW_META_KEYS if k in img.meta}
-    return RawImage(pixels, 1.0, 0.0, None, meta, path)
+    affine = img.meta.get("affine")
+    affine = None if affine is None else np.asarray(torch.as_tensor(affine), dtype=np.float64)
+    return RawImage(pixels, 1.0, 0.0, None, meta, path, affine, str(img.meta.get("format", "")))

@@ -40,7 +40,7 @@ from cadpipe.pipelines.inference.thresholds import decide, load_thresholds
 from cadpipe.pipelines.outputs.files import file_sha256
 
 __all__ = ["BundleRunner", "file_sha256", "bundle_is_complete", "RESULT_COLUMNS_KEY", "RESULT_NOTES_KEY",
-           "result_columns", "PRECISIONS", "precision_unsupported"]
+           "result_columns", "PRECISIONS", "precision_unsupported", "plan_batched_scoring"]
 
 RESULT_COLUMNS_KEY, RESULT_NOTES_KEY = "result_columns", "result_notes"
 _RESULT_KEYS = (RESULT_COLUMNS_KEY, RESULT_NOTES_KEY)
@@ -142,7 +142,8 @@ class BundleRunner:
         self.configure_inference(parser.get_parsed_content("precision") if "precision" in parser else "fp32",
                                  bool(parser.get_parsed_content("channels_last")) if "channels_last" in parser
                                  else False)
-        self._batched: tuple | None = None  # (plan, reason) of batched_preprocessing(), computed once
+        # (plan, reason, segmentation postprocessing) of batched_preprocessing(), computed once
+        self._batched: tuple | None = None
 
     # -- precision, layout, batched path --------------------------------------------------------------------
     def configure_inference(self, precision: str | None = None, channels_last: bool | None = None) -> None:
@@ -184,17 +185,19 @@ class BundleRunner:
 
     def batched_preprocessing(self):
         """``(plan, None)``: a :class:`~cadpipe.pipelines.inference.batched_preprocess.BatchedPreprocessing` for this
-        bundle, or ``(None, reason)`` when its task or chain has no batched path (scoring keeps the per-item one).
-        Classification bundles only: segmentation's postprocessing inverts the preprocessing item by item and
-        detection has its own detector."""
+        bundle, or ``(None, reason)`` when its task or chain has no batched path (scoring keeps the per-item one):
+        :func:`plan_batched_scoring`. Classification and multi-label bundles need a preprocessing chain the planner
+        accepts; 2D segmentation bundles also a postprocessing :meth:`batched_segmentation_postprocessing` splits
+        (activation, ``Invertd`` of the preprocessing, steps on ``pred``); detection has its own detector."""
         if self._batched is None:
-            if self.task not in ("classification", "multilabel"):
-                self._batched = (None, f"task {self.task!r} has no batched preprocessing yet")
-            else:
-                from cadpipe.pipelines.inference.batched_preprocess import plan_batched
+            self._batched = plan_batched_scoring(self.task, self.spatial_dims, self.preprocessing, self.postprocessing)
+        return self._batched[:2]
 
-                self._batched = plan_batched(self.preprocessing)
-        return self._batched
+    def batched_segmentation_postprocessing(self):
+        """The :class:`~cadpipe.pipelines.inference.batched_segmentation.BatchedSegmentationPostprocessing` of a
+        segmentation bundle with a batched plan (:meth:`batched_preprocessing`), else None."""
+        self.batched_preprocessing()
+        return self._batched[2]
 
     def batched_postprocessing(self):
         """A function ``pred (B, K) → (B, K)`` on the device that does what the bundle's ``postprocessing`` does to
@@ -404,6 +407,29 @@ class BundleRunner:
         aff = self.affine(out)
         d = self.spatial_dims
         return float(abs(np.linalg.det(aff[:d, :d]))) if d in (2, 3) else 1.0
+
+
+def plan_batched_scoring(task: str, spatial_dims: int, preprocessing, postprocessing) -> tuple:
+    """``(plan, None, seg_post)`` when a bundle of ``task`` with these instantiated ``preprocessing`` and
+    ``postprocessing`` is scored with batched preprocessing, else ``(None, reason, None)``. ``plan``: a
+    :class:`~cadpipe.pipelines.inference.batched_preprocess.BatchedPreprocessing`; ``seg_post``: for segmentation, the
+    :class:`~cadpipe.pipelines.inference.batched_segmentation.BatchedSegmentationPostprocessing` (else None). The
+    runner and scoring's early start of the decoding workers both decide here."""
+    from cadpipe.pipelines.inference.batched_preprocess import plan_batched
+
+    if task not in ("classification", "multilabel", "segmentation"):
+        return None, f"task {task!r} has no batched preprocessing", None
+    if task == "segmentation" and spatial_dims != 2:
+        return None, f"a {spatial_dims}D segmentation bundle has no batched preprocessing", None
+    plan, why = plan_batched(preprocessing)
+    if plan is None or task != "segmentation":
+        return plan, why, None
+    from cadpipe.pipelines.inference.batched_segmentation import plan_segmentation_postprocessing
+
+    post, why = plan_segmentation_postprocessing(postprocessing, preprocessing)
+    if post is None:
+        return None, f"postprocessing: {why}", None
+    return plan, None, post
 
 
 class _SkipMetaInit(torch.overrides.TorchFunctionMode):

@@ -10,7 +10,9 @@ Used by :func:`cadpipe.pipelines.scoring.score.process_units` when the bundle's 
 - :func:`forward_raw`: plan → device batch ``(B, 1, X, Y)``, the forward in the runner's precision and layout, the
   bundle's activation batched on the device (:meth:`BundleRunner.batched_postprocessing`; else the bundle's
   postprocessing item by item), Grad-CAM maps for the batch when asked; one copy of the probabilities (and, when an
-  overlay will be drawn, of the small preprocessed images) back to the host.
+  overlay will be drawn, of the small preprocessed images) back to the host. Segmentation bundles: the activation
+  batched, then per item the inverse resize to the input's size and the bundle's remaining steps
+  (:mod:`cadpipe.pipelines.inference.batched_segmentation`).
 """
 
 from __future__ import annotations
@@ -76,9 +78,15 @@ def iter_raw(loader, collated: bool):
 def forward_raw(runner, plan, raws: list[RawImage], need_images: bool, heatmaps: bool) -> list[tuple[dict, dict]]:
     """``[(pre_item, out)]`` for decoded images ``raws`` of one batch: ``pre_item`` holds the preprocessed image on
     the host (``(1, X, Y)``, only with ``need_images``) and the Grad-CAM map (``_heatmap``, with ``heatmaps``);
-    ``out`` the postprocessed ``pred``. Raises on any failure (the caller retries image by image)."""
+    ``out`` the postprocessed ``pred``. Segmentation: see :func:`_segment`. Raises on any failure (the caller
+    retries image by image)."""
     x = plan(raws, runner.device)
     logits = runner.forward_batch(x)
+    if runner.task == "segmentation":
+        seg = runner.batched_segmentation_postprocessing()
+        if seg is None:  # the plan came from elsewhere (_start_loading decides as the runner does)
+            raise RuntimeError("batched scoring of a segmentation bundle without a batched postprocessing")
+        return _segment(seg, x, logits, raws)
     post = runner.batched_postprocessing()
     if post is not None:
         with torch.inference_mode():
@@ -100,4 +108,18 @@ def forward_raw(runner, plan, raws: list[RawImage], need_images: bool, heatmaps:
         if maps is not None:
             pre["_heatmap"] = maps[j]
         pres.append(pre)
+    return list(zip(pres, outs))
+
+
+def _segment(seg, x: torch.Tensor, logits: torch.Tensor, raws: list[RawImage]) -> list[tuple[dict, dict]]:
+    """Segmentation: the activation batched on the device, then per item the inversion to the input's size and the
+    bundle's remaining steps
+    (:class:`~cadpipe.pipelines.inference.batched_segmentation.BatchedSegmentationPostprocessing`).
+    ``pre_item``: the preprocessed image (``image``) and, for the overlay, the same image mapped back to the input's
+    size by the same inversion (``_display``, ``(1, X0, Y0)`` on the host), as the per-item path's overlay shows it."""
+    outs = seg(logits, raws)
+    pres = []
+    for j, raw in enumerate(raws):
+        shown = seg.invert(x[j], raw).as_tensor().cpu()
+        pres.append({"image": x[j].cpu(), "_display": shown})
     return list(zip(pres, outs))

@@ -151,11 +151,14 @@ def _error_row(unit: Unit, info: dict, reason: str, elapsed: float) -> dict:
 def _display_image(runner, pre_item: dict, like: np.ndarray | None) -> np.ndarray:
     """The preprocessed image mapped back to the input geometry (for overlays), channel axis dropped."""
     img = pre_item["image"]
-    try:
-        inv = runner.preprocessing.inverse({"image": img.clone() if hasattr(img, "clone") else img})["image"]
-        arr = np.asarray(torch.as_tensor(inv).detach().cpu().float())
-    except Exception:  # noqa: BLE001 - not invertible: show the preprocessed image
-        arr = np.asarray(torch.as_tensor(img).detach().cpu().float())
+    if pre_item.get("_display") is not None:  # batched scoring: already mapped back (scoring/batched.py)
+        arr = np.asarray(torch.as_tensor(pre_item["_display"]).detach().cpu().float())
+    else:
+        try:
+            inv = runner.preprocessing.inverse({"image": img.clone() if hasattr(img, "clone") else img})["image"]
+            arr = np.asarray(torch.as_tensor(inv).detach().cpu().float())
+        except Exception:  # noqa: BLE001 - not invertible: show the preprocessed image
+            arr = np.asarray(torch.as_tensor(img).detach().cpu().float())
     # drop the channel axis: one more axis than the mask (a volume scored slice-wise by a 2D bundle has
     # spatial_dims 2 but a 3D mask), or than the bundle's spatial dims when there is no mask
     arr = arr.mean(0) if arr.ndim == (like.ndim if like is not None else runner.spatial_dims) + 1 else arr
@@ -309,23 +312,25 @@ def _loader(ds, collate, workers: int, chunk: int, first: int):
                                        worker_init_fn=die_with_parent(os.getpid()) if workers else None)
 
 
-def _start_loading(cfg: "ScoreConfig", units: list[Unit], task: str) -> tuple | None:
+def _start_loading(cfg: "ScoreConfig", units: list[Unit], task: str, spatial_dims: int = 2) -> tuple | None:
     """Start the decoding workers before the runner is built: ``(plan, loader iterator)``, or None (no workers,
     per-item preprocessing, a chain without a batched plan, any problem: scoring then starts its loader after
     the model as usual, and reports problems there).
 
     The workers are forked while the scoring process is still small (no weights, no CUDA context) and decode the
     first chunks while the model loads, in other processes: no fight over the GIL. The plan comes from the same
-    config the runner reads (:func:`~cadpipe.pipelines.inference.bundle_runner.bundle_config`)."""
-    if not units or cfg.workers <= 0 or cfg.preprocess == "per-item" or task not in ("classification", "multilabel"):
+    config the runner reads (:func:`~cadpipe.pipelines.inference.bundle_runner.bundle_config`), decided as the runner
+    decides (:func:`~cadpipe.pipelines.inference.bundle_runner.plan_batched_scoring`)."""
+    if not units or cfg.workers <= 0 or cfg.preprocess == "per-item" or task not in (
+            "classification", "multilabel", "segmentation"):
         return None
     try:
-        from cadpipe.pipelines.inference.batched_preprocess import plan_batched
-        from cadpipe.pipelines.inference.bundle_runner import bundle_config
+        from cadpipe.pipelines.inference.bundle_runner import bundle_config, plan_batched_scoring
         from cadpipe.pipelines.scoring import batched as batched_scoring
 
         parser, _ = bundle_config(cfg.bundle, cfg.device, cfg.overrides)
-        plan, _ = plan_batched(parser.get_parsed_content("preprocessing"))
+        plan, _, _ = plan_batched_scoring(task, spatial_dims, parser.get_parsed_content("preprocessing"),
+                                          parser.get_parsed_content("postprocessing"))
         if plan is None:
             return None
         ds = batched_scoring.RawUnitDataset(units, plan.decode, _reason)
@@ -719,7 +724,8 @@ after the first quarter of the units: the scoring process's per-unit cost withou
             backend(cfg, todo, emit, progress)
         elif todo:
             # workers forked now, decoding while the model loads (other processes: no GIL shared)
-            early = _start_loading(cfg, todo, str(info.get("task", "classification")))
+            early = _start_loading(cfg, todo, str(info.get("task", "classification")),
+                                   int(info.get("spatial_dims", 2)))
             # (not on a thread beside discovery: both are Python-heavy, and sharing the GIL made the pair slower,
             # 0.70-0.90 s against 0.53 s one after the other for 1024 studies)
             t0 = time.perf_counter()

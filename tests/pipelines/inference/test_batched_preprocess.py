@@ -81,7 +81,7 @@ def test_bundles_without_a_batched_plan_say_why(tmp_path):
         parser.read_config(os.path.join(root, "configs", "inference.json"))
         parser["bundle_root"] = root
         plan, why = plan_batched(parser.get_parsed_content("preprocessing"))
-        if name != "cxr_lung_segmentation":  # its chain is the CXR one; its task (Invertd) keeps it per item
+        if name != "cxr_lung_segmentation":  # its chain is the CXR one (test_batched_segmentation.py)
             assert plan is None and why, name
 
 
