@@ -33,7 +33,7 @@ import torch
 from cadpipe.transforms import batched as B
 from cadpipe.transforms.io_raw import RawImage, read_raw_2d
 
-__all__ = ["BatchedPreprocessing", "plan_batched"]
+__all__ = ["BatchedPreprocessing", "plan_batched", "flatten_compose"]
 
 
 class BatchedPreprocessing:
@@ -115,7 +115,7 @@ def plan_batched(preprocessing) -> tuple[BatchedPreprocessing | None, str | None
 
     if not isinstance(preprocessing, Compose):
         return None, f"preprocessing is a {type(preprocessing).__name__}, not a Compose"
-    steps = [t for t in _flatten(preprocessing) if not isinstance(t, (Identityd, Identity))]
+    steps = [t for t in flatten_compose(preprocessing) if not isinstance(t, (Identityd, Identity))]
     if not steps or not isinstance(steps[0], LoadStudyImaged):
         return None, "the first transform is not cadpipe.transforms.LoadStudyImaged"
     load = steps[0]
@@ -174,11 +174,11 @@ def plan_batched(preprocessing) -> tuple[BatchedPreprocessing | None, str | None
     return BatchedPreprocessing(**kwargs), None
 
 
-def _flatten(compose) -> list:
+def flatten_compose(compose) -> list:
     """The transforms of a (nested) Compose, in order."""
     from monai.transforms import Compose
 
     out = []
     for t in compose.transforms:
-        out += _flatten(t) if isinstance(t, Compose) else [t]
+        out += flatten_compose(t) if isinstance(t, Compose) else [t]
     return out

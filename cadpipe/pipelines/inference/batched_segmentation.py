@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cadpipe.pipelines.inference.batched_preprocess import flatten_compose
 from cadpipe.transforms.io_raw import RawImage
 
 __all__ = ["BatchedSegmentationPostprocessing", "plan_segmentation_postprocessing"]
@@ -98,7 +99,7 @@ def plan_segmentation_postprocessing(postprocessing, preprocessing) -> tuple[
 
     if not isinstance(postprocessing, Compose):
         return None, f"postprocessing is a {type(postprocessing).__name__}, not a Compose"
-    steps = _flatten(postprocessing)
+    steps = flatten_compose(postprocessing)
     if len(steps) < 2 or not isinstance(steps[0], Activationsd) or not isinstance(steps[1], Invertd):
         names = [type(t).__name__ for t in steps[:2]]
         return None, f"postprocessing starts with {names} (batched: Activationsd, then Invertd)"
@@ -114,7 +115,7 @@ def plan_segmentation_postprocessing(postprocessing, preprocessing) -> tuple[
         return None, "Invertd inverts another transform than the bundle's preprocessing"
     if inv.post_func[0] is not None:
         return None, "Invertd with a post_func"
-    invertible = [t for t in _flatten(preprocessing) if isinstance(t, InvertibleTransform)]
+    invertible = [t for t in flatten_compose(preprocessing) if isinstance(t, InvertibleTransform)]
     inverse = None
     if invertible:
         if len(invertible) > 1 or not isinstance(invertible[0], Resized):
@@ -142,12 +143,3 @@ def plan_segmentation_postprocessing(postprocessing, preprocessing) -> tuple[
             return None, f"{name} acts on keys {list(t.keys)} (batched: 'pred' only)"
     return BatchedSegmentationPostprocessing(activation, inverse, Compose(rest)), None
 
-
-def _flatten(compose) -> list:
-    """The transforms of a (nested) Compose, in order."""
-    from monai.transforms import Compose
-
-    out = []
-    for t in compose.transforms:
-        out += _flatten(t) if isinstance(t, Compose) else [t]
-    return out

@@ -115,11 +115,8 @@ def _segment(seg, x: torch.Tensor, logits: torch.Tensor, raws: list[RawImage]) -
     """Segmentation: the activation batched on the device, then per item the inversion to the input's size and the
     bundle's remaining steps
     (:class:`~cadpipe.pipelines.inference.batched_segmentation.BatchedSegmentationPostprocessing`).
-    ``pre_item``: the preprocessed image (``image``) and, for the overlay, the same image mapped back to the input's
+    ``pre_item``: for the overlay (always drawn for segmentation), the preprocessed image mapped back to the input's
     size by the same inversion (``_display``, ``(1, X0, Y0)`` on the host), as the per-item path's overlay shows it."""
     outs = seg(logits, raws)
-    pres = []
-    for j, raw in enumerate(raws):
-        shown = seg.invert(x[j], raw).as_tensor().cpu()
-        pres.append({"image": x[j].cpu(), "_display": shown})
+    pres = [{"_display": seg.invert(x[j], raw).as_tensor().cpu()} for j, raw in enumerate(raws)]
     return list(zip(pres, outs))

@@ -37,8 +37,8 @@ class _Scorer:
         import torch
 
         torch.set_num_threads(1)
-        from cadpipe.pipelines.inference.bundle_runner import BundleRunner
         from cadpipe.pipelines.scoring.log_privacy import quiet_identifying_logs
+        from cadpipe.pipelines.scoring.score import ScoreConfig, build_runner
         from cadpipe.transforms.limits import PixelLimits
 
         self.options = dict(options or {})
@@ -46,10 +46,11 @@ class _Scorer:
         PixelLimits(int(self.options.get("max_pixels") or defaults.max_pixels),
                     int(self.options.get("max_voxels") or defaults.max_voxels)).export()
         quiet_identifying_logs()
-        self.runner = BundleRunner(bundle, device=device, overrides=overrides)
-        self.runner.configure_inference(self.options.get("precision"), self.options.get("channels_last"))
-        if not self.options.get("heatmaps", True):
-            self.runner.cam_layers = None
+        # built as the local path builds it (build_runner), from the options that travel to the actor
+        self.runner = build_runner(ScoreConfig(
+            bundle=bundle, input=None, output="", device=device, overrides=dict(overrides or {}),
+            precision=self.options.get("precision"), channels_last=self.options.get("channels_last"),
+            heatmaps=self.options.get("heatmaps", True)))
 
     def score(self, units: list[dict], out_dir: str, batch_size: int) -> list[dict]:
         from cadpipe.pipelines.scoring.score import process_units

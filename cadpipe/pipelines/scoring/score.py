@@ -150,10 +150,10 @@ def _error_row(unit: Unit, info: dict, reason: str, elapsed: float) -> dict:
 
 def _display_image(runner, pre_item: dict, like: np.ndarray | None) -> np.ndarray:
     """The preprocessed image mapped back to the input geometry (for overlays), channel axis dropped."""
-    img = pre_item["image"]
     if pre_item.get("_display") is not None:  # batched scoring: already mapped back (scoring/batched.py)
         arr = np.asarray(torch.as_tensor(pre_item["_display"]).detach().cpu().float())
     else:
+        img = pre_item["image"]
         try:
             inv = runner.preprocessing.inverse({"image": img.clone() if hasattr(img, "clone") else img})["image"]
             arr = np.asarray(torch.as_tensor(inv).detach().cpu().float())
