@@ -37,6 +37,7 @@ import torch
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.inference.thresholds import decide, load_thresholds
+from cadpipe.pipelines.outputs.calls import at_or_above
 from cadpipe.pipelines.outputs.files import file_sha256
 
 __all__ = ["BundleRunner", "file_sha256", "bundle_is_complete", "RESULT_COLUMNS_KEY", "RESULT_NOTES_KEY",
@@ -312,7 +313,7 @@ class BundleRunner:
         limit = (lambda i: self.thresholds.threshold(names[i])) if self.thresholds.saved and names else \
             (lambda i: self.cam_threshold)
         return [i for i, p in enumerate(np.asarray(probs, dtype=np.float64).reshape(-1))
-                if p >= limit(i) and not (i < len(names) and names[i] in skip)]
+                if at_or_above(p, limit(i)) and not (i < len(names) and names[i] in skip)]
 
     def heatmaps(self, items: list[dict], class_index: int | None = None) -> list[np.ndarray] | None:
         """GradCAM for a list of same-shape preprocessed items in one forward/backward pass (see :meth:`heatmap`)."""

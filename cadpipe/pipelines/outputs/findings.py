@@ -6,7 +6,8 @@ dict ``{"type", "text"[, "probability", "threshold", "call"]}`` (``call``: ``"po
 
 Wording follows the task:
 
-- classification: "PNEUMONIA: positive (probability 87%, operating threshold 42%)."; multi-class: the predicted
+- classification: "PNEUMONIA: positive (probability 87.0%, at or above the operating threshold 42.0%)." (the
+  comparison and the printed precision of :mod:`cadpipe.pipelines.outputs.calls`); multi-class: the predicted
   class with its probability; multi-label: one finding per pathology above its threshold, or "No finding above
   the operating thresholds" (``No Finding`` never beside a positive finding);
 - segmentation: lung fields by name with their area; a 2D image gives an area in cm² (from the pixel spacing, in
@@ -16,8 +17,11 @@ Wording follows the task:
 
 from __future__ import annotations
 
-__all__ = ["classification_findings", "threshold_phrase", "heatmap_caption", "segmentation_finding",
-           "segmentation_caption", "select_boxes", "detection_findings", "threshold_columns", "detection_caption", "NO_FINDING"]
+from cadpipe.pipelines.outputs.calls import at_or_above, pct, relation, shown_pair
+
+__all__ = ["classification_findings", "class_calls", "row_calls", "threshold_phrase", "heatmap_caption", "segmentation_finding",
+           "segmentation_caption", "select_boxes", "detection_findings", "threshold_columns", "detection_caption",
+           "NO_FINDING", "HEATMAP_COLOURS"]
 
 NO_FINDING = "No Finding"
 
@@ -31,8 +35,50 @@ def _name(n: str) -> str:
 
 
 def threshold_phrase(p: float, threshold: float) -> str:
-    """``"0.87 above threshold 0.42"`` (two decimals, as the threshold file holds them)."""
-    return f"{float(p):.2f} {'above' if p >= threshold else 'below'} threshold {float(threshold):.2f}"
+    """``"probability 87.0%, at or above the operating threshold 42.0%"`` (:mod:`~cadpipe.pipelines.outputs.calls`:
+    the same comparison and printed precision everywhere)."""
+    shown_p, shown_t = shown_pair(p, threshold)
+    return f"probability {shown_p}, {relation(p, threshold)} the operating threshold {shown_t}"
+
+
+def class_calls(task: str, names: list[str], probs: list[float], deciding: dict[str, float],
+                predicted: str) -> list[dict]:
+    """One entry per class, highest probability first: ``{"name", "probability", "threshold", "call",
+    "relation", "shown_probability", "shown_threshold", "note"}``, what the report's table, the captions and the
+    portal print (they never compute a call themselves).
+
+    ``deciding``: the thresholds that decide (:func:`threshold_columns`: every class of a multi-label model, the
+    positive class of a binary one, none for multi-class arg-max); the other classes get ``threshold`` None.
+    ``call``: ``"positive"`` for the classes in ``predicted`` (the row's column, from
+    :func:`cadpipe.pipelines.inference.thresholds.decide`), else ``"negative"``. ``note`` explains a call the numbers alone do not (``No Finding``
+    at or above its threshold beside a pathology).
+    """
+    shown = {n for n in str(predicted).split(";") if n}
+    out = []
+    for n, p in sorted(zip(names, (float(v) for v in probs)), key=lambda np_: -np_[1]):
+        t = float(deciding[n]) if n in deciding else None
+        entry = {"name": n, "probability": p, "threshold": t, "call": "positive" if n in shown else "negative",
+                 "note": ""}
+        if t is None:
+            entry.update(relation="", shown_probability=pct(p), shown_threshold="")
+        else:
+            sp, st = shown_pair(p, t)
+            entry.update(relation=relation(p, t), shown_probability=sp, shown_threshold=st)
+            if task == "multilabel" and n == NO_FINDING and at_or_above(p, t) and entry["call"] == "negative":
+                entry["note"] = "not reported beside a pathology at or above its threshold"
+        out.append(entry)
+    return out
+
+
+def row_calls(row: dict) -> list[dict]:
+    """:func:`class_calls` of a results row (its ``prob_<class>`` columns, ``predicted``, ``_task`` and the deciding
+    ``_thresholds`` scoring stored): what the report and the portal print. Empty for rows without probabilities."""
+    probs = {k[5:]: float(v) for k, v in row.items() if k.startswith("prob_") and v not in (None, "")}
+    if not probs:
+        return []
+    task = row.get("_task") or "classification"
+    return class_calls(task, list(probs), list(probs.values()), row.get("_thresholds") or {},
+                       str(row.get("predicted", "") or ""))
 
 
 def classification_findings(task: str, names: list[str], probs: list[float], thresholds: dict[str, float],
@@ -52,19 +98,17 @@ def classification_findings(task: str, names: list[str], probs: list[float], thr
         shown = [n for n in str(predicted).split(";") if n]
         if shown == [NO_FINDING] or not shown:
             return [{"type": "none", "call": "negative",
-                     "text": "No pathology above its operating threshold."
-                             + (f" No Finding: {_pct(prob[NO_FINDING])}." if NO_FINDING in prob else "")}]
-        return [item(n, "positive", f"{_name(n)}: above threshold (probability {_pct(prob[n])}, operating "
-                                    f"threshold {_pct(thr[n])}).")
+                     "text": "No pathology at or above its operating threshold."
+                             + (f" No Finding: {pct(prob[NO_FINDING])}." if NO_FINDING in prob else "")}]
+        return [item(n, "positive", f"{_name(n)}: {threshold_phrase(prob[n], thr[n])}.")
                 for n in sorted(shown, key=lambda n: -prob[n])]
     if len(names) == 2:
         pos = positive_class if positive_class in names else names[1]
         call = "positive" if predicted == pos else "negative"
-        return [item(pos, call, f"{_name(pos)}: {call} (probability {_pct(prob[pos])}, operating threshold "
-                                f"{_pct(thr[pos])}).")]
-    call = "positive" if prob.get(predicted, 0.0) >= thr.get(predicted, 0.5) else "negative"
-    return [item(predicted, call, f"Predicted class: {_name(predicted)} (probability {_pct(prob[predicted])}, the "
-                                  f"highest of {len(names)} classes).")]
+        return [item(pos, call, f"{_name(pos)}: {call} ({threshold_phrase(prob[pos], thr[pos])}).")]
+    return [{"type": predicted, "probability": prob.get(predicted, 0.0), "threshold": None, "call": "positive",
+             "text": f"Predicted class: {_name(predicted)} (probability {pct(prob.get(predicted, 0.0))}, the "
+                     f"highest of {len(names)} classes)."}]
 
 
 def threshold_columns(task: str, names: list[str], thresholds: dict[str, float], ops) -> dict[str, float]:
@@ -78,9 +122,26 @@ def threshold_columns(task: str, names: list[str], thresholds: dict[str, float],
     return {}
 
 
-def heatmap_caption(class_name: str, p: float, threshold: float, method: str = "Grad-CAM") -> str:
-    """``"Grad-CAM for PNEUMONIA, 0.87 above threshold 0.42"``."""
-    return f"{method} for {_name(class_name)}, {threshold_phrase(p, threshold)}"
+HEATMAP_COLOURS = "blue: little evidence, through green and yellow, to red: the most evidence"
+
+
+def heatmap_caption(calls: list[dict], class_name: str, task: str, method: str = "Grad-CAM") -> str:
+    """What a heat map shows, with the class's call as :func:`class_calls` made it and what its colours mean:
+    ``"Grad-CAM for PNEUMONIA (positive: probability 87.0%, at or above the operating threshold 42.0%).
+    Where the model found evidence for PNEUMONIA; blue: little evidence, ... red: the most evidence"``."""
+    c = next((c for c in calls if c["name"] == class_name), None)
+    name = _name(class_name)
+    colours = f"Colours: where the model found evidence for {name}; {HEATMAP_COLOURS}."
+    if c is None:
+        return f"{method} for {name}. {colours}"
+    if c["threshold"] is None:  # multi-class arg-max (or the negative class of a binary model)
+        rank = "the predicted class" if c["call"] == "positive" else "not the predicted class"
+        return f"{method} for {name}, {rank} (probability {c['shown_probability']}). {colours}"
+    word = {"positive": "positive" if task != "multilabel" else "reported",
+            "negative": "negative" if task != "multilabel" else "not reported"}[c["call"]]
+    note = f"; {c['note']}" if c.get("note") else ""
+    return (f"{method} for {name} ({word}: probability {c['shown_probability']}, {c['relation']} the operating "
+            f"threshold {c['shown_threshold']}{note}). {colours}")
 
 
 def segmentation_finding(structure: str, n_pixels: int, ndim: int, unit_size: float | None) -> dict:
@@ -101,17 +162,17 @@ def segmentation_finding(structure: str, n_pixels: int, ndim: int, unit_size: fl
     if str(structure).lower() in ("lung", "lungs"):
         if not n_pixels:
             return {"type": "none", "text": "No lung field was found."}
-        return {"type": "lung", "text": f"Lung fields outlined (red): area {size}."}
+        return {"type": "lung", "text": f"Lung fields found (shaded red on the image): area {size}."}
     if not n_pixels:
-        return {"type": "none", "text": f"No {_name(structure)} region was outlined."}
-    return {"type": "lesion", "text": f"Possible {_name(structure)} outlined (red): "
+        return {"type": "none", "text": f"No {_name(structure)} region was found."}
+    return {"type": "lesion", "text": f"Possible {_name(structure)} found (shaded red on the image): "
                                       f"{'volume' if ndim == 3 else 'area'} {size}."}
 
 
 def segmentation_caption(structure: str, ndim: int) -> str:
-    what = "Lung fields" if str(structure).lower() in ("lung", "lungs") else f"Possible {_name(structure)}"
-    where = "the slice with the largest outlined area" if ndim == 3 else "the image"
-    return f"{what} outlined in red on {where}"
+    what = "the lung fields" if str(structure).lower() in ("lung", "lungs") else f"possible {_name(structure)}"
+    where = "the slice with the largest segmented area" if ndim == 3 else "the image"
+    return f"Segmentation on {where}: red tint (half-transparent) = {what} as segmented by the model"
 
 
 def select_boxes(boxes: list[dict], min_score: float, max_boxes: int) -> list[dict]:

@@ -2,7 +2,8 @@
 
 ``patient_lines(info)`` turns the identifiers discovery reads from a DICOM header (``PatientName`` ``DOE^JANE``,
 ``StudyDate`` ``20240131``, ``PatientAge`` ``045Y``...) into what a reader expects ("DOE, Jane", "31 Jan 2024",
-"45 years"); ``technical_lines(info)`` keeps the UIDs for the report's small technical-details section. Missing
+"45 years"; ``BreastDensity``, not a DICOM attribute, is the density a DDSM ``.ics`` gives, "ACR 3 (heterogeneously
+dense)"); ``technical_lines(info)`` keeps the UIDs for the report's small technical-details section. Missing
 values are left out; a value that does not parse is shown as it is (never guessed).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-__all__ = ["person_name", "study_date", "age", "patient_lines", "technical_lines", "view_text"]
+__all__ = ["person_name", "study_date", "age", "patient_lines", "technical_lines", "view_text", "density_text"]
 
 _SEX = {"M": "Male", "F": "Female", "O": "Other"}
 _AGE_UNITS = {"Y": "year", "M": "month", "W": "week", "D": "day"}
@@ -56,10 +57,19 @@ def age(value: str, birth_date: str = "", on_date: str = "") -> str:
 
 
 def view_text(info: dict) -> str:
-    """View and laterality, e.g. ``"CC, left"`` or ``"PA"``."""
+    """Laterality and view as a reader says them, e.g. ``"Left CC"``, ``"Right MLO"`` or ``"PA"``."""
     view = str(info.get("ViewPosition", "") or "").strip()
     side = str(info.get("ImageLaterality", "") or info.get("Laterality", "") or "").strip().upper()
-    return ", ".join(p for p in (view, _LATERALITY.get(side, side.lower())) if p)
+    side = _LATERALITY.get(side, side.lower())
+    return " ".join(p for p in (side.capitalize(), view) if p)
+
+
+def density_text(value) -> str:
+    """Breast density (ACR BI-RADS category 1-4, as DDSM's ``.ics`` ``DENSITY`` gives it) in words."""
+    words = {"1": "almost entirely fatty", "2": "scattered fibroglandular densities",
+             "3": "heterogeneously dense", "4": "extremely dense"}
+    v = str(value if value is not None else "").strip()
+    return f"ACR {v} ({words[v]})" if v in words else v
 
 
 def patient_lines(info: dict) -> list[tuple[str, str]]:
@@ -76,6 +86,7 @@ def patient_lines(info: dict) -> list[tuple[str, str]]:
         ("Modality", _MODALITY.get(modality, modality)),
         ("Body part", str(info.get("BodyPartExamined", "") or "").strip().capitalize()),
         ("View", view_text(info)),
+        ("Breast density", density_text(info.get("BreastDensity"))),
         ("Accession", str(info.get("AccessionNumber", "") or "").strip()),
     ]
     return [(k, v) for k, v in lines if v]

@@ -170,6 +170,31 @@ def _dicom_header(path: str) -> dict | str:
     }
 
 
+def ljpeg_header(path: str) -> dict:
+    """The report header fields of a DDSM ``.LJPEG`` view, in DICOM keywords, from its case ``.ics`` and its file
+    name: ``StudyDate`` (``DATE_OF_STUDY`` m d y → ``YYYYMMDD``), ``PatientAge`` (``042Y``), ``BreastDensity``
+    (ACR category), ``Modality`` ``MG``, ``ViewPosition`` (``CC``/``MLO``), ``ImageLaterality`` (``L``/``R``).
+    Fields that cannot be read are left out (the loader reports a broken ``.ics`` on the unit itself)."""
+    from cadpipe.transforms.io_ljpeg import find_ics, parse_ljpeg_filename, read_ics
+
+    out: dict = {"Modality": "MG"}
+    try:
+        name = parse_ljpeg_filename(path)
+        out.update(ViewPosition=name["view"], ImageLaterality=name["laterality"][:1])
+        ics = read_ics(find_ics(path))
+    except CadpipeInputError:
+        return out
+    date = str(ics.get("DATE_OF_STUDY") or "").split()
+    if len(date) == 3 and all(p.isdigit() for p in date):
+        month, day, year = (int(p) for p in date)
+        out["StudyDate"] = f"{year:04d}{month:02d}{day:02d}"
+    if isinstance(ics.get("PATIENT_AGE"), int):
+        out["PatientAge"] = f"{ics['PATIENT_AGE']:03d}Y"
+    if isinstance(ics.get("DENSITY"), int):
+        out["BreastDensity"] = str(ics["DENSITY"])
+    return out
+
+
 def _file_study(root: str, path: str) -> tuple[str, str]:
     """Study id / series id of a non-DICOM file: its first folder under the input root, and its stem."""
     rel = os.path.relpath(path, root)
@@ -300,7 +325,8 @@ def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None,
             base = os.path.basename(path)
             view = base.split(".")[-2] if base.count(".") >= 2 else os.path.splitext(base)[0]
             ics = [os.path.join(case_dir, f) for f in sorted(os.listdir(case_dir)) if f.lower().endswith(".ics")]
-            units.append(Unit(os.path.relpath(path, root), study, view, "ljpeg", path, [path] + ics[:1]))
+            units.append(Unit(os.path.relpath(path, root), study, view, "ljpeg", path, [path] + ics[:1],
+                              patient=ljpeg_header(path)))
         else:
             study, stem = _file_study(root, path)
             units.append(Unit(os.path.relpath(path, root), study, stem, fmt, path, [path]))

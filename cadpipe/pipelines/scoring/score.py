@@ -168,6 +168,66 @@ def _display_image(runner, pre_item: dict, like: np.ndarray | None) -> np.ndarra
     return arr
 
 
+def _original_image(runner, unit: Unit, pre_item: dict) -> np.ndarray | None:
+    """The input image as loaded (grey, its own pixel grid and aspect ratio, before any resizing: what the
+    report shows), channel axis dropped; None when it cannot be loaded again."""
+    try:
+        from cadpipe.transforms import LoadStudyImage
+
+        arr = np.asarray(LoadStudyImage(mode="gray")(unit.image))
+        return arr[0] if arr.ndim == runner.spatial_dims + 1 or arr.shape[0] == 1 else arr
+    except Exception:  # noqa: BLE001 - the overlay then uses the preprocessed image
+        return None
+
+
+def _on_input_grid(runner, pre_item: dict, heat: np.ndarray, original: np.ndarray | None) -> np.ndarray:
+    """A heat map computed on the model's input, mapped onto the original image's grid: through the inverse of
+    the bundle's preprocessing where it is invertible (crops, flips, resizes), else resized to the original."""
+    if original is None:
+        return heat
+    img = pre_item.get("image")
+    try:
+        from monai.data import MetaTensor
+
+        if isinstance(img, MetaTensor) and img.applied_operations:
+            import copy
+
+            mt = MetaTensor(torch.as_tensor(np.asarray(heat, dtype=np.float32))[None], meta=copy.deepcopy(img.meta),
+                            applied_operations=copy.deepcopy(img.applied_operations))
+            inv = np.asarray(torch.as_tensor(runner.preprocessing.inverse({"image": mt})["image"]).float())
+            inv = inv.mean(0) if inv.ndim == original.ndim + 1 else inv
+            if inv.shape == original.shape:
+                return inv
+    except Exception:  # noqa: BLE001 - not invertible: resized below
+        pass
+    return heat
+
+
+def mammogram_mirrored(image: np.ndarray | None, patient: dict) -> bool:
+    """Whether to show a mammogram mirrored so that, hung as read (right breast on the screen's left, left breast on
+    its right, back to back), its chest wall is at the middle: a right breast's chest wall on the picture's right
+    edge, a left breast's on its left edge. The chest wall is the brighter side (more tissue) of the image.
+    False for anything that is not a 2D mammogram with a known laterality."""
+    info = patient or {}
+    side = str(info.get("ImageLaterality", "") or info.get("Laterality", "") or "").strip().upper()[:1]
+    if image is None or np.ndim(image) != 2 or side not in ("L", "R") or str(info.get("Modality", "")).upper() not in (
+            "MG", ""):
+        return False
+    cols = np.asarray(image, dtype=np.float32).mean(axis=1)  # (X, Y): one mean per column
+    third = max(1, cols.size // 3)
+    wall_on_left = cols[:third].mean() > cols[-third:].mean()
+    return wall_on_left if side == "R" else not wall_on_left
+
+
+def _explained_class(task: str, names: list[str], probs, predicted: str) -> int:
+    """The class a single heat map explains when the bundle names no positive class: the most probable reported
+    finding (multi-label), else the most probable class."""
+    shown = [n for n in str(predicted).split(";") if n in names]
+    if task == "multilabel" and shown:
+        return names.index(max(shown, key=lambda n: probs[names.index(n)]))
+    return int(np.argmax(probs))
+
+
 def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, info: dict) -> dict:
     """Write the unit's files (atomically) and return its ok row (task columns + ``_findings``/``_outputs``)."""
     row = runner.summarise(out)
@@ -181,9 +241,9 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
     outputs: dict[str, Any] = {"overlays": []}
     findings: list[dict] = []
     row_extra: dict[str, Any] = {}
-    from cadpipe.pipelines.outputs.findings import (classification_findings, detection_caption, detection_findings,
-                                                    heatmap_caption, segmentation_caption, segmentation_finding,
-                                                    select_boxes, threshold_columns)
+    from cadpipe.pipelines.outputs.findings import (class_calls, classification_findings, detection_caption,
+                                                    detection_findings, heatmap_caption, segmentation_caption,
+                                                    segmentation_finding, select_boxes, threshold_columns)
     from cadpipe.pipelines.outputs.report import overlay_png
 
     captions: list[str] = []  # one per overlay: what the image shows
@@ -196,32 +256,38 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
                                             row["predicted"])
         if ops.note:
             findings.append({"type": "note", "text": ops.note[0].upper() + ops.note[1:] + "."})
-        row_extra = {"_task": runner.task, "_thresholds": threshold_columns(runner.task, names, thr, ops)}
+        deciding = threshold_columns(runner.task, names, thr, ops)
+        row_extra = {"_task": runner.task, "_thresholds": deciding}
+        calls = class_calls(runner.task, names, probs, deciding, row["predicted"])
         heat = pre_item.get("_heatmap")
         cam_idx = runner.cam_class()
-        cam_idx = cam_idx if cam_idx is not None else int(np.argmax(probs))
+        cam_idx = cam_idx if cam_idx is not None else _explained_class(runner.task, names, probs, row["predicted"])
         if heat is None and runner.cam_layers:
             heat = runner.heatmap(pre_item, class_index=cam_idx)
         per_class_cams = runner.cam_classes(probs)
-        image = None
+        original = None
         if heat is not None or info.get("plain_images", True) or per_class_cams:  # an overlay will be drawn
-            image = np.asarray(torch.as_tensor(pre_item["image"]).detach().cpu().float())
-            image = image.mean(0) if image.ndim == runner.spatial_dims + 1 else image
+            original = _original_image(runner, unit, pre_item)
         if heat is not None or info.get("plain_images", True):  # a plain image PNG only illustrates the report
             png = os.path.join(folder, f"{prefix}_heatmap.png" if heat is not None else f"{prefix}_image.png")
-            overlay_png(image, heatmap=heat, path=png, durable=False)
+            plain = os.path.join(folder, f"{prefix}_image.png") if heat is not None else None
+            overlay_png(original, heatmap=_on_input_grid(runner, pre_item, heat, original) if heat is not None
+                        else None, path=png, durable=False, plain_path=plain)
             outputs["overlays"].append(rel(png))
+            if plain:
+                outputs["image"] = rel(plain)
             cam_name = names[cam_idx] if cam_idx < len(names) else str(cam_idx)
-            captions.append(heatmap_caption(cam_name, probs[cam_idx], thr.get(cam_name, 0.5)) if heat is not None
+            captions.append(heatmap_caption(calls, cam_name, runner.task) if heat is not None
                             else "The image as analysed (no heat map)")
         # -- issue 10: multi-label bundles with cam_threshold get one heatmap per class above it ----------------
         per_class = []
         for ci in per_class_cams:
             n = runner.class_names[ci]
             cpng = os.path.join(folder, f"{prefix}_heatmap_{safe_name(n)}.png")
-            overlay_png(image, heatmap=runner.heatmap(pre_item, class_index=ci), path=cpng, durable=False)
+            overlay_png(original, heatmap=_on_input_grid(runner, pre_item, runner.heatmap(pre_item, class_index=ci),
+                                                         original), path=cpng, durable=False)
             outputs["overlays"].append(rel(cpng))
-            captions.append(heatmap_caption(n, probs[ci], thr.get(n, 0.5)))
+            captions.append(heatmap_caption(calls, n, runner.task))
             per_class.append(rel(cpng))
         if runner.task == "multilabel" and runner.cam_threshold is not None:
             row["heatmaps"] = ";".join(per_class)
@@ -249,8 +315,13 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
                 reason = err.reason if isinstance(err, CadpipeInputError) else f"{type(err).__name__}: {err}"
                 row["warnings"] = f"no DICOM SEG written: {str(reason).strip()[:300]}"
         png = os.path.join(folder, f"{prefix}_overlay.png")
-        overlay_png(_display_image(runner, pre_item, mask), mask=mask, path=png, durable=False)
+        plain = os.path.join(folder, f"{prefix}_image.png")
+        original = _original_image(runner, unit, pre_item)
+        if original is None or original.shape != mask.shape:
+            original = _display_image(runner, pre_item, mask)
+        overlay_png(original, mask=mask, path=png, durable=False, plain_path=plain)
         outputs["overlays"].append(rel(png))
+        outputs["image"] = rel(plain)
         structure = runner.class_names[1] if len(runner.class_names) > 1 else "lesion"
         findings.append(segmentation_finding(structure, row["lesion_voxels"], mask.ndim,
                                              runner.unit_size(out, mask.ndim)))
@@ -271,16 +342,17 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
                                          indent=1), durable=False)
         outputs["boxes"] = rel(js)
         png = os.path.join(folder, f"{prefix}_overlay.png")
-        try:  # boxes are in the original pixel grid: show the image as loaded, before any resizing
-            from cadpipe.transforms import LoadStudyImage
-
-            shown = np.asarray(LoadStudyImage(mode="gray")(unit.image))[0]
-        except Exception:  # noqa: BLE001
+        plain = os.path.join(folder, f"{prefix}_image.png")
+        shown = _original_image(runner, unit, pre_item)  # boxes are in the original pixel grid
+        if shown is None:
             shown = _display_image(runner, pre_item, None)
-        overlay_png(shown, boxes=shown_boxes, path=png, durable=False)
+        mirror = mammogram_mirrored(shown, unit.patient)
+        overlay_png(shown, boxes=shown_boxes, path=png, durable=False, mirror=mirror, plain_path=plain)
         outputs["overlays"].append(rel(png))
+        outputs["image"] = rel(plain)
         findings += detection_findings(shown_boxes, runner.display_min_score)
-        captions.append(detection_caption(shown_boxes, runner.display_min_score))
+        captions.append(detection_caption(shown_boxes, runner.display_min_score)
+                        + ("; shown mirrored left to right, as mammograms are hung" if mirror else ""))
     # -- issue 10: result keys set by the bundle's transforms (see bundle_runner): report notes + a details file --
     from cadpipe.pipelines.inference.bundle_runner import RESULT_NOTES_KEY, result_columns
 

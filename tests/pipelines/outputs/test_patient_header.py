@@ -17,5 +17,6 @@ def test_header_lines_leave_out_uids_and_empty_values():
     lines = dict(patient_lines(info))
     assert lines == {"Patient name": "DOE, JANE", "Patient ID": "P1", "Sex": "Female", "Age": "45 years",
                      "Study date": "31 Jan 2024", "Modality": "Mammography (MG)", "Body part": "Breast",
-                     "View": "CC, left", "Accession": "A7"}
+                     "View": "Left CC", "Accession": "A7"}
+    assert dict(patient_lines({"BreastDensity": "3"}))["Breast density"] == "ACR 3 (heterogeneously dense)"
     assert technical_lines(info) == [("Study Instance UID", "1.2.3"), ("Series Instance UID", "1.2.4")]
