@@ -122,13 +122,14 @@ def threshold_columns(task: str, names: list[str], thresholds: dict[str, float],
     return {}
 
 
-HEATMAP_COLOURS = "blue: little evidence, through green and yellow, to red: the most evidence"
+HEATMAP_COLOURS = ("scaled to this image: no tint where there is least, then blue, green, yellow and red where there "
+                   "is most")
 
 
 def heatmap_caption(calls: list[dict], class_name: str, task: str, method: str = "Grad-CAM") -> str:
     """What a heat map shows, with the class's call as :func:`class_calls` made it and what its colours mean:
     ``"Grad-CAM for PNEUMONIA (positive: probability 87.0%, at or above the operating threshold 42.0%).
-    Where the model found evidence for PNEUMONIA; blue: little evidence, ... red: the most evidence"``."""
+    Colours: where the model found evidence for PNEUMONIA; scaled to this image: ..."``."""
     c = next((c for c in calls if c["name"] == class_name), None)
     name = _name(class_name)
     colours = f"Colours: where the model found evidence for {name}; {HEATMAP_COLOURS}."

@@ -60,11 +60,18 @@ def pick_slice(image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.nd
     return image[..., k], (mask[..., k] if mask is not None and mask.shape == image.shape else None)
 
 
-def heatmap_stops(n: int = 5) -> list[tuple[float, tuple[int, int, int]]]:
-    """``[(value, (r, g, b))]`` of the heat-map colour scale at ``n`` evenly spaced values in [0, 1]: the report's
-    colour bar is drawn from these, so it shows the colours :func:`overlay_png` paints."""
+HEATMAP_ALPHA = 0.55  # opacity of the heat map's colour at the highest value (0 at the lowest)
+
+
+def heatmap_stops(n: int = 5, grey: int = 128) -> list[tuple[float, tuple[int, int, int]]]:
+    """``[(value, (r, g, b))]`` of the heat-map colour scale at ``n`` evenly spaced values in [0, 1], as
+    :func:`overlay_png` paints them over a mid-grey pixel (``grey``): the report's colour bar is drawn from these,
+    so it shows what the overlay shows."""
     values = np.linspace(0.0, 1.0, n)
-    return [(float(v), tuple(int(c) for c in _hot(np.array([v]))[0])) for v in values]
+    colours = _hot(values).astype(np.float32)
+    alpha = HEATMAP_ALPHA * values[:, None]
+    blended = grey * (1 - alpha) + colours * alpha
+    return [(float(v), tuple(int(round(c)) for c in rgb)) for v, rgb in zip(values, blended)]
 
 
 def _prepare(image: np.ndarray, mask: np.ndarray | None, heatmap: np.ndarray | None):
@@ -113,7 +120,7 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray | None = None, mask: np.n
     if hm is not None:
         hm = (hm - hm.min()) / (np.ptp(hm) + 1e-8)
         hm_t = hm.T[:, ::-1] if mirror else hm.T
-        alpha = 0.45 * hm_t[..., None]
+        alpha = HEATMAP_ALPHA * hm_t[..., None]
         rgb = rgb * (1 - alpha) + _hot(hm_t).astype(np.float32) * alpha
     if mask is not None:
         m = np.asarray(mask).T
@@ -156,7 +163,7 @@ def _colour_scale_html() -> str:
     stops = ", ".join(f"rgb{c} {100 * v:.0f}%" for v, c in heatmap_stops())
     return ("<div class='scale' role='img' aria-label='colour scale from blue (little evidence) to red (most "
             f"evidence)'><div class='bar' style='background:linear-gradient(to right, {stops})'></div>"
-            "<div class='ends'><span>little evidence (nearly transparent)</span><span>most evidence</span></div></div>")
+            "<div class='ends'><span>least evidence in this image</span><span>most evidence</span></div></div>")
 
 
 def _figure(path: str, caption: str, fig_id: str, heatmap: bool = False) -> str:
@@ -273,7 +280,7 @@ def _mammo_grid(rows: list[dict], out_dir: str, e) -> str:
 
 
 def write_study_report(study_dir: str, study_id: str, rows: list[dict], patient: dict, bundle: dict,
-                       out_dir: str) -> list[str]:
+                       out_dir: str, notice: str = "") -> list[str]:
     """Write ``<study_dir>/report.html`` (self-contained: images inlined as base64) and ``report.pdf`` when
     reportlab is installed. Returns the written paths.
 
@@ -281,7 +288,8 @@ def write_study_report(study_dir: str, study_id: str, rows: list[dict], patient:
     :mod:`cadpipe.pipelines.outputs.findings`), ``_outputs`` (``overlays``: image paths relative to ``out_dir``),
     ``_captions`` (one per overlay), ``_thresholds`` (class → operating threshold) and ``_patient`` (the unit's
     DICOM identifiers, for its view and UIDs). The header shows ``patient`` in human form
-    (:mod:`cadpipe.pipelines.outputs.patient_header`); UIDs only appear under "Technical details".
+    (:mod:`cadpipe.pipelines.outputs.patient_header`); UIDs only appear under "Technical details". ``notice``: a
+    line printed in a box under the header (the demo says its images are synthetic).
     """
     e = html.escape
     ident = patient_lines(patient)
@@ -309,6 +317,8 @@ def write_study_report(study_dir: str, study_id: str, rows: list[dict], patient:
         *[f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in ident],
         f"<tr><th>Analysis</th><td>{e(model)}</td></tr></table>",
     ]
+    if notice:
+        parts.append(f"<p class='warn'>{e(notice)}</p>")
     pdf_items: list[tuple[str, list[str], list[tuple[str, str, bool]]]] = []
     grid = _mammo_grid(rows, out_dir, e)
     parts.append(grid)
@@ -337,7 +347,7 @@ def write_study_report(study_dir: str, study_id: str, rows: list[dict], patient:
             images = images[1:]  # the first overlay hangs in the grid above
         plain = os.path.join(out_dir, outputs["image"]) if outputs.get("image") else ""
         if plain and os.path.isfile(plain):
-            images.insert(0, (plain, "The image as acquired (click a picture for full resolution)", False))
+            images.insert(0, (plain, "The image as acquired, without overlay", False))
         images = [(p, c, h) for p, c, h in images if os.path.isfile(p)]
         parts.append("<div class='pair'>" + "".join(_figure(p, c, f"img{index}_{k}", h)
                                                       for k, (p, c, h) in enumerate(images)) + "</div>")
@@ -359,7 +369,7 @@ def write_study_report(study_dir: str, study_id: str, rows: list[dict], patient:
     written = [html_path]
     try:
         written.append(_write_pdf(os.path.join(study_dir, "report.pdf"), ident + [("Analysis", model)], tech,
-                                  pdf_items))
+                                  pdf_items, notice))
     except ImportError:
         pass
     return written
@@ -380,7 +390,7 @@ def _pdf_image(path: str):
         return img.copy()
 
 
-def _write_pdf(path: str, ident, tech, items) -> str:
+def _write_pdf(path: str, ident, tech, items, notice: str = "") -> str:
     """The PDF twin of report.html: the same lines, and the pictures two per row (each in a 255 x 300 pt box, in
     its own aspect ratio; 3.5 x 4.2 inches), captions wrapped under them, a colour
     bar under each heat map."""
@@ -422,7 +432,7 @@ def _write_pdf(path: str, ident, tech, items) -> str:
                 c.rect(x + i * seg, yy - 8, seg + 0.5, 8, stroke=0, fill=1)
             c.setFillColorRGB(0, 0, 0)
             c.setFont("Helvetica", 6.5)
-            c.drawString(x, yy - 16, "little evidence")
+            c.drawString(x, yy - 16, "least evidence in this image")
             c.drawRightString(x + col_w, yy - 16, "most evidence")
             yy -= 22
         c.setFont("Helvetica", 7.5)
@@ -435,6 +445,8 @@ def _write_pdf(path: str, ident, tech, items) -> str:
     line("Computer-aided analysis report", 16, True)
     for k, v in ident:
         line(f"{k}: {v}")
+    if notice:
+        line(notice, 10, True)
     for title, lines, images in items:
         y -= 6
         line(title, 12, True)

@@ -74,6 +74,8 @@ class ScoreConfig:
     writer_threads: int | None = None  # threads writing outputs + journal lines; None: default_writer_threads()
     # DICOM SR + Secondary Capture per unit of DICOM input (outputs/dicom_results.py); off: --no-dicom-results
     dicom_results: bool = True
+    # a line every report prints under its header (the demo: the images and the model's training data are synthetic)
+    report_notice: str = ""
     # called with the BundleRunner once built, before scoring (benchmarks: replace the network by a null one)
     runner_hook: Callable[[Any], None] | None = None
 
@@ -845,7 +847,7 @@ after the first quarter of the units: the scoring process's per-unit cost withou
         for study, srows in by_study.items():
             try:
                 reports += write_study_report(os.path.join(cfg.output, folders[study]), study, srows,
-                                              patients[study], bundle, cfg.output)
+                                              patients[study], bundle, cfg.output, notice=cfg.report_notice)
             except Exception as err:  # noqa: BLE001 - a report failure must not lose the scores
                 log.warning("report for one study failed: %s", type(err).__name__)
 

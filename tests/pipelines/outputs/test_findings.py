@@ -26,7 +26,7 @@ def test_binary_wording_and_caption():
     cap = _caption_for("classification", ["NORMAL", "PNEUMONIA"], [0.13, 0.87], {"PNEUMONIA": 0.42}, "PNEUMONIA",
                        "PNEUMONIA")
     assert cap.startswith("Grad-CAM for PNEUMONIA (positive: probability 87.0%, at or above the operating threshold "
-                          "42.0%). Colours: where the model found evidence for PNEUMONIA; blue: little evidence")
+                          "42.0%). Colours: where the model found evidence for PNEUMONIA; scaled to this image")
 
 
 def test_multiclass_names_the_argmax_class_and_its_caption_no_threshold():
