@@ -155,7 +155,7 @@ def test_upload_cxr_and_see_report(server, browser):
     assert browser.find_element(By.ID, "error").is_displayed() is False
     assert browser.find_element(By.ID, "upload-progress").get_attribute("value") == "100"
     # the overlay's caption says what it shows (as in the report)
-    assert browser.find_element(By.ID, "overlay-caption").text.startswith("Grad-CAM for PNEUMONIA, ")
+    assert browser.find_element(By.ID, "overlay-caption").text.startswith("Grad-CAM for PNEUMONIA (")
     steps = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#steps li")]
     assert len(steps) == 5 and all(li.get_attribute("class") == "done"
                                    for li in browser.find_elements(By.CSS_SELECTOR, "#steps li")), steps
@@ -163,8 +163,10 @@ def test_upload_cxr_and_see_report(server, browser):
     assert table.is_displayed()
     cells = [td.text for td in table.find_elements(By.CSS_SELECTOR, "tbody td")]
     assert "PNEUMONIA" in cells, cells
-    prob = cells[cells.index("PNEUMONIA") + 1]
-    assert prob.endswith("%") and 0.0 <= float(prob[:-1]) <= 100.0
+    prob, threshold, call = cells[cells.index("PNEUMONIA") + 1: cells.index("PNEUMONIA") + 4]
+    assert prob.endswith("%") and 0.0 <= float(prob[:-1]) <= 100.0 and threshold.endswith("%")
+    assert call.split(": ")[1] in ("positive", "negative") and f"PNEUMONIA: {call.split(': ')[1]}" in \
+        browser.find_element(By.ID, "summary").text  # the table's call is the findings' call
     summary = browser.find_element(By.ID, "summary").text
     assert "PNEUMONIA: " in summary and "operating threshold" in summary and "synthetic_cxr_upload.png" in summary
     # the result is scrolled into view

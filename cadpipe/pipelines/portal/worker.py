@@ -13,6 +13,7 @@ import threading
 import time
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.pipelines.outputs.findings import row_calls
 from cadpipe.pipelines.portal.jobs import STEPS, JobStore
 
 __all__ = ["Worker", "QueueFull"]
@@ -162,4 +163,5 @@ def _public_row(row: dict) -> dict:
     """A results row for the API: probabilities/findings, no server paths."""
     keep = {k: v for k, v in row.items() if not k.startswith("_") and k not in ("model_sha256",)}
     keep["findings"] = row.get("_findings", [])
+    keep["calls"] = row_calls(row)  # what the page's table prints: the report's calls and numbers
     return keep

@@ -88,3 +88,103 @@ def test_header_human_form_uids_in_technical_details_captions_collapsed_table(tm
     assert "1.2.826.0.1.9" in tech and "1.2.826.0.1.10" in tech and "1.2.826.0.1.11" in tech and "ab" * 32 in tech
     collapsed = re.search(r"<details><summary>Other classes.*?</details>", html).group(0)
     assert "Mass" in collapsed and "No Finding" in collapsed and "Effusion" not in collapsed
+
+
+def _figures(html: str) -> list[dict]:
+    import re
+
+    return [{"id": m.group(1), "style": m.group(2), "caption": m.group(3)}
+            for m in re.finditer(r"<figure[^>]*><input type='checkbox' class='zoom' id='([^']+)'>.*?style='([^']+)'>"
+                                 r"</label><figcaption>(.*?)</figcaption>", html)]
+
+
+def test_readable_pictures_original_beside_overlay_long_side_512_click_for_full_size(tmp_path):
+    """The report shows the original beside its overlay, each with its long side at 512 px on screen in the
+    source's aspect ratio (a 128x160 source was shown squashed, about 64 px wide), a CSS toggle to full resolution,
+    and a colour bar under the heat map only."""
+    from cadpipe.pipelines.outputs.report import SCREEN_LONG_SIDE_PX, heatmap_stops
+
+    src = np.random.rand(128, 160).astype(np.float32)  # (X, Y): 128 columns, 160 rows: portrait
+    overlay_png(src, heatmap=np.random.rand(8, 8), path=str(tmp_path / "s" / "u" / "x_heatmap.png"),
+                plain_path=str(tmp_path / "s" / "u" / "x_image.png"))
+    for name in ("x_heatmap.png", "x_image.png"):  # both in the source's own grid
+        assert Image.open(tmp_path / "s" / "u" / name).size == (128, 160)
+    rows = [{"series_id": "u", "input_paths": "/in/x.png", "status": "ok", "_findings": [],
+             "_outputs": {"overlays": ["s/u/x_heatmap.png"], "image": "s/u/x_image.png"},
+             "_captions": ["Grad-CAM for PNEUMONIA"]}]
+    html_path = write_study_report(str(tmp_path / "s"), "S1", rows, {}, {"name": "cxr", "version": "1",
+                                   "model_sha256": ""}, str(tmp_path), notice="Demo: SYNTHETIC images")[0]
+    html = open(html_path, encoding="utf-8").read()
+    figs = _figures(html)
+    assert [f["caption"].split(" <div")[0] for f in figs] == ["The image as acquired, without overlay",
+                                                              "Grad-CAM for PNEUMONIA"]
+    assert all(f["style"] == f"height:{SCREEN_LONG_SIDE_PX}px;width:auto" for f in figs)  # portrait: height 512
+    assert ".zoom:checked+label img{width:auto!important;height:auto!important" in html  # click: natural size
+    assert "class='scale'" not in figs[0]["caption"] and "class='scale'" in figs[1]["caption"]
+    first, last = heatmap_stops()[0][1], heatmap_stops()[-1][1]
+    assert f"rgb{first} 0%" in html and f"rgb{last} 100%" in html and first == (128, 128, 128)  # no tint at 0
+    assert "<p class='warn'>Demo: SYNTHETIC images</p>" in html
+
+
+def test_heat_map_colours_are_the_colour_bar_colours():
+    from cadpipe.pipelines.outputs.report import heatmap_stops
+
+    grey = np.full((4, 2), 0.5, np.float32)
+    grey[0, 0], grey[3, 1] = 0.0, 1.0  # percentile window: 0.5 prints as mid-grey
+    hm = np.zeros((4, 2), np.float32)
+    hm[1, 0] = 1.0  # the heat map's maximum at column 1, row 0
+    arr = np.asarray(Image.open(io.BytesIO(overlay_png(grey, heatmap=hm))).convert("RGB")).astype(int)
+    painted = arr[0, 1]
+    assert np.abs(painted - np.array(heatmap_stops(grey=int(np.asarray(Image.open(io.BytesIO(overlay_png(grey)))
+                                                                       .convert("L"))[0, 1]))[-1][1])).max() <= 2
+
+
+def test_mammography_views_hung_as_read_headings_are_views_not_file_names(tmp_path):
+    positions = {"RCC": ("R", "CC"), "LCC": ("L", "CC"), "RMLO": ("R", "MLO"), "LMLO": ("L", "MLO")}
+    rows = []
+    for name, (side, view) in [("LCC", ("L", "CC")), ("LMLO", ("L", "MLO")), ("RCC", ("R", "CC")),
+                               ("RMLO", ("R", "MLO"))]:  # discovery's order: by file name
+        overlay_png(np.random.rand(20, 32), path=str(tmp_path / "s" / name / "o.png"))
+        rows.append({"series_id": name, "input_paths": f"/in/A_0001_1.{'LEFT' if side == 'L' else 'RIGHT'}_{view}.LJPEG",
+                     "status": "ok", "_findings": [{"text": "No finding with a score of 30% or more."}],
+                     "_outputs": {"overlays": [f"s/{name}/o.png"]}, "_captions": ["boxes"],
+                     "_patient": {"Modality": "MG", "ViewPosition": view, "ImageLaterality": side}})
+    assert set(positions.values()) == {(r["_patient"]["ImageLaterality"], r["_patient"]["ViewPosition"]) for r in rows}
+    patient = {"StudyDate": "19950207", "PatientAge": "055Y", "BreastDensity": "2", "Modality": "MG",
+               "ViewPosition": "CC", "ImageLaterality": "L"}
+    html = open(write_study_report(str(tmp_path / "s"), "case0001", rows, patient, {"name": "mammo", "version": "1",
+                                   "model_sha256": ""}, str(tmp_path))[0], encoding="utf-8").read()
+    grid = html.split("<div class='hang'>", 1)[1].split("<h2>", 1)[0]
+    order = [c.split(" (image")[0] for c in
+             [f["caption"] for f in _figures("<div class='hang'>" + grid)]]
+    assert order == ["Right CC", "Left CC", "Right MLO", "Left MLO"]  # CC row, MLO row; right breast on the left
+    headings = [h for h in html.split("<h2>")[1:]]
+    assert [h.split("</h2>")[0] for h in headings] == ["Views as read", "Image 1: Left CC", "Image 2: Left MLO",
+                                                      "Image 3: Right CC", "Image 4: Right MLO"]
+    assert not any(".LJPEG" in h.split("</h2>")[0] for h in headings)  # file names only under the heading
+    head = html.split("<h2>", 1)[0]
+    assert "7 Feb 1995" in head and "55 years" in head and "ACR 2 (scattered fibroglandular densities)" in head
+    assert "<th>View</th>" not in head  # four views: no single view in the study header
+
+
+def test_table_caption_and_findings_print_one_call_for_no_finding(tmp_path):
+    """The ChestX-ray14 report printed "No Finding, 0.57 above threshold 0.50" under an image while its table put
+    No Finding among the classes "below their operating threshold". Table, caption and findings now print the same
+    call and numbers (from findings.class_calls)."""
+    from cadpipe.pipelines.outputs.findings import class_calls, classification_findings, heatmap_caption
+
+    names, probs = ["Effusion", "Mass", "No Finding"], [0.2, 0.1, 0.57]
+    thr = {"Effusion": 0.3, "Mass": 0.4, "No Finding": 0.5}
+    caption = heatmap_caption(class_calls("multilabel", names, probs, thr, "No Finding"), "No Finding", "multilabel")
+    overlay_png(np.random.rand(16, 16), heatmap=np.random.rand(8, 8), path=str(tmp_path / "s" / "u" / "h.png"))
+    row = {"series_id": "u", "input_paths": "/in/x.png", "status": "ok", "_task": "multilabel",
+           "predicted": "No Finding", "_thresholds": thr, **{f"prob_{n}": p for n, p in zip(names, probs)},
+           "_findings": classification_findings("multilabel", names, probs, thr, None, "No Finding"),
+           "_outputs": {"overlays": ["s/u/h.png"]}, "_captions": [caption]}
+    html = open(write_study_report(str(tmp_path / "s"), "S", [row], {}, {"name": "cxr14", "version": "1",
+                                   "model_sha256": ""}, str(tmp_path))[0], encoding="utf-8").read()
+    assert "Grad-CAM for No Finding (reported: probability 57.0%, at or above the operating threshold 50.0%)" in html
+    assert "below their operating threshold" not in html
+    other = html.split("<details><summary>Other classes", 1)[1].split("</details>", 1)[0]
+    assert "No Finding" not in other  # reported, so not among the others
+    assert "<td>Effusion</td><td>20.0%</td><td>30.0%</td><td>below: not reported</td>" in other

@@ -187,9 +187,12 @@ def test_png_upload_to_report_and_restart(runner, tmp_path):
         report = client.get(job["report_url"])
         assert report.status_code == 200 and "Computer-aided analysis report" in report.text
         assert "data:image/png;base64," in report.text and "synthetic_cxr.png" in report.text
-        assert f"{row['prob_PNEUMONIA']:.1%}" in report.text  # the same numbers as the API
+        call = next(c for c in row["calls"] if c["name"] == "PNEUMONIA")  # the page's table prints these
+        assert call["shown_probability"] in report.text and call["shown_threshold"] in report.text
+        assert call["call"] == row["findings"][0]["call"]  # the same call as the findings and the report
         assert len(job["overlay_captions"]) == len(job["overlay_urls"]) >= 1  # each picture says what it shows
-        assert job["overlay_captions"][0].startswith("Grad-CAM for PNEUMONIA, ")
+        assert job["overlay_captions"][0].startswith(f"Grad-CAM for PNEUMONIA ({call['call']}: probability "
+                                                     f"{call['shown_probability']}, {call['relation']} ")
         assert job["overlay_captions"][0] in report.text
         pdf = client.get(job["report_pdf_url"])
         assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")

@@ -48,6 +48,20 @@ def test_mixed_folder_and_ddsm_case(tmp_path):
     assert {u.series_id for u in ljpeg} == {"LEFT_CC", "RIGHT_MLO"} and {u.study_id for u in ljpeg} == {"A_0001_1"}
     assert all(str(case / "A_0001_1.ics") in u.paths for u in ljpeg)
     assert len({u.unit_id for u in units}) == len(units)
+    # a broken .ics leaves the header to what the file name says (the loader reports the .ics on the unit)
+    assert {u.series_id: u.patient for u in ljpeg}["RIGHT_MLO"] == {"Modality": "MG", "ViewPosition": "MLO",
+                                                                    "ImageLaterality": "R"}
+
+
+def test_ddsm_view_header_comes_from_the_ics_and_the_file_name(tmp_path):
+    """The report header of a DDSM case: study date, age and density from the .ics, view and side from the name."""
+    from cadpipe.data.synthetic.ddsm import write_ddsm_case
+
+    write_ddsm_case(tmp_path / "in", 1, n_masses={"LEFT_CC": 0})
+    units = {u.series_id: u for u in discover(str(tmp_path / "in"))}
+    assert units["LEFT_CC"].patient == {"Modality": "MG", "ViewPosition": "CC", "ImageLaterality": "L",
+                                        "StudyDate": "19950207", "PatientAge": "055Y", "BreastDensity": "2"}
+    assert units["RIGHT_MLO"].patient["ImageLaterality"] == "R" and units["RIGHT_MLO"].patient["ViewPosition"] == "MLO"
 
 
 def test_missing_input_names_the_path(tmp_path):

@@ -60,7 +60,7 @@ def test_mixed_folder_rows_and_errors(cls_bundle, tmp_path, caplog):
         assert any(f.endswith("_heatmap.png") for f in os.listdir(row_dir))
     report = open(os.path.join(out, exp["dicom_study"], "report.html"), encoding="utf-8").read()
     assert "Not for clinical use" in report and "data:image/png;base64," in report
-    assert "PAT-SECRET-1" in report and "tiny_classification_bundle" in report and "abnormal: " in report and "operating threshold 50%" in report
+    assert "PAT-SECRET-1" in report and "tiny_classification_bundle" in report and "abnormal: " in report and "operating threshold 50.0%" in report
     assert os.path.exists(os.path.join(out, "results.parquet"))
     # patient identifiers stay out of the logs
     assert "PAT-SECRET" not in caplog.text and "Synthetic^Patient" not in caplog.text

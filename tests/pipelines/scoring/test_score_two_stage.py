@@ -191,6 +191,6 @@ def test_lung_bundle_alone_scores_mask_and_box(two_stage):
     png, dcm = df.loc["synthetic_cxr.png"], df.loc["synthetic_rsna.dcm"]
     html_png = open(os.path.join(out, png.study_id, "report.html"), encoding="utf-8").read()
     html_dcm = open(os.path.join(out, dcm.study_id, "report.html"), encoding="utf-8").read()
-    assert f"Lung fields outlined (red): area {int(png.lesion_voxels)} pixels" in html_png and png.lesion_area_cm2 == ""
-    assert f"Lung fields outlined (red): area {float(dcm.lesion_area_cm2):.1f} cm²." in html_dcm
+    assert f"Lung fields found (shaded red on the image): area {int(png.lesion_voxels)} pixels" in html_png and png.lesion_area_cm2 == ""
+    assert f"Lung fields found (shaded red on the image): area {float(dcm.lesion_area_cm2):.1f} cm²." in html_dcm
     assert " mL" not in html_png + html_dcm and "suspicious" not in html_png + html_dcm

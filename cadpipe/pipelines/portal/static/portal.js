@@ -120,17 +120,20 @@
       const texts = row.status === "ok" ? (row.findings || []).map((f) => f.text) : ["Could not be analysed: " + row.error];
       for (const t of texts) { const li = document.createElement("li"); li.textContent = t; ul.appendChild(li); }
       summary.appendChild(ul);
-      const probs = Object.keys(row).filter((k) => k.startsWith("prob_"));
-      if (probs.length) {
+      // the calls and printed numbers come from the server (cadpipe.pipelines.outputs.findings.row_calls): the
+      // same comparison and rounding as the findings, the captions and the report
+      const calls = row.calls || [];
+      if (calls.length) {
         if (!anyProb) {
           const tr = document.createElement("tr");
-          for (const title of ["Image", "Finding", "Probability"]) { const th = document.createElement("th"); th.textContent = title; tr.appendChild(th); }
+          for (const title of ["Image", "Class", "Probability", "Operating threshold", "Call"]) { const th = document.createElement("th"); th.textContent = title; tr.appendChild(th); }
           head.appendChild(tr);
         }
         anyProb = true;
-        for (const k of probs) {
+        for (const c of calls) {
           const tr = document.createElement("tr");
-          for (const text of [row.input_paths || row.unit_id, k.slice(5).replace(/_/g, " "), (100 * row[k]).toFixed(1) + "%"]) {
+          const call = c.threshold === null ? "—" : `${c.relation}: ${c.call}` + (c.note ? ` (${c.note})` : "");
+          for (const text of [row.input_paths || row.unit_id, c.name.replace(/_/g, " "), c.shown_probability, c.shown_threshold || "—", call]) {
             const td = document.createElement("td"); td.textContent = text; tr.appendChild(td);
           }
           body.appendChild(tr);
@@ -140,6 +143,7 @@
     table.hidden = !anyProb;
     if (job.overlay_urls.length) {
       $("overlay").src = withToken(job.overlay_urls[0]);
+      $("overlay-link").href = withToken(job.overlay_urls[0]);
       const caption = (job.overlay_captions || [])[0];
       if (caption) { $("overlay-caption").textContent = caption; $("overlay").alt = caption; }
       $("overlay-figure").hidden = false;
