@@ -214,7 +214,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="demo_out", help="folder for everything the demo writes")
     parser.add_argument("--bundles", nargs="*", default=None, help="only these bundle names (default: all)")
     parser.add_argument("--bundles-dir", default=None, help="where the bundles are (default: the repo's bundles/)")
-    parser.add_argument("--train-timeout", type=int, default=600, help="seconds allowed for each bundle's training")
+    parser.add_argument("--train-timeout", type=int, default=1800,
+                        help="seconds allowed for each bundle's training (default 1800: a loaded machine is slow)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 

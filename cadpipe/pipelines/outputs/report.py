@@ -343,14 +343,14 @@ def write_study_report(study_dir: str, study_id: str, rows: list[dict], patient:
         captions = list(row.get("_captions") or [])
         images = [(os.path.join(out_dir, p), captions[i] if i < len(captions) else "",
                    "heatmap" in os.path.basename(p)) for i, p in enumerate(overlays)]
-        if grid and _mammo_position(row):
-            images = images[1:]  # the first overlay hangs in the grid above
         plain = os.path.join(out_dir, outputs["image"]) if outputs.get("image") else ""
         if plain and os.path.isfile(plain):
             images.insert(0, (plain, "The image as acquired, without overlay", False))
         images = [(p, c, h) for p, c, h in images if os.path.isfile(p)]
+        hung = os.path.join(out_dir, overlays[0]) if grid and _mammo_position(row) and overlays else None
+        shown = [im for im in images if im[0] != hung]  # the overlay hanging in the grid above is not repeated
         parts.append("<div class='pair'>" + "".join(_figure(p, c, f"img{index}_{k}", h)
-                                                      for k, (p, c, h) in enumerate(images)) + "</div>")
+                                                      for k, (p, c, h) in enumerate(shown)) + "</div>")
         pdf_items.append((title, pdf_lines + lines + extra, images))
     tech = [("Model", f"{model}, weights sha256 {bundle.get('model_sha256', '')}")]
     tech += technical_lines(patient)

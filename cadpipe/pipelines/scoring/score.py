@@ -177,7 +177,7 @@ def _original_image(runner, unit: Unit, pre_item: dict) -> np.ndarray | None:
         from cadpipe.transforms import LoadStudyImage
 
         arr = np.asarray(LoadStudyImage(mode="gray")(unit.image))
-        return arr[0] if arr.ndim == runner.spatial_dims + 1 or arr.shape[0] == 1 else arr
+        return arr[0] if arr.ndim == getattr(runner, "spatial_dims", 2) + 1 or arr.shape[0] == 1 else arr
     except Exception:  # noqa: BLE001 - the overlay then uses the preprocessed image
         return None
 
@@ -270,6 +270,9 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
         original = None
         if heat is not None or info.get("plain_images", True) or per_class_cams:  # an overlay will be drawn
             original = _original_image(runner, unit, pre_item)
+            if original is None:  # not loadable again: the model's input
+                original = np.asarray(torch.as_tensor(pre_item["image"]).detach().cpu().float())
+                original = original.mean(0) if original.ndim == runner.spatial_dims + 1 else original
         if heat is not None or info.get("plain_images", True):  # a plain image PNG only illustrates the report
             png = os.path.join(folder, f"{prefix}_heatmap.png" if heat is not None else f"{prefix}_image.png")
             plain = os.path.join(folder, f"{prefix}_image.png") if heat is not None else None

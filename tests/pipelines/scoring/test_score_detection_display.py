@@ -41,3 +41,19 @@ def test_at_most_max_boxes_shown_numbered_by_score(tmp_path):
     assert "Boxes 1–5 numbered by score" in row["_captions"][0]
     saved = json.load(open(os.path.join(str(tmp_path / "out"), row["_outputs"]["boxes"])))
     assert len(saved["boxes"]) == 50  # every candidate stays in the boxes file
+
+
+def test_mammograms_are_mirrored_so_chest_walls_meet_in_the_middle():
+    """Hung as read, a right breast's chest wall is on its picture's right edge, a left breast's on its left edge."""
+    import numpy as np
+
+    from cadpipe.pipelines.scoring.score import mammogram_mirrored
+
+    wall_left = np.zeros((30, 40), np.float32)  # (X, Y): tissue in the low columns
+    wall_left[:12] = 1.0
+    wall_right = wall_left[::-1].copy()
+    mg = lambda side: {"Modality": "MG", "ImageLaterality": side}  # noqa: E731
+    assert mammogram_mirrored(wall_left, mg("R")) and not mammogram_mirrored(wall_right, mg("R"))
+    assert mammogram_mirrored(wall_right, mg("L")) and not mammogram_mirrored(wall_left, mg("L"))
+    assert not mammogram_mirrored(wall_left, {"Modality": "MG"})  # unknown side: as acquired
+    assert not mammogram_mirrored(wall_left, {"Modality": "DX", "ImageLaterality": "R"})

@@ -9,6 +9,7 @@ import pandas as pd
 
 from cadpipe.data.synthetic.weights import copy_bundle_untrained
 from cadpipe.pipelines.inference.bundle_runner import file_sha256
+from cadpipe.pipelines.outputs.calls import shown_pair
 from cadpipe.pipelines.scoring.score import EXIT_OK, ScoreConfig, score
 from cadpipe.pipelines.tasks.thresholds import ThresholdSaver
 from tests.pipelines.scoring.score_helpers import write_png
@@ -50,10 +51,14 @@ def test_saved_threshold_decides_predicted_and_wording(tmp_path):
     for _, row in after.iterrows():
         html = _report_text(out, row.study_id)
         call = "positive" if row.predicted == "PNEUMONIA" else "negative"
-        assert f"PNEUMONIA: {call} (probability {row.prob_PNEUMONIA:.0%}, operating threshold {saved_thr:.0%})." in html
+        # one image sits exactly on the threshold: "at or above", and the printed numbers agree with the call
+        shown_p, shown_t = shown_pair(row.prob_PNEUMONIA, saved_thr)
+        rel = "at or above" if row.predicted == "PNEUMONIA" else "below"
+        phrase = f"probability {shown_p}, {rel} the operating threshold {shown_t}"
+        assert f"PNEUMONIA: {call} ({phrase})." in html
         assert "No operating threshold" not in html
-        side = "above" if row.predicted == "PNEUMONIA" else "below"
-        assert f"Grad-CAM for PNEUMONIA, {row.prob_PNEUMONIA:.2f} {side} threshold {saved_thr:.2f}" in html
+        assert f"Grad-CAM for PNEUMONIA ({call}: {phrase})" in html
+        assert f"<td>PNEUMONIA</td><td>{shown_p}</td><td>{shown_t}</td><td>{rel}: {call}</td>" in html
     assert thr > 0  # the probabilities differ between images (a constant network would make this test vacuous)
     assert probs[0] < probs[-1]
 
