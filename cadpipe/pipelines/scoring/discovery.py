@@ -175,7 +175,7 @@ def ljpeg_header(path: str) -> dict:
     name: ``StudyDate`` (``DATE_OF_STUDY`` m d y → ``YYYYMMDD``), ``PatientAge`` (``042Y``), ``BreastDensity``
     (ACR category), ``Modality`` ``MG``, ``ViewPosition`` (``CC``/``MLO``), ``ImageLaterality`` (``L``/``R``).
     Fields that cannot be read are left out (the loader reports a broken ``.ics`` on the unit itself)."""
-    from cadpipe.transforms.io_ljpeg import find_ics, parse_ljpeg_filename, read_ics
+    from cadpipe.transforms.readers.io_ljpeg import find_ics, parse_ljpeg_filename, read_ics
 
     out: dict = {"Modality": "MG"}
     try:
