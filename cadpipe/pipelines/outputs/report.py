@@ -75,11 +75,13 @@ def heatmap_stops(n: int = 5, grey: int = 128) -> list[tuple[float, tuple[int, i
 
 
 def _prepare(image: np.ndarray, mask: np.ndarray | None, heatmap: np.ndarray | None):
-    """A 2D (X, Y) image (channel axis dropped, the slice with most mask for a volume), its mask slice and the
-    heat map slice resized to the image."""
+    """A 2D (X, Y) image (channel axis dropped, the slice with most mask for a volume), its mask slice, the
+    heat map slice resized to the image, and the ``(3, X, Y)`` colour image when the input is RGB (else None)."""
     image = np.asarray(image, dtype=np.float32)
+    colour = None
     if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[0] < min(image.shape[1:]):
-        image = image.mean(0)  # channel-first 2D
+        colour = image if image.shape[0] == 3 else None  # channel-first 2D: RGB kept for the picture
+        image = image.mean(0)
     image, mask = pick_slice(image, mask)
     hm = None
     if heatmap is not None:
@@ -91,13 +93,14 @@ def _prepare(image: np.ndarray, mask: np.ndarray | None, heatmap: np.ndarray | N
 
             hm = torch.nn.functional.interpolate(torch.as_tensor(hm)[None, None], size=image.shape,
                                                  mode="bilinear", align_corners=False)[0, 0].numpy()
-    return image, mask, hm
+    return image, mask, hm, colour
 
 
 def overlay_png(image: np.ndarray, heatmap: np.ndarray | None = None, mask: np.ndarray | None = None,
                 boxes: list[dict] | None = None, path: str | None = None, durable: bool = True,
                 mirror: bool = False, plain_path: str | None = None) -> bytes:
-    """Render a grey image (X, Y[, Z]) with a heatmap, label mask and/or boxes; returns PNG bytes (and writes
+    """Render an image (X, Y[, Z], grey; or (3, X, Y), colour) with a heatmap, label mask and/or boxes; returns PNG
+    bytes (and writes
     them atomically to ``path`` when given; ``durable=False``: no fsync, see ``files.atomic_write_bytes``).
 
     The picture keeps the image's own pixel grid (a heat map is resized onto it), so it has the source's size and
@@ -108,15 +111,18 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray | None = None, mask: np.n
     """
     from PIL import Image, ImageDraw
 
-    image, mask, hm = _prepare(image, mask, heatmap)
-    grey = _gray_u8(image.T)
+    image, mask, hm, colour = _prepare(image, mask, heatmap)
+    if colour is not None:  # (3, X, Y) → (rows, cols, 3), one intensity window for the three channels
+        base = _gray_u8(np.moveaxis(colour, 0, -1).transpose(1, 0, 2))
+    else:
+        base = np.repeat(_gray_u8(image.T)[..., None], 3, axis=-1)
     if mirror:
-        grey = grey[:, ::-1]
+        base = base[:, ::-1]
     if plain_path:
         buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(grey)).save(buf, format="PNG", compress_level=1)
+        Image.fromarray(np.ascontiguousarray(base)).save(buf, format="PNG", compress_level=1)
         atomic_write_bytes(plain_path, buf.getvalue(), durable)
-    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
+    rgb = base.astype(np.float32)
     if hm is not None:
         hm = (hm - hm.min()) / (np.ptp(hm) + 1e-8)
         hm_t = hm.T[:, ::-1] if mirror else hm.T

@@ -170,13 +170,18 @@ def _display_image(runner, pre_item: dict, like: np.ndarray | None) -> np.ndarra
     return arr
 
 
-def _original_image(runner, unit: Unit, pre_item: dict) -> np.ndarray | None:
-    """The input image as loaded (grey, its own pixel grid and aspect ratio, before any resizing: what the
-    report shows), channel axis dropped; None when it cannot be loaded again."""
+def _original_image(runner, unit: Unit, pre_item: dict, colour: bool = False) -> np.ndarray | None:
+    """The input image as loaded (its own pixel grid and aspect ratio, before any resizing: what the report
+    shows): grey with the channel axis dropped, or ``(3, X, Y)`` for a colour 2D image when ``colour`` (a
+    histology photo stays in colour); None when it cannot be loaded again."""
     try:
         from cadpipe.transforms import LoadStudyImage
 
-        arr = np.asarray(LoadStudyImage(mode="gray")(unit.image))
+        arr = np.asarray(LoadStudyImage(mode="keep" if colour else "gray")(unit.image))
+        if colour and arr.ndim == 3 and arr.shape[0] == 3:
+            return arr
+        if colour:
+            arr = np.asarray(LoadStudyImage(mode="gray")(unit.image))
         return arr[0] if arr.ndim == getattr(runner, "spatial_dims", 2) + 1 or arr.shape[0] == 1 else arr
     except Exception:  # noqa: BLE001 - the overlay then uses the preprocessed image
         return None
@@ -197,8 +202,9 @@ def _on_input_grid(runner, pre_item: dict, heat: np.ndarray, original: np.ndarra
             mt = MetaTensor(torch.as_tensor(np.asarray(heat, dtype=np.float32))[None], meta=copy.deepcopy(img.meta),
                             applied_operations=copy.deepcopy(img.applied_operations))
             inv = np.asarray(torch.as_tensor(runner.preprocessing.inverse({"image": mt})["image"]).float())
-            inv = inv.mean(0) if inv.ndim == original.ndim + 1 else inv
-            if inv.shape == original.shape:
+            spatial = original.shape[-inv.ndim + 1:] if inv.ndim > 1 else original.shape
+            inv = inv[0] if inv.ndim == len(spatial) + 1 else inv
+            if inv.shape == tuple(spatial):
                 return inv
     except Exception:  # noqa: BLE001 - not invertible: resized below
         pass
@@ -269,7 +275,7 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
         per_class_cams = runner.cam_classes(probs)
         original = None
         if heat is not None or info.get("plain_images", True) or per_class_cams:  # an overlay will be drawn
-            original = _original_image(runner, unit, pre_item)
+            original = _original_image(runner, unit, pre_item, colour=True)
             if original is None:  # not loadable again: the model's input
                 original = np.asarray(torch.as_tensor(pre_item["image"]).detach().cpu().float())
                 original = original.mean(0) if original.ndim == runner.spatial_dims + 1 else original

@@ -188,3 +188,15 @@ def test_table_caption_and_findings_print_one_call_for_no_finding(tmp_path):
     other = html.split("<details><summary>Other classes", 1)[1].split("</details>", 1)[0]
     assert "No Finding" not in other  # reported, so not among the others
     assert "<td>Effusion</td><td>20.0%</td><td>30.0%</td><td>below: not reported</td>" in other
+
+
+def test_colour_images_stay_in_colour(tmp_path):
+    """A histology photo (3, X, Y) is shown in colour, the plain picture and the overlay alike."""
+    img = np.zeros((3, 20, 10), np.float32)  # (C, X, Y)
+    img[0] = 1.0  # red
+    img[2, 10:] = 1.0  # magenta on the right half (columns 10-19)
+    overlay_png(img, heatmap=np.zeros((4, 4)), path=str(tmp_path / "o.png"), plain_path=str(tmp_path / "p.png"))
+    plain = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
+    assert plain.shape == (10, 20, 3)
+    assert tuple(plain[5, 2]) == (255, 0, 0) and tuple(plain[5, 15]) == (255, 0, 255)
+    assert np.asarray(Image.open(tmp_path / "o.png").convert("RGB"))[5, 15, 2] > 200
