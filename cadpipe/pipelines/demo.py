@@ -94,9 +94,17 @@ def _lung_train(d: str) -> str:
 
 
 def _lung_studies(d: str) -> None:
-    from cadpipe.data.synthetic.lungs import write_synthetic_montgomery
+    import numpy as np
 
-    _dicom_cxrs(d)  # DICOM input: the lung mask is also written as a DICOM SEG
+    from cadpipe.data.synthetic.dicom import write_cxr_dicom
+    from cadpipe.data.synthetic.lungs import synthetic_lung_cxr, write_synthetic_montgomery
+
+    rng = np.random.default_rng(20)
+    for i in range(2):  # DICOM input (the lung mask is also written as a DICOM SEG), drawn like the training images
+        picture = synthetic_lung_cxr((160, 128), rng)[0]
+        os.makedirs(os.path.join(d, f"patient{i}", "DX"), exist_ok=True)
+        write_cxr_dicom(os.path.join(d, f"patient{i}", "DX", f"synthetic_IM{i:04d}"), rows=160, cols=128, seed=20 + i,
+                        photometric="MONOCHROME1" if i % 2 else "MONOCHROME2", display=np.round(picture * 4095))
     # Montgomery layout: CXR_png/ is scored, the ManualMask/ ground truth is skipped by study discovery
     write_synthetic_montgomery(os.path.join(d, "montgomery_style"), n=2, size=96, seed=9)
 

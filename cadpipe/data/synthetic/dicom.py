@@ -122,8 +122,10 @@ def write_cxr_dicom(
     view: str = "PA",
     pixel_spacing: float = 0.2,
     seed: int = 0,
+    display: np.ndarray | None = None,
 ) -> dict:
-    """Write a synthetic DX chest X-ray. Returns ``{"path", "pixels" (stored, rows x cols), "display" (brightness,
+    """Write a synthetic DX chest X-ray (``display``: its picture, ``(rows, cols)`` brightness in ``[0, 2**bits-1]``,
+    higher = brighter; default :func:`synthetic_cxr_pixels`). Returns ``{"path", "pixels" (stored, rows x cols), "display" (brightness,
     higher = brighter), "windows", "photometric", "transfer_syntax"}``.
 
     For ``MONOCHROME1`` the stored values are ``2**bits - 1 - display`` (higher stored = darker), and the window
@@ -134,7 +136,9 @@ def write_cxr_dicom(
     path = os.fspath(path)
     if "synthetic" not in os.path.basename(path).lower():
         raise ValueError(f"synthetic file names must contain 'synthetic': {path}")
-    display = synthetic_cxr_pixels(rows, cols, bits, seed)
+    if display is None:
+        display = synthetic_cxr_pixels(rows, cols, bits, seed)
+    display = np.asarray(display).astype(np.uint16)
     top = 2**bits - 1
     windows = list(windows) if windows is not None else [(top / 2.0, top * 0.8), (top * 0.4, top * 0.5)]
     pixels = display.copy()
