@@ -62,7 +62,7 @@ def test_lung_recipe_masks_the_synthetic_lungs(tmp_path):
     dice = []
     for path, lungs in truth.items():
         stem = os.path.splitext(os.path.basename(path))[0]
-        mask_file, = glob.glob(str(results / "**" / f"{stem}*_mask.nii.gz"), recursive=True)
+        mask_file, = glob.glob(str(results / "**" / f"*{stem}_mask.nii.gz"), recursive=True)
         pred = np.asarray(nib.load(mask_file).dataobj) > 0  # (X, Y) = (columns, rows)
         t = np.asarray(lungs).T > 0
         dice.append(2 * (pred & t).sum() / (pred.sum() + t.sum()))
