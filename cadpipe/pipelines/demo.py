@@ -141,7 +141,7 @@ def _mammo_studies(d: str) -> None:
 def _histo_train(d: str) -> str:
     from cadpipe.data.synthetic.histology import write_synthetic_bach
 
-    write_synthetic_bach(d, n_per_class=3, size=(128, 96), seed=0)
+    write_synthetic_bach(d, n_per_class=4, size=(128, 96), seed=0)
     return d
 
 
@@ -169,7 +169,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                    "cache_rate": 1.0, "split_fractions": [0.75, 0.25, 0.0]}),
     "breast_histology_classification": dict(  # a small DenseNet on 64 px patches
         train=_histo_train, studies=_histo_studies,
-        overrides={"epochs": 6, "batch_size": 4, "num_workers": 0, "patches_per_image": 2, "patch_size": 64,
+        overrides={"epochs": 20, "batch_size": 8, "num_workers": 0, "patches_per_image": 4, "patch_size": 64,
+                   "learning_rate": 0.002,
                    "network_def#init_features": 16, "network_def#growth_rate": 8,
                    "network_def#block_config": [2, 2, 2, 2]}),
     "cxr_lung_segmentation": dict(  # a tiny UNet at 64 px
