@@ -125,7 +125,9 @@ def write_cxr_dicom(
     display: np.ndarray | None = None,
 ) -> dict:
     """Write a synthetic DX chest X-ray (``display``: its picture, ``(rows, cols)`` brightness in ``[0, 2**bits-1]``,
-    higher = brighter; default :func:`synthetic_cxr_pixels`). Returns ``{"path", "pixels" (stored, rows x cols), "display" (brightness,
+    higher = brighter; default :func:`synthetic_cxr_pixels`).
+
+    Returns ``{"path", "pixels" (stored, rows x cols), "display" (brightness,
     higher = brighter), "windows", "photometric", "transfer_syntax"}``.
 
     For ``MONOCHROME1`` the stored values are ``2**bits - 1 - display`` (higher stored = darker), and the window

@@ -22,7 +22,8 @@ Decisions (:func:`decide`):
   when no pathology is, and never beside one.
 
 A model without ``thresholds.json`` (trained before thresholds were saved), or with one saved for other weights,
-keeps the old behaviour (0.5 for binary and multi-label, arg-max for multi-class) and :attr:`OperatingThresholds.note` says so.
+keeps the old behaviour (0.5 for binary and multi-label, arg-max for multi-class) and
+:attr:`OperatingThresholds.note` says so.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from cadpipe.pipelines.outputs.calls import at_or_above, pct, relation, shown_pair
 
-__all__ = ["classification_findings", "class_calls", "row_calls", "threshold_phrase", "heatmap_caption", "segmentation_finding",
-           "segmentation_caption", "select_boxes", "detection_findings", "threshold_columns", "detection_caption",
+__all__ = ["classification_findings", "class_calls", "row_calls", "threshold_phrase", "heatmap_caption",
+           "segmentation_finding", "segmentation_caption", "select_boxes", "detection_findings", "threshold_columns", "detection_caption",
            "NO_FINDING", "HEATMAP_COLOURS"]
 
 NO_FINDING = "No Finding"
@@ -50,8 +50,8 @@ def class_calls(task: str, names: list[str], probs: list[float], deciding: dict[
     ``deciding``: the thresholds that decide (:func:`threshold_columns`: every class of a multi-label model, the
     positive class of a binary one, none for multi-class arg-max); the other classes get ``threshold`` None.
     ``call``: ``"positive"`` for the classes in ``predicted`` (the row's column, from
-    :func:`cadpipe.pipelines.inference.thresholds.decide`), else ``"negative"``. ``note`` explains a call the numbers alone do not (``No Finding``
-    at or above its threshold beside a pathology).
+    :func:`cadpipe.pipelines.inference.thresholds.decide`), else ``"negative"``. ``note`` explains a call the
+    numbers alone do not (``No Finding`` at or above its threshold beside a pathology).
     """
     shown = {n for n in str(predicted).split(";") if n}
     out = []

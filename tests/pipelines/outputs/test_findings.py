@@ -100,9 +100,10 @@ def test_rounding_never_prints_a_call_the_numbers_contradict():
 
 
 def test_segmentation_units_follow_the_dimension_and_task():
-    assert segmentation_finding("lung", 20000, 2, 0.25)["text"] == "Lung fields found (shaded red on the image): area 50.0 cm²."
-    assert segmentation_finding("tumor", 1000, 3, 2.0)["text"] == "Possible tumor found (shaded red on the image): volume 2.00 mL."
-    assert segmentation_finding("tumor", 400, 2, 1.0)["text"] == "Possible tumor found (shaded red on the image): area 4.0 cm²."
+    shaded = "found (shaded red on the image)"
+    assert segmentation_finding("lung", 20000, 2, 0.25)["text"] == f"Lung fields {shaded}: area 50.0 cm²."
+    assert segmentation_finding("tumor", 1000, 3, 2.0)["text"] == f"Possible tumor {shaded}: volume 2.00 mL."
+    assert segmentation_finding("tumor", 400, 2, 1.0)["text"] == f"Possible tumor {shaded}: area 4.0 cm²."
     assert "400 pixels (the file gives no pixel spacing)" in segmentation_finding("tumor", 400, 2, None)["text"]
     assert segmentation_finding("lung", 0, 2, 1.0)["type"] == "none"
     assert "mL" not in segmentation_finding("lung", 5, 2, 1.0)["text"]

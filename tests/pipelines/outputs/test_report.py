@@ -145,7 +145,8 @@ def test_mammography_views_hung_as_read_headings_are_views_not_file_names(tmp_pa
     for name, (side, view) in [("LCC", ("L", "CC")), ("LMLO", ("L", "MLO")), ("RCC", ("R", "CC")),
                                ("RMLO", ("R", "MLO"))]:  # discovery's order: by file name
         overlay_png(np.random.rand(20, 32), path=str(tmp_path / "s" / name / "o.png"))
-        rows.append({"series_id": name, "input_paths": f"/in/A_0001_1.{'LEFT' if side == 'L' else 'RIGHT'}_{view}.LJPEG",
+        ddsm_view = f"{'LEFT' if side == 'L' else 'RIGHT'}_{view}"
+        rows.append({"series_id": name, "input_paths": f"/in/A_0001_1.{ddsm_view}.LJPEG",
                      "status": "ok", "_findings": [{"text": "No finding with a score of 30% or more."}],
                      "_outputs": {"overlays": [f"s/{name}/o.png"]}, "_captions": ["boxes"],
                      "_patient": {"Modality": "MG", "ViewPosition": view, "ImageLaterality": side}})
