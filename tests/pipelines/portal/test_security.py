@@ -205,3 +205,35 @@ def test_hostile_corpus_through_the_portal_api(runner, tmp_path):
     # nothing outside the data folder: every file the service wrote is under it
     assert sorted(os.listdir(data)) == sorted(set(os.listdir(data)) & {"jobs", "jobs.sqlite3", "spool",
                                                                         "jobs.sqlite3-wal", "jobs.sqlite3-shm"})
+
+
+def test_one_bad_dicom_never_fails_the_whole_job(runner, tmp_path, monkeypatch):
+    """A DICOM with header values over 1 KiB is scored like the others; a file raising an exception nobody expected
+    while discovery looks at it becomes its own error row (named by its uploaded name), the rest of the job scored."""
+    from cadpipe.data.synthetic.dicom import write_cxr_dicom
+    from cadpipe.data.synthetic.hostile import write_long_header_dicom
+    from cadpipe.pipelines.scoring import discovery
+
+    long = write_long_header_dicom(tmp_path / "synthetic_long.dcm")["path"]
+    good = write_cxr_dicom(tmp_path / "synthetic_good.dcm", rows=48, cols=40, seed=3)["path"]
+    odd = write_cxr_dicom(tmp_path / "synthetic_odd.dcm", rows=48, cols=40, seed=4)["path"]
+    real = discovery._dicom_header
+    odd_size = os.path.getsize(odd) + 1  # the stored copy has a generated name: recognised by its size
+    with open(odd, "ab") as f:
+        f.write(b"\0")  # a trailing byte: a different size, the same image
+
+    def header(path):
+        if os.path.getsize(path) == odd_size:
+            raise RuntimeError("something nobody expected")
+        return real(path)
+
+    monkeypatch.setattr(discovery, "_dicom_header", header)
+    with client_for(runner, tmp_path / "data") as client:
+        files = [(os.path.basename(p), open(p, "rb").read(), "application/dicom") for p in (long, good, odd)]
+        r = upload(client, files, task=CXR)
+        assert r.status_code == 202, r.text
+        job = wait(client, r.json()["id"])
+    assert job["status"] == "done", job
+    rows = job["rows"]
+    assert sorted(row["status"] for row in rows) == ["error", "ok", "ok"]
+    assert "synthetic_odd.dcm" in job["error"] and "RuntimeError: something nobody expected" in job["error"]
