@@ -4,8 +4,9 @@ Everything a server sends is bounded (:class:`DicomwebLimits`, :mod:`.bounded_ht
 
 - every QIDO-RS or STOW-RS request has an overall deadline (``request_timeout_s``), and a study's whole retrieval
   (its searches and every series) another one (``study_timeout_s``); a silent socket fails after ``read_timeout_s``;
-- a QIDO-RS answer is at most ``max_json_mb`` and must be a JSON list of objects each holding a usable UID (else
-  the error names the server and what was wrong); a study search stops at ``max_studies`` matches, a series or
+- a QIDO-RS answer is at most ``max_json_mb`` and must be a JSON list of objects each holding a usable UID (text
+  without control characters, at most :data:`MAX_UID` characters; else the error names the server and what was
+  wrong); a study search stops at ``max_studies`` matches, a series or
   instance listing at :data:`MAX_LISTED` (paging loops end: a page without a new UID ends a search);
 - WADO-RS answers are streamed: each instance (one part of the multipart answer) is written to a hidden temp file
   in ``<cache>/<study>/<series>/`` as it arrives (never a whole part in memory), then renamed to
@@ -53,6 +54,7 @@ MODALITY, SERIES_DESCRIPTION = "00080060", "0008103E"
 _UID_NAMES = {STUDY_UID: "Study Instance UID", SERIES_UID: "Series Instance UID", SOP_UID: "SOP Instance UID"}
 PAGE = 500
 MAX_LISTED = 100_000  # series of a study, instances of a series
+MAX_UID = 4096  # DICOM allows 64 characters; longer ones are used as found (output names hash them)
 MAX_AUTH_BYTES = 64 << 10
 RETRY_STATUSES = (429, 503, 504)
 
@@ -407,7 +409,7 @@ def _matches(url: str, body: bytes, key: str, what: str) -> list[dict]:
         elem = m.get(key)
         value = elem.get("Value") if isinstance(elem, dict) else None
         uid = value[0] if isinstance(value, list) and value else None
-        if not isinstance(uid, str) or not 0 < len(uid) <= 64 or not uid.isprintable():
+        if not isinstance(uid, str) or not 0 < len(uid) <= MAX_UID or not uid.isprintable():
             raise bad(f"match {i + 1} of {len(data)} has no usable {name} ({key})")
     return data
 

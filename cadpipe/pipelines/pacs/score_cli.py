@@ -130,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
         if not sep or not key:
             return _fail(f"--query needs KEY=VALUE, got {text!r}", EXIT_USAGE)
         query[key] = value
-    if any(not s or not s.isprintable() or len(s) > 64 for s in args.study):
-        return _fail("--study needs a UID (at most 64 printable characters)", EXIT_USAGE)
+    if any(not s or not s.isprintable() or len(s) > dicomweb.MAX_UID for s in args.study):
+        return _fail("--study needs a UID (printable characters)", EXIT_USAGE)
     try:
         limits = _limits(args)
         auth = dicomweb.read_auth(args.dicomweb_auth_file)

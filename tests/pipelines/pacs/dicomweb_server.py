@@ -61,7 +61,8 @@ class FakePacs:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{ROOT}"
+        """The DICOMweb root (also after :meth:`stop`)."""
+        return self._url
 
     def start(self) -> "FakePacs":
         pacs = self
@@ -70,6 +71,7 @@ class FakePacs:
             server_pacs = pacs
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._url = f"http://127.0.0.1:{self.server.server_address[1]}{ROOT}"
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
