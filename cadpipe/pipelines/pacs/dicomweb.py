@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import stat
 import tempfile
 import time
 import uuid
@@ -42,6 +41,7 @@ from cadpipe.pipelines.outputs.dicom_results import is_cadpipe_result
 from cadpipe.pipelines.outputs.files import current_umask
 from cadpipe.pipelines.pacs.bounded_http import BoundedSession, Deadline, RequestBounded
 from cadpipe.pipelines.pacs.multipart import MultipartError, MultipartSplitter, boundary_of
+from cadpipe.pipelines.pacs.secret_file import read_secret_file
 
 __all__ = ["AUTH_ENV", "read_auth", "connect", "find_studies", "retrieve_study", "store_files", "DicomwebError",
            "DicomwebLimits", "DicomwebClient", "RetrieveResult", "MAX_LISTED"]
@@ -55,7 +55,6 @@ _UID_NAMES = {STUDY_UID: "Study Instance UID", SERIES_UID: "Series Instance UID"
 PAGE = 500
 MAX_LISTED = 100_000  # series of a study, instances of a series
 MAX_UID = 4096  # DICOM allows 64 characters; longer ones are used as found (output names hash them)
-MAX_AUTH_BYTES = 64 << 10
 RETRY_STATUSES = (429, 503, 504)
 
 
@@ -113,24 +112,7 @@ def read_auth(auth_file: str | None = None, environ=os.environ) -> tuple[str, st
     """
     where = auth_file or AUTH_ENV
     if auth_file:
-        try:
-            with open(auth_file, "rb") as f:
-                mode = os.fstat(f.fileno()).st_mode
-                if not stat.S_ISREG(mode):
-                    raise CadpipeInputError(auth_file, "credentials file is not a regular file")
-                if mode & 0o077:
-                    raise CadpipeInputError(auth_file, f"credentials file is readable or writable by other users "
-                                                       f"(mode {stat.S_IMODE(mode):03o}); make it private: "
-                                                       f"chmod 600 {auth_file}")
-                raw = f.read(MAX_AUTH_BYTES + 1)
-        except OSError as err:
-            raise CadpipeInputError(auth_file, f"credentials file cannot be read ({err.strerror})") from None
-        if len(raw) > MAX_AUTH_BYTES:
-            raise CadpipeInputError(auth_file, "credentials file is over 64 KiB: not a credentials file")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CadpipeInputError(auth_file, "credentials file is not UTF-8 text") from None
+        text = read_secret_file(auth_file)
     else:
         text = environ.get(AUTH_ENV, "")
         if not text.strip():

@@ -192,7 +192,7 @@ def test_redirects_drop_the_credentials_and_a_loop_ends(bundle, tmp_path, capsys
 
 
 @pytest.mark.parametrize("content, mode, problem", [
-    (b"bearer s3cret-token\nbearer other-s3cret\n", 0o600, "found 2 lines"),
+    (b"bearer s3cret-token\nbearer other-s3cret\n", 0o600, "must hold one line (found 2)"),
     (b"basic alice:s3cret\xff\n", 0o600, "not UTF-8 text"),
     (b"bearer s3cret\x07token\n", 0o600, "control character"),
     (b"bearer s3cret-token\n", 0o644, "readable or writable by other users (mode 644)"),

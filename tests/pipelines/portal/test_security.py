@@ -237,3 +237,23 @@ def test_one_bad_dicom_never_fails_the_whole_job(runner, tmp_path, monkeypatch):
     rows = job["rows"]
     assert sorted(row["status"] for row in rows) == ["error", "ok", "ok"]
     assert "synthetic_odd.dcm" in job["error"] and "RuntimeError: something nobody expected" in job["error"]
+
+
+def test_token_file_is_read_and_must_be_private(tmp_path, capsys, monkeypatch):
+    """`--token` shows the token in `ps`; `--token-file` reads it from a file only its owner may read."""
+    from cadpipe.cli import main
+
+    monkeypatch.delenv("CADPIPE_TOKEN", raising=False)
+    token = tmp_path / "token"
+    token.write_text("s3cret-portal-token\n")
+    token.chmod(0o644)
+    args = ["serve", "--host", "0.0.0.0", "--bundles", str(tmp_path / "nowhere"), "--token-file", str(token)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{token}: token file is readable or writable by other users (mode 644)" in err
+    assert "s3cret" not in err
+    token.chmod(0o600)
+    assert main(args) == 2  # the token is accepted: the run goes on to the (missing) bundles
+    err = capsys.readouterr().err
+    assert "needs an access token" not in err and "token file" not in err and "s3cret" not in err
+    assert main([*args, "--token", "x"]) == 2 and "not both" in capsys.readouterr().err
