@@ -120,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
     from cadpipe.pipelines.scoring.log_privacy import quiet_identifying_logs
 
     quiet_identifying_logs()  # before anything is retrieved: pydicom's warnings quote header values
+    try:
+        import requests  # noqa: F401
+    except ImportError:
+        return _fail("--dicomweb needs the 'pacs' extra (requests not installed): pip install 'cadpipe[pacs]'",
+                     EXIT_USAGE)
     from cadpipe.pipelines.pacs import dicomweb
 
     if not args.study and not args.query:
