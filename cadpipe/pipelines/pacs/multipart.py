@@ -130,7 +130,7 @@ class MultipartSplitter:
 
     def finish(self) -> None:
         """The body ended: raise :class:`MultipartError` unless it ended after a part (closing delimiter or not)."""
-        if self.state == "body":
+        if self.state in ("body", "headers"):
             raise MultipartError("the answer ended inside an instance (cut short)")
         if self.state == "preamble" and self.seen:
             raise MultipartError("no multipart delimiter in the answer")

@@ -73,11 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help=f"overall deadline of one study's retrieval (default {d.study_timeout_s:g} s)")
 
 
-def _fail(text: str, code: int) -> int:
-    print(f"cadpipe score: {text}", file=sys.stderr)
-    return code
-
-
 def _print_err(text: str) -> None:
     print(f"cadpipe score: {escape_controls(text)}", file=sys.stderr)
 
