@@ -345,7 +345,7 @@ def _keep_instance(tmp: str, folder: str) -> str | None:
     import hashlib
 
     from cadpipe.pipelines.scoring.discovery import safe_name
-    from cadpipe.transforms.dicom_probe import read_dicom_header
+    from cadpipe.transforms.readers.dicom_probe import read_dicom_header
 
     try:
         sop = read_dicom_header(tmp, keywords=("SOPInstanceUID",)).get("SOPInstanceUID")

@@ -9,7 +9,7 @@ import pytest
 from cadpipe.data.synthetic.dicom import write_cxr_dicom
 from cadpipe.data.synthetic.hostile import write_sparse_file
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms.dicom_probe import read_dicom_header
+from cadpipe.transforms.readers.dicom_probe import read_dicom_header
 
 
 def test_real_header(tmp_path):
@@ -143,7 +143,7 @@ def test_values_over_the_defer_size_are_read_before_the_file_is_closed(tmp_path)
 def test_a_value_over_the_read_back_limit_is_dropped_not_read(tmp_path):
     import pydicom
 
-    from cadpipe.transforms.dicom_probe import VALUE_READ_LIMIT
+    from cadpipe.transforms.readers.dicom_probe import VALUE_READ_LIMIT
 
     path = str(tmp_path / "synthetic.dcm")
     write_cxr_dicom(path, rows=48, cols=40)
