@@ -151,8 +151,9 @@ def run(args: argparse.Namespace) -> int:
                 problems.append(f"search: more than {limits.max_studies} studies match; the first "
                                 f"{limits.max_studies} are retrieved and scored (narrow --query, or raise "
                                 f"--max-studies)")
-        except dicomweb.DicomwebError as err:
-            problems.append(f"search failed: {err}")
+        except Exception as err:  # noqa: BLE001 - the --study studies are still retrieved and scored
+            reason = str(err) if isinstance(err, dicomweb.DicomwebError) else f"{client.url}: {type(err).__name__}"
+            problems.append(f"search failed: {reason}")
     table = []
     for n, study in enumerate(studies, start=1):
         row = {"study": n, "study_instance_uid": study, "retrieved": 0, "cached": 0, "status": "ok", "error": ""}
