@@ -85,6 +85,12 @@ def _fail(text: str, code: int) -> int:
 def _limits(args: argparse.Namespace):
     from cadpipe.pipelines.pacs.dicomweb import DicomwebLimits
 
+    for option, value in (("--dicomweb-timeout", args.dicomweb_timeout),
+                          ("--dicomweb-study-timeout", args.dicomweb_study_timeout),
+                          ("--max-instance-mb", args.max_instance_mb), ("--max-study-mb", args.max_study_mb),
+                          ("--max-studies", args.max_studies)):
+        if not value > 0:
+            raise ValueError(f"{option} must be > 0 (got {value:g})")
     limits = DicomwebLimits(request_timeout_s=args.dicomweb_timeout, study_timeout_s=args.dicomweb_study_timeout,
                             max_instance_mb=args.max_instance_mb, max_study_mb=args.max_study_mb,
                             max_studies=args.max_studies)

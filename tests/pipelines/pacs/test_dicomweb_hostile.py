@@ -275,3 +275,13 @@ def test_nothing_identifying_reaches_the_output_of_the_command(bundle, tmp_path)
     uids = [study, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)]
     assert not any(v in text for v in (*uids, *_HOSTILE_VALUES)), text[-3000:]
     assert "Invalid value" not in text and "pydicom" not in text
+
+
+@pytest.mark.parametrize("option, value", [("--max-studies", "0"), ("--max-instance-mb", "-1"),
+                                           ("--dicomweb-timeout", "0")])
+def test_a_limit_that_is_not_positive_is_a_usage_error(bundle, tmp_path, capsys, option, value):
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert _score("--bundle", bundle, "--dicomweb", "http://127.0.0.1:9/dicom-web", "--study", "1.2.3", option,
+                  value, "--output", str(out)) == 2
+    assert f"{option} must be > 0" in capsys.readouterr().err and not out.exists()
