@@ -285,3 +285,14 @@ def test_a_limit_that_is_not_positive_is_a_usage_error(bundle, tmp_path, capsys,
     assert _score("--bundle", bundle, "--dicomweb", "http://127.0.0.1:9/dicom-web", "--study", "1.2.3", option,
                   value, "--output", str(out)) == 2
     assert f"{option} must be > 0" in capsys.readouterr().err and not out.exists()
+
+
+def test_control_characters_in_what_is_printed_are_escaped(bundle, tmp_path, capsys):
+    """A newline or an escape sequence in the URL (or anything else printed) cannot forge a line of the output or
+    drive the terminal (URL parsing drops the newline; the escape is printed escaped)."""
+    url = "http://127.0.0.1:9/dicom-web\nINFO cadpipe: FORGED\x1b[2J"
+    capsys.readouterr()
+    assert _score("--bundle", bundle, "--dicomweb", url, "--study", "1.2.3", "--output", str(tmp_path / "out")) == 5
+    err = capsys.readouterr().err
+    assert "cannot connect" in err and "FORGED\\x1b[2J" in err
+    assert not any(line.startswith("INFO cadpipe: FORGED") for line in err.splitlines()) and "\x1b" not in err
