@@ -118,21 +118,22 @@ def _dicom_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def _table_digest(path: str) -> str:
+def _table_digest(path: str, root: str) -> str:
     import pandas as pd
 
     df = pd.read_csv(path) if path.endswith(".csv") else pd.read_parquet(path)
     df = df.drop(columns=[c for c in ("elapsed_s",) if c in df.columns])
-    return hashlib.sha256(df.to_csv(index=False).encode()).hexdigest() + f" columns={list(df.columns)}"
+    text = df.to_csv(index=False).replace(root, "<case>")
+    return hashlib.sha256(text.encode()).hexdigest() + f" columns={list(df.columns)}"
 
 
-def _journal_digest(path: str) -> str:
+def _journal_digest(path: str, root: str) -> str:
     lines = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
             row.pop("elapsed_s", None)
-            lines.append(json.dumps(row, sort_keys=True))
+            lines.append(json.dumps(row, sort_keys=True).replace(root, "<case>"))
     return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
 
 
@@ -147,14 +148,15 @@ def _nifti_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def _digest(path: str) -> str:
+def _digest(path: str, root: str) -> str:
+    """sha256 of the file at ``path`` with run-to-run changes taken out (``root``: the case's temporary folder)."""
     name = os.path.basename(path)
     if name.endswith(".dcm"):
         return _dicom_digest(path)
     if name in ("results.csv", "results.parquet"):
-        return _table_digest(path)
+        return _table_digest(path, root)
     if name == "journal.jsonl":
-        return _journal_digest(path)
+        return _journal_digest(path, root)
     if name.endswith(".nii.gz"):
         return _nifti_digest(path)
     with open(path, "rb") as f:
@@ -170,6 +172,7 @@ def _digest(path: str) -> str:
         data = re.sub(rb"%% [^\n]*", b"", data)
     if name.endswith(".html"):
         data = _UID.sub("UID", data.decode("utf-8")).encode("utf-8")
+    data = data.replace(root.encode(), b"<case>")
     return hashlib.sha256(data).hexdigest()
 
 
@@ -191,7 +194,7 @@ def run_case(name: str, bundle: str, writer, overrides: dict, extra: dict, work:
     for folder, _, names in os.walk(out):
         for n in names:
             p = os.path.join(folder, n)
-            files[os.path.relpath(p, out)] = _digest(p)
+            files[os.path.relpath(p, out)] = _digest(p, root)
     return {"exit_code": summary["exit_code"], "ok": summary["ok"], "error": summary["error"], "files": files}
 
 
