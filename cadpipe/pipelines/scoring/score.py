@@ -172,7 +172,7 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
     """Write the unit's files (atomically) and return its ok row (task columns + ``_findings``/``_outputs``)."""
     row = runner.summarise(out)
     if not unit.out_prefix:  # units not from discover()/read_manifest(): unique names for this one
-        from cadpipe.pipelines.scoring.output_names import assign_output_names
+        from cadpipe.pipelines.outputs.output_names import assign_output_names
 
         assign_output_names([unit])
     folder = os.path.join(out_dir, unit.out_study, unit.out_series)
