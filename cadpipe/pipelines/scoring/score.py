@@ -148,160 +148,51 @@ def _error_row(unit: Unit, info: dict, reason: str, elapsed: float) -> dict:
     return _base_row(unit, info) | {"status": "error", "error": reason, "elapsed_s": round(elapsed, 4)}
 
 
-def _display_image(runner, pre_item: dict, like: np.ndarray | None) -> np.ndarray:
-    """The preprocessed image mapped back to the input geometry (for overlays), channel axis dropped."""
-    if pre_item.get("_display") is not None:  # batched scoring: already mapped back (scoring/batched.py)
-        arr = np.asarray(torch.as_tensor(pre_item["_display"]).detach().cpu().float())
-    else:
-        img = pre_item["image"]
-        try:
-            inv = runner.preprocessing.inverse({"image": img.clone() if hasattr(img, "clone") else img})["image"]
-            arr = np.asarray(torch.as_tensor(inv).detach().cpu().float())
-        except Exception:  # noqa: BLE001 - not invertible: show the preprocessed image
-            arr = np.asarray(torch.as_tensor(img).detach().cpu().float())
-    # drop the channel axis: one more axis than the mask (a volume scored slice-wise by a 2D bundle has
-    # spatial_dims 2 but a 3D mask), or than the bundle's spatial dims when there is no mask
-    arr = arr.mean(0) if arr.ndim == (like.ndim if like is not None else runner.spatial_dims) + 1 else arr
-    if like is not None and arr.shape != like.shape:
-        arr = torch.nn.functional.interpolate(torch.as_tensor(arr)[None, None], size=like.shape,
-                                              mode="bilinear" if like.ndim == 2 else "trilinear")[0, 0].numpy()
-    return arr
-
-
 def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, info: dict) -> dict:
-    """Write the unit's files (atomically) and return its ok row (task columns + ``_findings``/``_outputs``)."""
+    """Write the unit's files (atomically) and return its ok row (task columns + ``_findings``/``_outputs``): the
+    bundle's kind writes what depends on the task (:meth:`~cadpipe.pipelines.kinds.base.TaskKind.write_unit`),
+    then the result keys of the bundle's transforms and the DICOM results."""
+    from cadpipe.pipelines.kinds import UnitOutputs
+
     row = runner.summarise(out)
     if not unit.out_prefix:  # units not from discover()/read_manifest(): unique names for this one
         from cadpipe.pipelines.outputs.output_names import assign_output_names
 
         assign_output_names([unit])
-    folder = os.path.join(out_dir, unit.out_study, unit.out_series)
-    prefix = unit.out_prefix
-    rel = lambda p: os.path.relpath(p, out_dir)  # noqa: E731
-    outputs: dict[str, Any] = {"overlays": []}
-    findings: list[dict] = []
-    row_extra: dict[str, Any] = {}
-    from cadpipe.pipelines.outputs.findings import (classification_findings, detection_caption, detection_findings,
-                                                    heatmap_caption, segmentation_caption, segmentation_finding,
-                                                    select_boxes, threshold_columns)
-    from cadpipe.pipelines.outputs.report import overlay_png
+    u = UnitOutputs(runner, unit, pre_item, out, row, os.path.join(out_dir, unit.out_study, unit.out_series),
+                    unit.out_prefix, out_dir, info)
+    runner.kind.write_unit(u)
+    _write_result_keys(u)
+    if unit.kind == "dicom" and unit.dicom_files and info.get("dicom_results", True):  # SR + SC beside the SEG
+        _write_dicom_results(u)
+    return _base_row(unit, info) | {"status": "ok", "error": ""} | row | {
+        "_findings": u.findings, "_outputs": u.outputs, "_captions": u.captions} | u.extra
 
-    captions: list[str] = []  # one per overlay: what the image shows
-    if runner.task in ("classification", "multilabel"):
-        names = [k[5:] for k in row if k.startswith("prob_")]
-        probs = [row[f"prob_{n}"] for n in names]
-        ops = runner.thresholds
-        thr = {n: ops.threshold(n) for n in names}
-        findings += classification_findings(runner.task, names, probs, thr, ops.positive_class or runner.positive_class,
-                                            row["predicted"])
-        if ops.note:
-            findings.append({"type": "note", "text": ops.note[0].upper() + ops.note[1:] + "."})
-        row_extra = {"_task": runner.task, "_thresholds": threshold_columns(runner.task, names, thr, ops)}
-        heat = pre_item.get("_heatmap")
-        cam_idx = runner.cam_class()
-        cam_idx = cam_idx if cam_idx is not None else int(np.argmax(probs))
-        if heat is None and runner.cam_layers:
-            heat = runner.heatmap(pre_item, class_index=cam_idx)
-        per_class_cams = runner.cam_classes(probs)
-        image = None
-        if heat is not None or info.get("plain_images", True) or per_class_cams:  # an overlay will be drawn
-            image = np.asarray(torch.as_tensor(pre_item["image"]).detach().cpu().float())
-            image = image.mean(0) if image.ndim == runner.spatial_dims + 1 else image
-        if heat is not None or info.get("plain_images", True):  # a plain image PNG only illustrates the report
-            png = os.path.join(folder, f"{prefix}_heatmap.png" if heat is not None else f"{prefix}_image.png")
-            overlay_png(image, heatmap=heat, path=png, durable=False)
-            outputs["overlays"].append(rel(png))
-            cam_name = names[cam_idx] if cam_idx < len(names) else str(cam_idx)
-            captions.append(heatmap_caption(cam_name, probs[cam_idx], thr.get(cam_name, 0.5)) if heat is not None
-                            else "The image as analysed (no heat map)")
-        # -- issue 10: multi-label bundles with cam_threshold get one heatmap per class above it ----------------
-        per_class = []
-        for ci in per_class_cams:
-            n = runner.class_names[ci]
-            cpng = os.path.join(folder, f"{prefix}_heatmap_{safe_name(n)}.png")
-            overlay_png(image, heatmap=runner.heatmap(pre_item, class_index=ci), path=cpng, durable=False)
-            outputs["overlays"].append(rel(cpng))
-            captions.append(heatmap_caption(n, probs[ci], thr.get(n, 0.5)))
-            per_class.append(rel(cpng))
-        if runner.task == "multilabel" and runner.cam_threshold is not None:
-            row["heatmaps"] = ";".join(per_class)
-        # -- end issue 10 -------------------------------------------------------------------------------------------
-    elif runner.task == "segmentation":
-        import nibabel as nib
 
-        mask = runner.label_map(out)
-        affine = runner.affine(out)
-        nii = os.path.join(folder, f"{prefix}_mask.nii.gz")
-        tmp = atomic_writer_path(nii)
-        nib.save(nib.Nifti1Image(mask, affine), tmp)
-        os.replace(tmp, nii)
-        outputs["mask"] = rel(nii)
-        if unit.kind == "dicom" and unit.dicom_files:
-            from cadpipe.pipelines.outputs.dicom_seg import write_dicom_seg
-
-            seg = os.path.join(folder, f"{prefix}_seg.dcm")
-            label = runner.class_names[1] if len(runner.class_names) > 1 else "lesion"
-            try:  # an optional output: without it the unit keeps its mask and numbers, and the row says why
-                write_dicom_seg(mask, affine, unit.dicom_files, seg, label=label, algorithm=info["name"],
-                                version=info["version"])
-                outputs["dicom_seg"] = rel(seg)
-            except Exception as err:  # noqa: BLE001
-                reason = err.reason if isinstance(err, CadpipeInputError) else f"{type(err).__name__}: {err}"
-                row["warnings"] = f"no DICOM SEG written: {str(reason).strip()[:300]}"
-        png = os.path.join(folder, f"{prefix}_overlay.png")
-        overlay_png(_display_image(runner, pre_item, mask), mask=mask, path=png, durable=False)
-        outputs["overlays"].append(rel(png))
-        structure = runner.class_names[1] if len(runner.class_names) > 1 else "lesion"
-        findings.append(segmentation_finding(structure, row["lesion_voxels"], mask.ndim,
-                                             runner.unit_size(out, mask.ndim)))
-        captions.append(segmentation_caption(structure, mask.ndim))
-    elif runner.task == "detection":
-        to_list = lambda k: np.asarray(torch.as_tensor(out.get(k, [])).detach().cpu().float()).tolist()  # noqa: E731
-        boxes = [
-            {"box": b, "label": runner.class_names[int(l)] if int(l) < len(runner.class_names) else int(l),
-             "score": s}
-            for b, l, s in zip(to_list("box"), to_list("label"), to_list("score"))
-        ]
-        if "malignancy" in out:
-            for b, m in zip(boxes, to_list("malignancy")):
-                b["malignancy"] = m
-        shown_boxes = select_boxes(boxes, runner.display_min_score, runner.max_boxes_shown)
-        js = os.path.join(folder, f"{prefix}_boxes.json")
-        atomic_write_text(js, json.dumps({"format": "xyxy (col_min,row_min,col_max,row_max) pixels", "boxes": boxes},
-                                         indent=1), durable=False)
-        outputs["boxes"] = rel(js)
-        png = os.path.join(folder, f"{prefix}_overlay.png")
-        try:  # boxes are in the original pixel grid: show the image as loaded, before any resizing
-            from cadpipe.transforms import LoadStudyImage
-
-            shown = np.asarray(LoadStudyImage(mode="gray")(unit.image))[0]
-        except Exception:  # noqa: BLE001
-            shown = _display_image(runner, pre_item, None)
-        overlay_png(shown, boxes=shown_boxes, path=png, durable=False)
-        outputs["overlays"].append(rel(png))
-        findings += detection_findings(shown_boxes, runner.display_min_score)
-        captions.append(detection_caption(shown_boxes, runner.display_min_score))
-    # -- issue 10: result keys set by the bundle's transforms (see bundle_runner): report notes + a details file --
+def _write_result_keys(u) -> None:
+    """Result keys set by the bundle's transforms (see bundle_runner): report notes + a details file."""
     from cadpipe.pipelines.inference.bundle_runner import RESULT_NOTES_KEY, result_columns
 
-    findings += [{"type": "note", "text": str(t)} for t in (out.get(RESULT_NOTES_KEY) or [])]
-    extra = result_columns(out)
+    u.findings += [{"type": "note", "text": str(t)} for t in (u.out.get(RESULT_NOTES_KEY) or [])]
+    extra = result_columns(u.out)
     if extra:
-        js = os.path.join(folder, f"{prefix}_details.json")
+        js = u.path("details.json")
         atomic_write_text(js, json.dumps(extra, indent=1, default=str), durable=False)
-        outputs["details"] = rel(js)
-    # -- end issue 10 -------------------------------------------------------------------------------------------
-    if unit.kind == "dicom" and unit.dicom_files and info.get("dicom_results", True):  # SR + SC beside the SEG
-        from cadpipe.pipelines.outputs.dicom_results import write_dicom_results
+        u.outputs["details"] = u.rel(js)
 
-        try:  # optional outputs, like the SEG: without them the unit keeps its row and files, and the row says why
-            outputs.update(write_dicom_results(row, outputs, out_dir, unit.dicom_files, folder, prefix, info,
-                                               runner.task))
-        except Exception as err:  # noqa: BLE001
-            note = f"no DICOM SR/SC written: {type(err).__name__}: {str(err).strip()[:300]}"
-            row["warnings"] = f"{row['warnings']}; {note}" if row.get("warnings") else note
-    return _base_row(unit, info) | {"status": "ok", "error": ""} | row | {"_findings": findings, "_outputs": outputs,
-                                                                        "_captions": captions} | row_extra
+
+def _write_dicom_results(u) -> None:
+    """The unit's DICOM SR (what the kind reports) and Secondary Capture; optional outputs, like the SEG: without
+    them the unit keeps its row and files, and the row says why."""
+    from cadpipe.pipelines.outputs.dicom_results import write_dicom_results
+
+    try:
+        content = u.runner.kind.sr_content(u.row, u.outputs, u.out_dir)
+        u.outputs.update(write_dicom_results(u.outputs, u.out_dir, u.unit.dicom_files, u.folder, u.prefix, u.info,
+                                             content))
+    except Exception as err:  # noqa: BLE001
+        note = f"no DICOM SR/SC written: {type(err).__name__}: {str(err).strip()[:300]}"
+        u.row["warnings"] = f"{u.row['warnings']}; {note}" if u.row.get("warnings") else note
 
 
 # -- the scoring loop -------------------------------------------------------------------------------------------
@@ -321,15 +212,19 @@ def _start_loading(cfg: "ScoreConfig", units: list[Unit], task: str, spatial_dim
     first chunks while the model loads, in other processes: no fight over the GIL. The plan comes from the same
     config the runner reads (:func:`~cadpipe.pipelines.inference.bundle_runner.bundle_config`), decided as the runner
     decides (:func:`~cadpipe.pipelines.inference.bundle_runner.plan_batched_scoring`)."""
-    if not units or cfg.workers <= 0 or cfg.preprocess == "per-item" or task not in (
-            "classification", "multilabel", "segmentation"):
+    if not units or cfg.workers <= 0 or cfg.preprocess == "per-item":
         return None
     try:
         from cadpipe.pipelines.inference.bundle_runner import bundle_config, plan_batched_scoring
+        from cadpipe.pipelines.kinds import kind_of
+
+        kind = kind_of(task)
+        if kind.batched_unsupported(spatial_dims):
+            return None
         from cadpipe.pipelines.scoring import batched as batched_scoring
 
         parser, _ = bundle_config(cfg.bundle, cfg.device, cfg.overrides)
-        plan, _, _ = plan_batched_scoring(task, spatial_dims, parser.get_parsed_content("preprocessing"),
+        plan, _, _ = plan_batched_scoring(kind, spatial_dims, parser.get_parsed_content("preprocessing"),
                                           parser.get_parsed_content("postprocessing"))
         if plan is None:
             return None
@@ -367,7 +262,7 @@ class _Chunks(torch.utils.data.Sampler):
 
 def _makes_heatmaps(runner) -> bool:
     """Whether scoring computes GradCAM maps with this runner (classification bundles with ``cam_layers``)."""
-    return bool(runner.cam_layers) and runner.task in ("classification", "multilabel")
+    return bool(runner.cam_layers) and runner.kind.heatmaps
 
 
 def streams_allowed(runner) -> bool:
