@@ -263,48 +263,66 @@ def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None,
             study, stem = _file_study(root, path)
             units.append(Unit(os.path.relpath(path, root), study, stem, "error", path, [path], error=reason))
 
-    dicom: dict[tuple[str, str], list[tuple[dict, str]]] = {}
+    dicom: dict[tuple[str, str], list[tuple[dict, str]]] = {}  # (study, series) -> DICOM images, grouped below
     for path in files:
-        rel = os.path.relpath(path, root)
-        if _is_hidden(rel) or (skip_ground_truth and is_ground_truth(rel if rel != "." else os.path.basename(path))):
-            continue
-        try:
-            fmt = _detect(path)
-        except OSError as err:  # cannot be opened to look at its content: say why
-            study, stem = _file_study(root, path)
-            units.append(Unit(os.path.relpath(path, root), study, stem, "error", path, [path],
-                              error=os_error_reason(err)))
-            continue
-        if fmt is None:
-            continue
-        if fmt == "dicom":
-            header = _dicom_header(path)
-            if isinstance(header, str):  # named .dcm but not DICOM / broken header: an error row, nothing loaded
-                study, stem = _file_study(root, path)
-                units.append(Unit(os.path.relpath(path, root), study, stem, "dicom", path, [path], [path],
-                                  error=header))
-                continue
-            if not header["pixels"] and header["study"]:
-                continue  # a readable DICOM object without an image (RT plan, SR...)
-            if skip_ground_truth and header["modality"] in NON_IMAGE_MODALITIES:
-                continue
-            if not header["study"] or not header["series"]:
-                # a DICOM image without study/series UIDs: scored as one unit (the loader decides)
-                study, stem = _file_study(root, path)
-                units.append(Unit(os.path.relpath(path, root), study, stem, "dicom", path, [path], [path]))
-                continue
-            dicom.setdefault((header["study"], header["series"]), []).append((header, path))
-        elif fmt == "ljpeg":
-            case_dir = os.path.dirname(path)
-            study = os.path.basename(case_dir) if case_dir != root else _file_study(root, path)[0]
-            base = os.path.basename(path)
-            view = base.split(".")[-2] if base.count(".") >= 2 else os.path.splitext(base)[0]
-            ics = [os.path.join(case_dir, f) for f in sorted(os.listdir(case_dir)) if f.lower().endswith(".ics")]
-            units.append(Unit(os.path.relpath(path, root), study, view, "ljpeg", path, [path] + ics[:1]))
-        else:
-            study, stem = _file_study(root, path)
-            units.append(Unit(os.path.relpath(path, root), study, stem, fmt, path, [path]))
+        unit = _file_unit(root, path, skip_ground_truth, dicom)
+        if unit is not None:
+            units.append(unit)
+    units += _dicom_units(root, dicom, spatial_dims, series_dir)
 
+    units.sort(key=lambda u: (u.study_id, u.series_id, u.unit_id))
+    seen: set[str] = set()
+    for u in units:  # unit ids must be unique (the journal keys on them)
+        if u.unit_id in seen:
+            u.unit_id = f"{u.unit_id}#{os.path.relpath(u.paths[0], root)}"
+        seen.add(u.unit_id)
+    assign_output_names(units)
+    return units
+
+
+def _file_unit(root: str, path: str, skip_ground_truth: bool, dicom: dict) -> Unit | None:
+    """The unit of one file (an error unit when it cannot be looked at), or None: skipped, or a DICOM image with
+    study and series UIDs, added to ``dicom`` to be grouped by :func:`_dicom_units`."""
+    rel = os.path.relpath(path, root)
+    if _is_hidden(rel) or (skip_ground_truth and is_ground_truth(rel if rel != "." else os.path.basename(path))):
+        return None
+    try:
+        fmt = _detect(path)
+    except OSError as err:  # cannot be opened to look at its content: say why
+        study, stem = _file_study(root, path)
+        return Unit(os.path.relpath(path, root), study, stem, "error", path, [path], error=os_error_reason(err))
+    if fmt is None:
+        return None
+    if fmt == "dicom":
+        header = _dicom_header(path)
+        if isinstance(header, str):  # named .dcm but not DICOM / broken header: an error row, nothing loaded
+            study, stem = _file_study(root, path)
+            return Unit(os.path.relpath(path, root), study, stem, "dicom", path, [path], [path], error=header)
+        if not header["pixels"] and header["study"]:
+            return None  # a readable DICOM object without an image (RT plan, SR...)
+        if skip_ground_truth and header["modality"] in NON_IMAGE_MODALITIES:
+            return None
+        if not header["study"] or not header["series"]:
+            # a DICOM image without study/series UIDs: scored as one unit (the loader decides)
+            study, stem = _file_study(root, path)
+            return Unit(os.path.relpath(path, root), study, stem, "dicom", path, [path], [path])
+        dicom.setdefault((header["study"], header["series"]), []).append((header, path))
+        return None
+    if fmt == "ljpeg":
+        case_dir = os.path.dirname(path)
+        study = os.path.basename(case_dir) if case_dir != root else _file_study(root, path)[0]
+        base = os.path.basename(path)
+        view = base.split(".")[-2] if base.count(".") >= 2 else os.path.splitext(base)[0]
+        ics = [os.path.join(case_dir, f) for f in sorted(os.listdir(case_dir)) if f.lower().endswith(".ics")]
+        return Unit(os.path.relpath(path, root), study, view, "ljpeg", path, [path] + ics[:1])
+    study, stem = _file_study(root, path)
+    return Unit(os.path.relpath(path, root), study, stem, fmt, path, [path])
+
+
+def _dicom_units(root: str, dicom: dict, spatial_dims: int, series_dir: str | None) -> list[Unit]:
+    """DICOM images grouped by (study, series): one unit per image (``spatial_dims`` 2) or per series (3: its
+    folder when it holds nothing else, else a folder of links in ``series_dir``)."""
+    units = []
     for (study, series), members in dicom.items():
         members.sort(key=lambda hp: (hp[0]["instance"], hp[1]))
         patient = members[0][0]["patient"]
@@ -334,14 +352,6 @@ def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None,
                 if not os.path.lexists(link):
                     os.symlink(p, link)
         units.append(Unit(series, study, series, "dicom", image, paths, paths, patient))
-
-    units.sort(key=lambda u: (u.study_id, u.series_id, u.unit_id))
-    seen: set[str] = set()
-    for u in units:  # unit ids must be unique (the journal keys on them)
-        if u.unit_id in seen:
-            u.unit_id = f"{u.unit_id}#{os.path.relpath(u.paths[0], root)}"
-        seen.add(u.unit_id)
-    assign_output_names(units)
     return units
 
 

@@ -20,13 +20,12 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.scoring.discovery import Unit, discover, read_manifest, safe_name
 from cadpipe.pipelines.scoring.item_transport import pack_item, unpack_item
-from cadpipe.pipelines.outputs.files import atomic_write_text, atomic_writer_path, file_sha256
+from cadpipe.pipelines.outputs.files import atomic_write_text, file_sha256
 from cadpipe.pipelines.scoring.results import Journal, outputs_present, write_results_table
 from cadpipe.pipelines.scoring.preflight import preflight
 from cadpipe.pipelines.scoring.worker_lifetime import die_with_parent
@@ -309,48 +308,76 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
     the bundle has no batched plan). ``writer_threads > 0``: output files and rows are written by that many
     threads (:class:`~cadpipe.pipelines.scoring.writers.WriterPool`) while the next batches are forwarded.
     """
-    from cadpipe.pipelines.scoring.writers import WriterPool
-
     info = {"name": runner.name, "version": runner.version, "model_sha256": runner.model_sha256,
             "plain_images": plain_images, "dicom_results": dicom_results}
     plan = early[0] if early is not None else batched_plan(runner, preprocess)
-    chunk = max(1, batch_size) if workers else 1
     first = max(1, min(batch_size, 8 if first_batch is None else first_batch))
+    loaded, key_of = _unit_loader(runner, units, plan, workers, batch_size, first, early)
+    scorer = _BatchScorer(runner, units, out_dir, info, plan, emit, emit_many, progress, streams, writer_threads)
+    scorer.run(loaded, key_of, first, batch_size)
+
+
+def _unit_loader(runner, units: list[Unit], plan, workers: int, batch_size: int, first: int, early: tuple | None):
+    """``(loaded, key_of)``: the iterator of ``(index, item, error, load_s)`` a DataLoader (``early``'s when given)
+    gives, and the key that groups items into batches (their shape)."""
+    chunk = max(1, batch_size) if workers else 1
     if plan is None:
         # workers send whole batches of packed items (one queue message per batch_size units, no shared-memory
         # segment per small tensor); in-process loading needs neither
-        ds = _UnitDataset(units, runner.preprocess, pack=workers > 0)
-        collate = _as_list
+        ds, collate = _UnitDataset(units, runner.preprocess, pack=workers > 0), _as_list
     else:
         from cadpipe.pipelines.scoring import batched as batched_scoring
 
         ds = batched_scoring.RawUnitDataset(units, plan.decode, _reason)
         collate = batched_scoring.collate_raw if workers else _as_list
     loader = early[1] if early is not None else _loader(ds, collate, workers, chunk, first)
-    groups: dict[tuple, list[tuple[int, Any, float]]] = {}
-    emit_lock = threading.Lock()
-    writers = WriterPool(writer_threads)
+    if plan is None:
+        return _loaded(loader, packed=workers > 0), lambda item: tuple(torch.as_tensor(item["image"]).shape)
+    return batched_scoring.iter_raw(loader, collated=workers > 0), plan.batch_key
 
-    def done(row: dict) -> None:
-        done_many([row])
 
-    def done_many(rows: list[dict]) -> None:
+class _BatchScorer:
+    """The forward and finish of :func:`process_units`: loaded items grouped by shape into batches, each batch
+    forwarded (on ``streams`` threads when allowed), its units' files written (on the writer threads), then their
+    rows emitted under a lock, files first."""
+
+    def __init__(self, runner, units: list[Unit], out_dir: str, info: dict, plan, emit, emit_many, progress,
+                 streams: int, writer_threads: int):
+        from cadpipe.pipelines.scoring.writers import WriterPool
+
+        self.runner, self.units, self.out_dir, self.info, self.plan = runner, units, out_dir, info, plan
+        self.emit, self.emit_many, self.progress = emit, emit_many, progress
+        self.streams = streams
+        self.emit_lock = threading.Lock()
+        self.writers = WriterPool(writer_threads)
+        self.pool = ThreadPoolExecutor(streams, thread_name_prefix="cadpipe-forward") \
+            if streams > 1 and streams_allowed(runner) else None
+        self.in_flight: set = set()
+        self.groups: dict[tuple, list[tuple[int, Any, float]]] = {}
+
+    def done(self, row: dict) -> None:
+        self.done_many([row])
+
+    def done_many(self, rows: list[dict]) -> None:
         if not rows:
             return
-        with emit_lock:
-            if emit_many is not None:
-                emit_many(rows)
+        with self.emit_lock:
+            if self.emit_many is not None:
+                self.emit_many(rows)
             else:
                 for row in rows:
-                    emit(row)
-            if progress is not None:
-                progress.update(len(rows))
+                    self.emit(row)
+            if self.progress is not None:
+                self.progress.update(len(rows))
 
-    def run_items(pending: list[tuple[int, Any, float]]) -> list[tuple[dict, dict]]:
+    def run_items(self, pending: list[tuple[int, Any, float]]) -> list[tuple[dict, dict]]:
         """``[(pre_item, out)]`` for one batch; raises on failure."""
-        if plan is not None:
-            need_images = plain_images or bool(runner.cam_layers)
-            return batched_scoring.forward_raw(runner, plan, [p[1] for p in pending], need_images,
+        runner = self.runner
+        if self.plan is not None:
+            from cadpipe.pipelines.scoring import batched as batched_scoring
+
+            need_images = self.info["plain_images"] or bool(runner.cam_layers)
+            return batched_scoring.forward_raw(runner, self.plan, [p[1] for p in pending], need_images,
                                                _makes_heatmaps(runner))
         items = [p[1] for p in pending]
         outs = runner.predict(items)
@@ -362,24 +389,24 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
                 pass
         return list(zip(items, outs))
 
-    def finish_batch(results: list) -> None:
+    def finish_batch(self, results: list) -> None:
         """Write the files of a batch's units, then journal their rows in one write (files first)."""
         rows = []
         for (i, _, load_s), pre, out, infer_s in results:
             t2 = time.perf_counter()
             try:
-                row = _finish_unit(runner, units[i], pre, out, out_dir, info)
+                row = _finish_unit(self.runner, self.units[i], pre, out, self.out_dir, self.info)
             except Exception as err:  # noqa: BLE001
-                rows.append(_error_row(units[i], info, _reason(units[i], err), load_s + infer_s))
+                rows.append(_error_row(self.units[i], self.info, _reason(self.units[i], err), load_s + infer_s))
                 continue
             row["elapsed_s"] = round(load_s + infer_s + time.perf_counter() - t2, 4)
             rows.append(row)
-        done_many(rows)
+        self.done_many(rows)
 
-    def score_batch(pending: list[tuple[int, Any, float]]) -> None:
+    def score_batch(self, pending: list[tuple[int, Any, float]]) -> None:
         t0 = time.perf_counter()
         try:
-            got = run_items(pending)
+            got = self.run_items(pending)
             per = (time.perf_counter() - t0) / len(pending)
             results = [(p, pre, out, per) for p, (pre, out) in zip(pending, got)]
         except Exception:  # noqa: BLE001 - e.g. OOM on a batch: retry one by one so only the culprit fails
@@ -387,56 +414,50 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
             for p in pending:
                 t1 = time.perf_counter()
                 try:
-                    (pre, out), = run_items([p])
+                    (pre, out), = self.run_items([p])
                     results.append((p, pre, out, time.perf_counter() - t1))
                 except Exception as err:  # noqa: BLE001
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
-                    done(_error_row(units[p[0]], info, _reason(units[p[0]], err), p[2] + time.perf_counter() - t1))
+                    unit = self.units[p[0]]
+                    self.done(_error_row(unit, self.info, _reason(unit, err), p[2] + time.perf_counter() - t1))
         if results:
-            writers.submit(finish_batch, results)
+            self.writers.submit(self.finish_batch, results)
 
-    pool = ThreadPoolExecutor(streams, thread_name_prefix="cadpipe-forward") if streams > 1 and streams_allowed(
-        runner) else None
-    in_flight: set = set()
-
-    def flush(key: tuple) -> None:
-        pending = groups.pop(key, [])
+    def flush(self, key: tuple) -> None:
+        pending = self.groups.pop(key, [])
         if not pending:
             return
-        if pool is None:
-            score_batch(pending)
+        if self.pool is None:
+            self.score_batch(pending)
             return
-        while len(in_flight) >= streams:  # bounded: at most one batch per stream in flight
-            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+        while len(self.in_flight) >= self.streams:  # bounded: at most one batch per stream in flight
+            finished, _ = wait(self.in_flight, return_when=FIRST_COMPLETED)
             for f in finished:
-                in_flight.discard(f)
+                self.in_flight.discard(f)
                 f.result()
-        in_flight.add(pool.submit(score_batch, pending))
+        self.in_flight.add(self.pool.submit(self.score_batch, pending))
 
-    if plan is None:
-        loaded, key_of = _loaded(loader, packed=workers > 0), lambda item: tuple(torch.as_tensor(item["image"]).shape)
-    else:
-        loaded, key_of = batched_scoring.iter_raw(loader, collated=workers > 0), plan.batch_key
-    limit = first  # the first batch is small: the first rows come early; then batch_size
-    try:
-        for i, item, err, load_s in loaded:
-            if err is not None:
-                done(_error_row(units[i], info, err, load_s))
-                continue
-            key = key_of(item)
-            groups.setdefault(key, []).append((i, item, load_s))
-            if len(groups[key]) >= limit:
-                flush(key)
-                limit = batch_size
-        for key in list(groups):
-            flush(key)
-        for f in list(in_flight):
-            f.result()
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
-        writers.close()
+    def run(self, loaded, key_of, first: int, batch_size: int) -> None:
+        limit = first  # the first batch is small: the first rows come early; then batch_size
+        try:
+            for i, item, err, load_s in loaded:
+                if err is not None:
+                    self.done(_error_row(self.units[i], self.info, err, load_s))
+                    continue
+                key = key_of(item)
+                self.groups.setdefault(key, []).append((i, item, load_s))
+                if len(self.groups[key]) >= limit:
+                    self.flush(key)
+                    limit = batch_size
+            for key in list(self.groups):
+                self.flush(key)
+            for f in list(self.in_flight):
+                f.result()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+            self.writers.close()
 
 
 def _streams(cfg: ScoreConfig, runner, batched: bool = False) -> int:
@@ -569,10 +590,7 @@ after the first quarter of the units: the scoring process's per-unit cost withou
             created).
         MissingExtraError: ``ray`` is asked for and the ``ray`` extra is not installed.
     """
-    if cfg.ray is not None and backend is None:
-        raise ValueError("ScoreConfig.ray is set: pass backend=cadpipe.pipelines.scoring.ray_backend.score_with_ray")
-    if runner is not None and backend is not None:
-        raise ValueError("runner= scores in this process: it cannot be combined with a backend")
+    _check_call(cfg, backend, runner)
     t_start = time.perf_counter()
     preflight(cfg)  # bundle, weights, device, options, input, extras: before anything is created
     info = _bundle_info(cfg.bundle)
@@ -587,36 +605,64 @@ after the first quarter of the units: the scoring process's per-unit cost withou
     t_found = time.perf_counter()
     log.info("%d units found, %d already scored, %d to score (%d errors retried)", len(units), n_skipped,
              len(todo), n_retried)
+    clock = _RowClock(journal)
+    run = _score_todo(cfg, todo, info, runner, backend, clock)
+    run.update(start=t_start, found=t_found, scored_s=time.perf_counter() - t_start, skipped=n_skipped,
+               retried=n_retried, todo=len(todo))
+    t_finish = time.perf_counter()
+    rows_by_id = journal.rows()
+    rows = [rows_by_id[u.unit_id] for u in units if u.unit_id in rows_by_id]
+    csv_path = write_results_table([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], cfg.output)
+    reports = _write_reports(cfg, units, rows_by_id, rows, info) if cfg.reports and rows else []
+    summary = _summary(units, rows, run, clock, t_finish, {
+        "results_csv": os.path.abspath(csv_path), "reports": len(reports), "output": os.path.abspath(cfg.output)})
+    atomic_write_text(os.path.join(cfg.output, "run_summary.json"), json.dumps(summary, indent=1))
+    return summary
 
+
+def _check_call(cfg: ScoreConfig, backend, runner) -> None:
+    if cfg.ray is not None and backend is None:
+        raise ValueError("ScoreConfig.ray is set: pass backend=cadpipe.pipelines.scoring.ray_backend.score_with_ray")
+    if runner is not None and backend is not None:
+        raise ValueError("runner= scores in this process: it cannot be combined with a backend")
+
+
+class _RowClock:
+    """Journals the rows as they come and notes when (wall clock and this process's CPU time: the summary's
+    steady rate and steady CPU per unit)."""
+
+    def __init__(self, journal: Journal):
+        self.journal = journal
+        self.times: list[float] = []
+        self.cpu: list[float] = []
+
+    def emit(self, row: dict) -> None:
+        self.journal.append(row)
+        self.times.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    def emit_many(self, rows: list[dict]) -> None:
+        self.journal.append_many(rows)
+        now, cpu = time.perf_counter(), time.process_time()
+        self.times.extend([now] * len(rows))
+        self.cpu.extend([cpu] * len(rows))
+
+
+def _score_todo(cfg: ScoreConfig, todo: list[Unit], info: dict, runner, backend, clock: _RowClock) -> dict:
+    """Score ``todo`` with ``backend``, else here (workers started before the runner is built, or ``runner``);
+    the journal is closed after. Returns ``model_load_s``, ``streams`` and ``preprocess`` (as used)."""
     from tqdm.auto import tqdm
 
     progress = tqdm(total=len(todo), disable=cfg.quiet, unit="unit", desc="scoring", dynamic_ncols=True,
                     mininterval=0.5)
-    emitted: list[float] = []
-    emitted_cpu: list[float] = []  # this process's CPU time at each row (steady CPU per unit in the summary)
-
-    def emit(row: dict) -> None:
-        journal.append(row)
-        emitted.append(time.perf_counter())
-        emitted_cpu.append(time.process_time())
-
-    def emit_many(rows: list[dict]) -> None:
-        journal.append_many(rows)
-        now, cpu = time.perf_counter(), time.process_time()
-        emitted.extend([now] * len(rows))
-        emitted_cpu.extend([cpu] * len(rows))
-
-    t_model = 0.0
+    run = {"model_load_s": 0.0, "streams": 1, "preprocess": None}
     early = None
-    streams = 1
-    preprocess_used = None
-    plain_images = cfg.reports  # without a report a plain (heatmap-less) image PNG illustrates nothing
     threads_before = torch.get_num_threads()
     if cfg.threads and backend is None:
         torch.set_num_threads(cfg.threads)
     try:
         if todo and backend is not None:
-            backend(cfg, todo, emit, progress)
+            backend(cfg, todo, clock.emit, progress)
         elif todo:
             # workers forked now, decoding while the model loads (other processes: no GIL shared)
             early = _start_loading(cfg, todo, str(info.get("task", "classification")),
@@ -626,71 +672,78 @@ after the first quarter of the units: the scoring process's per-unit cost withou
             t0 = time.perf_counter()
             if runner is None:
                 runner = build_runner(cfg)
-                t_model = time.perf_counter() - t0
-            plan = early[0] if early is not None else batched_plan(runner, cfg.preprocess)
-            preprocess_used = "batched" if plan is not None else "per-item"
-            streams = _streams(cfg, runner, batched=plan is not None)
-            if streams > 1 and torch.device(runner.device).type == "cpu":  # split the forward threads
-                torch.set_num_threads(max(1, torch.get_num_threads() // streams))
-            from cadpipe.pipelines.scoring.writers import default_writer_threads
-
-            writer_threads = default_writer_threads() if cfg.writer_threads is None else cfg.writer_threads
-            process_units(runner, todo, cfg.output, emit, cfg.batch_size, cfg.workers, progress,
-                          plain_images=plain_images, streams=streams, preprocess=preprocess_used,
-                          writer_threads=writer_threads, dicom_results=cfg.dicom_results, emit_many=emit_many,
-                          early=early)
+                run["model_load_s"] = time.perf_counter() - t0
+            run.update(_forward(cfg, runner, todo, early, clock, progress))
     finally:
         _stop_loading(early)
         progress.close()
-        journal.close()
+        clock.journal.close()
         torch.set_num_threads(threads_before)
-    scored_s = time.perf_counter() - t_start
-    t_finish = time.perf_counter()
+    return run
 
-    rows_by_id = journal.rows()
-    rows = [rows_by_id[u.unit_id] for u in units if u.unit_id in rows_by_id]
-    table_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-    csv_path = write_results_table(table_rows, cfg.output)
 
+def _forward(cfg: ScoreConfig, runner, todo: list[Unit], early, clock: _RowClock, progress) -> dict:
+    """:func:`process_units` with the run's options: batched or per-item preprocessing, forward streams (the CPU's
+    torch threads split between them), writer threads. Returns ``streams`` and ``preprocess`` as used."""
+    from cadpipe.pipelines.scoring.writers import default_writer_threads
+
+    plan = early[0] if early is not None else batched_plan(runner, cfg.preprocess)
+    preprocess = "batched" if plan is not None else "per-item"
+    streams = _streams(cfg, runner, batched=plan is not None)
+    if streams > 1 and torch.device(runner.device).type == "cpu":  # split the forward threads
+        torch.set_num_threads(max(1, torch.get_num_threads() // streams))
+    writer_threads = default_writer_threads() if cfg.writer_threads is None else cfg.writer_threads
+    plain_images = cfg.reports  # without a report a plain (heatmap-less) image PNG illustrates nothing
+    process_units(runner, todo, cfg.output, clock.emit, cfg.batch_size, cfg.workers, progress,
+                  plain_images=plain_images, streams=streams, preprocess=preprocess, writer_threads=writer_threads,
+                  dicom_results=cfg.dicom_results, emit_many=clock.emit_many, early=early)
+    return {"streams": streams, "preprocess": preprocess}
+
+
+def _write_reports(cfg: ScoreConfig, units: list[Unit], rows_by_id: dict, rows: list[dict], info: dict) -> list:
+    """One report per study (HTML, and PDF when reportlab is there); a failed report is logged, the scores stay."""
+    from cadpipe.pipelines.outputs.report import write_study_report
+
+    by_study: dict[str, list[dict]] = {}
+    patients: dict[str, dict] = {}
+    folders: dict[str, str] = {}
+    for u in units:
+        if u.unit_id in rows_by_id:
+            by_study.setdefault(u.study_id, []).append(rows_by_id[u.unit_id] | {"_patient": u.patient})
+            patients.setdefault(u.study_id, u.patient)
+            folders.setdefault(u.study_id, u.out_study or safe_name(u.study_id))
+    bundle = {"name": info["name"], "version": info["version"], "model_sha256": rows[0].get("model_sha256", "")}
     reports = []
-    if cfg.reports and rows:
-        from cadpipe.pipelines.outputs.report import write_study_report
+    for study, srows in by_study.items():
+        try:
+            reports += write_study_report(os.path.join(cfg.output, folders[study]), study, srows,
+                                          patients[study], bundle, cfg.output)
+        except Exception as err:  # noqa: BLE001 - a report failure must not lose the scores
+            log.warning("report for one study failed: %s", type(err).__name__)
+    return reports
 
-        by_study: dict[str, list[dict]] = {}
-        patients: dict[str, dict] = {}
-        folders: dict[str, str] = {}
-        for u in units:
-            if u.unit_id in rows_by_id:
-                by_study.setdefault(u.study_id, []).append(rows_by_id[u.unit_id] | {"_patient": u.patient})
-                patients.setdefault(u.study_id, u.patient)
-                folders.setdefault(u.study_id, u.out_study or safe_name(u.study_id))
-        bundle = {"name": info["name"], "version": info["version"], "model_sha256": rows[0].get("model_sha256", "")}
-        for study, srows in by_study.items():
-            try:
-                reports += write_study_report(os.path.join(cfg.output, folders[study]), study, srows,
-                                              patients[study], bundle, cfg.output)
-            except Exception as err:  # noqa: BLE001 - a report failure must not lose the scores
-                log.warning("report for one study failed: %s", type(err).__name__)
 
+def _summary(units: list[Unit], rows: list[dict], run: dict, clock: _RowClock, t_finish: float,
+             files: dict) -> dict:
+    """The run summary: counts, timings (see :func:`score`), ``files`` (what was written) and the exit code."""
+    emitted, emitted_cpu, t_start, scored_s = clock.times, clock.cpu, run["start"], run["scored_s"]
     n_ok = sum(r["status"] == "ok" for r in rows)
     n_err = sum(r["status"] != "ok" for r in rows)
     steady = _steady_rate(emitted)
     k = max(1, len(emitted_cpu) // 4)
     steady_cpu = ((emitted_cpu[-1] - emitted_cpu[k - 1]) / (len(emitted_cpu) - k)
                   if len(emitted_cpu) >= 4 and emitted_cpu[-1] > emitted_cpu[k - 1] else None)
-    summary = {
-        "units": len(units), "ok": n_ok, "error": n_err, "scored_this_run": len(todo),
-        "skipped_already_done": n_skipped, "errors_retried": n_retried, "seconds": round(scored_s, 3),
-        "units_per_second": round(len(todo) / scored_s, 3) if todo and scored_s > 0 else None,
-        "discovery_s": round(t_found - t_start, 3), "model_load_s": round(t_model, 3),
+    return {
+        "units": len(units), "ok": n_ok, "error": n_err, "scored_this_run": run["todo"],
+        "skipped_already_done": run["skipped"], "errors_retried": run["retried"], "seconds": round(scored_s, 3),
+        "units_per_second": round(run["todo"] / scored_s, 3) if run["todo"] and scored_s > 0 else None,
+        "discovery_s": round(run["found"] - t_start, 3), "model_load_s": round(run["model_load_s"], 3),
         "steady_units_per_second": round(steady, 3) if steady else None,
         "startup_s": round(max(0.0, emitted[-1] - t_start - len(emitted) / steady), 3) if steady else None,
         "finish_s": round(time.perf_counter() - t_finish, 3),
         "first_result_s": round(emitted[0] - t_start, 3) if emitted else None,
         "steady_cpu_ms_per_unit": round(1000 * steady_cpu, 4) if steady_cpu else None,
-        "preprocess": preprocess_used, "streams": streams, "studies": len({u.study_id for u in units}), "results_csv": os.path.abspath(csv_path),
-        "reports": len(reports), "output": os.path.abspath(cfg.output),
+        "preprocess": run["preprocess"], "streams": run["streams"], "studies": len({u.study_id for u in units}),
+        **files,
         "exit_code": EXIT_NOTHING_FOUND if not units else EXIT_OK if n_err == 0 else EXIT_SOME_FAILED,
     }
-    atomic_write_text(os.path.join(cfg.output, "run_summary.json"), json.dumps(summary, indent=1))
-    return summary
