@@ -243,7 +243,7 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
             label = runner.class_names[1] if len(runner.class_names) > 1 else "lesion"
             try:  # an optional output: without it the unit keeps its mask and numbers, and the row says why
                 write_dicom_seg(mask, affine, unit.dicom_files, seg, label=label, algorithm=info["name"],
-                                version=info["version"])
+                                version=info["version"], bundle=info)
                 outputs["dicom_seg"] = rel(seg)
             except Exception as err:  # noqa: BLE001
                 reason = err.reason if isinstance(err, CadpipeInputError) else f"{type(err).__name__}: {err}"
@@ -294,12 +294,14 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
     if unit.kind == "dicom" and unit.dicom_files and info.get("dicom_results", True):  # SR + SC beside the SEG
         from cadpipe.pipelines.outputs.dicom_results import write_dicom_results
 
-        try:  # optional outputs, like the SEG: without them the unit keeps its row and files, and the row says why
-            outputs.update(write_dicom_results(row, outputs, out_dir, unit.dicom_files, folder, prefix, info,
-                                               runner.task))
-        except Exception as err:  # noqa: BLE001
-            note = f"no DICOM SR/SC written: {type(err).__name__}: {str(err).strip()[:300]}"
-            row["warnings"] = f"{row['warnings']}; {note}" if row.get("warnings") else note
+        notes: list[str] = []  # optional outputs, like the SEG: each one missing is named in the row's warnings
+        try:
+            outputs.update(write_dicom_results(row | row_extra, outputs, out_dir, unit.dicom_files, folder, prefix,
+                                               info, runner.task, warnings=notes))
+        except Exception as err:  # noqa: BLE001 - e.g. unreadable headers: neither object
+            notes.append(f"no DICOM SR or Secondary Capture written: {type(err).__name__}: {str(err).strip()[:300]}")
+        if notes:
+            row["warnings"] = "; ".join(([row["warnings"]] if row.get("warnings") else []) + notes)
     return _base_row(unit, info) | {"status": "ok", "error": ""} | row | {"_findings": findings, "_outputs": outputs,
                                                                         "_captions": captions} | row_extra
 
@@ -417,7 +419,8 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
     from cadpipe.pipelines.scoring.writers import WriterPool
 
     info = {"name": runner.name, "version": runner.version, "model_sha256": runner.model_sha256,
-            "plain_images": plain_images, "dicom_results": dicom_results}
+            "plain_images": plain_images, "dicom_results": dicom_results, "class_names": list(runner.class_names),
+            "dicom": dict(runner.metadata.get("cadpipe", {}).get("dicom") or {})}  # codes and series of the results
     plan = early[0] if early is not None else batched_plan(runner, preprocess)
     chunk = max(1, batch_size) if workers else 1
     first = max(1, min(batch_size, 8 if first_batch is None else first_batch))
