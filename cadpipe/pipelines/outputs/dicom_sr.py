@@ -221,9 +221,9 @@ def read_report(path_or_dataset, bundle: dict | None = None) -> dict:
             if key in items:
                 unit = items[key][0].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue
                 if unit in ("{pixels}", "{voxels}"):
-                    out[unit.strip("{}")] = int(_number(items[key][0]))
+                    out[unit.strip("{}")] = int(_value(items[key][0]))
                 else:
-                    out[measure] = _number(items[key][0])
+                    out[measure] = _value(items[key][0])
 
     for g in report.get_image_measurement_groups():
         items = _read_common(g, out)
@@ -232,9 +232,9 @@ def read_report(path_or_dataset, bundle: dict | None = None) -> dict:
             out["no_detections"] = _presence_of(items) is False
         elif "Probability" in items and g.finding_type is not None:
             name = name_of(g.finding_type)
-            out["probabilities"][name] = _number(items["Probability"][0])
+            out["probabilities"][name] = _value(items["Probability"][0])
             if "Threshold Value" in items:
-                out["thresholds"][name] = _number(items["Threshold Value"][0])
+                out["thresholds"][name] = _value(items["Threshold Value"][0])
             if _presence_of(items):
                 out["predicted"].append(name)
         elif ident == "segment 1":
@@ -246,13 +246,13 @@ def read_report(path_or_dataset, bundle: dict | None = None) -> dict:
             pathology = items.get("Pathology")
             out["boxes"].append({
                 "label": name_of(_coded(pathology[0])) if pathology else None, "finding": g.finding_type.meaning,
-                "score": _number(items["Probability"][0]),
-                "malignancy": _number(items["Probability of cancer"][0]) if "Probability of cancer" in items
+                "score": _value(items["Probability"][0]),
+                "malignancy": _value(items["Probability of cancer"][0]) if "Probability of cancer" in items
                 else None, "polyline": np.asarray(g.roi.value).tolist()})
         else:  # a segment of a 2D SEG
             out["structure"] = name_of(g.finding_type)
             size(items)
-            seg = g.referenced_segment
+            seg = g.referenced_segmentation_frame[0]  # the SEG item (then its source image)
             out["segment"] = (seg.referenced_sop_instance_uid, int(seg.referenced_segment_numbers[0]))
     for g in report.get_volumetric_roi_measurement_groups():
         items = _read_common(g, out)
@@ -275,7 +275,7 @@ def _presence_of(items: dict) -> bool | None:
     return None if not found else found[0].ConceptCodeSequence[0].CodeMeaning == "Present"
 
 
-def _number(item) -> float:
+def _value(item) -> float:
     return float(item.MeasuredValueSequence[0].NumericValue)
 
 

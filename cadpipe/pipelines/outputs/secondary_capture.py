@@ -2,9 +2,10 @@
 
 The Secondary Capture copies patient and study from a source instance (same Study Instance UID), so a viewer shows
 it as one more series of the study, next to the original, and the attributes a hanging protocol sorts by:
-Laterality (the series', or the source's Image Laterality: the overlay series holds that one image),
-Image Laterality, Body Part Examined, View Position, the view and anatomic region code sequences, and Patient
-Orientation when the source gives two valid values (else it is left empty: unknown). A mammogram overlay without
+the side as Image Laterality (from the source's Image Laterality or series Laterality; the series Laterality is
+then absent, as its Type 2C condition requires; without a side it is empty for a paired or unknown body part and
+absent for an unpaired one such as CHEST), Body Part Examined, View Position, the view and anatomic region code
+sequences, and Patient Orientation when the source gives two valid values (else it is left empty: unknown). A mammogram overlay without
 laterality is refused (a left/right-less mammogram must not reach a reading room).
 
 Pixel data: 8-bit RGB at display size (the long side at most :data:`DISPLAY_LONG_SIDE`) with the source's aspect
@@ -28,6 +29,12 @@ DISPLAY_LONG_SIDE = 2048
 _COPIED = ("BodyPartExamined", "ViewPosition", "ViewCodeSequence", "AnatomicRegionSequence", "ImageLaterality")
 _ORIENTATION = re.compile(r"^[APRLHF]{1,3}$")  # biped directions (PS3.3 C.7.6.1.1.1)
 _OPPOSITE = str.maketrans("APRLHF", "PALRFH")
+# Body Part Examined values of unpaired structures (PS3.16 Annex L): the series Laterality is then absent, as its
+# Type 2C condition requires; for any other (or no) body part it is present, empty when the side is unknown
+_UNPAIRED = frozenset("""ABDOMEN ABDOMENPELVIS AORTA BLADDER BRAIN CERVIX CHEST CHESTABDOMEN CHESTABDPELVIS COCCYX
+COLON CSPINE DUODENUM ESOPHAGUS FACE GALLBLADDER HEAD HEADNECK HEART JAW LARYNX LIVER LSPINE MEDIASTINUM MOUTH NECK
+NECKCHEST NECKCHESTABDOMEN NECKCHESTABDPELV NOSE PANCREAS PELVIS PENIS PHARYNX PROSTATE RECTUM SACRUM SELLA SKULL
+SPINE SPLEEN SSPINE STERNUM STOMACH THYROID TONGUE TRACHEA TSPINE UTERUS VAGINA WHOLEBODY""".split())
 
 
 def valid_patient_orientation(value) -> list[str] | None:
@@ -115,12 +122,15 @@ def build_secondary_capture(source, rgb: np.ndarray, bundle: dict, series_number
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="cadpipe",
         transfer_syntax_uid=_transfer_syntax())
     sc.PatientOrientation = valid_patient_orientation(source.get("PatientOrientation")) or ""
-    sc.Laterality = laterality  # Type 2C: present, empty when unknown
     for keyword in _COPIED:
         if source.get(keyword) not in (None, ""):
             setattr(sc, keyword, source[keyword].value)
-    if laterality and "ImageLaterality" in sc:
+    if "Laterality" in sc:
+        del sc.Laterality
+    if laterality:  # the one image's side; the series Laterality is then absent (its Type 2C condition)
         sc.ImageLaterality = laterality
+    elif str(source.get("BodyPartExamined", "")).strip().upper() not in _UNPAIRED:
+        sc.Laterality = ""  # Type 2C for a paired (or unknown) body part: present, empty = side unknown
     sc.SeriesDescription = (description or (dicom_codes.series_description(bundle, "sc") if bundle.get("name")
                                             else SERIES_DESCRIPTION))[:64]
     sc.ImageComments = "not for clinical use"

@@ -24,8 +24,11 @@ def journal_outputs(out: str) -> dict[str, dict]:
 
 def assert_sc_matches_png(sc_file, png_path: str, source=None):
     """Read the Secondary Capture ``sc_file`` (path or file object) with ``highdicom.imread`` and check that frame 1
-    is the PNG's RGB pixels exactly (and, given the ``source`` dataset, that it is a new series of its study, same
-    patient). Returns the ``highdicom.Image``."""
+    is the PNG's RGB pixels exactly, at the display geometry of ``source`` when given (its aspect ratio:
+    ``secondary_capture.display_picture``), stored losslessly compressed, and that it is a new series of the
+    source's study, same patient. Returns the ``highdicom.Image``."""
+    from cadpipe.pipelines.outputs.secondary_capture import display_picture
+
     import highdicom as hd
     import pydicom
     from PIL import Image
@@ -36,6 +39,12 @@ def assert_sc_matches_png(sc_file, png_path: str, source=None):
     assert "not for clinical use" in sc.SeriesDescription
     with Image.open(png_path) as im:
         png = np.asarray(im.convert("RGB"))
+    if source is not None:
+        png = display_picture(png, source)
+        src_ratio, sc_ratio = source.Rows / source.Columns, sc.Rows / sc.Columns
+        if not (source.get("PixelSpacing") or source.get("ImagerPixelSpacing")):
+            assert abs(sc_ratio - src_ratio) <= src_ratio * (1.0 / min(sc.Rows, sc.Columns) + 1e-6)
+    assert sc.file_meta.TransferSyntaxUID in (pydicom.uid.JPEGLSLossless, pydicom.uid.RLELossless)
     assert (sc.Rows, sc.Columns) == png.shape[:2]
     frame = sc.get_frame(1, dtype=np.uint8)
     np.testing.assert_array_equal(frame, png)
@@ -43,3 +52,51 @@ def assert_sc_matches_png(sc_file, png_path: str, source=None):
         assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.SeriesInstanceUID != source.SeriesInstanceUID
         assert sc.PatientID == source.PatientID
     return sc
+
+
+def require_tool(name: str) -> str:
+    """The path of the command-line tool ``name``, or skip the test saying which package provides it."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        package = {"dciodvfy": "dicom3tools", "dsrdump": "dcmtk"}.get(name, name)
+        pytest.skip(f"{name} is not installed (Debian package {package}; scripts/dicom_tools.sh installs it)")
+    return path
+
+
+def dciodvfy(path: str) -> tuple[list[str], list[str]]:
+    """David Clunie's ``dciodvfy`` (dicom3tools) on ``path``: ``(errors, warnings)``, each a list of its lines."""
+    import subprocess
+
+    proc = subprocess.run([require_tool("dciodvfy"), path], capture_output=True, text=True, timeout=120)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return [ln for ln in lines if ln.startswith("Error")], [ln for ln in lines if ln.startswith("Warning")]
+
+
+def assert_conformant(path: str, allowed_warnings=()) -> list[str]:
+    """``dciodvfy`` finds no error in ``path``; its warnings are printed (shown with ``pytest -rA`` / ``-s``) and
+    returned. Each warning must match one of ``allowed_warnings`` (substrings) when that is given."""
+    errors, warnings = dciodvfy(path)
+    if os.environ.get("CADPIPE_DCIODVFY_ALL"):  # while working on conformance: every warning, no failure on one
+        allowed_warnings = ()
+    for w in warnings:
+        print(f"dciodvfy {os.path.basename(path)}: {w}")
+    assert not errors, f"dciodvfy {path}:\n" + "\n".join(errors)
+    if allowed_warnings:
+        unexplained = [w for w in warnings if not any(a in w for a in allowed_warnings)]
+        assert not unexplained, f"dciodvfy warnings not explained in docs/pacs.md ({path}):\n" + "\n".join(unexplained)
+    return warnings
+
+
+def assert_dsrdump_parses(path: str) -> str:
+    """dcmtk's ``dsrdump`` reads the SR ``path`` without an error; returns its text."""
+    import subprocess
+
+    proc = subprocess.run([require_tool("dsrdump"), path], capture_output=True, text=True, errors="replace",
+                          timeout=120)
+    assert proc.returncode == 0, f"dsrdump {path}: {proc.stderr}"
+    assert "E:" not in proc.stderr, proc.stderr
+    return proc.stdout
