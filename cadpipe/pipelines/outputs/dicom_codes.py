@@ -115,26 +115,30 @@ def is_result_description(description: str) -> bool:
 def device_uid(bundle: dict | None) -> str:
     """The Device Observer UID of the bundle's model: derived from the weights' sha256 (same weights, same UID;
     new weights, new UID); from name and version when the sha256 is unknown."""
-    from pydicom.uid import generate_uid
+    import uuid
 
     b = bundle or {}
     key = b.get("model_sha256") or f"{b.get('name')}|{b.get('version')}"
-    return generate_uid(prefix=None, entropy_srcs=["cadpipe device observer", str(key)])
+    # a name-based (version 5) UUID as a UID under the 2.25 arc (PS3.5 B.2): no registered root needed
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, f'urn:cadpipe:device-observer:{key}').int}"
 
 
 def has_pixel_spacing(ds) -> bool:
     """True when the header gives a usable (non-zero) pixel spacing: PixelSpacing, ImagerPixelSpacing, or the
-    shared functional groups' Pixel Measures."""
+    Pixel Measures of an enhanced multi-frame header's functional groups."""
     values = None
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         if ds.get(keyword):
             values = ds.get(keyword)
             break
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        if values is None:
+            try:
+                values = ds[groups][0].PixelMeasuresSequence[0].PixelSpacing
+            except (AttributeError, IndexError, KeyError):
+                pass
     if values is None:
-        try:
-            values = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
-        except (AttributeError, IndexError, KeyError):
-            return False
+        return False
     try:
         return len(values) == 2 and all(float(v) > 0 for v in values)
     except (TypeError, ValueError):

@@ -185,12 +185,25 @@ def build_measurement_report(sources: Sequence, bundle: dict, *, probabilities: 
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.SCT.ImagingProcedure, imaging_measurements=groups)
     evidence = list(sources) + ([segmentation] if segmentation is not None else [])
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=evidence, content=report, series_instance_uid=hd.UID(),
         series_number=series_number if series_number is not None else dicom_codes.series_number(bundle, "sr"),
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="cadpipe", is_complete=True,
         series_description=dicom_codes.series_description(bundle, "sr") if bundle.get("name") else
         SERIES_DESCRIPTION, content_qualification="RESEARCH")
+    _frame_references_without_segment_number(sr)
+    return sr
+
+
+def _frame_references_without_segment_number(ds) -> None:
+    """A reference to a SEG frame names the frame only: the Image SOP Instance Reference Macro forbids Referenced
+    Segment Number beside Referenced Frame Number (the frame of a one-segment SEG is that segment); highdicom
+    writes both."""
+    for item in getattr(ds, "ContentSequence", []):
+        for ref in getattr(item, "ReferencedSOPSequence", []):
+            if "ReferencedFrameNumber" in ref and "ReferencedSegmentNumber" in ref:
+                del ref.ReferencedSegmentNumber
+        _frame_references_without_segment_number(item)
 
 
 def read_report(path_or_dataset, bundle: dict | None = None) -> dict:
@@ -252,8 +265,10 @@ def read_report(path_or_dataset, bundle: dict | None = None) -> dict:
         else:  # a segment of a 2D SEG
             out["structure"] = name_of(g.finding_type)
             size(items)
-            seg = g.referenced_segmentation_frame[0]  # the SEG item (then its source image)
-            out["segment"] = (seg.referenced_sop_instance_uid, int(seg.referenced_segment_numbers[0]))
+            seg = g[0].ContentSequence  # the SEG frame reference (see _frame_references_without_segment_number)
+            ref = next(i for i in seg if i.ConceptNameCodeSequence[0].CodeMeaning == "Referenced Segmentation Frame")
+            out["segment"] = (ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID,
+                              int(ref.ReferencedSOPSequence[0].get("ReferencedSegmentNumber", 1)))
     for g in report.get_volumetric_roi_measurement_groups():
         items = _read_common(g, out)
         out["structure"] = name_of(g.finding_type)

@@ -15,6 +15,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from cadpipe.pipelines.outputs.dicom_codes import has_pixel_spacing
 from cadpipe.pipelines.outputs.dicom_sr import read_report
 from cadpipe.pipelines.scoring.score import EXIT_OK, ScoreConfig, score
 from tests.pipelines.outputs.dicom_checks import (assert_conformant, assert_dsrdump_parses, assert_sc_matches_png,
@@ -150,9 +151,11 @@ def test_2d_segmentation_results_conform_and_report_pixels_without_spacing(tmp_p
         report = read_report(got["dicom_sr"])
         assert report["segment"] == (got["dicom_seg"].SOPInstanceUID, 1)
         assert report["structure"] == "bright"
-        if kind == "CR":  # no spacing in the file: pixels, never a made-up cm²
-            assert report["area_cm2"] is None and report["pixels"] == row.lesion_voxels
+        if kind == "CR":  # a projection image without a Frame of Reference: the SEG says how it is oriented
             assert list(got["dicom_seg"].PatientOrientation) == ["R", "F"]
+        if kind in ("CR", "MG"):  # no spacing in the file (RG3, CBIS-DDSM): pixels, never a made-up cm²
+            assert not has_pixel_spacing(src)
+            assert report["area_cm2"] is None and report["pixels"] == row.lesion_voxels
         else:
             assert report["area_cm2"] == pytest.approx(row.lesion_area_cm2, rel=1e-6, abs=1e-9)
 
@@ -165,16 +168,92 @@ def test_3d_and_multiframe_results_conform_and_sr_sc_survive_a_missing_seg(tmp_p
     write_dicom_series(str(tmp_path / "in" / "series"), generate_uid(), generate_uid(), n=6, size=12)
     shutil.copy(get_testdata_file("emri_small.dcm"), tmp_path / "in" / "emri.dcm")
     df, outputs = _score(bundle, str(tmp_path / "in"), str(tmp_path / "out"))
-    assert len(df) == 2
+    assert len(df) == 2 and sum("dicom_seg" in o for o in outputs.values()) == 1  # the series only
     for row in df.itertuples():
         first = sorted(row.input_paths.split(";"))[0]
         src = pydicom.dcmread(first, stop_before_pixels=True)
         got = _check_objects(str(tmp_path / "out"), outputs[row.unit_id], src)
         report = read_report(got["dicom_sr"])
-        assert report["volume_ml"] == pytest.approx(row.lesion_volume_ml, rel=1e-6, abs=1e-9)
+        if has_pixel_spacing(src):
+            assert report["volume_ml"] == pytest.approx(row.lesion_volume_ml, rel=1e-6, abs=1e-9)
+        else:  # emri_small: no functional groups, no spacing at all: voxels, never a made-up mL
+            assert report["volume_ml"] is None and report["voxels"] == row.lesion_voxels
         if "dicom_seg" in outputs[row.unit_id]:
             assert report["segment"] == (got["dicom_seg"].SOPInstanceUID, 1)
         else:
             assert "emri" in row.input_paths
             assert report["segment"] is None and "sc" in got
             assert "no DICOM SEG written" in row.warnings and "SR" not in row.warnings.split(":")[0]
+
+
+def test_detection_results_conform_with_the_bundles_codes_and_a_stable_device(tmp_path):
+    """The real mammography detector (untrained) on CBIS-DDSM-style mammograms: SR (a planar ROI per box: Mass,
+    Pathology benign/malignant, Probability, Probability of cancer) and SC pass dciodvfy and dsrdump; the device
+    observer UID is the same for every report of the same weights; series number and description name the
+    bundle."""
+    from cadpipe.pipelines.outputs import dicom_codes
+    from tests.pipelines.outputs.test_dicom_results import _declared, _score_mammograms
+
+    out, df = _score_mammograms(tmp_path, {"overlay_min_score": 0.0})
+    outputs = journal_outputs(out)
+    declared = _declared(out)
+    devices = set()
+    for row in df.itertuples():
+        src = pydicom.dcmread(row.input_paths, stop_before_pixels=True)
+        got = _check_objects(out, outputs[row.unit_id], src)
+        report = read_report(got["dicom_sr"], bundle=declared)
+        assert report["boxes"] and {b["finding"] for b in report["boxes"]} == {"Mass"}
+        assert all(b["malignancy"] is not None for b in report["boxes"])
+        devices.add(report["device_uid"])
+        bundle = declared | {"name": row.bundle, "model_sha256": row.model_sha256}
+        assert report["device_uid"] == dicom_codes.device_uid(bundle)
+        assert (got["dicom_sr"].SeriesNumber, got["sc"].SeriesNumber) == (9962, 9963)
+        assert got["dicom_sr"].SeriesDescription == "cadpipe mammo masses SR (not for clinical use)"
+        assert got["sc"].SeriesDescription == "cadpipe mammo masses overlay (not for clinical use)"
+        # the only private code left is the intended-use evaluation
+        private = [w for w in assert_conformant(os.path.join(out, outputs[row.unit_id]["dicom_sr"]),
+                                                EXPLAINED_WARNINGS) if "99CADPIPE" in w]
+        assert len(private) == 2 * (len(report["boxes"]))  # "Intended use" = "Not for clinical use" per group
+    assert len(devices) == 1
+
+
+def test_patient_orientation_is_copied_only_when_valid():
+    from cadpipe.pipelines.outputs.secondary_capture import valid_patient_orientation
+
+    assert valid_patient_orientation(["R", "F"]) == ["R", "F"]
+    assert valid_patient_orientation(["A", "FR"]) == ["A", "FR"]
+    for bad in ("CC", "MLO", ["C", "C"], ["M", "L", "O"], ["L", "R"], ["A", "A"], ["LR", "F"], [], None, ["L"]):
+        assert valid_patient_orientation(bad) is None, bad
+
+
+def test_a_mammogram_overlay_without_laterality_is_refused():
+    import numpy as np
+
+    from cadpipe.pipelines.outputs.secondary_capture import build_secondary_capture
+
+    src = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    src.Modality = "MG"
+    with pytest.raises(ValueError, match="no Laterality"):
+        build_secondary_capture(src, np.zeros((8, 8, 3), np.uint8), {"name": "mammo"})
+    src.ImageLaterality = "R"
+    sc = build_secondary_capture(src, np.zeros((8, 8, 3), np.uint8), {"name": "mammo"})
+    assert sc.ImageLaterality == "R"
+
+
+def test_class_codes_are_declared_or_private_and_never_truncated():
+    from cadpipe.pipelines.outputs import dicom_codes
+
+    code = dicom_codes.class_type({}, "Pleural_Thickening")
+    assert (code.value, code.scheme_designator, code.meaning) == ("Pleural_Thickening", "99CADPIPE",
+                                                                  "Pleural_Thickening")
+    assert "LongCodeValue" in code and "CodeValue" not in code  # over 16 characters: Long Code Value
+    lung = {"dicom": {"classes": {"lung": {"category": ["91723000", "SCT", "Anatomical Structure"],
+                                           "type": ["39607008", "SCT", "Lung"]}}}}
+    assert dicom_codes.class_type(lung, "lung").value == "39607008"
+    assert dicom_codes.class_category(lung, "lung").meaning == "Anatomical Structure"
+    assert dicom_codes.class_name_of(lung, dicom_codes.class_type(lung, "lung")) == "lung"
+    a, b = dicom_codes.series_number({"name": "a"}, "sr"), dicom_codes.series_number({"name": "b"}, "sr")
+    assert a == dicom_codes.series_number({"name": "a"}, "sr") and a % 10 == 2 and 9000 <= a < 9900
+    assert dicom_codes.device_uid({"model_sha256": "ab" * 32}) == dicom_codes.device_uid({"model_sha256": "ab" * 32})
+    assert dicom_codes.device_uid({"model_sha256": "ab" * 32}) != dicom_codes.device_uid({"model_sha256": "cd" * 32})
+    assert dicom_codes.is_result_description(dicom_codes.series_description({"name": "x"}, "sc"))
