@@ -257,3 +257,41 @@ def test_class_codes_are_declared_or_private_and_never_truncated():
     assert dicom_codes.device_uid({"model_sha256": "ab" * 32}) == dicom_codes.device_uid({"model_sha256": "ab" * 32})
     assert dicom_codes.device_uid({"model_sha256": "ab" * 32}) != dicom_codes.device_uid({"model_sha256": "cd" * 32})
     assert dicom_codes.is_result_description(dicom_codes.series_description({"name": "x"}, "sc"))
+
+
+def test_multilabel_sr_has_one_group_per_finding_with_the_bundles_codes(tmp_path):
+    """ChestX-ray14's 15 classes with the codes its bundle declares: one TID 1501 group per class, each with one
+    Finding (the class's code), its probability, threshold and Present/Absent; long private names are not cut;
+    dciodvfy and dsrdump accept it and it reads back to the same values."""
+    import json
+
+    from cadpipe.pipelines.outputs.dicom_sr import build_measurement_report
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    with open(os.path.join(repo, "bundles", "cxr_chestxray14_classification", "configs", "metadata.json"),
+              encoding="utf-8") as f:
+        meta = json.load(f)
+    names = meta["cadpipe"]["class_names"]
+    bundle = {"name": meta["name"], "version": meta["version"], "model_sha256": "ef" * 32,
+              "dicom": meta["cadpipe"]["dicom"]}
+    probs = {n: round(0.05 + 0.06 * i, 4) for i, n in enumerate(names)}
+    thresholds = {n: 0.5 for n in names}
+    predicted = [n for n in names if probs[n] >= 0.5 and n != "No Finding"]
+    src = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    path = str(tmp_path / "sr.dcm")
+    build_measurement_report([src], bundle, probabilities=probs, predicted=predicted,
+                             thresholds=thresholds).save_as(path)
+    assert_conformant(path, EXPLAINED_WARNINGS)
+    assert_dsrdump_parses(path)
+    report = read_report(path, bundle)
+    assert report["probabilities"] == pytest.approx(probs) and report["thresholds"] == pytest.approx(thresholds)
+    assert report["predicted"] == predicted
+    groups = [g for g in pydicom.dcmread(path).ContentSequence if g.ValueType == "CONTAINER"][0].ContentSequence
+    assert len(groups) == len(names)
+    for g in groups:
+        findings = [i for i in g.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == "Finding"]
+        assert len(findings) == 1
+    codes = {i.ConceptCodeSequence[0].CodeMeaning: i.ConceptCodeSequence[0] for g in groups for i in g.ContentSequence
+             if i.ConceptNameCodeSequence[0].CodeMeaning == "Finding"}
+    assert codes["Pneumonia"].CodingSchemeDesignator == "SCT" and codes["Pneumonia"].CodeValue == "233604007"
+    assert codes["Pleural_Thickening"].LongCodeValue == "Pleural_Thickening"  # private, full name
