@@ -11,7 +11,8 @@ if command -v dciodvfy >/dev/null 2>&1 && command -v dsrdump >/dev/null 2>&1; th
     exit 0
 fi
 if [ "$(id -u)" != "0" ]; then
-    echo "dicom_tools: dciodvfy/dsrdump missing and not root; install 'dicom3tools dcmtk' with apt (conformance tests will skip)"
+    echo "dicom_tools: dciodvfy/dsrdump missing and not root; install 'dicom3tools dcmtk' with apt" \
+         "(conformance tests will skip)"
     exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then

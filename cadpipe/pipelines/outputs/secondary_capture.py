@@ -5,8 +5,8 @@ it as one more series of the study, next to the original, and the attributes a h
 the side as Image Laterality (from the source's Image Laterality or series Laterality; the series Laterality is
 then absent, as its Type 2C condition requires; without a side it is empty for a paired or unknown body part and
 absent for an unpaired one such as CHEST), Body Part Examined, View Position, the view and anatomic region code
-sequences, and Patient Orientation when the source gives two valid values (else it is left empty: unknown). A mammogram overlay without
-laterality is refused (a left/right-less mammogram must not reach a reading room).
+sequences, and Patient Orientation when the source gives two valid values (else it is left empty: unknown).
+A mammogram overlay without laterality is refused (a left/right-less mammogram must not reach a reading room).
 
 Pixel data: 8-bit RGB at display size (the long side at most :data:`DISPLAY_LONG_SIDE`) with the source's aspect
 ratio (its rows x columns, scaled by its pixel spacing when that is not square), compressed losslessly
