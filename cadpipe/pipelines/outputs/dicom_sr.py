@@ -18,6 +18,9 @@ and ``model_sha256=<hex>`` as its parameter, and the evaluation ``Intended use``
   pixels (UCUM ``{pixels}``) / voxels (``{voxels}``). Without a SEG (one could not be made) the same finding
   and size go into an image-level group, without the segment reference.
 
+When the source is a paired body part with a side (a mammogram: Body Part Examined ``BREAST``, Image Laterality
+``L``), every group has the finding site with its laterality (Breast, Left).
+
 Codes come from the bundle (:mod:`cadpipe.pipelines.outputs.dicom_codes`); the device observer UID is derived from
 the model's sha256, the series number and description name the bundle, ContentQualification is ``RESEARCH``.
 All results reference the source study (same Study Instance UID, a new series).
@@ -40,6 +43,11 @@ INTENDED_USE = ("USE", "Intended use")  # private: DICOM has no concept for it
 NO_DETECTIONS = "no detections"  # tracking identifier of the group of a detection without any box
 NOT_FOR_CLINICAL_USE = ("NFCU", "Not for clinical use")
 _PIXELS = ("{pixels}", "UCUM", "pixels")
+# paired body parts (Body Part Examined -> SNOMED CT) whose side the SR states as a finding site with laterality
+_PAIRED_SITES = {"BREAST": ("76752008", "SCT", "Breast"), "KNEE": ("72696002", "SCT", "Knee"),
+                 "HAND": ("85562004", "SCT", "Hand"), "FOOT": ("56459004", "SCT", "Foot"),
+                 "SHOULDER": ("16982005", "SCT", "Shoulder"), "HIP": ("29836001", "SCT", "Hip"),
+                 "EYE": ("81745001", "SCT", "Eye"), "KIDNEY": ("64033007", "SCT", "Kidney")}
 _VOXELS = ("{voxels}", "UCUM", "voxels")
 
 
@@ -72,6 +80,21 @@ def _presence(present: bool):
 
     return hd.sr.QualitativeEvaluation(name=codes.DCM.PresenceOfProperty,
                                        value=codes.SCT.Present if present else codes.SCT.Absent)
+
+
+def _finding_sites(source) -> list:
+    """The source's side as a finding site (e.g. Breast, laterality Left) when it is a paired body part with an
+    L/R laterality in the header; else none."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    side = next((str(source.get(k, "") or "").strip().upper() for k in ("ImageLaterality", "Laterality")
+                 if str(source.get(k, "") or "").strip().upper() in ("L", "R")), "")
+    part = _PAIRED_SITES.get(str(source.get("BodyPartExamined", "") or "").strip().upper())
+    if not side or part is None:
+        return []
+    return [hd.sr.FindingSite(anatomic_location=dicom_codes.concept(part),
+                              laterality=codes.SCT.Left if side == "L" else codes.SCT.Right)]
 
 
 def _number(name, value: float, unit, algo):
@@ -122,6 +145,7 @@ def build_measurement_report(sources: Sequence, bundle: dict, *, probabilities: 
     algo = _algorithm(bundle)
     ref = sources[0]
     src_group = [hd.sr.SourceImageForMeasurementGroup.from_source_image(ref)]
+    sites = _finding_sites(ref)
     groups = []
     predicted = [str(p) for p in predicted]
     for i, (name, p) in enumerate((probabilities or {}).items(), start=1):
@@ -130,13 +154,13 @@ def build_measurement_report(sources: Sequence, bundle: dict, *, probabilities: 
             measurements.append(_number(codes.DCM.ThresholdValue, thresholds[name], codes.UCUM.NoUnits, algo))
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"class {i}: {name}"[:64]),
-            finding_type=class_code(name, bundle), algorithm_id=algo, source_images=src_group,
+            finding_type=class_code(name, bundle), algorithm_id=algo, source_images=src_group, finding_sites=sites,
             measurements=measurements, qualitative_evaluations=[_presence(name in predicted), _intended_use()]))
     if boxes is not None and len(boxes) == 0:  # a detection without any box: say so
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=NO_DETECTIONS),
             finding_type=dicom_codes.box_finding(bundle), algorithm_id=algo, source_images=src_group,
-            qualitative_evaluations=[_presence(False), _intended_use()]))
+            finding_sites=sites, qualitative_evaluations=[_presence(False), _intended_use()]))
     for i, b in enumerate(boxes or [], start=1):
         c0, r0, c1, r1 = (max(0.0, float(v)) for v in b["box"])
         polyline = np.array([[c0, r0], [c1, r0], [c1, r1], [c0, r1], [c0, r0]], dtype=float)
@@ -148,7 +172,7 @@ def build_measurement_report(sources: Sequence, bundle: dict, *, probabilities: 
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"box {i}"),
             referenced_region=region, finding_type=dicom_codes.box_finding(bundle), algorithm_id=algo,
-            measurements=measurements,
+            finding_sites=sites, measurements=measurements,
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Pathology,
                                                                  value=class_code(str(b["label"]), bundle)),
                                      _intended_use()]))
@@ -157,6 +181,7 @@ def build_measurement_report(sources: Sequence, bundle: dict, *, probabilities: 
                      ndim=3 if volume_ml is not None else 2 if area_cm2 is not None else ndim)
         common = dict(tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="segment 1"),
                       finding_type=class_code(structure, bundle), algorithm_id=algo, measurements=[size],
+                      finding_sites=sites,
                       qualitative_evaluations=[_intended_use()])
         seg_sources = [hd.sr.SourceImageForSegmentation.from_source_image(s) for s in sources]
         if segmentation is None:  # no SEG could be made: the finding and its size, on the source image
@@ -215,14 +240,15 @@ def read_report(path_or_dataset, bundle: dict | None = None) -> dict:
     "boxes": [{"label", "score", "malignancy" (or None), "polyline", "finding"}], "no_detections": bool,
     "volume_ml" / "area_cm2": float | None, "pixels" / "voxels": count | None (size without spacing),
     "structure": class name | None, "segment": (seg SOP Instance UID, segment number) | None,
-    "algorithm": {"name", "version", "parameters"}, "intended_use": [meanings], "device_uid": str}``."""
+    "algorithm": {"name", "version", "parameters"}, "intended_use": [meanings], "device_uid": str,
+    "finding_sites": [(site, laterality)]}``."""
     import highdicom as hd
 
     sr = hd.sr.srread(path_or_dataset) if isinstance(path_or_dataset, str) else \
         hd.sr.Comprehensive3DSR.from_dataset(path_or_dataset)
     out: dict = {"probabilities": {}, "thresholds": {}, "predicted": [], "boxes": [], "no_detections": False,
                  "volume_ml": None, "area_cm2": None, "pixels": None, "voxels": None, "structure": None,
-                 "segment": None, "algorithm": None, "intended_use": [], "device_uid": None}
+                 "segment": None, "algorithm": None, "intended_use": [], "device_uid": None, "finding_sites": []}
     report = sr.content
     observer = [it for it in report[0].ContentSequence if it.ConceptNameCodeSequence[0].CodeMeaning ==
                 "Device Observer UID"]
@@ -304,4 +330,10 @@ def _read_common(group, out: dict) -> dict[str, list]:
                             "version": items["Algorithm Version"][0].TextValue,
                             "parameters": [p.TextValue for p in items.get("Algorithm Parameters", [])]}
     out["intended_use"] += [it.ConceptCodeSequence[0].CodeMeaning for it in items.get(INTENDED_USE[1], [])]
+    for site in items.get("Finding Site", []):
+        side = [m.ConceptCodeSequence[0].CodeMeaning for m in getattr(site, "ContentSequence", [])
+                if m.ConceptNameCodeSequence[0].CodeMeaning == "Laterality"]
+        found = (site.ConceptCodeSequence[0].CodeMeaning, side[0] if side else None)
+        if found not in out["finding_sites"]:
+            out["finding_sites"].append(found)
     return items

@@ -121,6 +121,8 @@ def test_classification_results_conform_for_every_kind_of_source(tmp_path):
         assert report["predicted"] == [row.predicted]  # one group per class; Present = the predicted one
         assert set(report["thresholds"]) <= {"normal", "abnormal"}
         sc = got["sc"]
+        assert report["finding_sites"] == ([("Breast", {"L": "Left", "R": "Right"}[src.Laterality])]
+                                           if kind == "MG" else [])
         if kind == "MG":  # the side of the mammogram is carried (series and image), the invalid "CC" is not
             assert src.Laterality in ("L", "R") and sc.ImageLaterality == src.Laterality and "Laterality" not in sc
             assert sc.BodyPartExamined == "BREAST" and sc.ViewPosition == src.ViewPosition
@@ -203,6 +205,7 @@ def test_detection_results_conform_with_the_bundles_codes_and_a_stable_device(tm
         got = _check_objects(out, outputs[row.unit_id], src)
         report = read_report(got["dicom_sr"], bundle=declared)
         assert report["boxes"] and {b["finding"] for b in report["boxes"]} == {"Mass"}
+        assert report["finding_sites"] == [("Breast", {"L": "Left", "R": "Right"}[src.ImageLaterality])]
         assert all(b["malignancy"] is not None for b in report["boxes"])
         devices.add(report["device_uid"])
         bundle = declared | {"name": row.bundle, "model_sha256": row.model_sha256}
