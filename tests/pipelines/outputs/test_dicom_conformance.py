@@ -18,20 +18,10 @@ from pydicom.uid import generate_uid
 from cadpipe.pipelines.outputs.dicom_codes import has_pixel_spacing
 from cadpipe.pipelines.outputs.dicom_sr import read_report
 from cadpipe.pipelines.scoring.score import EXIT_OK, ScoreConfig, score
-from tests.pipelines.outputs.dicom_checks import (assert_conformant, assert_dsrdump_parses, assert_sc_matches_png,
-                                                  journal_outputs, require_tool)
+from tests.pipelines.outputs.dicom_checks import (EXPLAINED_WARNINGS, assert_conformant, assert_dsrdump_parses,
+                                                  assert_sc_matches_png, journal_outputs, require_tool)
 from tests.pipelines.scoring.score_helpers import make_bundle, write_dicom_series
 
-# dciodvfy warnings that remain, each explained in docs/pacs.md ("Conformance")
-EXPLAINED_WARNINGS = (
-    "Unrecognized defined term <99CADPIPE>",  # private codes: intended use, classes without a declared code
-    "should be absent (not empty) if an unpaired body part",  # Laterality empty: side and body part unknown
-    "not present in standard DICOM IOD",  # View Position copied into the Secondary Capture (hanging protocols)
-    # copied from the source as it is (patient and study attributes of pydicom's test files / synthetic sources)
-    "Value is zero for value 1 of attribute <Patient's Weight>",
-    "Retired Person Name form",
-    "Missing attribute or value that would be needed to build DICOMDIR",
-)
 NAMES = {"ISO_IR 100": "Müller^Jürgen", "ISO_IR 192": "Łukasiewicz^Zoë=山田^太郎"}
 
 

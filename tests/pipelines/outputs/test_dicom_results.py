@@ -14,11 +14,13 @@ from pydicom.uid import generate_uid
 
 from cadpipe.pipelines.outputs.dicom_sr import build_measurement_report, read_report
 from cadpipe.pipelines.scoring.score import EXIT_OK, ScoreConfig, score
-from tests.pipelines.outputs.dicom_checks import assert_sc_matches_png, journal_outputs
+from tests.pipelines.outputs.dicom_checks import assert_sc_matches_png, conformant_where_checkable, journal_outputs
 from tests.pipelines.scoring.score_helpers import make_bundle, write_dicom_series
 
 
 def _check_common(report: dict, row, sources: list, sr_ds, study_uid: str) -> None:
+    if getattr(sr_ds, "filename", None):
+        conformant_where_checkable(sr_ds.filename)
     assert report["algorithm"] == {"name": row.bundle, "version": str(row.bundle_version),
                                    "parameters": [f"model_sha256={row.model_sha256}"]}
     assert report["intended_use"] and set(report["intended_use"]) == {"Not for clinical use"}
