@@ -16,7 +16,7 @@ import numpy as np
 
 from cadpipe.pipelines.outputs.files import atomic_save_dicom
 
-__all__ = ["write_dicom_results", "RESULT_KEYS", "is_cadpipe_result", "RESULT_SERIES_DESCRIPTIONS"]
+__all__ = ["write_dicom_results", "sr_content", "RESULT_KEYS", "is_cadpipe_result", "RESULT_SERIES_DESCRIPTIONS"]
 
 # the ``_outputs`` keys that name DICOM result files (what --store-results / --send-to send)
 RESULT_KEYS = ("dicom_seg", "dicom_sr", "dicom_sc")
@@ -40,6 +40,35 @@ def is_cadpipe_result(modality: str, series_description: str) -> bool:
 
     return modality.upper() in ("SR", "SEG", "KO", "PR") or series_description in RESULT_SERIES_DESCRIPTIONS or \
         is_result_description(series_description)
+
+
+def sr_content(row: dict, outputs: dict, out_dir: str, bundle: dict, task: str) -> dict:
+    """What the unit's SR reports: keyword arguments of
+    :func:`~cadpipe.pipelines.outputs.dicom_sr.build_measurement_report` from its results row and output files
+    (classification: probabilities, predicted classes, thresholds; detection: the boxes; segmentation: the
+    structure, its size and count, and the SEG when one was written)."""
+    import pydicom
+
+    kwargs: dict = {}
+    if task in ("classification", "multilabel"):
+        kwargs["probabilities"] = {k[5:]: float(v) for k, v in row.items() if k.startswith("prob_")}
+        kwargs["predicted"] = [p for p in str(row.get("predicted") or "").split(";") if p]
+        kwargs["thresholds"] = dict(row.get("_thresholds") or {})
+    elif task == "detection" and outputs.get("boxes"):
+        with open(os.path.join(out_dir, outputs["boxes"]), encoding="utf-8") as f:
+            kwargs["boxes"] = json.load(f)["boxes"]
+    elif task == "segmentation" and row.get("lesion_voxels") is not None:
+        names = list(bundle.get("class_names") or [])
+        kwargs["structure"] = names[1] if len(names) > 1 else "lesion"
+        if outputs.get("dicom_seg"):
+            kwargs["segmentation"] = pydicom.dcmread(os.path.join(out_dir, outputs["dicom_seg"]))
+        kwargs["voxels"] = int(row["lesion_voxels"])
+        kwargs["ndim"] = 2 if "lesion_area_cm2" in row else 3
+        if row.get("lesion_volume_ml") is not None:
+            kwargs["volume_ml"] = float(row["lesion_volume_ml"])
+        elif row.get("lesion_area_cm2") is not None:
+            kwargs["area_cm2"] = float(row["lesion_area_cm2"])
+    return kwargs
 
 
 def _note(warnings: list | None, what: str, err: Exception) -> None:
@@ -69,38 +98,15 @@ def write_dicom_results(row: dict, outputs: dict, out_dir: str, source_files: li
     """
     import pydicom
 
-    from cadpipe.pipelines.outputs.dicom_codes import has_pixel_spacing
     from cadpipe.pipelines.outputs.dicom_seg import _with_type2_attributes  # same fix-up as for the SEG
     from cadpipe.pipelines.outputs.dicom_sr import build_measurement_report
     from cadpipe.pipelines.outputs.secondary_capture import build_secondary_capture
 
     # missing Type 2 patient/study attributes added empty in memory (highdicom copies them); files are not touched
     sources = [_with_type2_attributes(pydicom.dcmread(p, stop_before_pixels=True)) for p in source_files]
-    kwargs: dict = {}
-    if task in ("classification", "multilabel"):
-        kwargs["probabilities"] = {k[5:]: float(v) for k, v in row.items() if k.startswith("prob_")}
-        kwargs["predicted"] = [p for p in str(row.get("predicted") or "").split(";") if p]
-        kwargs["thresholds"] = dict(row.get("_thresholds") or {})
-    elif task == "detection" and outputs.get("boxes"):
-        with open(os.path.join(out_dir, outputs["boxes"]), encoding="utf-8") as f:
-            kwargs["boxes"] = json.load(f)["boxes"]
-    elif task == "segmentation" and row.get("lesion_voxels") is not None:
-        names = list(bundle.get("class_names") or [])
-        kwargs["structure"] = names[1] if len(names) > 1 else "lesion"
-        if outputs.get("dicom_seg"):
-            kwargs["segmentation"] = pydicom.dcmread(os.path.join(out_dir, outputs["dicom_seg"]))
-        # a physical size only from a spacing the source gives (else a pixel count, never one made up)
-        spaced = all(has_pixel_spacing(s) for s in sources)
-        if row.get("lesion_volume_ml") is not None and spaced:
-            kwargs["volume_ml"] = float(row["lesion_volume_ml"])
-        elif row.get("lesion_area_cm2") is not None and spaced:
-            kwargs["area_cm2"] = float(row["lesion_area_cm2"])
-        else:
-            kwargs["voxels"] = int(row["lesion_voxels"])
-            kwargs["ndim"] = 2 if "lesion_area_cm2" in row else 3
     written: dict[str, str] = {}
     try:
-        sr = build_measurement_report(sources, bundle, **kwargs)
+        sr = build_measurement_report(sources, bundle, **sr_content(row, outputs, out_dir, bundle, task))
         path = os.path.join(folder, f"{prefix}_sr.dcm")
         atomic_save_dicom(sr, path)
         written["dicom_sr"] = os.path.relpath(path, out_dir)

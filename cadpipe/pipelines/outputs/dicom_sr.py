@@ -134,8 +134,9 @@ def build_measurement_report(sources: Sequence, bundle: dict, *, probabilities: 
         thresholds: class name -> operating threshold, for the classes whose call depends on one.
         boxes: detection boxes ``{"box": [col_min, row_min, col_max, row_max], "label": str, "score": float[,
             "malignancy": float]}`` in the source image's pixel grid.
-        volume_ml / area_cm2: the segmented size in mL (a volume) or cm² (a 2D image), only when the source gives
-            its spacing; else ``voxels`` (the count) with ``ndim`` 2 or 3 says the size in pixels / voxels.
+        volume_ml / area_cm2: the segmented size in mL (a volume) or cm² (a 2D image); ``voxels``: its count of
+            pixels / voxels. When a source gives no pixel spacing the report holds the count (``ndim`` 2 or 3 when
+            neither physical size is given), never a size computed from an assumed spacing.
         structure: the segmented class name (its code is the finding type).
         segmentation: the DICOM SEG dataset whose segment 1 the size refers to (None: no SEG could be made).
     """
@@ -176,6 +177,10 @@ def build_measurement_report(sources: Sequence, bundle: dict, *, probabilities: 
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Pathology,
                                                                  value=class_code(str(b["label"]), bundle)),
                                      _intended_use()]))
+    if voxels is not None and not all(dicom_codes.has_pixel_spacing(s) for s in sources):
+        # a physical size only from a spacing the source gives (else the count, never a made-up cm² / mL)
+        ndim = 3 if volume_ml is not None else 2 if area_cm2 is not None else ndim
+        volume_ml = area_cm2 = None
     if volume_ml is not None or area_cm2 is not None or voxels is not None:
         size = _size(algo, volume_ml=volume_ml, area_cm2=area_cm2, voxels=voxels,
                      ndim=3 if volume_ml is not None else 2 if area_cm2 is not None else ndim)
