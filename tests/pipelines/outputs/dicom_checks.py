@@ -54,7 +54,8 @@ def assert_sc_matches_png(sc_file, png_path: str, source=None):
     if source is not None:
         png = display_picture(png, source)
         src_ratio, sc_ratio = source.Rows / source.Columns, sc.Rows / sc.Columns
-        if not (source.get("PixelSpacing") or source.get("ImagerPixelSpacing")):
+        spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
+        if not spacing or float(spacing[0]) == float(spacing[1]):  # square pixels: the source's rows : columns
             assert abs(sc_ratio - src_ratio) <= src_ratio * (1.0 / min(sc.Rows, sc.Columns) + 1e-6)
     assert sc.file_meta.TransferSyntaxUID in (pydicom.uid.JPEGLSLossless, pydicom.uid.RLELossless)
     assert (sc.Rows, sc.Columns) == png.shape[:2]

@@ -288,3 +288,22 @@ def test_multilabel_sr_has_one_group_per_finding_with_the_bundles_codes(tmp_path
              if i.ConceptNameCodeSequence[0].CodeMeaning == "Finding"}
     assert codes["Pneumonia"].CodingSchemeDesignator == "SCT" and codes["Pneumonia"].CodeValue == "233604007"
     assert codes["Pleural_Thickening"].LongCodeValue == "Pleural_Thickening"  # private, full name
+
+
+def test_overlay_is_shown_at_display_size_with_the_sources_aspect_ratio():
+    """A square model-input overlay of a non-square source gets the source's shape; a large one is scaled down to
+    the display size; non-square pixel spacing counts."""
+    import numpy as np
+
+    from cadpipe.pipelines.outputs.secondary_capture import DISPLAY_LONG_SIDE, display_picture
+
+    src = pydicom.Dataset()
+    src.Rows, src.Columns = 400, 300
+    assert display_picture(np.zeros((224, 224, 3), np.uint8), src).shape == (224, 168, 3)
+    big = np.zeros((4000, 3000, 3), np.uint8)
+    assert display_picture(big, src).shape == (DISPLAY_LONG_SIDE, 1536, 3)
+    src.PixelSpacing = [0.5, 1.0]  # rows 0.5 mm apart: 200 mm tall, 300 mm wide
+    assert display_picture(np.zeros((224, 224, 3), np.uint8), src).shape == (149, 224, 3)
+    same = np.zeros((224, 168, 3), np.uint8)
+    del src.PixelSpacing
+    assert display_picture(same, src) is same
