@@ -419,8 +419,9 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
     from cadpipe.pipelines.scoring.writers import WriterPool
 
     info = {"name": runner.name, "version": runner.version, "model_sha256": runner.model_sha256,
-            "plain_images": plain_images, "dicom_results": dicom_results, "class_names": list(runner.class_names),
-            "dicom": dict(runner.metadata.get("cadpipe", {}).get("dicom") or {})}  # codes and series of the results
+            "plain_images": plain_images, "dicom_results": dicom_results,
+            "class_names": list(getattr(runner, "class_names", []) or []),  # the DICOM results' codes and series:
+            "dicom": dict((getattr(runner, "metadata", None) or {}).get("cadpipe", {}).get("dicom") or {})}
     plan = early[0] if early is not None else batched_plan(runner, preprocess)
     chunk = max(1, batch_size) if workers else 1
     first = max(1, min(batch_size, 8 if first_batch is None else first_batch))
