@@ -41,6 +41,17 @@ def _charset_copy(dest: str, charset: str) -> str:
     return dest
 
 
+def _assert_names_kept(source: str, out: str, outputs: dict, charset: str) -> None:
+    """The patient name byte-exact, in the source's character set, in every result object of the unit."""
+    raw = pydicom.dcmread(source).get_item(0x00100010).value
+    keys = [k for k in ("dicom_sr", "dicom_seg", "dicom_sc") if k in outputs]
+    assert "dicom_sr" in keys and "dicom_sc" in keys
+    for key in keys:
+        ds = pydicom.dcmread(os.path.join(out, outputs[key]))
+        assert ds.SpecificCharacterSet == charset and ds.get_item(0x00100010).value == raw, key
+        assert str(ds.PatientName) == NAMES[charset]
+
+
 def _sources_2d(folder, with_mg: bool = True) -> dict[str, str]:
     """One file per kind of 2D source: name -> path."""
     from cadpipe.data.synthetic.dicom import write_cxr_dicom
@@ -119,13 +130,8 @@ def test_classification_results_conform_for_every_kind_of_source(tmp_path):
             assert src.PatientOrientation == "CC" and sc.PatientOrientation in ("", None)
         if kind == "CR":  # RG3's ['R', 'F'] is a valid orientation: kept
             assert list(sc.PatientOrientation) == ["R", "F"]
-        if kind in NAMES:  # the patient name byte-exact in both result objects
-            raw = pydicom.dcmread(row.input_paths).get_item(0x00100010).value
-            for key in ("dicom_sr", "dicom_sc"):
-                ds = pydicom.dcmread(os.path.join(str(tmp_path / "out"), outputs[row.unit_id][key]))
-                assert ds.SpecificCharacterSet == kind
-                assert ds.get_item(0x00100010).value == raw
-                assert str(ds.PatientName) == NAMES[kind]
+        if kind in NAMES:
+            _assert_names_kept(row.input_paths, str(tmp_path / "out"), outputs[row.unit_id], kind)
 
 
 def test_2d_segmentation_results_conform_and_report_pixels_without_spacing(tmp_path):
@@ -133,6 +139,8 @@ def test_2d_segmentation_results_conform_and_report_pixels_without_spacing(tmp_p
     dciodvfy; the size is in cm² where the source has a spacing and in pixels where it has none (RG3)."""
     bundle = make_bundle("tiny_segmentation_2d_bundle", str(tmp_path / "b"))
     files = _sources_2d(str(tmp_path / "in"))
+    for cs in NAMES:
+        files[cs] = _charset_copy(str(tmp_path / "in" / f"ct_{cs.replace(' ', '_')}.dcm"), cs)
     df, outputs = _score(bundle, str(tmp_path / "in"), str(tmp_path / "out"))
     kinds = {v: k for k, v in files.items()}
     assert "warnings" not in df or df.warnings.isna().all(), df.get("warnings")
@@ -150,6 +158,8 @@ def test_2d_segmentation_results_conform_and_report_pixels_without_spacing(tmp_p
             assert report["area_cm2"] is None and report["pixels"] == row.lesion_voxels
         else:
             assert report["area_cm2"] == pytest.approx(row.lesion_area_cm2, rel=1e-6, abs=1e-9)
+        if kind in NAMES:
+            _assert_names_kept(row.input_paths, str(tmp_path / "out"), outputs[row.unit_id], kind)
 
 
 def test_3d_and_multiframe_results_conform_and_sr_sc_survive_a_missing_seg(tmp_path):
