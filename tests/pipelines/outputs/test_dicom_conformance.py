@@ -110,6 +110,9 @@ def test_classification_results_conform_for_every_kind_of_source(tmp_path):
         files[cs] = _charset_copy(str(tmp_path / "in" / f"ct_{cs.replace(' ', '_')}.dcm"), cs)
     df, outputs = _score(bundle, str(tmp_path / "in"), str(tmp_path / "out"))
     assert sorted(df.input_paths) == sorted(files.values())
+    from cadpipe.pipelines.inference.thresholds import load_thresholds
+
+    ops = load_thresholds(os.path.join(bundle, "models", "model.pt"), df.model_sha256.iloc[0])
     assert "warnings" not in df or df.warnings.isna().all(), df.get("warnings")
     kinds = {v: k for k, v in files.items()}
     for row in df.itertuples():
@@ -120,7 +123,9 @@ def test_classification_results_conform_for_every_kind_of_source(tmp_path):
         assert report["probabilities"] == pytest.approx({"normal": row.prob_normal, "abnormal": row.prob_abnormal},
                                                         rel=1e-6)
         assert report["predicted"] == [row.predicted]  # one group per class; Present = the predicted one
-        assert set(report["thresholds"]) <= {"normal", "abnormal"}
+        # the operating threshold that decided (binary: the positive class's; the model's defaults here)
+        assert report["thresholds"] == pytest.approx({"abnormal": ops.threshold("abnormal")})
+        assert row.predicted == ("abnormal" if row.prob_abnormal >= ops.threshold("abnormal") else "normal")
         sc = got["sc"]
         assert report["finding_sites"] == ([("Breast", {"L": "Left", "R": "Right"}[src.Laterality])]
                                            if kind == "MG" else [])
