@@ -14,7 +14,7 @@ File format (JSON)::
 Decisions (:func:`decide`):
 
 - binary classification (two classes): the positive class (``positive_class``, else the second class) is predicted
-  when its probability is at or above its threshold (0.5 when none is saved);
+  when its probability is at or above its threshold;
 - multi-class (e.g. BACH, 4 classes): the predicted class is the arg-max of the probabilities (a probability
   vector has one winner; per-class thresholds would leave some images with none or several); each class's
   one-vs-rest threshold only says whether its probability is "above threshold" in the report;
@@ -22,8 +22,7 @@ Decisions (:func:`decide`):
   when no pathology is, and never beside one.
 
 A model without ``thresholds.json`` (trained before thresholds were saved), or with one saved for other weights,
-keeps the old behaviour (0.5 for binary and multi-label, arg-max for multi-class) and
-:attr:`OperatingThresholds.note` says so.
+keeps the old behaviour (arg-max, 0.5 for multi-label) and :attr:`OperatingThresholds.note` says so.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.pipelines.outputs.calls import at_or_above
 from cadpipe.pipelines.outputs.files import file_sha256
 
 __all__ = ["THRESHOLDS_FILE", "THRESHOLDS_FORMAT", "DEFAULT_THRESHOLD", "NO_FINDING", "OperatingThresholds",
@@ -121,24 +119,15 @@ def saved_threshold(model_file: str, class_name: str, default: float = DEFAULT_T
 
 
 def decide(task: str, names: list[str], probs, ops: OperatingThresholds) -> dict:
-    """Calls for one image: ``{"predicted": str, "above": [names at or above their threshold]}``.
+    """Calls for one image: ``{"predicted": str, "above": [names at or above their threshold]}``, as the bundle's
+    task kind makes them (:meth:`cadpipe.pipelines.kinds.classification.Classification.decide`).
 
     ``predicted``: binary → the positive class or the other one; multi-class → arg-max; multi-label → the
     findings joined by ``;`` (``No Finding`` only when nothing else is above threshold; empty when neither).
     """
-    p = np.asarray(probs, dtype=np.float64).reshape(-1)
-    above = [n for n, v in zip(names, p) if at_or_above(v, ops.threshold(n))]
-    if task == "multilabel":
-        findings = [n for n in above if n != NO_FINDING]
-        if not findings and NO_FINDING in above:
-            findings = [NO_FINDING]
-        return {"predicted": ";".join(findings), "above": findings}
-    if len(names) == 2:  # without saved thresholds: 0.5, as arg-max but positive at a 0.5 / 0.5 tie
-        pos = ops.positive_class if ops.positive_class in names else names[1]
-        other = names[1 - names.index(pos)]
-        is_pos = at_or_above(p[names.index(pos)], ops.threshold(pos))
-        return {"predicted": pos if is_pos else other, "above": [pos] if is_pos else []}
-    return {"predicted": names[int(p.argmax())] if p.size else "", "above": above}
+    from cadpipe.pipelines.kinds import kind_of
+
+    return kind_of(task).decide(names, probs, ops)
 
 
 def result_calls(task: str, names: list[str], probs, ops: OperatingThresholds) -> dict:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from cadpipe.pipelines.outputs.calls import at_or_above, pct, relation, shown_pair
 
-__all__ = ["classification_findings", "class_calls", "row_calls", "threshold_phrase", "heatmap_caption",
-           "segmentation_finding", "segmentation_caption", "select_boxes", "detection_findings", "threshold_columns", "detection_caption",
-           "NO_FINDING", "HEATMAP_COLOURS"]
+__all__ = ["classification_findings", "multilabel_findings", "class_calls", "row_calls", "threshold_phrase",
+           "heatmap_caption", "segmentation_finding", "segmentation_caption", "select_boxes", "detection_findings",
+           "detection_caption", "NO_FINDING", "HEATMAP_COLOURS"]
 
 NO_FINDING = "No Finding"
 
@@ -47,7 +47,7 @@ def class_calls(task: str, names: list[str], probs: list[float], deciding: dict[
     "relation", "shown_probability", "shown_threshold", "note"}``, what the report's table, the captions and the
     portal print (they never compute a call themselves).
 
-    ``deciding``: the thresholds that decide (:func:`threshold_columns`: every class of a multi-label model, the
+    ``deciding``: the thresholds that decide (the kind's ``threshold_columns``: every class of a multi-label model, the
     positive class of a binary one, none for multi-class arg-max); the other classes get ``threshold`` None.
     ``call``: ``"positive"`` for the classes in ``predicted`` (the row's column, from
     :func:`cadpipe.pipelines.inference.thresholds.decide`), else ``"negative"``. ``note`` explains a call the
@@ -81,45 +81,41 @@ def row_calls(row: dict) -> list[dict]:
                        str(row.get("predicted", "") or ""))
 
 
-def classification_findings(task: str, names: list[str], probs: list[float], thresholds: dict[str, float],
+def _call(n: str, call: str, text: str, prob: dict, thr: dict) -> dict:
+    return {"type": n, "probability": prob[n], "threshold": thr[n], "call": call, "text": text}
+
+
+def classification_findings(names: list[str], probs: list[float], thresholds: dict[str, float],
                             positive_class: str | None, predicted: str) -> list[dict]:
-    """Findings of a classification (``task`` ``"classification"``) or multi-label (``"multilabel"``) result.
+    """Findings of a classification result (binary: the positive class's call; multi-class: the predicted class).
 
     ``thresholds``: the operating threshold of each class (defaults included); ``predicted``: the row's
     ``predicted`` column (from the same thresholds).
     """
     prob = dict(zip(names, (float(p) for p in probs)))
     thr = {n: float(thresholds.get(n, 0.5)) for n in names}
-
-    def item(n: str, call: str, text: str) -> dict:
-        return {"type": n, "probability": prob[n], "threshold": thr[n], "call": call, "text": text}
-
-    if task == "multilabel":
-        shown = [n for n in str(predicted).split(";") if n]
-        if shown == [NO_FINDING] or not shown:
-            return [{"type": "none", "call": "negative",
-                     "text": "No pathology at or above its operating threshold."
-                             + (f" No Finding: {pct(prob[NO_FINDING])}." if NO_FINDING in prob else "")}]
-        return [item(n, "positive", f"{_name(n)}: {threshold_phrase(prob[n], thr[n])}.")
-                for n in sorted(shown, key=lambda n: -prob[n])]
     if len(names) == 2:
         pos = positive_class if positive_class in names else names[1]
         call = "positive" if predicted == pos else "negative"
-        return [item(pos, call, f"{_name(pos)}: {call} ({threshold_phrase(prob[pos], thr[pos])}).")]
+        return [_call(pos, call, f"{_name(pos)}: {call} ({threshold_phrase(prob[pos], thr[pos])}).", prob, thr)]
     return [{"type": predicted, "probability": prob.get(predicted, 0.0), "threshold": None, "call": "positive",
              "text": f"Predicted class: {_name(predicted)} (probability {pct(prob.get(predicted, 0.0))}, the "
                      f"highest of {len(names)} classes)."}]
 
 
-def threshold_columns(task: str, names: list[str], thresholds: dict[str, float], ops) -> dict[str, float]:
-    """The thresholds that decide: every class (multi-label), the positive class (binary), none (multi-class:
-    arg-max). ``ops``: the model's :class:`~cadpipe.pipelines.inference.thresholds.OperatingThresholds`."""
-    if task == "multilabel":
-        return dict(thresholds)
-    if len(names) == 2:
-        pos = ops.positive_class if ops.positive_class in names else names[1]
-        return {pos: thresholds[pos]}
-    return {}
+def multilabel_findings(names: list[str], probs: list[float], thresholds: dict[str, float],
+                        predicted: str) -> list[dict]:
+    """Findings of a multi-label result: one per pathology in ``predicted`` (the row's column, ``;``-joined), or
+    one saying none is at or above its threshold."""
+    prob = dict(zip(names, (float(p) for p in probs)))
+    thr = {n: float(thresholds.get(n, 0.5)) for n in names}
+    shown = [n for n in str(predicted).split(";") if n]
+    if shown == [NO_FINDING] or not shown:
+        return [{"type": "none", "call": "negative",
+                 "text": "No pathology at or above its operating threshold."
+                         + (f" No Finding: {pct(prob[NO_FINDING])}." if NO_FINDING in prob else "")}]
+    return [_call(n, "positive", f"{_name(n)}: {threshold_phrase(prob[n], thr[n])}.", prob, thr)
+            for n in sorted(shown, key=lambda n: -prob[n])]
 
 
 HEATMAP_COLOURS = ("scaled to this image: no tint where there is least, then blue, green, yellow and red where there "

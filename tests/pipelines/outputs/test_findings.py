@@ -7,8 +7,8 @@ import numpy as np
 from cadpipe.pipelines.inference.thresholds import OperatingThresholds, decide
 from cadpipe.pipelines.outputs.calls import at_or_above, shown_pair
 from cadpipe.pipelines.outputs.findings import (class_calls, classification_findings, detection_caption,
-                                                detection_findings, heatmap_caption, segmentation_caption,
-                                                segmentation_finding, select_boxes)
+                                                detection_findings, heatmap_caption, multilabel_findings,
+                                                segmentation_caption, segmentation_finding, select_boxes)
 
 
 def _caption_for(task, names, probs, deciding, predicted, name):
@@ -16,11 +16,11 @@ def _caption_for(task, names, probs, deciding, predicted, name):
 
 
 def test_binary_wording_and_caption():
-    f, = classification_findings("classification", ["NORMAL", "PNEUMONIA"], [0.13, 0.87], {"PNEUMONIA": 0.42},
+    f, = classification_findings(["NORMAL", "PNEUMONIA"], [0.13, 0.87], {"PNEUMONIA": 0.42},
                                  "PNEUMONIA", "PNEUMONIA")
     assert f["call"] == "positive"
     assert f["text"] == "PNEUMONIA: positive (probability 87.0%, at or above the operating threshold 42.0%)."
-    f, = classification_findings("classification", ["NORMAL", "PNEUMONIA"], [0.6, 0.4], {"PNEUMONIA": 0.42},
+    f, = classification_findings(["NORMAL", "PNEUMONIA"], [0.6, 0.4], {"PNEUMONIA": 0.42},
                                  "PNEUMONIA", "NORMAL")
     assert f["call"] == "negative" and f["text"].startswith("PNEUMONIA: negative (probability 40.0%, below")
     cap = _caption_for("classification", ["NORMAL", "PNEUMONIA"], [0.13, 0.87], {"PNEUMONIA": 0.42}, "PNEUMONIA",
@@ -31,7 +31,7 @@ def test_binary_wording_and_caption():
 
 def test_multiclass_names_the_argmax_class_and_its_caption_no_threshold():
     names, probs = ["Normal", "Benign", "InSitu", "Invasive"], [0.26, 0.25, 0.25, 0.24]
-    f, = classification_findings("classification", names, probs, {"Normal": 0.2604}, None, "Normal")
+    f, = classification_findings(names, probs, {"Normal": 0.2604}, None, "Normal")
     assert f["text"] == "Predicted class: Normal (probability 26.0%, the highest of 4 classes)."
     # the histology report said "Predicted class: Normal" beside "Grad-CAM for Normal, 0.26 below threshold 0.26":
     # with arg-max, no threshold decides, and the caption names none
@@ -42,10 +42,10 @@ def test_multiclass_names_the_argmax_class_and_its_caption_no_threshold():
 def test_multilabel_lists_findings_above_threshold_and_no_finding_alone():
     names = ["Effusion", "Mass", "No Finding"]
     thr = {"Effusion": 0.2, "Mass": 0.6, "No Finding": 0.5}
-    fs = classification_findings("multilabel", names, [0.3, 0.7, 0.9], thr, None, "Effusion;Mass")
+    fs = multilabel_findings(names, [0.3, 0.7, 0.9], thr, "Effusion;Mass")
     assert [f["type"] for f in fs] == ["Mass", "Effusion"]  # by probability
     assert all("No Finding" not in f["text"] for f in fs)
-    none, = classification_findings("multilabel", names, [0.1, 0.1, 0.9], thr, None, "No Finding")
+    none, = multilabel_findings(names, [0.1, 0.1, 0.9], thr, "No Finding")
     assert none["type"] == "none"
     assert none["text"] == "No pathology at or above its operating threshold. No Finding: 90.0%."
 
@@ -71,7 +71,7 @@ def test_the_boundary_equal_values_are_at_or_above_everywhere():
     names = ["NORMAL", "PNEUMONIA"]
     predicted = decide("classification", names, [0.58, 0.42], ops)["predicted"]
     assert predicted == "PNEUMONIA"  # equal: positive (the one comparison, at_or_above)
-    f, = classification_findings("classification", names, [0.58, 0.42], {"PNEUMONIA": 0.42}, "PNEUMONIA", predicted)
+    f, = classification_findings(names, [0.58, 0.42], {"PNEUMONIA": 0.42}, "PNEUMONIA", predicted)
     assert f["call"] == "positive" and "probability 42.0%, at or above the operating threshold 42.0%" in f["text"]
     c = next(c for c in class_calls("classification", names, [0.58, 0.42], {"PNEUMONIA": 0.42}, predicted)
              if c["name"] == "PNEUMONIA")
@@ -88,7 +88,7 @@ def test_rounding_never_prints_a_call_the_numbers_contradict():
     assert shown_pair(0.26, 0.26) == ("26.0%", "26.0%")
     assert shown_pair(0.57, 0.5) == ("57.0%", "50.0%")
     assert shown_pair(0.2599999999, 0.26) == ("<26.0000%", "26.0000%")  # below by less than the last digit
-    f, = classification_findings("classification", ["NORMAL", "PNEUMONIA"], [0.7404, 0.2596], {"PNEUMONIA": 0.2604},
+    f, = classification_findings(["NORMAL", "PNEUMONIA"], [0.7404, 0.2596], {"PNEUMONIA": 0.2604},
                                  "PNEUMONIA", "NORMAL")
     assert f["text"] == "PNEUMONIA: negative (probability 25.96%, below the operating threshold 26.04%)."
     for p in np.linspace(0.2590, 0.2610, 201):  # every printed pair agrees with the call

@@ -172,7 +172,7 @@ def test_table_caption_and_findings_print_one_call_for_no_finding(tmp_path):
     """The ChestX-ray14 report printed "No Finding, 0.57 above threshold 0.50" under an image while its table put
     No Finding among the classes "below their operating threshold". Table, caption and findings now print the same
     call and numbers (from findings.class_calls)."""
-    from cadpipe.pipelines.outputs.findings import class_calls, classification_findings, heatmap_caption
+    from cadpipe.pipelines.outputs.findings import class_calls, heatmap_caption, multilabel_findings
 
     names, probs = ["Effusion", "Mass", "No Finding"], [0.2, 0.1, 0.57]
     thr = {"Effusion": 0.3, "Mass": 0.4, "No Finding": 0.5}
@@ -180,7 +180,7 @@ def test_table_caption_and_findings_print_one_call_for_no_finding(tmp_path):
     overlay_png(np.random.rand(16, 16), heatmap=np.random.rand(8, 8), path=str(tmp_path / "s" / "u" / "h.png"))
     row = {"series_id": "u", "input_paths": "/in/x.png", "status": "ok", "_task": "multilabel",
            "predicted": "No Finding", "_thresholds": thr, **{f"prob_{n}": p for n, p in zip(names, probs)},
-           "_findings": classification_findings("multilabel", names, probs, thr, None, "No Finding"),
+           "_findings": multilabel_findings(names, probs, thr, "No Finding"),
            "_outputs": {"overlays": ["s/u/h.png"]}, "_captions": [caption]}
     html = open(write_study_report(str(tmp_path / "s"), "S", [row], {}, {"name": "cxr14", "version": "1",
                                    "model_sha256": ""}, str(tmp_path))[0], encoding="utf-8").read()
