@@ -157,8 +157,8 @@ def _histo_studies(d: str) -> None:
 RECIPES: dict[str, dict[str, Any]] = {
     "cxr_pneumonia_classification": dict(  # a small DenseNet at 64 px
         train=_cxr_train, studies=_cxr_studies,
-        overrides={"epochs": 8, "batch_size": 8, "image_size": 64, "num_workers": 0, "use_clahe": False,
-                   "early_stop_patience": 8, "network_def#init_features": 16, "network_def#growth_rate": 8,
+        overrides={"epochs": 12, "batch_size": 8, "image_size": 64, "num_workers": 0, "use_clahe": False,
+                   "learning_rate": 0.002, "early_stop_patience": 12, "network_def#init_features": 16, "network_def#growth_rate": 8,
                    "network_def#block_config": [2, 2, 2, 2]}),
     "brain_mri_tumor_segmentation": dict(
         train=_brain_train, studies=_brain_studies,
@@ -169,8 +169,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                    "cache_rate": 1.0, "split_fractions": [0.75, 0.25, 0.0]}),
     "breast_histology_classification": dict(  # a small DenseNet on 64 px patches
         train=_histo_train, studies=_histo_studies,
-        overrides={"epochs": 20, "batch_size": 8, "num_workers": 0, "patches_per_image": 4, "patch_size": 64,
-                   "learning_rate": 0.002,
+        overrides={"epochs": 30, "batch_size": 8, "num_workers": 0, "patches_per_image": 4, "patch_size": 64,
+                   "learning_rate": 0.005,
                    "network_def#init_features": 16, "network_def#growth_rate": 8,
                    "network_def#block_config": [2, 2, 2, 2]}),
     "cxr_lung_segmentation": dict(  # a tiny UNet at 64 px
@@ -179,8 +179,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                    "learning_rate": 0.003, "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}),
     "cxr_chestxray14_classification": dict(  # a small DenseNet at 64 px, 3 of the 14 pathologies drawn
         train=_cxr14_train, studies=_cxr14_studies,
-        overrides={"epochs": 8, "batch_size": 8, "image_size": 64, "num_workers": 0, "use_clahe": False,
-                   "val_fraction": 0.25, "network_def#init_features": 16, "network_def#growth_rate": 8,
+        overrides={"epochs": 12, "batch_size": 8, "image_size": 64, "num_workers": 0, "use_clahe": False,
+                   "learning_rate": 0.002, "val_fraction": 0.25, "network_def#init_features": 16, "network_def#growth_rate": 8,
                    "network_def#block_config": [2, 2, 2, 2]}),
 }
 

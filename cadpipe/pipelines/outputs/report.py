@@ -106,8 +106,8 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray | None = None, mask: np.n
     The picture keeps the image's own pixel grid (a heat map is resized onto it), so it has the source's size and
     aspect ratio. Boxes are dicts with ``box`` (xyxy in (X, Y) pixels), ``label``, ``score``. ``mirror``: flip left
     to right (image, mask, heat map and boxes; the box numbers stay readable), e.g. to hang a mammogram as read.
-    ``plain_path``: also write the grey image alone there (the same slice and orientation), for the report to show
-    beside the overlay. PNGs use zlib level 1 (about 4x faster to encode than PIL's default 6, files ~25% larger).
+    ``plain_path``: also write the image alone there (the same slice, as acquired: not mirrored), for the report to
+    show beside the overlay. PNGs use zlib level 1 (about 4x faster to encode than PIL's default 6, files ~25% larger).
     """
     from PIL import Image, ImageDraw
 
@@ -116,12 +116,12 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray | None = None, mask: np.n
         base = _gray_u8(np.moveaxis(colour, 0, -1).transpose(1, 0, 2))
     else:
         base = np.repeat(_gray_u8(image.T)[..., None], 3, axis=-1)
-    if mirror:
-        base = base[:, ::-1]
-    if plain_path:
+    if plain_path:  # as acquired: never mirrored
         buf = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(base)).save(buf, format="PNG", compress_level=1)
         atomic_write_bytes(plain_path, buf.getvalue(), durable)
+    if mirror:
+        base = base[:, ::-1]
     rgb = base.astype(np.float32)
     if hm is not None:
         hm = (hm - hm.min()) / (np.ptp(hm) + 1e-8)
