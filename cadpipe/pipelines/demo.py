@@ -170,7 +170,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "breast_histology_classification": dict(  # a small DenseNet on 64 px patches
         train=_histo_train, studies=_histo_studies,
         overrides={"epochs": 30, "batch_size": 8, "num_workers": 0, "patches_per_image": 4, "patch_size": 64,
-                   "learning_rate": 0.005,
+                   "learning_rate": 0.005, "early_stop_patience": 30,
                    "network_def#init_features": 16, "network_def#growth_rate": 8,
                    "network_def#block_config": [2, 2, 2, 2]}),
     "cxr_lung_segmentation": dict(  # a tiny UNet at 64 px
