@@ -18,7 +18,7 @@ import sys
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.scoring import cli as scoring_cli
-from cadpipe.pipelines.scoring.score import EXIT_USAGE
+from cadpipe.pipelines.scoring.exit_status import EXIT_USAGE
 
 EXIT_SOURCE = 5
 CACHE = "dicomweb_cache"

@@ -30,14 +30,12 @@ from cadpipe.pipelines.outputs.files import atomic_write_text, atomic_writer_pat
 from cadpipe.pipelines.scoring.results import Journal, outputs_present, write_results_table
 from cadpipe.pipelines.scoring.preflight import preflight
 from cadpipe.pipelines.scoring.worker_lifetime import die_with_parent
+from cadpipe.pipelines.scoring.exit_status import EXIT_NOTHING_FOUND, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 
 __all__ = ["ScoreConfig", "score", "build_runner", "check_runner", "process_units", "EXIT_OK", "EXIT_SOME_FAILED",
            "EXIT_USAGE", "EXIT_NOTHING_FOUND"]
 
 log = logging.getLogger("cadpipe.score")
-
-EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED = 0, 2, 3
-EXIT_NOTHING_FOUND = 4  # the input holds no scoreable unit (nothing was scored; a warning says so)
 
 
 @dataclass
