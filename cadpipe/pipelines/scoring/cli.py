@@ -45,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "between them (default: 2 on a CPU with >= 2 threads, 1 for detection bundles and on a GPU)")
     parser.add_argument("--limit", type=int, default=None, help="score at most N units")
     parser.add_argument("--force", action="store_true",
-                        help="rescore everything; without it a re-run skips units scored ok and retries error units")
+                        help="rescore everything; without it a re-run skips units scored ok and retries error units. "
+                             "An output folder belongs to the bundle that first scored into it: another bundle is "
+                             "refused (exit 2) unless --force, which starts the folder's results.csv afresh")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.add_argument("--no-reports", action="store_true", help="skip report.html/pdf")
     parser.add_argument("--no-heatmaps", action="store_true", help="skip GradCAM heatmaps (classification)")
