@@ -383,9 +383,11 @@ def batched_plan(runner, preprocess: str):
         raise ValueError(f"preprocess must be 'auto', 'per-item' or 'batched', got {preprocess!r}")
     get = getattr(runner, "batched_preprocessing", None)
     plan, why = get() if get is not None else (None, "the runner has no batched preprocessing")
-    if plan is None:
-        (log.warning if preprocess == "batched" else log.info)(
-            "preprocessing per item: the bundle's chain has no batched equivalent (%s)", why)
+    if plan is None:  # the reason names transforms: a maintainer's detail (debug); a user asking for it is told
+        log.debug("preprocessing per item: the bundle's chain has no batched equivalent (%s)", why)
+        if preprocess == "batched":
+            log.warning("--preprocess batched: this bundle's preprocessing cannot run batched; images are prepared "
+                        "one at a time instead (same results)")
     return plan
 
 
