@@ -20,6 +20,7 @@ from typing import Callable
 from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.outputs.dicom_results import is_cadpipe_result
 from cadpipe.pipelines.outputs.files import atomic_save_dicom
+from cadpipe.pipelines.outputs.private_files import make_private_dirs, private_file_mode
 
 __all__ = ["AUTH_ENV", "read_auth", "connect", "find_studies", "retrieve_study", "store_files", "DicomwebError",
            "RetrieveResult"]
@@ -184,7 +185,8 @@ def retrieve_study(client, study_uid: str, cache_dir: str,
                 path = os.path.join(folder, f"{safe_name(str(ds.SOPInstanceUID))}.dcm")
                 if os.path.isfile(path):
                     continue
-                atomic_save_dicom(ds, path)
+                make_private_dirs(folder)  # patient data: 0700 folders, 0600 files (docs/security.md)
+                atomic_save_dicom(ds, path, mode=private_file_mode())
                 result.written += 1
                 if on_instance is not None:
                     on_instance(path)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.pipelines.outputs.private_files import make_private_dirs, open_private
 from cadpipe.pipelines.pacs.send import Peer, SendError, parse_peer, send_files
 from cadpipe.pipelines.scoring.cli import parse_overrides
 from cadpipe.pipelines.scoring.exit_status import EXIT_USAGE
@@ -87,8 +88,8 @@ class StudyListener:
         self.cfg, self.on_scored = cfg, on_scored
         self.out = cfg.score.output
         self.incoming, self.studies = os.path.join(self.out, INCOMING), os.path.join(self.out, STUDIES)
-        os.makedirs(self.incoming, exist_ok=True)
-        os.makedirs(self.studies, exist_ok=True)
+        make_private_dirs(self.incoming)  # received instances are patient data: 0700 folders, 0600 files
+        make_private_dirs(self.studies)
         os.makedirs(os.path.join(self.out, ".cadpipe"), exist_ok=True)
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}  # incoming study folder -> monotonic time of its last instance
@@ -122,11 +123,11 @@ class StudyListener:
 
         name = safe_name(study)
         folder = os.path.join(self.incoming, name, safe_name(series))
-        os.makedirs(folder, exist_ok=True)
+        make_private_dirs(folder)
         path = os.path.join(folder, f"{safe_name(sop)}.dcm")
         tmp = os.path.join(folder, f".tmp_{threading.get_ident()}_{safe_name(sop)}.dcm")
         try:
-            with open(tmp, "wb") as f:
+            with open_private(tmp) as f:
                 f.write(event.encoded_dataset())  # preamble + file meta + dataset as received, not re-encoded
             os.replace(tmp, path)
         except OSError as err:
@@ -172,7 +173,7 @@ class StudyListener:
         src, dest = os.path.join(self.incoming, name), os.path.join(self.studies, name)
         for dirpath, _, files in os.walk(src):
             target = os.path.join(dest, os.path.relpath(dirpath, src))
-            os.makedirs(target, exist_ok=True)
+            make_private_dirs(target)
             for f in files:
                 if not f.startswith(".tmp_"):
                     os.replace(os.path.join(dirpath, f), os.path.join(target, f))

@@ -17,6 +17,7 @@ import os
 import sys
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.pipelines.outputs.private_files import make_private_dirs
 from cadpipe.pipelines.scoring import cli as scoring_cli
 from cadpipe.pipelines.scoring.exit_status import EXIT_USAGE
 
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(err), EXIT_USAGE)
     client = dicomweb.connect(args.dicomweb, auth)
     cache = os.path.join(args.output, CACHE)
-    os.makedirs(cache, exist_ok=True)
+    make_private_dirs(cache)  # retrieved studies are patient data: 0700 (docs/security.md)
     problems: list[str] = []
     studies = list(dict.fromkeys(args.study))
     if query:
