@@ -49,10 +49,13 @@ def private_file_mode() -> int:
     return 0o666 & ~data_umask()
 
 
-def make_private_dirs(path: str) -> str:
-    """Create ``path`` and any missing parent with :func:`private_dir_mode` (exactly, whatever the umask); folders
-    that exist keep their mode. Returns ``path``."""
+def make_private_dirs(path: str, under: str | None = None) -> str:
+    """Create ``path`` and its missing parents. Those at or below ``under`` (default: ``path`` itself) get
+    :func:`private_dir_mode` exactly, whatever the umask; those above it are made as ``os.makedirs`` makes them
+    (the umask: e.g. a shared output folder holding a private cache). Folders that exist keep their mode.
+    Returns ``path``."""
     mode = private_dir_mode()
+    top = os.path.abspath(under if under is not None else path)
     missing = []
     p = os.path.abspath(path)
     while not os.path.isdir(p):
@@ -62,13 +65,15 @@ def make_private_dirs(path: str) -> str:
             break
         p = parent
     for folder in reversed(missing):
+        private = folder == top or folder.startswith(top.rstrip(os.sep) + os.sep)
         try:
-            os.mkdir(folder, mode)
+            os.mkdir(folder, mode if private else 0o777)
         except FileExistsError:
             if not os.path.isdir(folder):
                 raise
             continue  # made meanwhile by another thread or process: theirs
-        os.chmod(folder, mode)  # mkdir's mode is filtered by the umask
+        if private:
+            os.chmod(folder, mode)  # mkdir's mode is filtered by the umask
     return path
 
 

@@ -185,7 +185,7 @@ def retrieve_study(client, study_uid: str, cache_dir: str,
                 path = os.path.join(folder, f"{safe_name(str(ds.SOPInstanceUID))}.dcm")
                 if os.path.isfile(path):
                     continue
-                make_private_dirs(folder)  # patient data: 0700 folders, 0600 files (docs/security.md)
+                make_private_dirs(folder, under=cache_dir)  # patient data: 0700 folders, 0600 files (docs/security.md)
                 atomic_save_dicom(ds, path, mode=private_file_mode())
                 result.written += 1
                 if on_instance is not None:

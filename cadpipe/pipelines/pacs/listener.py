@@ -123,7 +123,7 @@ class StudyListener:
 
         name = safe_name(study)
         folder = os.path.join(self.incoming, name, safe_name(series))
-        make_private_dirs(folder)
+        make_private_dirs(folder, under=self.incoming)
         path = os.path.join(folder, f"{safe_name(sop)}.dcm")
         tmp = os.path.join(folder, f".tmp_{threading.get_ident()}_{safe_name(sop)}.dcm")
         try:
@@ -173,7 +173,7 @@ class StudyListener:
         src, dest = os.path.join(self.incoming, name), os.path.join(self.studies, name)
         for dirpath, _, files in os.walk(src):
             target = os.path.join(dest, os.path.relpath(dirpath, src))
-            make_private_dirs(target)
+            make_private_dirs(target, under=self.studies)
             for f in files:
                 if not f.startswith(".tmp_"):
                     os.replace(os.path.join(dirpath, f), os.path.join(target, f))

@@ -37,7 +37,7 @@ class JobStore:
     def __init__(self, data_dir: str):
         self.data_dir = os.path.abspath(data_dir)
         # uploads, reports and the job database are patient data: 0700 folders, 0600 files (docs/security.md)
-        make_private_dirs(os.path.join(self.data_dir, "jobs"))
+        make_private_dirs(os.path.join(self.data_dir, "jobs"), under=self.data_dir)
         self.path = os.path.join(self.data_dir, "jobs.sqlite3")
         self._lock = threading.Lock()
         if not os.path.exists(self.path):

@@ -195,7 +195,8 @@ def store_upload(name: str, stream: BinaryIO, folder: str, index: int, limits: U
         stored_name = ics_name or "case.ics"
     else:
         stored_name = f"f{index:03d}{suffix or '.dcm'}"
-    make_private_dirs(folder)  # patient data: 0700 folders, 0600 files (docs/security.md)
+    make_private_dirs(folder, under=os.path.dirname(folder))  # the job's folder and its input: patient data,
+    # 0700 folders and 0600 files (docs/security.md)
     path = os.path.join(folder, stored_name)
     if os.path.exists(path):
         raise UploadRejected(name, "the same DDSM view was uploaded twice", 400)

@@ -32,8 +32,10 @@ def permissive_umask(monkeypatch):
 
 
 def test_private_dirs_and_files(tmp_path):
-    made = make_private_dirs(str(tmp_path / "a" / "b"))
+    made = make_private_dirs(str(tmp_path / "a" / "b"), under=str(tmp_path / "a"))
     assert _mode(tmp_path / "a") == 0o700 and _mode(made) == 0o700
+    cache = make_private_dirs(str(tmp_path / "out" / "cache"))  # a private folder in a shared one
+    assert _mode(tmp_path / "out") == 0o755 and _mode(cache) == 0o700
     with open_private(os.path.join(made, "x.dcm")) as f:
         f.write(b"data")
     assert _mode(os.path.join(made, "x.dcm")) == 0o600
@@ -110,7 +112,7 @@ def test_dicomweb_cache(tmp_path):
         assert _mode(dirpath) == 0o700, dirpath
         for f in files:
             assert _mode(os.path.join(dirpath, f)) == 0o600, f
-    assert _mode(tmp_path / "out") == 0o700  # created here by make_private_dirs; cadpipe score makes it first
+    assert _mode(tmp_path / "out") == 0o755  # the scoring output folder around the cache is shared
 
 
 def test_listener_received_instances(tmp_path):
@@ -119,8 +121,7 @@ def test_listener_received_instances(tmp_path):
     from tests.pipelines.scoring.score_helpers import make_bundle
 
     bundle = make_bundle("tiny_classification_bundle", str(tmp_path / "b"))
-    out = tmp_path / "out"
-    out.mkdir()
+    out = tmp_path / "out"  # created by the listener
     lis = StudyListener(ListenConfig(score=ScoreConfig(bundle=bundle, input=None, output=str(out))))
     ds = _instance(generate_uid(), generate_uid())
     buf = io.BytesIO()
