@@ -246,9 +246,11 @@ def _shown(path: str) -> str:
 def next_steps(out: str, name: str) -> list[str]:
     """The commands to try next with the demo's trained copy of bundle ``name``."""
     bundle, studies = _shown(os.path.join(out, "bundles", name)), _shown(os.path.join(out, "studies", name))
-    return ["", "Next, with a bundle the demo trained (the bundles in bundles/ ship without weights):",
-            f"  cadpipe score --bundle {bundle} --input {studies} --output scored_{name}",
-            f"  cadpipe serve --bundles {bundle} --data-dir portal_data"]
+    scored, portal = _shown(os.path.join(out, "scored", name)), _shown(os.path.join(out, "portal_data"))
+    return ["", "Next, with a bundle the demo trained (the bundles in bundles/ ship without weights), in this shell:",
+            "  . .venv/bin/activate",
+            f"  cadpipe score --bundle {bundle} --input {studies} --output {scored}",
+            f"  cadpipe serve --bundles {bundle} --data-dir {portal}"]
 
 
 def run(args: argparse.Namespace) -> int:
