@@ -53,8 +53,8 @@ def _cxr_studies(d: str) -> None:
 
     write_synthetic_kermany(os.path.join(d, "kermany_style"), n_per_class=2, size=96, splits=("test",), seed=7)
     for i, kw in enumerate([dict(), dict(photometric="MONOCHROME1"), dict(transfer_syntax="rle")]):
-        os.makedirs(os.path.join(d, f"patient{i}", "CR"), exist_ok=True)
-        write_cxr_dicom(os.path.join(d, f"patient{i}", "CR", f"synthetic_IM{i:04d}"), rows=160, cols=128, seed=i,
+        os.makedirs(os.path.join(d, f"patient{i}", "DX"), exist_ok=True)  # named after the instances' modality
+        write_cxr_dicom(os.path.join(d, f"patient{i}", "DX", f"synthetic_IM{i:04d}"), rows=160, cols=128, seed=i,
                         **kw)
 
 
