@@ -138,3 +138,21 @@ def test_evaluation_reports_the_saved_threshold_and_0_5(tmp_path):
     assert m["at_0.5"]["sensitivity"] == 1.0 and m["at_0.5"]["specificity"] == 0.5
     saved = json.load(open(tmp_path / "metrics.json"))
     assert saved["at_0.5"]["sensitivity"] == 1.0
+
+
+def test_multilabel_evaluation_reports_saved_thresholds_and_0_5(tmp_path):
+    from types import SimpleNamespace
+
+    from cadpipe.pipelines.tasks.multilabel import MultiLabelReport
+
+    report = MultiLabelReport(str(tmp_path), ["Effusion", "No Finding"], thresholds={"Effusion": 0.3})
+    report._reset(None)  # noqa: SLF001 - the handler's events, driven by hand
+    for p, y in (([0.4, 0.7], [1, 0]), ([0.2, 0.1], [1, 0]), ([0.35, 0.9], [0, 1]), ([0.1, 0.2], [0, 1])):
+        report._collect(SimpleNamespace(state=SimpleNamespace(output=[{"pred": torch.tensor(p),  # noqa: SLF001
+                                                                        "label": torch.tensor(y)}])))
+    report._write(None)  # noqa: SLF001
+    m = json.load(open(tmp_path / "metrics.json"))
+    assert m["thresholds_saved"] is True
+    assert m["at_threshold"]["Effusion"] == {"threshold": 0.3, "sensitivity": 0.5, "specificity": 0.5}
+    assert m["at_0.5"]["Effusion"] == {"threshold": 0.5, "sensitivity": 0.0, "specificity": 1.0}
+    assert m["at_threshold"]["No Finding"]["threshold"] == 0.5  # no saved threshold: 0.5
