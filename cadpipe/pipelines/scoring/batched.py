@@ -39,6 +39,10 @@ class RawUnitDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         t0 = time.perf_counter()
+        if getattr(self.units[i], "error", ""):  # refused by discovery (a link leaving the input...): not loaded
+            from cadpipe.errors import CadpipeInputError
+
+            return i, None, str(CadpipeInputError(self.units[i].image, self.units[i].error)), 0.0
         try:
             return i, self.decode(self.units[i].image), None, time.perf_counter() - t0
         except Exception as err:  # noqa: BLE001 - becomes an error row
