@@ -87,32 +87,30 @@ def _instance(study, series):
 
 
 def test_dicomweb_cache(tmp_path):
-    from cadpipe.pipelines.pacs.dicomweb import retrieve_study
+    """`cadpipe score --dicomweb` against a loopback DICOMweb server: the cache is private, the output around it and
+    the results are shared."""
+    from cadpipe.cli import main
+    from tests.pipelines.pacs.dicomweb_server import FakePacs
+    from tests.pipelines.scoring.score_helpers import make_bundle, write_dicom_2d
 
-    study, series = generate_uid(), generate_uid()
-    ds = _instance(study, series)
-
-    class Client:  # the three calls retrieve_study makes, answered as a DICOMweb server would
-        base_url = "http://127.0.0.1:1/dicom-web"
-
-        def search_for_series(self, **kw):
-            return [{"0020000E": {"Value": [series]}, "00080060": {"Value": ["OT"]}}]
-
-        def search_for_instances(self, **kw):
-            return [{"00080018": {"Value": [str(ds.SOPInstanceUID)]}}]
-
-        def iter_series(self, study_uid, series_uid):
-            yield ds
-
-    cache = tmp_path / "out" / "dicomweb_cache"
-    make_private_dirs(str(cache))  # as `cadpipe score --dicomweb` creates it
-    got = retrieve_study(Client(), study, str(cache))
-    assert got.written == 1
-    for dirpath, dirs, files in os.walk(cache):
+    bundle = make_bundle("tiny_classification_bundle", str(tmp_path / "b"))
+    (tmp_path / "src").mkdir()
+    src = write_dicom_2d(str(tmp_path / "src" / "a.dcm"), "1.2.826.0.1.9", "1.2.826.0.1.9.1")
+    out = tmp_path / "out"
+    with FakePacs() as pacs:
+        study = pacs.add(src)
+        code = main(["score", "--workers", "0", "--no-reports", "--quiet", "--bundle", bundle, "--dicomweb",
+                     pacs.url, "--study", study, "--output", str(out)])
+    assert code == 0
+    cache = out / "dicomweb_cache"
+    files = 0
+    for dirpath, dirs, names in os.walk(cache):
         assert _mode(dirpath) == 0o700, dirpath
-        for f in files:
+        for f in names:
+            files += 1
             assert _mode(os.path.join(dirpath, f)) == 0o600, f
-    assert _mode(tmp_path / "out") == 0o755  # the scoring output folder around the cache is shared
+    assert files == 1
+    assert _mode(out) == 0o755 and _mode(out / "results.csv") == 0o644  # shared outputs keep the umask
 
 
 def test_listener_received_instances(tmp_path):
