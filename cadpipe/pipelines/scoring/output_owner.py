@@ -52,7 +52,7 @@ def check_output_owner(output: str, bundle_root: str, force: bool) -> None:
     owner, name = output_owner(output), bundle_name(bundle_root)
     if owner is None or owner == name or force:
         return
+    beside = os.path.join(os.path.dirname(os.path.normpath(output)), os.path.basename(os.path.abspath(bundle_root)))
     raise CadpipeInputError(output, f"this output folder holds the results of bundle '{owner}'; scoring "
-                                    f"'{name}' here would replace them. Give another --output (e.g. "
-                                    f"{os.path.join(output, name)}) or --force to start this folder afresh "
-                                    f"for '{name}'")
+                                    f"'{name}' here would replace them. Give another --output (e.g. {beside}) "
+                                    f"or --force to start this folder afresh for '{name}'")

@@ -39,7 +39,7 @@ def test_second_bundle_is_refused_then_force_replaces(bundles, tmp_path, capsys)
     assert _score(seg, inp, out) == 2
     err = capsys.readouterr().err
     assert out in err and "tiny_classification_bundle" in err and "tiny_segmentation_2d_bundle" in err
-    assert "--force" in err and "--output" in err
+    assert "--force" in err and f"--output (e.g. {tmp_path / os.path.basename(seg)})" in err
     assert open(table, "rb").read() == before  # nothing replaced
     assert sorted(os.listdir(out)) == listing  # nothing written
 
