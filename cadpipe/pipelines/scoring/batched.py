@@ -86,7 +86,7 @@ def forward_raw(runner, plan, raws: list[RawImage], need_images: bool, heatmaps:
     retries image by image)."""
     x = plan(raws, runner.device)
     logits = runner.forward_batch(x)
-    if runner.task == "segmentation":
+    if runner.kind.batched_output == "label_map":  # segmentation (cadpipe.pipelines.kinds)
         seg = runner.batched_segmentation_postprocessing()
         if seg is None:  # the plan came from elsewhere (_start_loading decides as the runner does)
             raise RuntimeError("batched scoring of a segmentation bundle without a batched postprocessing")

@@ -34,7 +34,7 @@ link loops, dangling links, unreadable files, files named like DICOM that are no
 preamble or a bounded header read, :mod:`cadpipe.transforms.readers.dicom_probe`, so a gigabyte of junk is rejected
 in seconds). Any other exception raised while one file or one series is looked at also becomes that unit's error
 row (:func:`unexpected_reason`): one input never ends discovery. Output names are unique per unit
-(:mod:`cadpipe.pipelines.scoring.output_names`).
+(:mod:`cadpipe.pipelines.outputs.output_names`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.pipelines.scoring.output_names import assign_output_names, safe_name
+from cadpipe.pipelines.outputs.output_names import assign_output_names, safe_name
 from cadpipe.transforms.readers.dicom_probe import read_dicom_header
 from cadpipe.transforms.readers.file_checks import os_error_reason
 from cadpipe.transforms.readers.io_any import VOLUME_FORMATS, VOLUME_SUFFIXES, detect_format, volume_suffix
@@ -87,7 +87,7 @@ class Unit:
     dicom_files: list[str] = field(default_factory=list)
     patient: dict = field(default_factory=dict)
     error: str = ""  # set: not loaded, scored as an error row with this reason (links leaving the input...)
-    out_study: str = ""  # output folder / file names, unique (cadpipe.pipelines.scoring.output_names)
+    out_study: str = ""  # output folder / file names, unique (cadpipe.pipelines.outputs.output_names)
     out_series: str = ""
     out_prefix: str = ""
 
