@@ -121,6 +121,7 @@ class Classification(TaskKind):
             per_class.append(u.rel(cpng))
         return per_class
 
-    def sr_content(self, row: dict, outputs: dict, out_dir: str) -> dict:
+    def sr_content(self, row: dict, outputs: dict, out_dir: str, bundle: dict) -> dict:
         return {"probabilities": {k[5:]: float(v) for k, v in row.items() if k.startswith("prob_")},
-                "predicted": [p for p in str(row.get("predicted") or "").split(";") if p]}
+                "predicted": [p for p in str(row.get("predicted") or "").split(";") if p],
+                "thresholds": dict(row.get("_thresholds") or {})}

@@ -183,13 +183,15 @@ def _write_dicom_results(u) -> None:
     them the unit keeps its row and files, and the row says why."""
     from cadpipe.pipelines.outputs.dicom_results import write_dicom_results
 
+    notes: list[str] = []  # each object missing is named in the row's warnings
     try:
-        content = u.runner.kind.sr_content(u.row, u.outputs, u.out_dir)
+        content = u.runner.kind.sr_content(u.row | u.extra, u.outputs, u.out_dir, u.info)
         u.outputs.update(write_dicom_results(u.outputs, u.out_dir, u.unit.dicom_files, u.folder, u.prefix, u.info,
-                                             content))
-    except Exception as err:  # noqa: BLE001
-        note = f"no DICOM SR/SC written: {type(err).__name__}: {str(err).strip()[:300]}"
-        u.row["warnings"] = f"{u.row['warnings']}; {note}" if u.row.get("warnings") else note
+                                             content, warnings=notes))
+    except Exception as err:  # noqa: BLE001 - e.g. unreadable headers: neither object
+        notes.append(f"no DICOM SR or Secondary Capture written: {type(err).__name__}: {str(err).strip()[:300]}")
+    if notes:
+        u.row["warnings"] = "; ".join(([u.row["warnings"]] if u.row.get("warnings") else []) + notes)
 
 
 # -- the scoring loop -------------------------------------------------------------------------------------------
@@ -309,7 +311,9 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
     threads (:class:`~cadpipe.pipelines.scoring.writers.WriterPool`) while the next batches are forwarded.
     """
     info = {"name": runner.name, "version": runner.version, "model_sha256": runner.model_sha256,
-            "plain_images": plain_images, "dicom_results": dicom_results}
+            "plain_images": plain_images, "dicom_results": dicom_results,
+            "class_names": list(getattr(runner, "class_names", []) or []),  # the DICOM results' codes and series:
+            "dicom": dict((getattr(runner, "metadata", None) or {}).get("cadpipe", {}).get("dicom") or {})}
     plan = early[0] if early is not None else batched_plan(runner, preprocess)
     first = max(1, min(batch_size, 8 if first_batch is None else first_batch))
     loaded, key_of = _unit_loader(runner, units, plan, workers, batch_size, first, early)
