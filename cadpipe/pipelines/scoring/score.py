@@ -29,14 +29,12 @@ from cadpipe.pipelines.outputs.files import atomic_write_text, file_sha256
 from cadpipe.pipelines.scoring.results import Journal, outputs_present, write_results_table
 from cadpipe.pipelines.scoring.preflight import preflight
 from cadpipe.pipelines.scoring.worker_lifetime import die_with_parent
+from cadpipe.pipelines.scoring.exit_status import EXIT_NOTHING_FOUND, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 
 __all__ = ["ScoreConfig", "score", "build_runner", "check_runner", "process_units", "EXIT_OK", "EXIT_SOME_FAILED",
            "EXIT_USAGE", "EXIT_NOTHING_FOUND"]
 
 log = logging.getLogger("cadpipe.score")
-
-EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED = 0, 2, 3
-EXIT_NOTHING_FOUND = 4  # the input holds no scoreable unit (nothing was scored; a warning says so)
 
 
 @dataclass
@@ -283,9 +281,11 @@ def batched_plan(runner, preprocess: str):
         raise ValueError(f"preprocess must be 'auto', 'per-item' or 'batched', got {preprocess!r}")
     get = getattr(runner, "batched_preprocessing", None)
     plan, why = get() if get is not None else (None, "the runner has no batched preprocessing")
-    if plan is None:
-        (log.warning if preprocess == "batched" else log.info)(
-            "preprocessing per item: the bundle's chain has no batched equivalent (%s)", why)
+    if plan is None:  # the reason names transforms: a maintainer's detail (debug); a user asking for it is told
+        log.debug("preprocessing per item: the bundle's chain has no batched equivalent (%s)", why)
+        if preprocess == "batched":
+            log.warning("--preprocess batched: this bundle's preprocessing cannot run batched; images are prepared "
+                        "one at a time instead (same results)")
     return plan
 
 
