@@ -43,9 +43,9 @@ def test_colliding_names_keep_every_result(tmp_path):
     assert summary["ok"] == len(NAMES) and summary["reports"] >= len(NAMES)
     df = pd.read_csv(os.path.join(out, "results.csv"))
     assert len(df) == len(NAMES)
-    # one heatmap and one report per input, none overwritten (compared case-insensitively)
+    # one heatmap (beside the image as acquired) and one report per input, none overwritten (case-insensitively)
     pngs = [os.path.relpath(os.path.join(r, f), out).lower() for r, _, fs in os.walk(out) for f in fs
-            if f.endswith(".png")]
+            if f.endswith("_heatmap.png")]
     reports = [r for r, _, fs in os.walk(out) for f in fs if f == "report.html"]
     assert len(set(pngs)) == len(pngs) == len(NAMES)
     assert len({r.lower() for r in reports}) == len(NAMES)
