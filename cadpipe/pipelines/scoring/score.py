@@ -168,6 +168,18 @@ def _display_image(runner, pre_item: dict, like: np.ndarray | None) -> np.ndarra
     return arr
 
 
+def _geometry_note(*items: dict) -> str:
+    """The reader's ``geometry_note`` (what of the file's geometry could not be used) from the first item image
+    that carries one, else ``""``."""
+    for item in items:
+        for key in ("pred", "image"):
+            meta = getattr(item.get(key), "meta", None)
+            note = meta.get("geometry_note") if isinstance(meta, dict) else None
+            if note:
+                return str(note[0] if isinstance(note, (list, tuple)) else note)
+    return ""
+
+
 def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, info: dict) -> dict:
     """Write the unit's files (atomically) and return its ok row (task columns + ``_findings``/``_outputs``)."""
     row = runner.summarise(out)
@@ -252,8 +264,11 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
         overlay_png(_display_image(runner, pre_item, mask), mask=mask, path=png, durable=False)
         outputs["overlays"].append(rel(png))
         structure = runner.class_names[1] if len(runner.class_names) > 1 else "lesion"
-        findings.append(segmentation_finding(structure, row["lesion_voxels"], mask.ndim,
-                                             runner.unit_size(out, mask.ndim)))
+        size = runner.unit_size(out, mask.ndim)
+        if size is None and unit.kind == "dicom":  # a DICOM file without usable spacing: say why sizes are pixels
+            note = _geometry_note(out, pre_item) or "no usable pixel spacing in the file: sizes are in pixels"
+            row["warnings"] = f"{row['warnings']}; {note}" if row.get("warnings") else note
+        findings.append(segmentation_finding(structure, row["lesion_voxels"], mask.ndim, size))
         captions.append(segmentation_caption(structure, mask.ndim))
     elif runner.task == "detection":
         to_list = lambda k: np.asarray(torch.as_tensor(out.get(k, [])).detach().cpu().float()).tolist()  # noqa: E731
