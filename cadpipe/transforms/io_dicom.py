@@ -158,6 +158,9 @@ def read_dicom_dataset(path: str | os.PathLike, stop_before_pixels: bool = False
     except Exception as err:  # EOFError, struct.error, OSError, ValueError...: all mean a broken file
         raise CadpipeInputError(path, f"truncated or corrupt DICOM file: {type(err).__name__}: {err}") from err
     if len(ds) == 0:
+        if is_dicom_file(path):  # a DICM preamble and nothing readable after it: cut short or damaged
+            raise CadpipeInputError(path, "truncated or corrupt DICOM file: no data element could be read after "
+                                          "the file meta header")
         raise CadpipeInputError(path, "not a DICOM file (no data elements could be read)")
     return ds
 

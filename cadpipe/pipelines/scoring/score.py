@@ -168,6 +168,20 @@ def _display_image(runner, pre_item: dict, like: np.ndarray | None) -> np.ndarra
     return arr
 
 
+def _heatmap_or_note(runner, pre_item: dict, class_index: int, row: dict):
+    """The unit's Grad-CAM map for ``class_index``, or None with the reason in ``row["warnings"]`` when the network
+    cannot run on the whole preprocessed image (an image smaller than its pooling stages, e.g. a 3x3-pixel
+    secondary capture through a bundle that classifies by patches: the prediction stands, the map cannot be made)."""
+    try:
+        return runner.heatmap(pre_item, class_index=class_index)
+    except RuntimeError as err:
+        size = "x".join(str(int(v)) for v in torch.as_tensor(pre_item["image"]).shape[1:])
+        note = f"no heat map: the network cannot take the whole {size}-pixel image ({str(err).strip()[:160]})"
+        if note not in str(row.get("warnings") or ""):
+            row["warnings"] = f"{row['warnings']}; {note}" if row.get("warnings") else note
+        return None
+
+
 def _geometry_note(*items: dict) -> str:
     """The reader's ``geometry_note`` (what of the file's geometry could not be used) from the first item image
     that carries one, else ``""``."""
@@ -213,7 +227,7 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
         cam_idx = runner.cam_class()
         cam_idx = cam_idx if cam_idx is not None else int(np.argmax(probs))
         if heat is None and runner.cam_layers:
-            heat = runner.heatmap(pre_item, class_index=cam_idx)
+            heat = _heatmap_or_note(runner, pre_item, cam_idx, row)
         per_class_cams = runner.cam_classes(probs)
         image = None
         if heat is not None or info.get("plain_images", True) or per_class_cams:  # an overlay will be drawn
@@ -231,7 +245,10 @@ def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, in
         for ci in per_class_cams:
             n = runner.class_names[ci]
             cpng = os.path.join(folder, f"{prefix}_heatmap_{safe_name(n)}.png")
-            overlay_png(image, heatmap=runner.heatmap(pre_item, class_index=ci), path=cpng, durable=False)
+            class_heat = _heatmap_or_note(runner, pre_item, ci, row)
+            if class_heat is None:
+                continue
+            overlay_png(image, heatmap=class_heat, path=cpng, durable=False)
             outputs["overlays"].append(rel(cpng))
             captions.append(heatmap_caption(n, probs[ci], thr.get(n, 0.5)))
             per_class.append(rel(cpng))
