@@ -48,6 +48,7 @@ setup(
             "pyarrow>=14",
             "jsonschema>=4",  # monai.bundle verify_metadata
             "httpx>=0.27", "selenium>=4.15",  # portal: FastAPI TestClient; browser test drives Debian's chromium
+            "pydicom-data>=1.0",  # pydicom's larger real test files (RG1/RG3 CR, MR2, 693 CT...): 34 MB wheel
         ],
         "ray": ["ray>=2.9"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9", "swagger-ui-bundle>=1.1", "reportlab[accel]>=4.0"],
