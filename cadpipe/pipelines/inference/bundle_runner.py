@@ -395,8 +395,8 @@ class BundleRunner:
     def unit_size(self, out: dict, ndim: int) -> float | None:
         """One pixel's area in mm² (``ndim`` 2) or one voxel's volume in mm³ (3) from the affine; None when the
         input file gives no usable spacing (PNG/JPEG/TIFF, DICOM without PixelSpacing or with ``0\\0``: the affine
-        is then in pixels, see :func:`cadpipe.transforms.io_any.spacing_known`)."""
-        from cadpipe.transforms.io_any import spacing_known
+        is then in pixels, see :func:`cadpipe.transforms.readers.io_any.spacing_known`)."""
+        from cadpipe.transforms.readers.io_any import spacing_known
 
         pred, image = out.get("pred"), out.get("image")
         if not all(spacing_known(m) for m in (getattr(pred, "meta", None), getattr(image, "meta", None))

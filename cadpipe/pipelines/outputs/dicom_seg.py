@@ -21,7 +21,7 @@ __all__ = ["write_dicom_seg", "mask_to_source_frames"]
 def mask_to_source_frames(mask: np.ndarray, affine: np.ndarray, datasets: list) -> np.ndarray:
     """Resample ``mask`` (X, Y[, Z], RAS ``affine``) onto each source instance's (rows, cols) grid.
 
-    Each instance's geometry is read as the DICOM reader reads it (:mod:`cadpipe.transforms.io_dicom`): its
+    Each instance's geometry is read as the DICOM reader reads it (:mod:`cadpipe.transforms.readers.io_dicom`): its
     ImageOrientationPatient normalised (oblique planes included), its pixel spacing or one unit per pixel when the
     file gives no usable one (``0\\0``), so the mapping is the inverse of the one the mask's affine came from. An
     instance without usable patient geometry is matched by position: slice ``k`` of the reader's slice order
@@ -29,7 +29,7 @@ def mask_to_source_frames(mask: np.ndarray, affine: np.ndarray, datasets: list) 
 
     Returns ``(n_frames, rows, cols)`` uint8.
     """
-    from cadpipe.transforms.io_dicom import DicomReader, patient_geometry, pixel_spacing
+    from cadpipe.transforms.readers.io_dicom import DicomReader, patient_geometry, pixel_spacing
 
     frames = []
     inv = np.linalg.inv(affine)

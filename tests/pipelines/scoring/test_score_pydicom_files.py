@@ -42,7 +42,7 @@ OVERRIDES = {
     "brain_mri_tumor_segmentation": {},
     "breast_histology_classification": {"patch_size": 64},
 }
-# reasons that name a defect of the file itself, as the readers word them (cadpipe.transforms.io_dicom)
+# reasons that name a defect of the file itself, as the readers word them (cadpipe.transforms.readers.io_dicom)
 FILE_DEFECTS = ("truncated or corrupt", "cannot decode pixel data", "no pixel data", "unsupported transfer syntax",
                 "not a DICOM file")
 # words of a failure of cadpipe's own geometry code: never acceptable, whatever else the reason says
