@@ -501,7 +501,7 @@ def geometry_is_defective(ds) -> bool:
     """True when the file fills a geometry tag with a value that cannot be one (PixelSpacing ``0\\0``, an
     ImageOrientationPatient that is not a plane): a defect worth a warning, unlike a tag that is simply absent
     (secondary captures, ultrasound and uncalibrated radiographs have no spacing)."""
-    return bool(_unusable_spacing_tags(ds)) or _orientation_not_a_plane(ds)
+    return (pixel_spacing(ds) is None and bool(_unusable_spacing_tags(ds))) or _orientation_not_a_plane(ds)
 
 
 def _functional(ds, seq_name: str, tag: str, frame: int | None = None):
