@@ -15,13 +15,13 @@ import os
 import shutil
 import warnings
 
-import numpy as np
 import pandas as pd
 import pydicom
 import pytest
 
 from cadpipe.data.synthetic.weights import copy_bundle_untrained
 from cadpipe.pipelines.scoring.score import ScoreConfig, score
+from tests.pipelines.scoring.score_helpers import check_mask_in_source_geometry
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -131,36 +131,4 @@ def test_every_pydicom_file_scores_or_names_its_defect(tmp_path, bundle):
         assert row["lesion_area_cm2"] == "" and int(float(row["lesion_voxels"])) >= 0
         assert "PixelSpacing" in row["warnings"] and "pixels" in row["warnings"]
     if bundle == "brain_mri_tumor_segmentation" and "MR2_UNCR.dcm" in by_name:  # oblique: scored in mm, own geometry
-        _check_oblique_outputs(tmp_path / "out", by_name["MR2_UNCR.dcm"])
-
-
-def _journal_row(out_dir, input_path: str) -> dict:
-    """The unit's last journal row (it holds the ``_outputs`` the results table leaves out)."""
-    import json
-
-    rows = [json.loads(line) for line in open(os.path.join(out_dir, ".cadpipe", "journal.jsonl"), encoding="utf-8")
-            if line.strip()]
-    return [r for r in rows if r.get("input_paths") == input_path][-1]
-
-
-def _check_oblique_outputs(out_dir, row) -> None:
-    """The mask of an oblique slice is written in the source's geometry (its affine is the reader's), with an
-    area from the true pixel size, and the DICOM SEG lies on the source's pixel grid with the mask's pixels."""
-    import nibabel as nib
-
-    from cadpipe.transforms import LoadStudyImage
-
-    source = row["input_paths"]
-    outputs = _journal_row(out_dir, source)["_outputs"]
-    img = nib.load(os.path.join(out_dir, outputs["mask"]))
-    loaded = LoadStudyImage(mode="keep")(source)
-    np.testing.assert_allclose(img.affine, np.asarray(loaded.affine), atol=1e-4)
-    mask = np.asarray(img.dataobj)
-    assert mask.shape == tuple(loaded.shape[1:])
-    ds = pydicom.dcmread(source, stop_before_pixels=True)
-    spacing = [float(v) for v in ds.PixelSpacing]
-    assert float(row["lesion_area_cm2"]) == pytest.approx(int(float(row["lesion_voxels"])) * spacing[0] * spacing[1] / 100,
-                                                          rel=1e-4)
-    seg = pydicom.dcmread(os.path.join(out_dir, outputs["dicom_seg"]))
-    assert (seg.Rows, seg.Columns) == (ds.Rows, ds.Columns)
-    assert np.array_equal(seg.pixel_array.astype(bool), (mask > 0).T)  # SEG frame = mask in the source's rows x cols
+        check_mask_in_source_geometry(tmp_path / "out", by_name["MR2_UNCR.dcm"])
