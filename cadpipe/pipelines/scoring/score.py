@@ -174,6 +174,8 @@ def _heatmap_or_note(runner, pre_item: dict, class_index: int, row: dict):
     secondary capture through a bundle that classifies by patches: the prediction stands, the map cannot be made)."""
     try:
         return runner.heatmap(pre_item, class_index=class_index)
+    except torch.cuda.OutOfMemoryError:
+        raise  # the device, not the image: the unit fails as it did
     except RuntimeError as err:
         size = "x".join(str(int(v)) for v in torch.as_tensor(pre_item["image"]).shape[1:])
         note = f"no heat map: the network cannot take the whole {size}-pixel image ({str(err).strip()[:160]})"

@@ -44,11 +44,11 @@ Metadata keys (besides MONAI's ``affine``, ``original_affine``, ``spatial_shape`
 ``spacing``): ``Modality``, ``PhotometricInterpretation`` (as stored), ``PatientID``, ``StudyInstanceUID``,
 ``SeriesInstanceUID``, ``SOPInstanceUID`` (first), ``SOPInstanceUIDs`` (all, slice order), ``ImageLaterality``,
 ``Laterality``, ``ViewPosition``, ``Rows``, ``Columns``, ``NumberOfFrames``, ``PixelSpacing`` (row, col mm, from
-PixelSpacing or ImagerPixelSpacing), ``BitsStored``, ``PixelRepresentation``, ``RescaleSlope``, ``RescaleIntercept``,
+PixelSpacing or ImagerPixelSpacing; ``[1, 1]`` when unknown), ``BitsStored``, ``PixelRepresentation``, ``RescaleSlope``, ``RescaleIntercept``,
 ``TransferSyntaxUID``, ``WindowCenter`` / ``WindowWidth`` (first window, floats), ``WindowCenters`` /
 ``WindowWidths`` (all windows), ``VOILUTFunction``, ``VOILUTSequence`` (all VOI LUTs), ``SliceFilenames``,
 ``MONOCHROME1_inverted`` (bool), ``inversion_sum`` (``S`` above, for MONOCHROME1), ``spacing_known`` (bool) and
-``geometry_note`` (str, see Geometry below).
+``geometry_note`` (str; both described above).
 Window values and VOI LUTs are consistent with the output array (see MONOCHROME1 above).
 
 Collation: metadata must batch through MONAI's ``list_data_collate`` even when two images have a different number

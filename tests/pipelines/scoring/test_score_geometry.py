@@ -57,3 +57,18 @@ def test_slice_of_any_plane_is_scored_in_its_own_geometry(tmp_path, orientation)
     row = rows.iloc[0].to_dict()
     assert row["status"] == "ok" and row["input_paths"] == truth["paths"][0]
     check_mask_in_source_geometry(tmp_path / "out", row)
+
+
+def test_image_smaller_than_the_network_is_scored_without_a_heat_map(tmp_path):
+    """pydicom's SC_rgb_small_odd.dcm is 3x3 pixels: the histology bundle classifies it from a padded patch, but
+    Grad-CAM needs the network to run on the whole image, which its pooling stages cannot take."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    os.makedirs(tmp_path / "in")
+    shutil.copy(get_testdata_file("SC_rgb_small_odd.dcm", download=False), tmp_path / "in")
+    rows, _ = _score(tmp_path, "breast_histology_classification", {"patch_size": 64})
+    row = rows.iloc[0]
+    assert row.status == "ok" and row.predicted != ""
+    assert row.warnings.startswith("no heat map: the network cannot take the whole 3x3-pixel image")
