@@ -119,24 +119,15 @@ def saved_threshold(model_file: str, class_name: str, default: float = DEFAULT_T
 
 
 def decide(task: str, names: list[str], probs, ops: OperatingThresholds) -> dict:
-    """Calls for one image: ``{"predicted": str, "above": [names at or above their threshold]}``.
+    """Calls for one image: ``{"predicted": str, "above": [names at or above their threshold]}``, as the bundle's
+    task kind makes them (:meth:`cadpipe.pipelines.kinds.classification.Classification.decide`).
 
     ``predicted``: binary → the positive class or the other one; multi-class → arg-max; multi-label → the
     findings joined by ``;`` (``No Finding`` only when nothing else is above threshold; empty when neither).
     """
-    p = np.asarray(probs, dtype=np.float64).reshape(-1)
-    above = [n for n, v in zip(names, p) if v >= ops.threshold(n)]
-    if task == "multilabel":
-        findings = [n for n in above if n != NO_FINDING]
-        if not findings and NO_FINDING in above:
-            findings = [NO_FINDING]
-        return {"predicted": ";".join(findings), "above": findings}
-    if len(names) == 2 and ops.saved:
-        pos = ops.positive_class if ops.positive_class in names else names[1]
-        other = names[1 - names.index(pos)]
-        is_pos = p[names.index(pos)] >= ops.threshold(pos)
-        return {"predicted": pos if is_pos else other, "above": [pos] if is_pos else []}
-    return {"predicted": names[int(p.argmax())] if p.size else "", "above": above}
+    from cadpipe.pipelines.kinds import kind_of
+
+    return kind_of(task).decide(names, probs, ops)
 
 
 def result_calls(task: str, names: list[str], probs, ops: OperatingThresholds) -> dict:

@@ -48,12 +48,9 @@ CAM_KEY = "cam"
 
 def infer_task(name: str, path: str, conf: dict):
     """The infer task for the bundle folder ``path`` named ``name`` (what the patched ``main.py`` calls)."""
-    kind = monailabel_type(name)
-    if kind == "classification":
-        return ClassificationCAMInferTask(path, conf)
-    if kind == "segmentation":
-        return SegmentationInferTask(path, conf)
-    return BundleInferTask(path, conf)
+    # by the type MONAI Label gives the folder name, which ``cadpipe monailabel-app`` checked against the bundle's
+    # task kind (TaskKind.monailabel_type); detection bundles get MONAI Label's own task
+    return _INFER_TASKS.get(monailabel_type(name), BundleInferTask)(path, conf)
 
 
 class SegmentationInferTask(BundleInferTask):
@@ -131,6 +128,9 @@ class ClassificationCAMInferTask(BundleInferTask):
             data["result_extension"] = ".png"  # a heatmap must not go through lossy JPEG
         label_file, _ = Writer(label=CAM_KEY, ref_image=CAM_KEY)(data)
         return label_file, result
+
+
+_INFER_TASKS = {"classification": ClassificationCAMInferTask, "segmentation": SegmentationInferTask}
 
 
 class _CamToLabel:
