@@ -114,6 +114,11 @@ class BundleRunner:
         self.model_sha256 = file_sha256(self.model_file)
         # operating thresholds saved by training beside the weights (defaults + a note when there are none)
         self.thresholds = load_thresholds(self.model_file, self.model_sha256)
+        # the preprocessing ids read what training used (inference.json: trained_preprocessing.trained); an
+        # explicit override that differs is honoured with a warning naming both values
+        from cadpipe.pipelines.inference.trained_preprocessing import warn_conflicts
+
+        self.preprocessing_conflicts = warn_conflicts(self.model_file, self.overrides)
         state = torch.load(self.model_file, map_location=self.device, weights_only=True)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]  # tolerate a {"model": state_dict} checkpoint

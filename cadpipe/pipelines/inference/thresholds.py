@@ -38,7 +38,7 @@ from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.outputs.files import file_sha256
 
 __all__ = ["THRESHOLDS_FILE", "THRESHOLDS_FORMAT", "DEFAULT_THRESHOLD", "NO_FINDING", "OperatingThresholds",
-           "load_thresholds", "decide", "result_calls", "saved_threshold"]
+           "load_thresholds", "decide", "result_calls", "saved_threshold", "saved_thresholds", "threshold_description"]
 
 THRESHOLDS_FILE = "thresholds.json"
 THRESHOLDS_FORMAT = "cadpipe-thresholds/1"
@@ -116,6 +116,25 @@ def saved_threshold(model_file: str, class_name: str, default: float = DEFAULT_T
         return float(default)
     ops = load_thresholds(model_file, file_sha256(model_file))
     return ops.threshold(class_name) if ops.saved and class_name in ops.thresholds else float(default)
+
+
+def saved_thresholds(model_file: str) -> dict[str, float]:
+    """Every class's operating threshold saved for the weights ``model_file`` (checked by sha256); ``{}`` when none
+    are (evaluation then reports at 0.5 only)."""
+    if not os.path.isfile(model_file):
+        return {}
+    ops = load_thresholds(model_file, file_sha256(model_file))
+    return dict(ops.thresholds) if ops.saved else {}
+
+
+def threshold_description(model_file: str, class_name: str) -> str:
+    """Where :func:`saved_threshold` takes ``class_name``'s threshold from, in words (evaluation's metrics say it)."""
+    if not os.path.isfile(model_file):
+        return "default 0.5 (no weights)"
+    ops = load_thresholds(model_file, file_sha256(model_file))
+    if ops.saved and class_name in ops.thresholds:
+        return f"saved with the model ({THRESHOLDS_FILE}: {ops.describe(class_name)})"
+    return ops.note or "default 0.5"
 
 
 def decide(task: str, names: list[str], probs, ops: OperatingThresholds) -> dict:

@@ -106,7 +106,7 @@ class TaskKind:
         """Write the unit's files atomically into ``u.folder`` and fill its findings, captions and extra keys."""
         raise NotImplementedError
 
-    def sr_content(self, row: dict, outputs: dict, out_dir: str) -> dict:
+    def sr_content(self, row: dict, outputs: dict, out_dir: str, bundle: dict) -> dict:
         """What the unit's DICOM SR reports: keyword arguments of
         :func:`cadpipe.pipelines.outputs.dicom_sr.build_measurement_report` (none: the SR names the algorithm only)."""
         return {}

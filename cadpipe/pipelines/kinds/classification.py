@@ -141,6 +141,7 @@ class Classification(TaskKind):
             u.warn(f"no heat map: the network cannot take the whole {size}-pixel image ({str(err).strip()[:160]})")
             return None
 
-    def sr_content(self, row: dict, outputs: dict, out_dir: str) -> dict:
+    def sr_content(self, row: dict, outputs: dict, out_dir: str, bundle: dict) -> dict:
         return {"probabilities": {k[5:]: float(v) for k, v in row.items() if k.startswith("prob_")},
-                "predicted": [p for p in str(row.get("predicted") or "").split(";") if p]}
+                "predicted": [p for p in str(row.get("predicted") or "").split(";") if p],
+                "thresholds": dict(row.get("_thresholds") or {})}

@@ -82,7 +82,7 @@ class Detection(TaskKind):
         u.add_overlay(png, detection_caption(shown_boxes, runner.display_min_score))
         u.findings += detection_findings(shown_boxes, runner.display_min_score)
 
-    def sr_content(self, row: dict, outputs: dict, out_dir: str) -> dict:
+    def sr_content(self, row: dict, outputs: dict, out_dir: str, bundle: dict) -> dict:
         if not outputs.get("boxes"):
             return {}
         import os

@@ -87,18 +87,24 @@ class Segmentation(TaskKind):
         seg = u.path("seg.dcm")
         try:  # an optional output: without it the unit keeps its mask and numbers, and the row says why
             write_dicom_seg(mask, affine, u.unit.dicom_files, seg, label=self.structure(u.runner),
-                            algorithm=u.info["name"], version=u.info["version"])
+                            algorithm=u.info["name"], version=u.info["version"], bundle=u.info)
             u.outputs["dicom_seg"] = u.rel(seg)
         except Exception as err:  # noqa: BLE001
             reason = err.reason if isinstance(err, CadpipeInputError) else f"{type(err).__name__}: {err}"
             u.row["warnings"] = f"no DICOM SEG written: {str(reason).strip()[:300]}"
 
-    def sr_content(self, row: dict, outputs: dict, out_dir: str) -> dict:
-        if not outputs.get("dicom_seg"):
+    def sr_content(self, row: dict, outputs: dict, out_dir: str, bundle: dict) -> dict:
+        """The structure, its size (pixels/voxels; area or volume only when the source gives a spacing) and the
+        SEG when one was written; the SR reports the finding without a SEG reference otherwise."""
+        if row.get("lesion_voxels") is None:
             return {}
         import pydicom
 
-        content: dict = {"segmentation": pydicom.dcmread(os.path.join(out_dir, outputs["dicom_seg"]))}
+        names = list(bundle.get("class_names") or [])
+        content: dict = {"structure": names[1] if len(names) > 1 else "lesion", "voxels": int(row["lesion_voxels"]),
+                         "ndim": 2 if "lesion_area_cm2" in row else 3}
+        if outputs.get("dicom_seg"):
+            content["segmentation"] = pydicom.dcmread(os.path.join(out_dir, outputs["dicom_seg"]))
         if row.get("lesion_volume_ml") is not None:  # volumes; 2D images have an area instead
             content["volume_ml"] = float(row["lesion_volume_ml"])
         elif row.get("lesion_area_cm2") is not None:

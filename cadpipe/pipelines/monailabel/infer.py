@@ -148,7 +148,7 @@ class _CamToLabel:
         want = [int(s) for s in meta.get("spatial_shape", cam.shape[1:])]
         cam = torch.as_tensor(cam).float()
         if list(cam.shape[1:]) != want:
-            logger.info(f"CAM {tuple(cam.shape[1:])} resized to the input's {tuple(want)}")
+            logger.debug(f"CAM {tuple(cam.shape[1:])} resized to the input's {tuple(want)}")
             cam = Resize(spatial_size=want, mode="bilinear")(cam)
         label = cam_to_label(torch.as_tensor(cam)[0].cpu().numpy())
         affine = cam.affine if isinstance(cam, MetaTensor) else meta.get("affine")

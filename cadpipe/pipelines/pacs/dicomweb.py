@@ -38,7 +38,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.outputs.dicom_results import is_cadpipe_result
-from cadpipe.pipelines.outputs.files import current_umask
+from cadpipe.pipelines.outputs.private_files import make_private_dirs, private_file_mode
 from cadpipe.pipelines.pacs.bounded_http import BoundedSession, Deadline, RequestBounded
 from cadpipe.pipelines.pacs.multipart import MultipartError, MultipartSplitter, boundary_of
 from cadpipe.pipelines.pacs.secret_file import read_secret_file
@@ -249,12 +249,13 @@ class DicomwebClient:
         headers = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
                    "Accept-Encoding": "identity"}
         counts = [0, 0]
-        os.makedirs(folder, exist_ok=True)
+        make_private_dirs(folder, under=os.path.dirname(folder))  # patient data: the study's and series' folders
+        # 0700, instances 0600 (docs/security.md)
         partial: list[str] = []
 
         def open_part(_headers):
             fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".part", dir=folder)
-            os.fchmod(fd, 0o666 & ~current_umask())
+            os.fchmod(fd, private_file_mode())
             partial.append(tmp)
             return os.fdopen(fd, "wb")
 

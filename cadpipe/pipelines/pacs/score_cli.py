@@ -26,9 +26,10 @@ import os
 import sys
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.pipelines.outputs.private_files import make_private_dirs
 from cadpipe.pipelines.scoring import cli as scoring_cli
 from cadpipe.pipelines.scoring.log_privacy import escape_controls
-from cadpipe.pipelines.scoring.score import EXIT_USAGE
+from cadpipe.pipelines.scoring.exit_status import EXIT_USAGE
 
 EXIT_SOURCE = 5
 CACHE = "dicomweb_cache"
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(err), EXIT_USAGE)
     client = dicomweb.connect(args.dicomweb, auth, limits)
     cache = os.path.join(args.output, CACHE)
-    os.makedirs(cache, exist_ok=True)
+    make_private_dirs(cache)  # retrieved studies are patient data: 0700 (docs/security.md)
     problems: list[str] = []
     studies = list(dict.fromkeys(args.study))
     if query:

@@ -29,14 +29,12 @@ from cadpipe.pipelines.outputs.files import atomic_write_text, file_sha256
 from cadpipe.pipelines.scoring.results import Journal, outputs_present, write_results_table
 from cadpipe.pipelines.scoring.preflight import preflight
 from cadpipe.pipelines.scoring.worker_lifetime import die_with_parent
+from cadpipe.pipelines.scoring.exit_status import EXIT_NOTHING_FOUND, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 
 __all__ = ["ScoreConfig", "score", "build_runner", "check_runner", "process_units", "EXIT_OK", "EXIT_SOME_FAILED",
            "EXIT_USAGE", "EXIT_NOTHING_FOUND"]
 
 log = logging.getLogger("cadpipe.score")
-
-EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED = 0, 2, 3
-EXIT_NOTHING_FOUND = 4  # the input holds no scoreable unit (nothing was scored; a warning says so)
 
 
 @dataclass
@@ -185,13 +183,15 @@ def _write_dicom_results(u) -> None:
     them the unit keeps its row and files, and the row says why."""
     from cadpipe.pipelines.outputs.dicom_results import write_dicom_results
 
+    notes: list[str] = []  # each object missing is named in the row's warnings
     try:
-        content = u.runner.kind.sr_content(u.row, u.outputs, u.out_dir)
+        content = u.runner.kind.sr_content(u.row | u.extra, u.outputs, u.out_dir, u.info)
         u.outputs.update(write_dicom_results(u.outputs, u.out_dir, u.unit.dicom_files, u.folder, u.prefix, u.info,
-                                             content))
-    except Exception as err:  # noqa: BLE001
-        note = f"no DICOM SR/SC written: {type(err).__name__}: {str(err).strip()[:300]}"
-        u.row["warnings"] = f"{u.row['warnings']}; {note}" if u.row.get("warnings") else note
+                                             content, warnings=notes))
+    except Exception as err:  # noqa: BLE001 - e.g. unreadable headers: neither object
+        notes.append(f"no DICOM SR or Secondary Capture written: {type(err).__name__}: {str(err).strip()[:300]}")
+    if notes:
+        u.row["warnings"] = "; ".join(([u.row["warnings"]] if u.row.get("warnings") else []) + notes)
 
 
 # -- the scoring loop -------------------------------------------------------------------------------------------
@@ -279,9 +279,11 @@ def batched_plan(runner, preprocess: str):
         raise ValueError(f"preprocess must be 'auto', 'per-item' or 'batched', got {preprocess!r}")
     get = getattr(runner, "batched_preprocessing", None)
     plan, why = get() if get is not None else (None, "the runner has no batched preprocessing")
-    if plan is None:
-        (log.warning if preprocess == "batched" else log.info)(
-            "preprocessing per item: the bundle's chain has no batched equivalent (%s)", why)
+    if plan is None:  # the reason names transforms: a maintainer's detail (debug); a user asking for it is told
+        log.debug("preprocessing per item: the bundle's chain has no batched equivalent (%s)", why)
+        if preprocess == "batched":
+            log.warning("--preprocess batched: this bundle's preprocessing cannot run batched; images are prepared "
+                        "one at a time instead (same results)")
     return plan
 
 
@@ -309,7 +311,9 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
     threads (:class:`~cadpipe.pipelines.scoring.writers.WriterPool`) while the next batches are forwarded.
     """
     info = {"name": runner.name, "version": runner.version, "model_sha256": runner.model_sha256,
-            "plain_images": plain_images, "dicom_results": dicom_results}
+            "plain_images": plain_images, "dicom_results": dicom_results,
+            "class_names": list(getattr(runner, "class_names", []) or []),  # the DICOM results' codes and series:
+            "dicom": dict((getattr(runner, "metadata", None) or {}).get("cadpipe", {}).get("dicom") or {})}
     plan = early[0] if early is not None else batched_plan(runner, preprocess)
     first = max(1, min(batch_size, 8 if first_batch is None else first_batch))
     loaded, key_of = _unit_loader(runner, units, plan, workers, batch_size, first, early)

@@ -110,14 +110,14 @@ def test_multilabel_heatmap_classes_skip_no_finding():
 
 def test_sr_content_by_kind(tmp_path):
     row = {"prob_NORMAL": 0.25, "prob_PNEUMONIA": 0.75, "predicted": "PNEUMONIA"}
-    assert KINDS["classification"].sr_content(row, {}, str(tmp_path)) == {
-        "probabilities": {"NORMAL": 0.25, "PNEUMONIA": 0.75}, "predicted": ["PNEUMONIA"]}
-    assert KINDS["multilabel"].sr_content({"prob_a": 0.9, "predicted": "a;b"}, {}, "")["predicted"] == ["a", "b"]
+    assert KINDS["classification"].sr_content(row, {}, str(tmp_path), {}) == {
+        "probabilities": {"NORMAL": 0.25, "PNEUMONIA": 0.75}, "predicted": ["PNEUMONIA"], "thresholds": {}}
+    assert KINDS["multilabel"].sr_content({"prob_a": 0.9, "predicted": "a;b"}, {}, "", {})["predicted"] == ["a", "b"]
     boxes = [{"box": [1, 2, 3, 4], "label": "mass", "score": 0.5}]
     (tmp_path / "u_boxes.json").write_text(json.dumps({"boxes": boxes}))
-    assert KINDS["detection"].sr_content({}, {"boxes": "u_boxes.json"}, str(tmp_path)) == {"boxes": boxes}
-    assert KINDS["detection"].sr_content({}, {}, str(tmp_path)) == {}
-    assert KINDS["segmentation"].sr_content({"lesion_area_cm2": 1.0}, {}, str(tmp_path)) == {}
+    assert KINDS["detection"].sr_content({}, {"boxes": "u_boxes.json"}, str(tmp_path), {}) == {"boxes": boxes}
+    assert KINDS["detection"].sr_content({}, {}, str(tmp_path), {}) == {}
+    assert KINDS["segmentation"].sr_content({"lesion_area_cm2": 1.0}, {}, str(tmp_path), {}) == {}
 
 
 def test_training_labels_and_saved_thresholds_by_kind():
