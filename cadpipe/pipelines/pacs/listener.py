@@ -16,9 +16,11 @@ Result objects that come with a study are stored, not scored, in ``<output>/dims
 whole study): SR, SEG, Key Object Selection and Presentation States (:data:`RESULT_STORAGE`), and any object cadpipe
 made (Manufacturer ``cadpipe``, or a cadpipe result series description).
 
-A study whose scoring raises (whatever the exception) is that study's failure, not the listener's: it is moved to
-``<output>/dimse_failed/<study>/`` with ``cadpipe_error.txt`` (the exception's type and message), logged without
-header values, and not retried; the listener goes on. A study being scored when the process died twice in a row
+A study whose scoring raises (whatever the exception) is that study's failure, not the listener's: the files whose
+header alone makes discovery raise are moved to ``<output>/dimse_failed/<study>/`` (same relative paths, with
+``cadpipe_error.txt``: the exception's type and message) and the rest of the study is scored; when no single file
+explains it, the whole study is moved there. Either is logged without header values and not retried; the listener
+goes on. A study being scored when the process died twice in a row
 is moved there too on the next start.
 
 Who may send and what one peer can cost (:mod:`cadpipe.pipelines.pacs.dimse_limits`, docs/security.md): calling AE
@@ -409,18 +411,56 @@ class StudyListener:
         log.error("a study could not be scored and was moved to %s/ (not retried): %s", FAILED,
                   reason.split(":", 1)[0])
 
+    def _poison_files(self, name: str) -> tuple[list[str], int]:
+        """The files of studies/<name> whose discovery alone raises, and how many files the study holds."""
+        from cadpipe.pipelines.scoring.discovery import discover
+
+        series_dir = os.path.join(self.out, ".cadpipe", "series")
+        bad, total = [], 0
+        for dirpath, _, files in os.walk(os.path.join(self.studies, name)):
+            for f in files:
+                total += 1
+                try:
+                    discover(os.path.join(dirpath, f), 2, series_dir)
+                except Exception:  # noqa: BLE001 - what we are looking for
+                    bad.append(os.path.join(dirpath, f))
+        return bad, total
+
+    def _set_aside(self, name: str, files: list[str], reason: str) -> None:
+        """Move some files of studies/<name> to failed/<name>/ (same relative paths) with the reason."""
+        src_root, dest_root = os.path.join(self.studies, name), os.path.join(self.failed, name)
+        for path in files:
+            target = os.path.join(dest_root, os.path.relpath(path, src_root))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(path, target)
+        with open(os.path.join(dest_root, ERROR_FILE), "a", encoding="utf-8") as f:
+            f.write(escape_controls(reason) + "\n")
+        log.error("%d received file(s) could not be read and were moved to %s/ (not retried): %s", len(files),
+                  FAILED, reason.split(":", 1)[0])
+
     def _score_study(self, name: str | None) -> dict | None:
         """Score what is in studies/ (``name``: the study just moved there). Usage errors (the bundle, weights,
-        device) propagate; any other exception is the study's: it is quarantined and None returned."""
+        device) propagate; any other exception is the study's: the files that cause it (when discovery of each
+        alone raises) are moved aside and the study scored again, else the whole study is moved aside; None is
+        returned for a study moved aside."""
         cfg = self._score_cfg()
         runner = self._runner_for(cfg)  # CadpipeInputError: a usage error, the listener stops
         self._set_marker(name)
         try:
-            return score(cfg, runner=runner)
-        except Exception as err:  # noqa: BLE001 - one study never ends the listener
-            if name is None:
-                raise
-            self._quarantine(name, f"{type(err).__name__}: {err}")
+            try:
+                return score(cfg, runner=runner)
+            except Exception as err:  # noqa: BLE001 - one study never ends the listener
+                if name is None:
+                    raise
+                reason = f"{type(err).__name__}: {err}"
+            bad, total = self._poison_files(name)
+            if bad and len(bad) < total:
+                self._set_aside(name, bad, reason)
+                try:
+                    return score(cfg, runner=runner)
+                except Exception as err:  # noqa: BLE001
+                    reason = f"{type(err).__name__}: {err}"
+            self._quarantine(name, reason)
             return None
         finally:
             self._set_marker(None)
