@@ -127,6 +127,17 @@ def received_name(uid: str) -> str:
     return f"{safe_name(uid, max_len=70)}_{digest}"
 
 
+def _close_socket(assoc) -> Callable[[], None]:
+    def close() -> None:
+        sock = getattr(assoc.dul, "socket", None)
+        if sock is not None:
+            try:
+                sock.close()
+            except Exception:  # noqa: BLE001 - already closed
+                pass
+    return close
+
+
 def _merge_tree(src: str, dest: str) -> None:
     """Move every file of ``src`` into ``dest`` (same relative paths; a file there is replaced), then remove src."""
     for dirpath, _, files in os.walk(src):
@@ -315,15 +326,17 @@ class StudyListener:
             return
         server.shutdown()  # no new connection (the accept loop ends within its 0.5 s poll), socket closed
         open_assocs = list(server.active_associations)
-        aborts = [threading.Thread(target=a.abort, daemon=True) for a in open_assocs]
-        for t in aborts:
+        # established: A-ABORT; not yet associated (waiting for a request): the connection is closed
+        closers = [threading.Thread(target=a.abort if a.is_established else _close_socket(a), daemon=True)
+                   for a in open_assocs]
+        for t in closers:
             t.start()
-        deadline = time.monotonic() + SHUTDOWN_S - 1.0
-        for t in aborts:
+        deadline = time.monotonic() + SHUTDOWN_S - 2.0
+        for t in closers:
             t.join(max(0.0, deadline - time.monotonic()))
-        for a in open_assocs:  # a peer that does not let the abort through: the reactors are stopped anyway
+        for a in open_assocs:  # a peer that does not let the abort through: its connection is closed
             if a.is_alive():
-                a.kill()
+                _close_socket(a)()
 
     def stop(self) -> None:
         self.request_stop()
@@ -596,6 +609,7 @@ def _setup_logging(quiet: bool) -> None:
     root.addHandler(handler)
     root.setLevel(logging.WARNING if quiet else logging.INFO)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    threading.excepthook = _log_thread_error
 
 
 def run(args: argparse.Namespace) -> int:
@@ -651,4 +665,24 @@ def run(args: argparse.Namespace) -> int:
     except CadpipeInputError as err:
         print(f"cadpipe listen: {escape_controls(err)}", file=sys.stderr)
         return EXIT_USAGE
+    _exit_when_threads_linger()
     return 0
+
+
+def _log_thread_error(args) -> None:
+    """An exception in one of pynetdicom's threads: one escaped log line (type only), not a raw traceback."""
+    log.error("an association thread failed (%s)", args.exc_type.__name__)
+
+
+def _exit_when_threads_linger() -> None:
+    """pynetdicom's association threads are not daemons: one that outlives SHUTDOWN_S (a peer that never lets
+    go) must not keep the process alive."""
+    deadline = time.monotonic() + SHUTDOWN_S
+    while time.monotonic() < deadline:
+        others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+        if not others:
+            return
+        time.sleep(0.1)
+    log.warning("%d connection thread(s) still open after %g s: exiting anyway", len(others), SHUTDOWN_S)
+    logging.shutdown()
+    os._exit(0)
