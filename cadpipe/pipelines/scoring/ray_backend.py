@@ -20,7 +20,7 @@ def run_options(cfg) -> dict:
     """The per-run options an actor needs besides the bundle (the same as the local path applies): outputs, the
     forward's precision and layout, and this process's pixel limits (an actor on another machine does not inherit
     the driver's environment, where ``--max-pixels`` / ``--max-voxels`` live)."""
-    from cadpipe.transforms.limits import PixelLimits
+    from cadpipe.transforms.readers.limits import PixelLimits
 
     limits = PixelLimits.current()
     return {"heatmaps": bool(cfg.heatmaps), "plain_images": bool(cfg.reports),
@@ -39,7 +39,7 @@ class _Scorer:
         torch.set_num_threads(1)
         from cadpipe.pipelines.scoring.log_privacy import quiet_identifying_logs
         from cadpipe.pipelines.scoring.score import ScoreConfig, build_runner
-        from cadpipe.transforms.limits import PixelLimits
+        from cadpipe.transforms.readers.limits import PixelLimits
 
         self.options = dict(options or {})
         defaults = PixelLimits()

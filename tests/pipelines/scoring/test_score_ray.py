@@ -58,7 +58,7 @@ def test_actor_gets_precision_and_pixel_limits(tmp_path, monkeypatch):
     (which an actor on another machine does not have): a limit below the images' size makes error rows there."""
     from cadpipe.pipelines.scoring.discovery import discover
     from cadpipe.pipelines.scoring.ray_backend import _Scorer, run_options
-    from cadpipe.transforms.limits import ENV_MAX_PIXELS, PixelLimits
+    from cadpipe.transforms.readers.limits import ENV_MAX_PIXELS, PixelLimits
 
     bundle = make_bundle("tiny_classification_bundle", str(tmp_path))
     src = str(tmp_path / "in")
