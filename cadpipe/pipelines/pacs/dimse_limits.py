@@ -4,7 +4,8 @@
 - :func:`guarded_classes`: a pynetdicom AE whose association limit counts *established*
   associations only (plus the one being negotiated), so TCP connections that never send an A-ASSOCIATE-RQ do not
   take a slot (they are dropped after ``acse_timeout``); and a server that refuses a connection from an address
-  outside ``allow_ip``, or beyond ``max_connections`` open connections, before a thread is started for it.
+  outside ``allow_ip`` before a thread is started for it, and at ``max_connections`` open connections closes the
+  oldest one without an association (or refuses the new one when all have one).
 - :class:`SizeGuard`: counts the data-set bytes of each C-STORE as its fragments arrive; past the per-instance limit
   the rest is dropped (not written, not held) and the C-STORE handler answers with a failure status.
 - :func:`escape_controls` / :class:`EscapingFormatter`: control characters (a newline in an AE title or a UID) are
@@ -106,8 +107,10 @@ def _make_classes():
                     if not a.is_acceptor or a.is_established or a is me]
 
     class _GuardedServer(ThreadedAssociationServer):
-        """Refuses, at accept and before a thread is started: a peer address outside ``allow_ip``, and any
-        connection beyond ``max_connections``. ``on_refused(host, why)`` is called for each."""
+        """At accept, before a thread is started: refuses a peer address outside ``allow_ip``; at
+        ``max_connections`` open connections, closes the oldest one that has no association yet to make room (so
+        connections held open without a request cannot lock out a sender), or refuses the new one when every
+        connection is associated. ``on_refused(host, why)`` is called for each."""
 
         limits: DimseLimits = DimseLimits()
         on_refused = None
@@ -117,13 +120,37 @@ def _make_classes():
             why = ""
             if not address_allowed(host, self.limits.allow_ip):
                 why = "address not allowed"
-            elif len(self.active_associations) >= self.limits.max_connections:
-                why = "too many open connections"
+            else:
+                active = self.active_associations
+                if len(active) >= self.limits.max_connections:
+                    waiting = [a for a in active if not a.is_established and hasattr(a, OPENED)]
+                    if waiting:
+                        oldest = min(waiting, key=lambda a: getattr(a, OPENED))
+                        close_connection(oldest)
+                        if self.on_refused is not None:
+                            self.on_refused(str(getattr(oldest.requestor, "address", None) or "?"),
+                                            "oldest connection without an association closed: too many open")
+                    else:
+                        why = "too many open connections"
             if why and self.on_refused is not None:
                 self.on_refused(host, why)
             return not why
 
     return _GuardedAE, _GuardedServer
+
+
+OPENED = "_cadpipe_opened"  # monotonic time an acceptor's connection was opened (set at EVT_CONN_OPEN)
+
+
+def close_connection(assoc) -> None:
+    """Close an association's socket: the reactor sees the connection end and the association thread exits."""
+    sock = getattr(getattr(assoc, "dul", None), "socket", None)
+    if sock is not None:
+        try:
+            sock.close()
+        except Exception:  # noqa: BLE001 - already closed
+            pass
+    setattr(assoc, OPENED, float("inf"))  # never chosen again
 
 
 _classes: tuple | None = None

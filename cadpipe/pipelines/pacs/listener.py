@@ -27,7 +27,7 @@ Who may send and what one peer can cost (:mod:`cadpipe.pipelines.pacs.dimse_limi
 titles in ``--allow-aet`` (without it, any calling AE when bound to a loopback address; binding elsewhere without
 ``--allow-aet`` is refused), peer addresses in ``--allow-ip`` (refused at accept, before a thread or a slot), the
 called AE title must be ``--ae-title``; ``--max-associations`` established associations and ``--max-connections``
-open connections at once; a connection that sends no association request within ``--acse-timeout`` seconds, and an
+open connections at once (at the limit, the oldest connection without an association is closed for the new one); a connection that sends no association request within ``--acse-timeout`` seconds, and an
 association idle for ``--idle-timeout`` seconds, is dropped; an instance over ``--max-instance-mb`` or a study over
 ``--max-study-mb`` is refused with the DIMSE status 0xA700 (out of resources), its bytes past the limit neither
 written nor held. Rejected associations and refused connections are logged with the peer's address and calling AE
@@ -54,11 +54,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.pipelines.pacs.dimse_limits import (MB, DimseLimits, EscapingFormatter, SizeGuard, escape_controls,
-                                                 guarded_classes, parse_networks)
+from cadpipe.pipelines.pacs.dimse_limits import (MB, OPENED, DimseLimits, EscapingFormatter, SizeGuard,
+                                                 close_connection, escape_controls, guarded_classes,
+                                                 parse_networks)
 from cadpipe.pipelines.pacs.send import Peer, SendError, parse_peer, send_files
 from cadpipe.pipelines.scoring.cli import parse_overrides
 from cadpipe.pipelines.scoring.discovery import safe_name
@@ -87,6 +89,7 @@ INCOMING, STUDIES, STORED, FAILED = "dimse_incoming", "dimse_studies", "dimse_st
 SENT = os.path.join(".cadpipe", "dimse_sent.txt")
 SCORING = os.path.join(".cadpipe", "dimse_scoring.json")  # the study being scored (a crash loop is quarantined)
 ERROR_FILE = "cadpipe_error.txt"
+_REFUSED_LOG_S = 10.0
 SHUTDOWN_S = 10.0  # SIGTERM: open associations aborted and the network side closed within this many seconds
 _HEADER_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Manufacturer", "Modality",
                 "SeriesDescription")
@@ -125,17 +128,6 @@ def received_name(uid: str) -> str:
         return uid
     digest = hashlib.sha1(uid.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{safe_name(uid, max_len=70)}_{digest}"
-
-
-def _close_socket(assoc) -> Callable[[], None]:
-    def close() -> None:
-        sock = getattr(assoc.dul, "socket", None)
-        if sock is not None:
-            try:
-                sock.close()
-            except Exception:  # noqa: BLE001 - already closed
-                pass
-    return close
 
 
 def _merge_tree(src: str, dest: str) -> None:
@@ -185,6 +177,7 @@ class StudyListener:
         self._last: dict[str, float] = {}  # incoming study folder -> monotonic time of its last instance
         self._first: dict[str, float] = {}  # ... and of its first (for latency figures)
         self._bytes: dict[str, int] = {}  # incoming study folder -> bytes received (--max-study-mb)
+        self._refused: dict[tuple[str, str], tuple[float, int]] = {}  # (peer, reason) -> (last logged, since)
         self._stop = threading.Event()
         self._server = None
         self._closer: threading.Thread | None = None
@@ -212,6 +205,7 @@ class StudyListener:
         return escape_controls(getattr(req, "address", "?")), escape_controls(str(getattr(req, "ae_title", "")).strip())
 
     def _on_conn_open(self, event) -> None:
+        setattr(event.assoc, OPENED, time.monotonic())
         SizeGuard(event.assoc, int(self.cfg.limits.max_instance_mb * MB))
 
     def _on_rejected(self, event) -> None:
@@ -219,7 +213,19 @@ class StudyListener:
         log.warning("association rejected: peer %s, calling AE %r", address, aet)
 
     def _on_refused(self, host: str, why: str) -> None:
-        log.warning("connection refused (%s): peer %s", why, escape_controls(host))
+        """One log line per peer and reason per ``_REFUSED_LOG_S`` seconds (with the count since), so a flood of
+        connections cannot flood the log."""
+        key, now = (host, why), time.monotonic()
+        with self._lock:
+            last, count = self._refused.get(key, (-1e9, 0))
+            if now - last < _REFUSED_LOG_S:
+                self._refused[key] = (last, count + 1)
+                return
+            self._refused[key] = (now, 0)
+            if len(self._refused) > 1024:
+                self._refused = {k: v for k, v in self._refused.items() if now - v[0] < _REFUSED_LOG_S}
+        more = f" (and {count} more since)" if count else ""
+        log.warning("connection refused (%s): peer %s%s", why, escape_controls(host), more)
 
     def _read_header(self, path: str) -> dict[str, str]:
         import pydicom
@@ -327,8 +333,8 @@ class StudyListener:
         server.shutdown()  # no new connection (the accept loop ends within its 0.5 s poll), socket closed
         open_assocs = list(server.active_associations)
         # established: A-ABORT; not yet associated (waiting for a request): the connection is closed
-        closers = [threading.Thread(target=a.abort if a.is_established else _close_socket(a), daemon=True)
-                   for a in open_assocs]
+        closers = [threading.Thread(target=a.abort if a.is_established else partial(close_connection, a),
+                                    daemon=True) for a in open_assocs]
         for t in closers:
             t.start()
         deadline = time.monotonic() + SHUTDOWN_S - 2.0
@@ -336,7 +342,7 @@ class StudyListener:
             t.join(max(0.0, deadline - time.monotonic()))
         for a in open_assocs:  # a peer that does not let the abort through: its connection is closed
             if a.is_alive():
-                _close_socket(a)()
+                close_connection(a)
 
     def stop(self) -> None:
         self.request_stop()

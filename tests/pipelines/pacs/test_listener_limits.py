@@ -80,12 +80,15 @@ def _received(folder) -> list[str]:
 
 
 def test_idle_sockets_and_idle_associations_do_not_lock_out_allowed_senders(running, tmp_path):
-    lis = running(max_associations=2, max_connections=80, acse_timeout=2.0, idle_timeout=3.0)
+    lis = running(max_associations=2, max_connections=20, acse_timeout=2.0, idle_timeout=3.0)
     port = lis.cfg.port
     paths = [_cxr(tmp_path, s) for s in (1, 2, 3)]
-    with raw_sockets(port, 50) as socks:  # 50 connections that never ask for an association
-        assert store(port, paths[:2]) == [0, 0]  # an allowed sender stores meanwhile
-        assert closed_by_peer(socks[0], within=15.0)  # and the idle ones are dropped (--acse-timeout)
+    with raw_sockets(port, 50) as socks:  # 50 connections that never ask for an association, 20 allowed open
+        assert store(port, paths[:1]) == [0]  # an allowed sender stores meanwhile (the oldest idle one gave way)
+        assert closed_by_peer(socks[0], within=1.0)  # the first ones were closed for the later ones
+        assert closed_by_peer(socks[-1], within=15.0)  # and the rest are dropped after --acse-timeout
+    with raw_sockets(port, 20):  # the limit held by idle connections: a sender still gets in
+        assert store(port, paths[1:2]) == [0]
     # associations that go idle take a slot until --idle-timeout, then they are aborted
     idle = [echo_association(port) for _ in range(2)]
     assert all(a.is_established for a in idle)
@@ -222,6 +225,9 @@ def test_log_lines_cannot_be_forged(running, log_text):
     lis._on_refused("127.0.0.1\nINFO forged line\x1b[31m", "address not allowed")
     lines = [line for line in log_text.getvalue().splitlines() if "connection refused" in line or "forged" in line]
     assert len(lines) == 1 and "\\nINFO forged line\\x1b[31m" in lines[0]
+    for _ in range(100):  # a flood of refusals from one peer: one line per 10 s
+        lis._on_refused("10.1.2.3", "address not allowed")
+    assert log_text.getvalue().count("peer 10.1.2.3") == 1
 
 
 def test_limits_are_checked(bundle, tmp_path):
