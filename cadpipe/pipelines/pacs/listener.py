@@ -177,10 +177,11 @@ class StudyListener:
         self._last: dict[str, float] = {}  # incoming study folder -> monotonic time of its last instance
         self._first: dict[str, float] = {}  # ... and of its first (for latency figures)
         self._bytes: dict[str, int] = {}  # incoming study folder -> bytes received (--max-study-mb)
-        self._refused: dict[tuple[str, str], tuple[float, int]] = {}  # (peer, reason) -> (last logged, since)
+        self._refused: dict[tuple, tuple[float, int]] = {}  # (peer, reason) -> (last logged, count since)
         self._stop = threading.Event()
         self._server = None
         self._closer: threading.Thread | None = None
+        self.stop_requested_at: float | None = None
         self._quarantine_crash_loop()
         now = time.monotonic()
         for name in os.listdir(self.incoming):  # received before a restart: complete after the timeout
@@ -210,12 +211,16 @@ class StudyListener:
 
     def _on_rejected(self, event) -> None:
         address, aet = self._peer(event.assoc)
-        log.warning("association rejected: peer %s, calling AE %r", address, aet)
+        self._warn_limited((address, aet), "association rejected: peer %s, calling AE %r", address, aet)
 
     def _on_refused(self, host: str, why: str) -> None:
-        """One log line per peer and reason per ``_REFUSED_LOG_S`` seconds (with the count since), so a flood of
-        connections cannot flood the log."""
-        key, now = (host, why), time.monotonic()
+        host = escape_controls(host)
+        self._warn_limited((host, why), "connection refused (%s): peer %s", why, host)
+
+    def _warn_limited(self, key: tuple, fmt: str, *args) -> None:
+        """One log line per key (peer and reason) per ``_REFUSED_LOG_S`` seconds, with the count since: a flood
+        of connections cannot flood the log."""
+        now = time.monotonic()
         with self._lock:
             last, count = self._refused.get(key, (-1e9, 0))
             if now - last < _REFUSED_LOG_S:
@@ -224,8 +229,7 @@ class StudyListener:
             self._refused[key] = (now, 0)
             if len(self._refused) > 1024:
                 self._refused = {k: v for k, v in self._refused.items() if now - v[0] < _REFUSED_LOG_S}
-        more = f" (and {count} more since)" if count else ""
-        log.warning("connection refused (%s): peer %s%s", why, escape_controls(host), more)
+        log.warning(fmt + (" (and %d more since)" if count else ""), *args, *((count,) if count else ()))
 
     def _read_header(self, path: str) -> dict[str, str]:
         import pydicom
@@ -321,6 +325,8 @@ class StudyListener:
 
     def request_stop(self) -> None:
         """Stop accepting and abort open associations, in the background (safe in a signal handler)."""
+        if not self._stop.is_set():
+            self.stop_requested_at = time.monotonic()
         self._stop.set()
         if self._closer is None:
             self._closer = threading.Thread(target=self._close_network, name="cadpipe-listen-stop", daemon=True)
@@ -602,8 +608,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _setup_logging(quiet: bool) -> None:
-    """Log privacy from the first line: pydicom/highdicom quieted (they quote header values), pynetdicom's own
-    chatter (AE titles, PDU dumps) at warnings only, every line one line with control characters escaped."""
+    """Log privacy from the first line: pydicom/highdicom quieted (they quote header values), pynetdicom at errors
+    only and without tracebacks (its warnings quote received UIDs), every line one line with control characters
+    escaped."""
     from cadpipe.pipelines.scoring.log_privacy import quiet_identifying_logs
 
     quiet_identifying_logs()
@@ -614,8 +621,18 @@ def _setup_logging(quiet: bool) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.WARNING if quiet else logging.INFO)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    netlog = logging.getLogger("pynetdicom")  # its warnings quote received values (a non-conformant UID)
+    netlog.setLevel(logging.ERROR)
+    netlog.addFilter(_no_traceback)
     threading.excepthook = _log_thread_error
+
+
+def _no_traceback(record: logging.LogRecord) -> bool:
+    """pynetdicom logs handler exceptions with their traceback (which may quote values): the type name only."""
+    if record.exc_info:
+        record.msg = f"{record.getMessage()} ({record.exc_info[0].__name__})"
+        record.args, record.exc_info, record.exc_text = (), None, None
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -671,7 +688,7 @@ def run(args: argparse.Namespace) -> int:
     except CadpipeInputError as err:
         print(f"cadpipe listen: {escape_controls(err)}", file=sys.stderr)
         return EXIT_USAGE
-    _exit_when_threads_linger()
+    _exit_when_threads_linger(max(time.monotonic(), (listener.stop_requested_at or 0.0) + SHUTDOWN_S))
     return 0
 
 
@@ -680,14 +697,16 @@ def _log_thread_error(args) -> None:
     log.error("an association thread failed (%s)", args.exc_type.__name__)
 
 
-def _exit_when_threads_linger() -> None:
-    """pynetdicom's association threads are not daemons: one that outlives SHUTDOWN_S (a peer that never lets
-    go) must not keep the process alive."""
-    deadline = time.monotonic() + SHUTDOWN_S
-    while time.monotonic() < deadline:
+def _exit_when_threads_linger(deadline: float) -> None:
+    """pynetdicom's association threads are not daemons: one still there at ``deadline`` (SHUTDOWN_S after the
+    stop request, or now when a study was being scored longer) must not keep the process alive."""
+    others: list = []
+    while True:
         others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
         if not others:
             return
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.1)
     log.warning("%d connection thread(s) still open after %g s: exiting anyway", len(others), SHUTDOWN_S)
     logging.shutdown()

@@ -87,6 +87,8 @@ def test_hostile_sender_against_cadpipe_listen(tmp_path):
     poison = variant(good[0], str(src / "synthetic_poison.dcm"), SOPInstanceUID=pydicom.uid.generate_uid(),
                      StudyInstanceUID=pydicom.uid.generate_uid(), StudyDescription=long_value,
                      PatientName="SYNTHETIC^" + "Y" * 1500)
+    forged = variant(good[1], str(src / "synthetic_forged.dcm"), SOPInstanceUID="1.2.3\nINFO forged line",
+                     StudyInstanceUID="../../x\n")  # invalid UIDs that would forge a log line
     big = write_large_dicom(src / "synthetic_big.dcm", megabytes=300)
     over = write_large_dicom(src / "synthetic_over.dcm", megabytes=330)
     heads = {p: pydicom.dcmread(p, stop_before_pixels=True) for p in (*good, poison, big["path"], over["path"])}
@@ -100,7 +102,7 @@ def test_hostile_sender_against_cadpipe_listen(tmp_path):
         with raw_sockets(port, 20):  # idle sockets and an idle association held open meanwhile
             idle = echo_association(port)
             assert idle.is_established
-            assert store(port, [poison, good[1]]) == [0, 0]
+            assert store(port, [poison, good[1], forged]) == [0, 0, 0]
             # a 300 MB instance: streamed to disk, the listener's memory does not follow the payload
             base, peak, done = _rss_mb(proc.pid), [0.0], threading.Event()
 
@@ -124,7 +126,8 @@ def test_hostile_sender_against_cadpipe_listen(tmp_path):
         def settled():
             rows = _rows(out).set_index("unit_id")
             moved = os.path.isdir(os.path.join(out, FAILED))
-            return {sop[good[1]], sop[big["path"]]} <= set(rows.index) and (sop[poison] in rows.index or moved)
+            return ({sop[good[1]], sop[big["path"]], "1.2.3\nINFO forged line"} <= set(rows.index)
+                    and (sop[poison] in rows.index or moved))
 
         assert wait_until(settled, timeout=180, poll=0.5), open(log_path).read()[-3000:]
         rows = _rows(out).set_index("unit_id")
@@ -178,5 +181,6 @@ def test_hostile_sender_against_cadpipe_listen(tmp_path):
         for value in (h.StudyInstanceUID, h.SOPInstanceUID, h.SeriesInstanceUID):
             assert str(value) not in logged
     assert "SYNTHETIC-LONG" not in logged and "YYYY" not in logged and "SYNTHETIC^" not in logged
+    assert "forged" not in logged and "../../x" not in logged
     assert all(line.split(" ", 1)[0] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
                for line in logged.splitlines() if line.strip()), logged[-3000:]
