@@ -13,8 +13,9 @@ was sent is remembered in ``.cadpipe/dimse_sent.txt`` and what could not be sent
 and on restart.
 
 Result objects that come with a study are stored, not scored, in ``<output>/dimse_stored/`` (so a PACS can send a
-whole study): SR, SEG, Key Object Selection and Presentation States (:data:`RESULT_STORAGE`), and any object cadpipe
-made (Manufacturer ``cadpipe``, or a cadpipe result series description).
+whole study): SR, SEG, Key Object Selection, Presentation States, dose SR and encapsulated PDF
+(:data:`RESULT_STORAGE`), Secondary Captures for a 3D bundle, and any object cadpipe made (Manufacturer
+``cadpipe``, or a cadpipe result series description).
 
 A study whose scoring raises (whatever the exception) is that study's failure, not the listener's: the files whose
 header alone makes discovery raise are moved to ``<output>/dimse_failed/<study>/`` (same relative paths, with
@@ -27,12 +28,13 @@ Who may send and what one peer can cost (:mod:`cadpipe.pipelines.pacs.dimse_limi
 titles in ``--allow-aet`` (without it, any calling AE when bound to a loopback address; binding elsewhere without
 ``--allow-aet`` is refused), peer addresses in ``--allow-ip`` (refused at accept, before a thread or a slot), the
 called AE title must be ``--ae-title``; ``--max-associations`` established associations and ``--max-connections``
-open connections at once (at the limit, the oldest connection without an association is closed for the new one); a connection that sends no association request within ``--acse-timeout`` seconds, and an
-association idle for ``--idle-timeout`` seconds, is dropped; an instance over ``--max-instance-mb`` or a study over
-``--max-study-mb`` is refused with the DIMSE status 0xA700 (out of resources), its bytes past the limit neither
+open connections at once (at the limit, the oldest connection without an association is closed for the new one);
+a connection that sends no association request within ``--acse-timeout`` seconds, and an association idle for
+``--idle-timeout`` seconds, is dropped; an instance over ``--max-instance-mb`` or a study over ``--max-study-mb`` is
+refused with the DIMSE status 0xA700 (out of resources), its bytes past the limit neither
 written nor held. Rejected associations and refused connections are logged with the peer's address and calling AE
 title only. Accepted: the image storage SOP classes the bundle reads (:data:`STORAGE_2D` / :data:`STORAGE_3D`) in
-any transfer syntax pydicom decodes, the result classes above, and C-ECHO.
+any transfer syntax pydicom decodes, the classes stored above, and C-ECHO.
 
 SIGTERM / SIGINT: no new association is accepted, open associations are aborted (A-ABORT) and the process exits
 within :data:`SHUTDOWN_S` seconds of the study being scored finishing (a study being scored finishes first).
@@ -67,8 +69,8 @@ from cadpipe.pipelines.scoring.discovery import safe_name
 from cadpipe.pipelines.scoring.preflight import WEIGHTS, preflight
 from cadpipe.pipelines.scoring.score import EXIT_USAGE, ScoreConfig, build_runner, score
 
-__all__ = ["ListenConfig", "StudyListener", "STORAGE_2D", "STORAGE_3D", "RESULT_STORAGE", "SHUTDOWN_S",
-           "received_name", "add_arguments", "run"]
+__all__ = ["ListenConfig", "StudyListener", "STORAGE_2D", "STORAGE_3D", "RESULT_STORAGE", "SECONDARY_CAPTURE",
+           "SHUTDOWN_S", "received_name", "add_arguments", "run"]
 
 log = logging.getLogger("cadpipe.listen")
 
@@ -79,11 +81,16 @@ STORAGE_2D = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.8
               "1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.1.2.1", "1.2.840.10008.5.1.4.1.1.7", _CT, _MR)
 STORAGE_3D = (_CT, _MR)  # series scored as volumes
 # stored, never scored: SR (basic text, enhanced, comprehensive, comprehensive 3D, extensible), Key Object
-# Selection, Segmentation, presentation states (grayscale, color, pseudo-color, blending)
+# Selection, Segmentation, presentation states (grayscale, color, pseudo-color, blending), X-ray radiation dose SR,
+# encapsulated PDF: what a PACS sends with a study
 RESULT_STORAGE = ("1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33",
                   "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.35", "1.2.840.10008.5.1.4.1.1.88.59",
                   "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.11.2",
-                  "1.2.840.10008.5.1.4.1.1.11.3", "1.2.840.10008.5.1.4.1.1.11.4")
+                  "1.2.840.10008.5.1.4.1.1.11.3", "1.2.840.10008.5.1.4.1.1.11.4",
+                  "1.2.840.10008.5.1.4.1.1.88.67", "1.2.840.10008.5.1.4.1.1.104.1")  # + dose SR, encapsulated PDF
+# Secondary Capture (single frame, and the multi-frame ones): scored by 2D bundles, stored by 3D bundles
+SECONDARY_CAPTURE = ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
+                     "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4")
 VERIFICATION = "1.2.840.10008.1.1"
 INCOMING, STUDIES, STORED, FAILED = "dimse_incoming", "dimse_studies", "dimse_stored", "dimse_failed"
 SENT = os.path.join(".cadpipe", "dimse_sent.txt")
@@ -188,6 +195,7 @@ class StudyListener:
             self._last[name] = self._first[name] = now
             self._bytes[name] = _folder_bytes(os.path.join(self.incoming, name))
         self._pending_score = any(os.scandir(self.studies))  # moved but maybe not scored before a restart
+        self._scored: tuple[str, ...] = ()  # the SOP classes the bundle scores (set by start)
         self._runner = None  # the bundle's model, loaded on the first study and reused (_runner_for)
         self._runner_stamp: tuple | None = None
 
@@ -238,9 +246,10 @@ class StudyListener:
         return {k: str(ds.get(k, "") or "") for k in _HEADER_TAGS}
 
     def _is_result(self, sop_class: str, head: dict[str, str]) -> bool:
+        """Stored, not scored: a class the bundle does not score, or an object cadpipe made."""
         from cadpipe.pipelines.outputs.dicom_results import is_cadpipe_result
 
-        return (sop_class in RESULT_STORAGE or head["Manufacturer"].strip() == "cadpipe"
+        return (sop_class not in self._scored or head["Manufacturer"].strip() == "cadpipe"
                 or is_cadpipe_result(head["Modality"].strip(), head["SeriesDescription"].strip()))
 
     def _on_store(self, event) -> int:
@@ -304,7 +313,8 @@ class StudyListener:
         limits = self.cfg.limits
         ae_class, server_class = guarded_classes()
         ae = ae_class(ae_title=self.cfg.ae_title)
-        for uid in self._accepted() + RESULT_STORAGE:
+        self._scored = self._accepted()
+        for uid in dict.fromkeys(self._scored + SECONDARY_CAPTURE + RESULT_STORAGE):
             ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(VERIFICATION)
         if self.cfg.allow_aet:

@@ -132,7 +132,8 @@ def test_hostile_sender_against_cadpipe_listen(tmp_path):
         assert wait_until(settled, timeout=180, poll=0.5), open(log_path).read()[-3000:]
         rows = _rows(out).set_index("unit_id")
         assert rows.loc[sop[good[0]], "status"] == "ok" and rows.loc[sop[good[1]], "status"] == "ok"
-        assert rows.loc[sop[big["path"]], "status"] == "error" and "over the limit" in rows.loc[sop[big["path"]], "error"]
+        big_row = rows.loc[sop[big["path"]]]
+        assert big_row.status == "error" and "over the limit" in big_row.error  # refused from its header
         assert sop[over["path"]] not in rows.index
         if sop[poison] not in rows.index:  # moved aside with the reason, not retried
             failed = [f for _, _, fs in os.walk(os.path.join(out, FAILED)) for f in fs]

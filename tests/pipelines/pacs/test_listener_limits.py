@@ -237,3 +237,21 @@ def test_limits_are_checked(bundle, tmp_path):
                 {"max_instance_mb": 10, "max_study_mb": 5}):
         with pytest.raises(CadpipeInputError):
             _listener(bundle, tmp_path / "o", **bad)
+
+
+def test_a_3d_listener_stores_what_it_does_not_score(tmp_path):
+    """A 3D bundle scores CT/MR series; a Secondary Capture or an SR in the same study is accepted and stored (a
+    PACS's whole-study C-STORE must not fail on them), never put where studies are scored."""
+    from pydicom.data import get_testdata_file
+
+    bundle3d = make_bundle("tiny_segmentation_bundle", str(tmp_path / "b3"))
+    lis = _listener(bundle3d, tmp_path / "out")
+    lis.start()
+    try:
+        sc = get_testdata_file("SC_rgb.dcm")
+        ct = get_testdata_file("CT_small.dcm")
+        assert store(lis.cfg.port, [sc, ct]) == [0, 0]
+        assert _received(os.path.join(lis.out, STORED)) == [f"{pydicom.dcmread(sc).SOPInstanceUID}.dcm"]
+        assert _received(lis.incoming) == [f"{pydicom.dcmread(ct).SOPInstanceUID}.dcm"]
+    finally:
+        lis.stop()
