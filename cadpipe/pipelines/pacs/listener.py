@@ -183,7 +183,7 @@ class StudyListener:
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}  # incoming study folder -> monotonic time of its last instance
         self._first: dict[str, float] = {}  # ... and of its first (for latency figures)
-        self._bytes: dict[str, int] = {}  # incoming study folder -> bytes received (--max-study-mb)
+        self._bytes: dict = {}  # incoming study folder (or (STORED, folder)) -> bytes received (--max-study-mb)
         self._refused: dict[tuple, tuple[float, int]] = {}  # (peer, reason) -> (last logged, count since)
         self._stop = threading.Event()
         self._server = None
@@ -194,6 +194,8 @@ class StudyListener:
         for name in os.listdir(self.incoming):  # received before a restart: complete after the timeout
             self._last[name] = self._first[name] = now
             self._bytes[name] = _folder_bytes(os.path.join(self.incoming, name))
+        for name in os.listdir(self.stored) if os.path.isdir(self.stored) else ():
+            self._bytes[(STORED, name)] = _folder_bytes(os.path.join(self.stored, name))
         self._pending_score = any(os.scandir(self.studies))  # moved but maybe not scored before a restart
         self._scored: tuple[str, ...] = ()  # the SOP classes the bundle scores (set by start)
         self._runner = None  # the bundle's model, loaded on the first study and reused (_runner_for)
@@ -274,13 +276,13 @@ class StudyListener:
         name = received_name(study)
         size = os.path.getsize(src)
         result = self._is_result(sop_class, head)
-        if not result:
-            with self._lock:
-                if self._bytes.get(name, 0) + size > self.cfg.limits.max_study_mb * MB:
-                    log.warning("refused an instance: its study is over --max-study-mb %g: peer %s",
-                                self.cfg.limits.max_study_mb, address)
-                    return _STATUS_OUT_OF_RESOURCES
-                self._bytes[name] = self._bytes.get(name, 0) + size
+        budget = (STORED, name) if result else name  # stored objects: their own budget per study, never freed
+        with self._lock:
+            if self._bytes.get(budget, 0) + size > self.cfg.limits.max_study_mb * MB:
+                log.warning("refused an instance: its study is over --max-study-mb %g: peer %s",
+                            self.cfg.limits.max_study_mb, address)
+                return _STATUS_OUT_OF_RESOURCES
+            self._bytes[budget] = self._bytes.get(budget, 0) + size
         root = self.stored if result else self.incoming
         folder = os.path.join(root, name, received_name(series))
         path = os.path.join(folder, f"{received_name(sop)}.dcm")
@@ -294,9 +296,8 @@ class StudyListener:
             os.replace(tmp, path)
         except OSError as err:
             log.error("cannot write a received instance: %s", escape_controls(err.strerror))
-            if not result:
-                with self._lock:
-                    self._bytes[name] = max(0, self._bytes.get(name, 0) - size)
+            with self._lock:
+                self._bytes[budget] = max(0, self._bytes.get(budget, 0) - size)
             return _STATUS_OUT_OF_RESOURCES
         if not result:
             with self._lock:

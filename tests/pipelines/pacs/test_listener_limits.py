@@ -255,3 +255,16 @@ def test_a_3d_listener_stores_what_it_does_not_score(tmp_path):
         assert _received(lis.incoming) == [f"{pydicom.dcmread(ct).SOPInstanceUID}.dcm"]
     finally:
         lis.stop()
+
+
+def test_bad_limit_options_are_usage_errors(bundle, tmp_path):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    # (one process: each imports torch; the other bad values are checked in-process by test_limits_are_checked)
+    for extra, message in ((["--allow-ip", "not-an-address", "--max-associations", "4"], "not an address"),):
+        proc = subprocess.run([sys.executable, "-m", "cadpipe", "listen", "--bundle", bundle, "--output",
+                               str(tmp_path / "o"), "--port", str(free_port()), *extra], cwd=repo, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=repo), capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr[-500:])
