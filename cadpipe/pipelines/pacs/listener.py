@@ -57,17 +57,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.pipelines.outputs.output_names import safe_name
+from cadpipe.pipelines.outputs.private_files import make_private_dirs, restrict_file
 from cadpipe.pipelines.pacs.dimse_limits import (MB, OPENED, DimseLimits, EscapingFormatter, SizeGuard,
                                                  close_connection, escape_controls, guarded_classes,
                                                  parse_networks)
 from cadpipe.pipelines.pacs.send import Peer, SendError, parse_peer, send_files
 from cadpipe.pipelines.scoring.cli import parse_overrides
-from cadpipe.pipelines.scoring.discovery import safe_name
-from cadpipe.pipelines.scoring.preflight import WEIGHTS, preflight
-from cadpipe.pipelines.scoring.score import EXIT_USAGE, ScoreConfig, build_runner, score
+from cadpipe.pipelines.scoring.exit_status import EXIT_USAGE
+
+if TYPE_CHECKING:  # the scoring core (torch, MONAI) is imported where the work starts: `--help` stays instant
+    from cadpipe.pipelines.scoring.score import ScoreConfig
 
 __all__ = ["ListenConfig", "StudyListener", "STORAGE_2D", "STORAGE_3D", "RESULT_STORAGE", "SECONDARY_CAPTURE",
            "SHUTDOWN_S", "received_name", "add_arguments", "run"]
@@ -138,10 +141,11 @@ def received_name(uid: str) -> str:
 
 
 def _merge_tree(src: str, dest: str) -> None:
-    """Move every file of ``src`` into ``dest`` (same relative paths; a file there is replaced), then remove src."""
+    """Move every file of ``src`` into ``dest`` (same relative paths; a file there is replaced), then remove src.
+    Folders made are private (patient data: docs/security.md)."""
     for dirpath, _, files in os.walk(src):
         target = os.path.join(dest, os.path.relpath(dirpath, src))
-        os.makedirs(target, exist_ok=True)
+        make_private_dirs(target, under=os.path.dirname(dest))
         for f in files:
             if not f.startswith(".tmp_"):
                 os.replace(os.path.join(dirpath, f), os.path.join(target, f))
@@ -178,8 +182,9 @@ class StudyListener:
         self.out = cfg.score.output
         self.incoming, self.studies = os.path.join(self.out, INCOMING), os.path.join(self.out, STUDIES)
         self.stored, self.failed = os.path.join(self.out, STORED), os.path.join(self.out, FAILED)
-        for folder in (self.incoming, self.studies, os.path.join(self.out, ".cadpipe")):
-            os.makedirs(folder, exist_ok=True)
+        for folder in (self.incoming, self.studies):
+            make_private_dirs(folder)  # received instances are patient data: 0700 folders, 0600 files
+        os.makedirs(os.path.join(self.out, ".cadpipe"), exist_ok=True)
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}  # incoming study folder -> monotonic time of its last instance
         self._first: dict[str, float] = {}  # ... and of its first (for latency figures)
@@ -288,11 +293,12 @@ class StudyListener:
         path = os.path.join(folder, f"{received_name(sop)}.dcm")
         tmp = os.path.join(folder, f".tmp_{threading.get_ident()}_{received_name(sop)}.dcm")
         try:
-            os.makedirs(folder, exist_ok=True)
+            make_private_dirs(folder, under=root)
             try:
                 os.replace(src, tmp)  # same file system as the temporary folder: no copy
             except OSError:
                 shutil.copyfile(src, tmp)  # another file system: streamed copy
+            restrict_file(tmp)  # 0600 (pynetdicom's temporary file is already)
             os.replace(tmp, path)
         except OSError as err:
             log.error("cannot write a received instance: %s", escape_controls(err.strerror))
@@ -381,12 +387,17 @@ class StudyListener:
         _merge_tree(os.path.join(self.incoming, name), os.path.join(self.studies, name))
 
     def _score_cfg(self) -> ScoreConfig:
+        from cadpipe.pipelines.scoring.score import ScoreConfig
+
         return ScoreConfig(**{**self.cfg.score.__dict__, "input": self.studies, "manifest": None})
 
     def _runner_for(self, cfg: ScoreConfig):
         """The model, built on the first study and kept for the next ones; built again when the bundle's
         ``models/model.pt`` changed (size or modification time) since: new weights are used from the next study,
         as ``cadpipe score`` would (score() checks the runner's sha256 against the file in any case)."""
+        from cadpipe.pipelines.scoring.preflight import WEIGHTS, preflight
+        from cadpipe.pipelines.scoring.score import build_runner
+
         weights = os.path.join(cfg.bundle, WEIGHTS)
         try:
             st = os.stat(weights)
@@ -439,7 +450,7 @@ class StudyListener:
         for root in (self.studies, self.incoming):
             if os.path.isdir(os.path.join(root, name)):
                 _merge_tree(os.path.join(root, name), dest)
-        os.makedirs(dest, exist_ok=True)
+        make_private_dirs(dest, under=self.failed)
         with open(os.path.join(dest, ERROR_FILE), "w", encoding="utf-8") as f:
             f.write(escape_controls(reason) + "\n")
         with self._lock:
@@ -467,7 +478,7 @@ class StudyListener:
         src_root, dest_root = os.path.join(self.studies, name), os.path.join(self.failed, name)
         for path in files:
             target = os.path.join(dest_root, os.path.relpath(path, src_root))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            make_private_dirs(os.path.dirname(target), under=self.failed)
             os.replace(path, target)
         with open(os.path.join(dest_root, ERROR_FILE), "a", encoding="utf-8") as f:
             f.write(escape_controls(reason) + "\n")
@@ -479,6 +490,8 @@ class StudyListener:
         device) propagate; any other exception is the study's: the files that cause it (when discovery of each
         alone raises) are moved aside and the study scored again, else the whole study is moved aside; None is
         returned for a study moved aside."""
+        from cadpipe.pipelines.scoring.score import score
+
         cfg = self._score_cfg()
         runner = self._runner_for(cfg)  # CadpipeInputError: a usage error, the listener stops
         self._set_marker(name)
@@ -609,7 +622,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{lim.max_study_mb:g})")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=4, help="units per forward pass (default 4)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers loading/preprocessing")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="DataLoader worker processes decoding/preprocessing each study (default 0: in the "
+                             "listener's process, which suits studies of a few images)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for the forward pass")
     parser.add_argument("--override", action="append", default=[], metavar="ID=VALUE",
                         help="bundle config override, VALUE parsed as JSON when it can be")
@@ -648,6 +663,8 @@ def _no_traceback(record: logging.LogRecord) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     _setup_logging(args.quiet)
+    from cadpipe.pipelines.scoring.score import ScoreConfig
+
     if args.batch_size < 1 or args.workers < 0 or args.study_timeout < 0 or not 0 < args.port < 65536:
         print("cadpipe listen: --batch-size >= 1, --workers >= 0, --study-timeout >= 0, 0 < --port < 65536",
               file=sys.stderr)
