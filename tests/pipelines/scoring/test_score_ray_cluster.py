@@ -192,7 +192,7 @@ def test_poison_unit_becomes_an_error_row(cluster, bundle, tmp_path):
     _pngs(src, 30, poison=1)
     summary, backend, out = _on_ray(cluster, "poison", src, bundle, runner_hook=helpers.poison_kills_worker)
     rows = _rows(out)
-    bad = rows[rows["input_paths"].str.contains(helpers.POISON)]
+    bad = rows[rows["input_paths"].str.contains(f"/{helpers.POISON}0.png", regex=False)]
     assert len(bad) == 1 and bad["status"].iloc[0] == "error"
     assert f"died {MAX_CRASHES} times" in bad["error"].iloc[0] and "poison0.png" in bad["error"].iloc[0]
     assert summary["ok"] == 30 and summary["error"] == 1 and summary["exit_code"] == 3
