@@ -171,7 +171,7 @@ class RayBackend:
         error = None
         for self.rounds in range(1, ROUNDS + 1):
             try:
-                self._stream(cfg, remaining, plan, decode_plan, shared_fs, ship, here, seen, emit, progress)
+                self._stream(cfg, remaining, plan, decode_plan, shared_fs, ship, here, seen, emit, progress, nodes)
                 error = None
                 break
             except Exception as err:  # noqa: BLE001 - the pipeline failed: start it again over what is left
@@ -187,7 +187,7 @@ class RayBackend:
             self._give_up(cfg, remaining, seen, error, emit, progress)
         self._collect_stats()
 
-    def _stream(self, cfg, units, plan: ActorPlan, decode_plan, shared_fs, ship, here, seen, emit, progress):
+    def _stream(self, cfg, units, plan: ActorPlan, decode_plan, shared_fs, ship, here, seen, emit, progress, nodes):
         import ray
         from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
@@ -209,7 +209,7 @@ class RayBackend:
                                 compute=TaskPoolStrategy(size=2))
         keep = "none" if shared_fs else ("all" if decode_plan is None else "dicom")
         ds = ds.map_batches(decode_units, batch_size=batch, num_cpus=DECODE_CPUS,
-                            compute=TaskPoolStrategy(size=max(2, 2 * plan.max_actors)),
+                            compute=TaskPoolStrategy(size=_decoders(plan, nodes)),
                             fn_kwargs={"plan": decode_plan, "ledger": self.ledger, "keep_files": keep})
         scorer_kwargs = {"bundle": None if ship else os.path.abspath(cfg.bundle), "device": cfg.device,
                          "overrides": dict(cfg.overrides or {}), "options": run_options(cfg), "ledger": self.ledger,
@@ -261,6 +261,12 @@ class RayBackend:
         except Exception as err:  # noqa: BLE001 - statistics only
             log.debug("no Ray statistics: %s", err)
         log.info("Ray: %s", json.dumps(self.stats))
+
+
+def _decoders(plan: ActorPlan, nodes: list[dict]) -> int:
+    """Decoding tasks at once: up to two per actor, on the CPUs the actors leave (at least two)."""
+    free = sum(float(n.get("CPU", 0)) for n in nodes) - plan.max_actors * plan.cpus
+    return max(2, min(int(free / DECODE_CPUS), 2 * plan.max_actors))
 
 
 def _decode_plan(cfg):

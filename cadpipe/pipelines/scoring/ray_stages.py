@@ -168,8 +168,10 @@ def decode_units(batch: dict, plan=None, ledger=None, keep_files: str = "dicom")
     headers the DICOM result objects reference; ``"none"``)."""
     from cadpipe.pipelines.scoring.batched import RawUnitDataset
     from cadpipe.pipelines.scoring.discovery import Unit
+    from cadpipe.pipelines.scoring.log_privacy import quiet_identifying_logs
     from cadpipe.pipelines.scoring.score import _reason
 
+    quiet_identifying_logs()  # header values stay out of this worker's log, as in the local path
     units = [json.loads(u) for u in batch["unit"]]
     shipped = _column(batch, "files", len(units))
     attempts = _Attempts(ledger if plan is not None else None, STAGE_DECODE, [u["unit_id"] for u in units])
