@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import pickle
+import warnings
 from dataclasses import dataclass
 
 from cadpipe.errors import CadpipeInputError
@@ -205,8 +206,10 @@ class RayBackend:
         ds = ray.data.from_items([{"unit": json.dumps(u.to_dict())} for u in todo],
                                  override_num_blocks=max(1, math.ceil(len(todo) / batch)))
         if not shared_fs:
-            ds = ds.map_batches(fetch_files, batch_size=batch, num_cpus=0, scheduling_strategy=here,
-                                compute=TaskPoolStrategy(size=2))
+            with warnings.catch_warnings():  # Ray 2.60 has no named parameter for a node-affinity strategy yet
+                warnings.filterwarnings("ignore", message=".*ray_remote_args. is deprecated")
+                ds = ds.map_batches(fetch_files, batch_size=batch, num_cpus=0, scheduling_strategy=here,
+                                    compute=TaskPoolStrategy(size=2))
         keep = "none" if shared_fs else ("all" if decode_plan is None else "dicom")
         ds = ds.map_batches(decode_units, batch_size=batch, num_cpus=DECODE_CPUS,
                             compute=TaskPoolStrategy(size=_decoders(plan, nodes)),
