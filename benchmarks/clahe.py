@@ -8,7 +8,7 @@ uint16, mammogram-like), one square image (``--square``, default 2048x2048; 0 sk
                                [--threads 0] [--cv-threads 16]
 
 Needs only torch, numpy, scikit-image and opencv-python (cv2), plus ``cadpipe`` on the import path
-(``PYTHONPATH=.`` from the repository root): it imports ``cadpipe.transforms.clahe_batched``, which does not
+(``PYTHONPATH=.`` from the repository root): it imports ``cadpipe.transforms.clahe.clahe_batched``, which does not
 import MONAI (Triton, when installed, for the Triton variants). kornia (``kornia.enhance.equalize_clahe``,
 batched, other semantics) and cuCIM (``cucim.skimage.exposure.equalize_adapthist``, skimage semantics on the
 GPU) are timed on the GPU when importable, as optional comparisons only.
@@ -124,7 +124,7 @@ def time_cuda(fn, rounds: int, events: bool = True) -> list[float]:
 
 def cadpipe_variants(x: torch.Tensor, args, device: torch.device) -> dict:
     """cadpipe's kernels to time on ``device``: name -> fn() (on CUDA every GPU variant, else the CPU path)."""
-    from cadpipe.transforms.clahe_batched import _triton_module, clahe_batch
+    from cadpipe.transforms.clahe.clahe_batched import _triton_module, clahe_batch
 
     if device.type != "cuda":
         threads = args.threads or None
@@ -257,7 +257,7 @@ def run_workload(name: str, imgs: np.ndarray, args, device: torch.device) -> Non
             print(f"  {k}: peak device memory beyond the input {peak / 2**20:.1f} MiB = "
                   f"{peak / in_f32:.2f}x the input in float32 (output included)")
         if "triton+graph" in ours:
-            from cadpipe.transforms.clahe_triton import GRAPHS
+            from cadpipe.transforms.clahe.clahe_triton import GRAPHS
 
             pool = sum(e[1].numel() * e[1].element_size() + e[2].numel() * 4 for e in GRAPHS.graphs.values())
             print(f"  triton+graph: between calls the graph cache (all shapes so far) holds static input/output "

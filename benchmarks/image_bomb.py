@@ -1,7 +1,7 @@
 """Peak memory of refusing an image bomb, against decoding a smaller one, measured in the same run.
 
 A complete 30000 x 30000 grey PNG of zeros (~0.9 MB on disk, 900 M pixels declared) is loaded with
-``LoadStudyImage`` in a fresh process: the pixel-count guard (:mod:`cadpipe.transforms.limits`) refuses it from the
+``LoadStudyImage`` in a fresh process: the pixel-count guard (:mod:`cadpipe.transforms.readers.limits`) refuses it from the
 header. The baseline decodes a 10000 x 10000 PNG of the same kind with PIL (guard off: ``Image.MAX_IMAGE_PIXELS =
 None``) and converts it to float32 as the loader would, in another fresh process (the 30000 x 30000 one would need
 ~4.5 GB and more: the portal went from 0.7 GB to 11.5 GB before the guard). Each figure is the process's peak
@@ -24,7 +24,7 @@ _CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 from PIL import Image
-from cadpipe.transforms.io_any import LoadStudyImage
+from cadpipe.transforms.readers.io_any import LoadStudyImage
 from cadpipe.errors import CadpipeInputError
 
 def rss_mb():

@@ -50,7 +50,7 @@ def main() -> None:
     from monai.transforms import LoadImage
 
     from cadpipe.data.synthetic.ljpeg import encode_ljpeg, synthetic_ljpeg_image, write_ljpeg_case
-    from cadpipe.transforms.io_ljpeg import LJPEGReader, decode_ljpeg_python, read_ljpeg
+    from cadpipe.transforms.readers.io_ljpeg import LJPEGReader, decode_ljpeg_python, read_ljpeg
 
     torch.set_num_threads(1)
     print(f"imagecodecs {imagecodecs.__version__} ({imagecodecs.jpeg8_version()}, {imagecodecs.ljpeg_version()})")

@@ -6,7 +6,7 @@ import torch
 # Shared 2-core machines: keep each test process to one thread; pytest-xdist gives the parallelism.
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Without CUDA, Triton kernels (cadpipe.transforms.clahe_triton) run only under Triton's interpreter, which must be
+# Without CUDA, Triton kernels (cadpipe.transforms.clahe.clahe_triton) run only under Triton's interpreter, which must be
 # chosen before the kernels are decorated, i.e. before anything in this test process imports that module.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -13,7 +13,9 @@ PKG_DIR = os.path.dirname(os.path.abspath(cadpipe.__file__))
 # lowest first; a module may import from its own layer and the layers before it
 LAYERS = [
     ("cadpipe", "cadpipe.errors", "cadpipe._version", "cadpipe.flags", "cadpipe.extras"),
-    ("cadpipe.transforms",),
+    ("cadpipe.transforms.readers",),  # readers and their guards: nothing else of transforms below them
+    ("cadpipe.transforms.clahe",),
+    ("cadpipe.transforms",),  # intensity, geometry and domain transforms (lung, mammo, histology)
     ("cadpipe.data",),
     ("cadpipe.pipelines.outputs",),
     ("cadpipe.pipelines.inference",),
@@ -108,3 +110,10 @@ def test_no_import_cycles():
         if n not in state:
             visit(n, [])
     assert cycles == []
+
+
+def test_transforms_top_level_stays_small():
+    """Readers and the CLAHE family live in their subpackages; few modules stay loose at the top."""
+    top = os.path.join(PKG_DIR, "transforms")
+    loose = sorted(f for f in os.listdir(top) if f.endswith(".py") and f != "__init__.py")
+    assert len(loose) <= 8, loose

@@ -265,13 +265,13 @@ def _int(tok, k, path, lineno) -> int:
 def read_ics_views(path: str | os.PathLike) -> dict[str, dict]:
     """Per-view sizes from a DDSM ``.ics``: ``{"LEFT_CC": {"rows", "cols", "bits", "resolution", "overlay"}}``.
 
-    A view of :func:`cadpipe.transforms.io_ljpeg.read_ics` (the one ``.ics`` parser), in the adapter's names.
+    A view of :func:`cadpipe.transforms.readers.io_ljpeg.read_ics` (the one ``.ics`` parser), in the adapter's names.
 
     Raises:
         CadpipeInputError: whatever ``read_ics`` rejects (unreadable file, no view line, a view line lacking
             LINES/PIXELS_PER_LINE/BITS_PER_PIXEL/RESOLUTION or with non-numeric values), naming the file and line.
     """
-    from cadpipe.transforms.io_ljpeg import read_ics
+    from cadpipe.transforms.readers.io_ljpeg import read_ics
 
     return {
         view: {

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms.io_any import VOLUME_SUFFIXES as _FORMAT_OF_SUFFIX
+from cadpipe.transforms.readers.io_any import VOLUME_SUFFIXES as _FORMAT_OF_SUFFIX
 
 __all__ = ["msd_datalist", "msd_inference_list", "split_cases", "read_dataset_json", "NIFTI_SUFFIXES",
            "VOLUME_SUFFIXES"]

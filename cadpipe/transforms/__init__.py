@@ -13,7 +13,14 @@ _cache: dict[str, object] = {}
 
 
 def _submodules() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    """Public modules of this package and its subpackages (``readers.io_dicom``, ``clahe.transforms``, ``window``)."""
+    names = []
+    for m in pkgutil.walk_packages(__path__, prefix=f"{__name__}.", onerror=lambda name: None):
+        relative = m.name[len(__name__) + 1:]
+        if m.ispkg or any(part.startswith("_") for part in relative.split(".")):
+            continue
+        names.append(relative)
+    return sorted(names)
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""Batched preprocessing steps on the model's device, for images decoded by :func:`cadpipe.transforms.io_raw.read_raw_2d`.
+"""Batched preprocessing steps on the model's device, for images decoded by :func:`cadpipe.transforms.readers.io_raw.read_raw_2d`.
 
 Each step takes a batch ``(B, H, W)`` (or ``(B, C, H, W)`` where noted) on any device and returns a tensor on the
 same device; the per-image parameters come as sequences of length ``B``. The steps reproduce the per-item chain
@@ -9,7 +9,7 @@ transforms):
 - :func:`upload`: numpy arrays as stored → one tensor on the device (a pinned host buffer and one ``non_blocking``
   copy on CUDA; ``uint16`` travels as its ``int16`` bits and is widened on the device);
 - :func:`modality_lut`: ``stored * slope + intercept`` as float32, then ``MONOCHROME1`` inversion
-  ``S - value`` (:mod:`cadpipe.transforms.io_dicom`);
+  ``S - value`` (:mod:`cadpipe.transforms.readers.io_dicom`);
 - :func:`window_batch`: :class:`cadpipe.transforms.window.Window`'s formulas, linear windows and min-max for the
   whole batch in one pass, sigmoid / VOI LUT / one-wide LINEAR windows per image with ``Window``'s own code;
 - :func:`clahe_images`: CLAHE by :func:`cadpipe.transforms.clahe.clahe_batch` (vectorised over the batch on a GPU);
@@ -136,7 +136,7 @@ def clahe_images(x: torch.Tensor, kernel_size: Sequence[int] | int | None = None
     the CPU; the per-item ``CLAHE`` runs the same kernels). ``kernel_size`` is in ``(H, W)`` order; ``path`` names
     the file in the error for non-finite input; ``impl``: ``clahe_batch``'s kernel choice (``"vectorised"`` runs
     the GPU kernel on the CPU, as the tests do)."""
-    from cadpipe.transforms.clahe import clahe_batch
+    from cadpipe.transforms.clahe.transforms import clahe_batch
 
     return clahe_batch(x[:, None], kernel_size, clip_limit, nbins, path=path, impl=impl)[:, 0]
 

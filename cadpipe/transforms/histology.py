@@ -19,7 +19,7 @@ from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy, convert_to_tensor
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms.io_imagescope import annotation_mask, patch_label
+from cadpipe.transforms.readers.io_imagescope import annotation_mask, patch_label
 
 __all__ = [
     "load_rgb",
@@ -281,11 +281,11 @@ class RandTissuePatchesd(Randomizable, MapTransform):
     with ``pad_value``.
 
     Region labels: when the item has an Aperio ImageScope XML path under ``annotation_key`` (a non-empty string;
-    see :func:`cadpipe.transforms.io_imagescope.find_annotation`), its regions are rasterised
-    (:func:`cadpipe.transforms.io_imagescope.annotation_mask`, region names matched to ``class_names`` through
+    see :func:`cadpipe.transforms.readers.io_imagescope.find_annotation`), its regions are rasterised
+    (:func:`cadpipe.transforms.readers.io_imagescope.annotation_mask`, region names matched to ``class_names`` through
     ``class_map``, ignoring case) and each patch takes, under ``label_key``, the class of the region covering the
     largest fraction of it if that fraction is at least ``min_region_overlap``
-    (:func:`cadpipe.transforms.io_imagescope.patch_label`). Patches with no such region:
+    (:func:`cadpipe.transforms.readers.io_imagescope.patch_label`). Patches with no such region:
 
     - ``unlabelled="image"`` (default): keep the item's own (image-level) label;
     - ``unlabelled="drop"``: never drawn - corners are drawn uniformly among the windows that have a qualifying

@@ -47,7 +47,7 @@ class LoadLungMask(Transform):
     backend = [TransformBackends.TORCH]
 
     def __call__(self, paths: str | Sequence[str]) -> MetaTensor:
-        from cadpipe.transforms.io_any import LoadStudyImage
+        from cadpipe.transforms.readers.io_any import LoadStudyImage
 
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         if not paths:

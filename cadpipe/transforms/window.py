@@ -59,7 +59,7 @@ def window_from_meta(meta: Mapping | None, index: int = 0, prefer_lut: bool = Tr
     ``{"center", "width", "function"}``; ``None`` when the metadata has neither."""
     if not meta:
         return None
-    from cadpipe.transforms.io_dicom import meta_voi_luts, meta_windows
+    from cadpipe.transforms.readers.io_dicom import meta_voi_luts, meta_windows
 
     luts = meta_voi_luts(meta) if prefer_lut else []
     if luts:

@@ -195,7 +195,7 @@ def test_training_patches_follow_imagescope_regions(bundle, tmp_path):
     """Training path (train.json datalist + train#preprocessing): an image labelled benign whose ImageScope XML
     (beside it, same stem) marks a malignant region gives malignant patches where a window is at least
     min_region_overlap inside the region and benign (image label) ones elsewhere; bad XML fails at datalist time."""
-    from cadpipe.transforms.io_imagescope import annotation_mask, ellipse_region, write_imagescope_xml
+    from cadpipe.transforms.readers.io_imagescope import annotation_mask, ellipse_region, write_imagescope_xml
 
     gt = write_synthetic_breakhis(tmp_path / "data", n_patients=2, images_per_patient=1, size=(128, 96),
                                   magnifications=("40X",), imagescope_xml=True)

@@ -14,7 +14,7 @@ from cadpipe.cli import main as cadpipe_main
 from cadpipe.data.synthetic.dicom import write_ct_series, write_cxr_dicom
 from cadpipe.data.synthetic.images import write_image
 from cadpipe.data.synthetic.nifti import write_lesion_volume
-from cadpipe.transforms.io_any import LoadStudyImage, detect_format
+from cadpipe.transforms.readers.io_any import LoadStudyImage, detect_format
 
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 

@@ -9,9 +9,9 @@ from monai.transforms import LoadImage, NormalizeIntensity, Resize
 
 from cadpipe.data.synthetic.dicom import write_cxr_dicom
 from cadpipe.transforms import batched as B
-from cadpipe.transforms.clahe import CLAHE
-from cadpipe.transforms.io_dicom import DicomReader
-from cadpipe.transforms.io_raw import read_raw_2d
+from cadpipe.transforms.clahe.transforms import CLAHE
+from cadpipe.transforms.readers.io_dicom import DicomReader
+from cadpipe.transforms.readers.io_raw import read_raw_2d
 from cadpipe.transforms.window import Window
 
 

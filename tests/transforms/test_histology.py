@@ -151,7 +151,7 @@ def test_truncated_tiff_names_the_file(tmp_path):
 
 def _region_case(tmp_path, unlabelled="image"):
     """A synthetic benign-looking tissue image (X=128, Y=96) whose ImageScope XML marks a malignant rectangle."""
-    from cadpipe.transforms.io_imagescope import write_imagescope_xml
+    from cadpipe.transforms.readers.io_imagescope import write_imagescope_xml
 
     img, _ = synthetic_tissue(0, (128, 96), rng=1, n_classes=2, blank_fraction=0.0)
     x = torch.from_numpy(img.transpose(2, 1, 0).astype(np.float32) / 255)
@@ -163,7 +163,7 @@ def _region_case(tmp_path, unlabelled="image"):
 
 
 def test_rand_patches_take_the_region_label(tmp_path):
-    from cadpipe.transforms.io_imagescope import annotation_mask, patch_label
+    from cadpipe.transforms.readers.io_imagescope import annotation_mask, patch_label
 
     x, xml, op = _region_case(tmp_path)
     out = op({"image": x, "label": 0, "annotation": xml})
@@ -183,7 +183,7 @@ def test_rand_patches_take_the_region_label(tmp_path):
 
 
 def test_rand_patches_drop_unlabelled_and_bad_xml(tmp_path):
-    from cadpipe.transforms.io_imagescope import annotation_mask
+    from cadpipe.transforms.readers.io_imagescope import annotation_mask
 
     x, xml, op = _region_case(tmp_path, unlabelled="drop")
     out = op({"image": x, "label": 0, "annotation": xml})
@@ -193,7 +193,7 @@ def test_rand_patches_drop_unlabelled_and_bad_xml(tmp_path):
         cx, cy = (int(v) for v in o["patch_location"])
         assert (mask[cx:cx + 32, cy:cy + 32] == 2).mean() >= 0.5
     # a region too small for any 32x32 patch to be half covered: error naming the XML (drop mode)
-    from cadpipe.transforms.io_imagescope import write_imagescope_xml
+    from cadpipe.transforms.readers.io_imagescope import write_imagescope_xml
 
     tiny = write_imagescope_xml(tmp_path / "tiny.xml", [{"class_name": "malignant", "vertices": np.array(
         [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0]])}])

@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
 
 from cadpipe.data.synthetic.dicom import write_cxr_dicom
-from cadpipe.transforms.io_dicom import DicomReader, meta_windows
+from cadpipe.transforms.readers.io_dicom import DicomReader, meta_windows
 from cadpipe.transforms.window import WINDOW_PRESETS, Window, Windowd, window_from_meta
 
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from cadpipe.data.bach import BACH_CLASSES
 from cadpipe.data.breakhis import SUBTYPE_CODES
-from cadpipe.transforms.io_imagescope import ellipse_region, write_imagescope_xml
+from cadpipe.transforms.readers.io_imagescope import ellipse_region, write_imagescope_xml
 
 __all__ = ["synthetic_tissue", "write_synthetic_bach", "write_synthetic_breakhis"]
 

@@ -1,7 +1,7 @@
 """Synthetic DDSM-style ``.LJPEG`` files and case folders (``.ics``), with the pixel ground truth.
 
 Nothing here is DDSM data: case folders are named ``synthetic_ljpeg/caseNNNN`` and each ``.ics`` carries a
-``# synthetic`` comment line (read back by :func:`cadpipe.transforms.io_ljpeg.read_ics` into ``comments``, and
+``# synthetic`` comment line (read back by :func:`cadpipe.transforms.readers.io_ljpeg.read_ics` into ``comments``, and
 by the reader into ``meta["synthetic"]``). File names follow DDSM (``A_0001_1.LEFT_CC.LJPEG``, ``A-0001-1.ics``) so
 the reader's name parsing is exercised.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cadpipe.transforms._ljpeg_codec import encode_ljpeg_python, swap_header_dims
+from cadpipe.transforms.readers._ljpeg_codec import encode_ljpeg_python, swap_header_dims
 
 __all__ = ["DIGITIZERS", "RESOLUTIONS_UM", "synthetic_ljpeg_image", "encode_ljpeg", "write_ljpeg", "write_ljpeg_case"]
 

@@ -7,7 +7,7 @@ are already resolved) and accepts this chain, in this order, each step after the
 ========================================  ===================================================================
 per-item transform                        batched step (:mod:`cadpipe.transforms.batched`)
 ========================================  ===================================================================
-``LoadStudyImaged(mode="gray")``          :func:`cadpipe.transforms.io_raw.read_raw_2d` in the DataLoader worker,
+``LoadStudyImaged(mode="gray")``          :func:`cadpipe.transforms.readers.io_raw.read_raw_2d` in the DataLoader worker,
                                           then ``upload`` + ``modality_lut`` (+ ``MONOCHROME1`` inversion)
 ``Windowd``                               ``window_batch`` with each image's :meth:`Window.spec_for`
 ``CLAHEd``                                ``clahe_images`` (same ``kernel_size`` / ``clip_limit`` / ``nbins``)
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from cadpipe.transforms import batched as B
-from cadpipe.transforms.io_raw import RawImage, read_raw_2d
+from cadpipe.transforms.readers.io_raw import RawImage, read_raw_2d
 
 __all__ = ["BatchedPreprocessing", "plan_batched", "flatten_compose"]
 
@@ -109,8 +109,8 @@ def plan_batched(preprocessing) -> tuple[BatchedPreprocessing | None, str | None
     batched path reproduces (module docstring), else ``(None, reason)``."""
     from monai.transforms import Compose, EnsureTyped, Identity, Identityd, NormalizeIntensityd, Resized
 
-    from cadpipe.transforms.clahe import CLAHEd
-    from cadpipe.transforms.io_any import LoadStudyImaged
+    from cadpipe.transforms.clahe.transforms import CLAHEd
+    from cadpipe.transforms.readers.io_any import LoadStudyImaged
     from cadpipe.transforms.window import Windowd
 
     if not isinstance(preprocessing, Compose):

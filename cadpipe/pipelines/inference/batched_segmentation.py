@@ -21,7 +21,7 @@ Anything else makes it return ``(None, reason)`` and scoring keeps the per-item 
 
 Each item's ``pred`` after the inversion is a MetaTensor like the per-item path's: the probabilities at the input's
 ``(X, Y)`` size, with the metadata scoring reads, derived from the decoded file
-(:class:`~cadpipe.transforms.io_raw.RawImage`): ``affine`` and ``original_affine`` (the reader's, which the
+(:class:`~cadpipe.transforms.readers.io_raw.RawImage`): ``affine`` and ``original_affine`` (the reader's, which the
 per-item inversion restores), ``spatial_shape``, ``filename_or_obj``, ``format``, ``space``. The reader's other
 metadata (DICOM tags) is not carried: a remaining transform that reads it refuses or differs.
 """
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from cadpipe.pipelines.inference.batched_preprocess import flatten_compose
-from cadpipe.transforms.io_raw import RawImage
+from cadpipe.transforms.readers.io_raw import RawImage
 
 __all__ = ["BatchedSegmentationPostprocessing", "plan_segmentation_postprocessing"]
 

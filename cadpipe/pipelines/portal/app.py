@@ -14,7 +14,7 @@ Endpoints (OpenAPI at ``/docs``):
 When the service has a token, every route but ``/api/health`` needs it: ``Authorization: Bearer <token>``, a
 ``token`` query parameter, or the session cookie the page gets when opened with ``?token=`` — checked before an
 upload's body is read; security headers and the Host check: :mod:`cadpipe.pipelines.portal.security`. An upload
-whose image declares more pixels than the limit (:mod:`cadpipe.transforms.limits`) is refused with ``422``. Errors are JSON ``{"error": "<file>: <reason>",
+whose image declares more pixels than the limit (:mod:`cadpipe.transforms.readers.limits`) is refused with ``422``. Errors are JSON ``{"error": "<file>: <reason>",
 "file": ..., "reason": ...}`` with a 4xx/5xx status; the service stays up.
 """
 
@@ -143,8 +143,8 @@ class BodyLimit:
 
 def check_declared_sizes(stored: list) -> None:
     """Refuse (``422``) an upload whose image declares more pixels than the limit, or a ``.dcm`` that is not DICOM,
-    from the headers alone (:func:`cadpipe.transforms.limits.check_declared_size`)."""
-    from cadpipe.transforms.limits import check_declared_size
+    from the headers alone (:func:`cadpipe.transforms.readers.limits.check_declared_size`)."""
+    from cadpipe.transforms.readers.limits import check_declared_size
 
     for s in stored:
         if s.kind in ("image", "dicom", "nifti", "ljpeg"):

@@ -4,7 +4,7 @@ Uploaded file names are never used as paths. Each accepted file is stored in the
 generated name (``f000.png``, ``f001.dcm``...) that keeps only a whitelisted extension. DDSM ``.LJPEG`` files are
 the one exception to "generated": the LJPEG reader needs the case/view encoded in the name
 (``A_1234_1.LEFT_CC.LJPEG`` beside ``A-1234-1.ics``), so their stored name is rebuilt from the fields of
-:func:`cadpipe.transforms.io_ljpeg.parse_ljpeg_filename` (letters and digits that matched its pattern), never
+:func:`cadpipe.transforms.readers.io_ljpeg.parse_ljpeg_filename` (letters and digits that matched its pattern), never
 copied from the upload.
 
 Every rejection is an :class:`UploadRejected` (a :class:`~cadpipe.errors.CadpipeInputError` whose ``path`` is the
@@ -162,7 +162,7 @@ def sniff_kind(name: str, head: bytes) -> str:
 
 def ljpeg_stored_names(name: str) -> tuple[str, str]:
     """Stored names for an LJPEG and its case .ics, rebuilt from the DDSM pattern's fields."""
-    from cadpipe.transforms.io_ljpeg import parse_ljpeg_filename
+    from cadpipe.transforms.readers.io_ljpeg import parse_ljpeg_filename
 
     try:
         p = parse_ljpeg_filename(os.path.basename(name.replace("\\", "/")))

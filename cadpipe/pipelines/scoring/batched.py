@@ -3,7 +3,7 @@
 Used by :func:`cadpipe.pipelines.scoring.score.process_units` when the bundle's preprocessing has a batched plan
 (:meth:`BundleRunner.batched_preprocessing`):
 
-- :class:`RawUnitDataset`: one :class:`~cadpipe.transforms.io_raw.RawImage` per unit (the file decoded, as stored);
+- :class:`RawUnitDataset`: one :class:`~cadpipe.transforms.readers.io_raw.RawImage` per unit (the file decoded, as stored);
   failures come back as values, as in the per-item dataset;
 - :func:`collate_raw` (in the worker): the pixels of a chunk's same-shape images stacked into one tensor, so a chunk
   crosses to the scoring process as one shared-memory segment instead of one pickled array per image;
@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cadpipe.transforms.io_raw import RawImage
+from cadpipe.transforms.readers.io_raw import RawImage
 
 __all__ = ["RawUnitDataset", "collate_raw", "iter_raw", "forward_raw"]
 

@@ -31,7 +31,7 @@ folder in its published layout (LGG ``*_mask.tif`` beside each slice, MSD ``labe
 Hostile or odd input becomes a unit with ``error`` set (an error row naming the file and the reason, nothing
 loaded): symbolic links leaving the input folder (followed only with ``follow_links=True``, ``--follow-links``),
 link loops, dangling links, unreadable files, files named like DICOM that are not (decided from the ``DICM``
-preamble or a bounded header read, :mod:`cadpipe.transforms.dicom_probe`, so a gigabyte of junk is rejected in
+preamble or a bounded header read, :mod:`cadpipe.transforms.readers.dicom_probe`, so a gigabyte of junk is rejected in
 seconds). Output names are unique per unit (:mod:`cadpipe.pipelines.scoring.output_names`).
 """
 
@@ -44,9 +44,9 @@ from dataclasses import asdict, dataclass, field
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.scoring.output_names import assign_output_names, safe_name
-from cadpipe.transforms.dicom_probe import read_dicom_header
-from cadpipe.transforms.file_checks import os_error_reason
-from cadpipe.transforms.io_any import VOLUME_FORMATS, VOLUME_SUFFIXES, detect_format, volume_suffix
+from cadpipe.transforms.readers.dicom_probe import read_dicom_header
+from cadpipe.transforms.readers.file_checks import os_error_reason
+from cadpipe.transforms.readers.io_any import VOLUME_FORMATS, VOLUME_SUFFIXES, detect_format, volume_suffix
 
 __all__ = ["Unit", "discover", "read_manifest", "safe_name", "is_ground_truth"]
 
@@ -119,7 +119,7 @@ def is_ground_truth(rel_path: str) -> bool:
 def _detect(path: str) -> str | None:
     """Format of ``path`` (``dicom``/``nifti``/``nrrd``/``metaimage``/``ljpeg``/``image``) or None for non-images.
 
-    Suffix first (cheap), then ``cadpipe.transforms.io_any.detect_format`` for files without a telling suffix.
+    Suffix first (cheap), then ``cadpipe.transforms.readers.io_any.detect_format`` for files without a telling suffix.
     """
     name = os.path.basename(path)
     if name in SKIP_NAMES:

@@ -1,5 +1,5 @@
 """Command-line options that bound what hostile input can cost, shared by ``cadpipe score`` and ``cadpipe serve``:
-the pixel-count limits (:mod:`cadpipe.transforms.limits`), following symbolic links, and logs without header values
+the pixel-count limits (:mod:`cadpipe.transforms.readers.limits`), following symbolic links, and logs without header values
 (:mod:`cadpipe.pipelines.scoring.log_privacy`)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cadpipe.transforms.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_VOXELS, PixelLimits
+from cadpipe.transforms.readers.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_VOXELS, PixelLimits
 
 __all__ = ["add_input_safety_arguments", "apply_input_safety"]
 

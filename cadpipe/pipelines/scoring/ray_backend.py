@@ -47,7 +47,7 @@ def run_options(cfg) -> dict:
     forward's precision and layout, the preprocessing choice, the batch size, the runner hook, and this process's
     pixel limits (an actor on another machine does not inherit the driver's environment, where ``--max-pixels`` /
     ``--max-voxels`` live)."""
-    from cadpipe.transforms.limits import PixelLimits
+    from cadpipe.transforms.readers.limits import PixelLimits
 
     limits = PixelLimits.current()
     return {"heatmaps": bool(cfg.heatmaps), "plain_images": bool(cfg.reports),

@@ -257,7 +257,7 @@ class UnitScorer:
         torch.set_num_threads(max(1, int(options.get("threads") or 1)))
         from cadpipe.pipelines.scoring.log_privacy import quiet_identifying_logs
         from cadpipe.pipelines.scoring.score import ScoreConfig, batched_plan, build_runner
-        from cadpipe.transforms.limits import PixelLimits
+        from cadpipe.transforms.readers.limits import PixelLimits
 
         self.options = dict(options or {})
         defaults = PixelLimits()

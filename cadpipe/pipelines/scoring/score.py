@@ -130,8 +130,8 @@ def _loaded(loader, packed: bool):
 def _reason(unit: Unit, err: BaseException) -> str:
     if isinstance(err, CadpipeInputError):
         return str(err)
-    if isinstance(err, OSError):  # "permission denied", "symbolic link loop"... (cadpipe.transforms.file_checks)
-        from cadpipe.transforms.file_checks import os_error_reason
+    if isinstance(err, OSError):  # "permission denied", "symbolic link loop"... (cadpipe.transforms.readers.file_checks)
+        from cadpipe.transforms.readers.file_checks import os_error_reason
 
         return str(CadpipeInputError(getattr(err, "filename", None) or unit.image, os_error_reason(err)))
     return str(CadpipeInputError(unit.image, f"{type(err).__name__}: {str(err).strip()[:300]}"))

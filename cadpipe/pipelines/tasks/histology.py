@@ -59,11 +59,11 @@ def datalist(dataset_dir: str, layout: str, split: str | None = None, magnificat
     Splits are by patient (BreaKHis; BACH has one image per group) with :func:`split_by_patient` and ``seed``.
     Each item also carries ``"path"`` (the image file) for reporting and ``"annotation"``: the image's Aperio
     ImageScope XML (``<stem>.xml`` beside the image, or in ``annotations_dir`` when given;
-    :func:`cadpipe.transforms.io_imagescope.find_annotation`), ``""`` when it has none or ``region_labels`` is false.
+    :func:`cadpipe.transforms.readers.io_imagescope.find_annotation`), ``""`` when it has none or ``region_labels`` is false.
     Every XML of the returned items is validated here, before training starts (well-formed, vertices inside the image, region
     classes known after ``region_class_map``): a bad one raises :class:`CadpipeInputError` naming it.
     """
-    from cadpipe.transforms.io_imagescope import check_annotation, find_annotation
+    from cadpipe.transforms.readers.io_imagescope import check_annotation, find_annotation
 
     if annotations_dir and not os.path.isdir(annotations_dir):
         raise CadpipeInputError(os.fspath(annotations_dir), "annotations_dir does not exist")

@@ -455,7 +455,7 @@ class SaveMontaged:
         from monai.transforms import EnsureChannelFirst
         from PIL import Image
 
-        from cadpipe.transforms.io_any import load_image
+        from cadpipe.transforms.readers.io_any import load_image
 
         path = _filename(data[self.image_key]) or _filename(data[self.key])
         img = EnsureChannelFirst()(load_image(image_only=True)(path))

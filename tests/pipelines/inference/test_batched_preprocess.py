@@ -87,7 +87,7 @@ def test_bundles_without_a_batched_plan_say_why(tmp_path):
 
 def test_decode_errors_name_the_file(tmp_path):
     from cadpipe.errors import CadpipeInputError
-    from cadpipe.transforms.io_raw import read_raw_2d
+    from cadpipe.transforms.readers.io_raw import read_raw_2d
 
     bad = tmp_path / "synthetic_bad.dcm"
     bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")

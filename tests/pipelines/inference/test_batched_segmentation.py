@@ -105,8 +105,8 @@ def test_batched_equals_per_item(tmp_path, studies, overrides):
 
 def test_inverted_geometry_is_the_readers(studies):
     """The decoded file's affine and format (what the batched mask is given back in) are LoadStudyImage's."""
-    from cadpipe.transforms.io_any import LoadStudyImage
-    from cadpipe.transforms.io_raw import read_raw_2d
+    from cadpipe.transforms.readers.io_any import LoadStudyImage
+    from cadpipe.transforms.readers.io_raw import read_raw_2d
 
     for path in studies:
         raw, img = read_raw_2d(path), LoadStudyImage(mode="gray")(path)

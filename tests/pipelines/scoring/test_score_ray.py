@@ -74,7 +74,7 @@ def test_actor_gets_precision_and_pixel_limits(tmp_path, monkeypatch):
     from cadpipe.pipelines.scoring.discovery import discover
     from cadpipe.pipelines.scoring.ray_backend import run_options
     from cadpipe.pipelines.scoring.ray_stages import UnitScorer as _Scorer
-    from cadpipe.transforms.limits import ENV_MAX_PIXELS, PixelLimits
+    from cadpipe.transforms.readers.limits import ENV_MAX_PIXELS, PixelLimits
 
     bundle = make_bundle("tiny_classification_bundle", str(tmp_path))
     src = str(tmp_path / "in")

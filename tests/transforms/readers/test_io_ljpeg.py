@@ -11,8 +11,8 @@ from monai.transforms import LoadImage, LoadImaged
 
 from cadpipe.data.synthetic.ljpeg import encode_ljpeg, synthetic_ljpeg_image, write_ljpeg_case
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms import _ljpeg_codec as codec
-from cadpipe.transforms.io_ljpeg import (
+from cadpipe.transforms.readers import _ljpeg_codec as codec
+from cadpipe.transforms.readers.io_ljpeg import (
     LJPEGReader,
     LJPEGToOpticalDensity,
     LJPEGToOpticalDensityd,

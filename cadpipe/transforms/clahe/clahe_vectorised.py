@@ -1,6 +1,6 @@
 """The vectorised torch CLAHE kernel over ``N`` images at once: the GPU fallback of
-:func:`cadpipe.transforms.clahe_batched.clahe_batch` where the Triton kernels do not apply, and the grey-level
-quantiser both GPU kernels share (steps 1-6 of :mod:`cadpipe.transforms.clahe_batched`'s docstring).
+:func:`cadpipe.transforms.clahe.clahe_batched.clahe_batch` where the Triton kernels do not apply, and the grey-level
+quantiser both GPU kernels share (steps 1-6 of :mod:`cadpipe.transforms.clahe.clahe_batched`'s docstring).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms.clahe_image import NR_OF_GRAY, _reflect_index
+from cadpipe.transforms.clahe.clahe_image import NR_OF_GRAY, _reflect_index
 
 __all__: list[str] = []
 

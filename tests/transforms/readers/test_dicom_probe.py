@@ -9,7 +9,7 @@ import pytest
 from cadpipe.data.synthetic.dicom import write_cxr_dicom
 from cadpipe.data.synthetic.hostile import write_sparse_file
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms.dicom_probe import read_dicom_header
+from cadpipe.transforms.readers.dicom_probe import read_dicom_header
 
 
 def test_real_header(tmp_path):

@@ -57,8 +57,8 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, ensure_tuple
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms import _ljpeg_codec as codec
-from cadpipe.transforms._ljpeg_codec import decode_ljpeg_python, encode_ljpeg_python, parse_ljpeg, swap_header_dims
+from cadpipe.transforms.readers import _ljpeg_codec as codec
+from cadpipe.transforms.readers._ljpeg_codec import decode_ljpeg_python, encode_ljpeg_python, parse_ljpeg, swap_header_dims
 
 __all__ = [
     "DDSM_VIEWS",

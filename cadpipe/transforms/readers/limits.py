@@ -72,15 +72,15 @@ def _image_shape(path: str) -> tuple[tuple[int, ...], int, bool]:
 
 
 def _dicom_shape(path: str) -> tuple[tuple[int, ...], int, bool]:
-    from cadpipe.transforms.dicom_probe import read_dicom_header
+    from cadpipe.transforms.readers.dicom_probe import read_dicom_header
 
     h = read_dicom_header(path)
     return ((h.frames, h.rows, h.cols) if h.frames > 1 else (h.rows, h.cols)), h.samples, h.frames > 1
 
 
 def _series_shape(folder: str) -> tuple[tuple[int, ...], int, bool]:
-    from cadpipe.transforms.dicom_probe import read_dicom_header
-    from cadpipe.transforms.io_dicom import list_dicom_files
+    from cadpipe.transforms.readers.dicom_probe import read_dicom_header
+    from cadpipe.transforms.readers.io_dicom import list_dicom_files
 
     files = list_dicom_files(folder)
     if not files:
@@ -97,7 +97,7 @@ def _nifti_shape(path: str) -> tuple[tuple[int, ...], int, bool]:
 
 
 def _ljpeg_shape(path: str) -> tuple[tuple[int, ...], int, bool]:
-    from cadpipe.transforms.io_ljpeg import find_ics, parse_ljpeg_filename, read_ics
+    from cadpipe.transforms.readers.io_ljpeg import find_ics, parse_ljpeg_filename, read_ics
 
     view = read_ics(find_ics(path))["views"].get(parse_ljpeg_filename(path)["ddsm_view"])
     if view is None:  # the reader reports the missing view line by name
@@ -124,7 +124,7 @@ _SHAPES = {"image": _image_shape, "dicom": _dicom_shape, "dicom_series": _series
 
 def declared_shape(path: str | os.PathLike, fmt: str) -> tuple[tuple[int, ...], int, bool] | None:
     """``(shape, samples per pixel, is_volume)`` that ``path`` (format ``fmt`` as
-    :func:`cadpipe.transforms.io_any.detect_format` names it) declares, from its header only.
+    :func:`cadpipe.transforms.readers.io_any.detect_format` names it) declares, from its header only.
 
     None when the library cannot parse the header (the reader then refuses the file with its own reason).
 

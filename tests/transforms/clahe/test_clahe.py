@@ -8,8 +8,8 @@ from skimage import exposure
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.transforms import CLAHE, CLAHEd
-from cadpipe.transforms import clahe_image as clahe_mod
-from cadpipe.transforms.clahe import clahe_2d
+from cadpipe.transforms.clahe import clahe_image as clahe_mod
+from cadpipe.transforms.clahe.transforms import clahe_2d
 
 
 def natural(h, w, seed=0, dtype=np.float64, maxv=1.0):
@@ -251,8 +251,8 @@ def test_torchscript_and_plain_python_agree(monkeypatch, per_value):
 
 
 # ------------------------------------------------------------------ clahe_batch (vectorised, batched kernel)
-from cadpipe.transforms import clahe_batched, clahe_vectorised  # noqa: E402
-from cadpipe.transforms.clahe import clahe_batch  # noqa: E402
+from cadpipe.transforms.clahe import clahe_batched, clahe_vectorised  # noqa: E402
+from cadpipe.transforms.clahe.transforms import clahe_batch  # noqa: E402
 
 BATCH_CASES = [
     # (h, w, dtype, maxv, kernel_size (rows, cols), clip_limit, nbins)
@@ -470,7 +470,7 @@ def test_clip_histograms_fuzz_against_skimage():
 
 @pytest.fixture(scope="module")
 def triton_interp():
-    """``cadpipe.transforms.clahe_triton`` under Triton's interpreter (CPU tensors), on machines without CUDA.
+    """``cadpipe.transforms.clahe.clahe_triton`` under Triton's interpreter (CPU tensors), on machines without CUDA.
 
     ``TRITON_INTERPRET=1`` takes effect when the module is first imported (the kernels are decorated then),
     so it is set here, for the rest of the test process, before that import (and Triton's)."""
@@ -482,7 +482,7 @@ def triton_interp():
     if "triton" not in sys.modules:
         os.environ["TRITON_INTERPRET"] = "1"
     pytest.importorskip("triton")
-    from cadpipe.transforms import clahe_triton as ct
+    from cadpipe.transforms.clahe import clahe_triton as ct
 
     if not ct.INTERPRET:
         pytest.skip("clahe_triton was imported before TRITON_INTERPRET=1 was set")
@@ -612,7 +612,7 @@ _COMPILE_SCRIPT = r"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from cadpipe.transforms import clahe_triton as ct
+from cadpipe.transforms.clahe import clahe_triton as ct
 
 target = GPUTarget("cuda", 90, 32)  # H100/H200
 
@@ -654,7 +654,7 @@ def test_triton_kernels_compile_for_sm90():
     from pathlib import Path
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(Path(clahe_batched.__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(Path(clahe_batched.__file__).resolve().parents[3]) + os.pathsep + env.get("PYTHONPATH", "")
     res = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
                          timeout=600)
     if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr.lower():

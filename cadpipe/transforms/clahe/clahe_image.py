@@ -1,7 +1,7 @@
 """CLAHE of one 2D image in torch, tuned for the CPU (``clahe_2d``), with skimage's semantics.
 
-No MONAI import here (the MONAI transforms are in ``cadpipe.transforms.clahe``; the batched, vectorised
-kernel for GPUs in ``cadpipe.transforms.clahe_batched``). ``clahe_2d`` reproduces
+No MONAI import here (the MONAI transforms are in ``cadpipe.transforms.clahe.transforms``; the batched, vectorised
+kernel for GPUs in ``cadpipe.transforms.clahe.clahe_batched``). ``clahe_2d`` reproduces
 :func:`skimage.exposure.equalize_adapthist` (scikit-image 0.26, after Zuiderveld, "Contrast Limited Adaptive
 Histogram Equalization", Graphics Gems IV, 1994) step by step:
 

@@ -16,7 +16,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from cadpipe.data.synthetic.dicom import write_ct_series, write_cxr_dicom, write_unsupported_syntax_dicom
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms.io_dicom import DicomReader, meta_voi_luts, meta_windows, split_values
+from cadpipe.transforms.readers.io_dicom import DicomReader, meta_voi_luts, meta_windows, split_values
 from cadpipe.transforms.window import Window, Windowd
 
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")

@@ -1,10 +1,10 @@
 """Batched CLAHE: every channel of every image of a ``(B, C, H, W)`` tensor in a few vectorised torch steps.
 
 ``clahe_batch`` is the one entry point (the ``CLAHE``/``CLAHEd`` transforms call it). It gives exactly what
-``cadpipe.transforms.clahe_image.clahe_2d`` gives for each 2D image (skimage's ``equalize_adapthist``
+``cadpipe.transforms.clahe.clahe_image.clahe_2d`` gives for each 2D image (skimage's ``equalize_adapthist``
 semantics, see that module), and picks the implementation by device:
 
-- on a GPU (any non-CPU device): the Triton kernels of ``cadpipe.transforms.clahe_triton`` (seven launches,
+- on a GPU (any non-CPU device): the Triton kernels of ``cadpipe.transforms.clahe.clahe_triton`` (seven launches,
   no host sync for integer images, optionally replayed as a CUDA graph) where Triton is importable and
   supports the input, else ``_clahe_vectorised`` below, one pass over the whole batch in torch ops;
 - on the CPU: ``clahe_2d`` per image (cache-sized chunks, TorchScript loops, band threads), which is faster
@@ -41,9 +41,9 @@ from collections.abc import Sequence
 import torch
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms.clahe_image import _empty_float32, _one_intra_op_thread, clahe_2d, kernel_pair
+from cadpipe.transforms.clahe.clahe_image import _empty_float32, _one_intra_op_thread, clahe_2d, kernel_pair
 
-from cadpipe.transforms.clahe_vectorised import _clahe_vectorised
+from cadpipe.transforms.clahe.clahe_vectorised import _clahe_vectorised
 
 __all__ = ["clahe_batch"]
 
@@ -166,10 +166,10 @@ _TRITON: list = []
 
 
 def _triton_module():
-    """``cadpipe.transforms.clahe_triton``, or None where Triton is not importable (cached)."""
+    """``cadpipe.transforms.clahe.clahe_triton``, or None where Triton is not importable (cached)."""
     if not _TRITON:
         try:
-            from cadpipe.transforms import clahe_triton
+            from cadpipe.transforms.clahe import clahe_triton
         except Exception:  # Triton missing or unusable here: the torch kernels remain
             clahe_triton = None
         _TRITON.append(clahe_triton)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cadpipe.transforms.io_imagescope import (
+from cadpipe.transforms.readers.io_imagescope import (
     mask_to_regions,
     patch_label,
     read_imagescope_xml,
@@ -90,7 +90,7 @@ def test_unknown_class_in_mask(tmp_path):
 def test_find_and_check_annotation(tmp_path):
     from PIL import Image
 
-    from cadpipe.transforms.io_imagescope import check_annotation, find_annotation
+    from cadpipe.transforms.readers.io_imagescope import check_annotation, find_annotation
 
     img = tmp_path / "photo.tif"
     Image.fromarray(np.zeros((60, 80, 3), np.uint8)).save(img)  # 60 rows x 80 columns: (X, Y) = (80, 60)
@@ -116,7 +116,7 @@ def test_find_and_check_annotation(tmp_path):
 
 
 def test_annotation_mask_and_ellipse_region(tmp_path):
-    from cadpipe.transforms.io_imagescope import annotation_mask, ellipse_region
+    from cadpipe.transforms.readers.io_imagescope import annotation_mask, ellipse_region
 
     p = write_imagescope_xml(tmp_path / "e.xml", [ellipse_region((10, 20, 50, 40), "invasive")])
     mask = annotation_mask(p, (64, 48), NAMES)

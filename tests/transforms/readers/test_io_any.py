@@ -19,7 +19,7 @@ from cadpipe.data.synthetic.dicom import write_ct_series, write_cxr_dicom
 from cadpipe.data.synthetic.images import write_image, write_rgb_cxr
 from cadpipe.data.synthetic.nifti import write_lesion_volume, write_nan_nifti
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms.io_any import LoadStudyImage, LoadStudyImaged, detect_format
+from cadpipe.transforms.readers.io_any import LoadStudyImage, LoadStudyImaged, detect_format
 from cadpipe.transforms.window import Windowd
 
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
@@ -247,7 +247,7 @@ def test_building_the_loader_prints_no_nvimagecodec_notice(caplog, recwarn):
     missing; cadpipe reads DICOM itself, so building its loader says nothing."""
     import logging
 
-    from cadpipe.transforms.io_any import LoadStudyImage
+    from cadpipe.transforms.readers.io_any import LoadStudyImage
 
     with caplog.at_level(logging.DEBUG):
         LoadStudyImage()

@@ -6,7 +6,7 @@ stops earlier: the pixel array **as stored** (``uint8``/``uint16``/``int16``: ha
 move), plus what the later steps need to finish the job on the device:
 
 - ``slope``, ``intercept``: the Rescale Slope / Intercept (modality LUT ``value = stored * slope + intercept``);
-- ``inversion_sum``: for ``MONOCHROME1``, ``S`` of ``inverted = S - value`` (:mod:`cadpipe.transforms.io_dicom`);
+- ``inversion_sum``: for ``MONOCHROME1``, ``S`` of ``inverted = S - value`` (:mod:`cadpipe.transforms.readers.io_dicom`);
 - ``meta``: the reader's window tags (``WindowCenters``... ``VOILUTSequence``), already consistent with the
   inverted image, for :meth:`cadpipe.transforms.window.Window.spec_for`;
 - ``affine`` (4x4, the reader's: pixel indices in MONAI's ``(X, Y)`` order to millimetres) and ``format``
@@ -60,11 +60,11 @@ def read_raw_2d(path: str | os.PathLike, mode: str = "gray", reject_nan: bool = 
         raise ValueError(f"read_raw_2d: only mode='gray' is supported, got {mode!r}")
     path = os.fspath(path)
     if os.path.isfile(path):
-        from cadpipe.transforms.io_any import detect_format
+        from cadpipe.transforms.readers.io_any import detect_format
 
         if detect_format(path, check_dicom_pixels=False) == "dicom":
-            from cadpipe.transforms.file_checks import check_readable
-            from cadpipe.transforms.limits import check_declared_size
+            from cadpipe.transforms.readers.file_checks import check_readable
+            from cadpipe.transforms.readers.limits import check_declared_size
 
             check_readable(path)
             check_declared_size(path, "dicom")  # image bombs: refused from the header, before decoding
@@ -77,7 +77,7 @@ def read_raw_2d(path: str | os.PathLike, mode: str = "gray", reject_nan: bool = 
 def _dicom_as_stored(path: str) -> RawImage | None:
     """The stored pixels of a single-frame greyscale DICOM file with a linear modality LUT; None for any other
     DICOM file (the caller then reads it through ``LoadStudyImage``)."""
-    from cadpipe.transforms.io_dicom import (_affine, _dicom_meta, _functional_rescale, _geometry, _modality_range,
+    from cadpipe.transforms.readers.io_dicom import (_affine, _dicom_meta, _functional_rescale, _geometry, _modality_range,
                                              has_pixel_data, read_dicom_dataset, stored_pixels)
 
     ds = read_dicom_dataset(path)
@@ -113,7 +113,7 @@ def _loaded(path: str, mode: str, reject_nan: bool) -> RawImage:
     """Any other input through ``LoadStudyImage`` (modality LUT and inversion already applied), as float32."""
     import torch
 
-    from cadpipe.transforms.io_any import LoadStudyImage
+    from cadpipe.transforms.readers.io_any import LoadStudyImage
 
     img = LoadStudyImage(mode=mode, dtype=np.float32, reject_nan=reject_nan)(path)
     if img.ndim != 3 or img.shape[0] != 1:

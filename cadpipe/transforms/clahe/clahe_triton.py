@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cadpipe.transforms.clahe_image import NR_OF_GRAY
+from cadpipe.transforms.clahe.clahe_image import NR_OF_GRAY
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_NBINS = 4096
@@ -293,11 +293,11 @@ def clahe_triton(x: torch.Tensor, k0: int, k1: int, clip_limit: float, nbins: in
         _table_kernel[(N, -(-L // TB))](part, P, qoff, table, L, bin_size, CONST_MODE=mode,
                                         BLOCK_P=min(1024, _pow2(P)), BLOCK=TB)
     else:  # floats: levels through _Quantiser (one host sync: range and NaN check), as the vectorised kernel
-        from cadpipe.transforms.clahe_vectorised import _Quantiser
+        from cadpipe.transforms.clahe.clahe_vectorised import _Quantiser
 
         quant = _Quantiser(x, nbins, path)
         if N * quant.L > _I32_MAX:  # level ranges beyond int32 indexing (huge float ranges): torch kernel
-            from cadpipe.transforms.clahe_vectorised import _clahe_vectorised
+            from cadpipe.transforms.clahe.clahe_vectorised import _clahe_vectorised
 
             return _clahe_vectorised(x, k0, k1, clip_limit, nbins, path)
         src = quant.x.view(N, HW)

@@ -2,11 +2,11 @@
 
 The kernels live in two MONAI-free modules, so a batched GPU path can use them without MONAI:
 
-- ``cadpipe.transforms.clahe_batched.clahe_batch``: CLAHE of a ``(B, C, H, W)`` batch (or a list of
+- ``cadpipe.transforms.clahe.clahe_batched.clahe_batch``: CLAHE of a ``(B, C, H, W)`` batch (or a list of
   ``(C, H, W)`` images of any sizes), each channel of each image on its own; vectorised over the whole batch
   on a GPU, per image (``clahe_2d``) on the CPU. Its docstring states how each image's intensity range is
   taken (its own min-max).
-- ``cadpipe.transforms.clahe_image.clahe_2d``: one 2D image, tuned for the CPU; its module docstring
+- ``cadpipe.transforms.clahe.clahe_image.clahe_2d``: one 2D image, tuned for the CPU; its module docstring
   describes the algorithm step by step and the (below 1e-4) differences from skimage.
 """
 
@@ -22,8 +22,8 @@ from monai.data.meta_tensor import MetaTensor
 from monai.transforms.transform import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
-from cadpipe.transforms.clahe_batched import IMPLS, clahe_batch
-from cadpipe.transforms.clahe_image import clahe_2d
+from cadpipe.transforms.clahe.clahe_batched import IMPLS, clahe_batch
+from cadpipe.transforms.clahe.clahe_image import clahe_2d
 
 __all__ = ["CLAHE", "CLAHEd", "clahe_batch", "clahe_2d"]
 
@@ -44,7 +44,7 @@ class CLAHE(Transform):
     is rescaled from its own min-max like skimage does (details: ``clahe_batch``). Output: float
     (``dtype``) in ``[0, 1]``, the same shape. All 2D images of one call go through ``clahe_batch`` as one
     batch: on a GPU one vectorised pass, on the CPU the per-image kernel. See
-    ``cadpipe.transforms.clahe_image`` for the algorithm and the (below 1e-4) differences from skimage.
+    ``cadpipe.transforms.clahe.clahe_image`` for the algorithm and the (below 1e-4) differences from skimage.
 
     Args:
         kernel_size: tile size in pixels along the two in-plane axes ``(H, W)`` (an int for both). Default

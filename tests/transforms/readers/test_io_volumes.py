@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms.io_any import LoadStudyImage, detect_format
+from cadpipe.transforms.readers.io_any import LoadStudyImage, detect_format
 
 itk = pytest.importorskip("itk")
 
@@ -143,7 +143,7 @@ def test_scoring_an_nrrd_volume_writes_its_mask_in_the_input_geometry(tmp_path):
              b"ElementDataFile = LOCAL\n"),
 ])
 def test_declared_size_over_the_limit_is_refused_before_decoding(tmp_path, suffix, header):
-    from cadpipe.transforms.limits import PixelLimits, check_declared_size, declared_shape
+    from cadpipe.transforms.readers.limits import PixelLimits, check_declared_size, declared_shape
 
     path = tmp_path / f"bomb{suffix}"
     path.write_bytes(header + b"\0" * 64)  # the header alone: decoding would need 128 GB

@@ -6,9 +6,9 @@ Dispatch (on content first, then extension):
 ========================  =================  ===========================================================
 what                      ``detect_format``  reader
 ========================  =================  ===========================================================
-folder with DICOM files   ``dicom_series``   :class:`cadpipe.transforms.io_dicom.DicomReader` (sorted slices)
+folder with DICOM files   ``dicom_series``   :class:`cadpipe.transforms.readers.io_dicom.DicomReader` (sorted slices)
 DICM preamble / ``.dcm``  ``dicom``          ``DicomReader`` (any file name, also without extension)
-``.LJPEG``                ``ljpeg``          ``cadpipe.transforms.io_ljpeg.LJPEGReader`` (imported lazily)
+``.LJPEG``                ``ljpeg``          ``cadpipe.transforms.readers.io_ljpeg.LJPEGReader`` (imported lazily)
 ``.nii`` / ``.nii.gz``    ``nifti``          MONAI ``NibabelReader``
 ``.nrrd`` / ``.nhdr``     ``nrrd``           MONAI ``ITKReader`` (3D Slicer volumes, ``.seg.nrrd`` label maps)
 ``.mha`` / ``.mhd``       ``metaimage``      MONAI ``ITKReader`` (ITK MetaImage; ``.mhd`` with its data file)
@@ -28,7 +28,7 @@ Volumes (NIfTI, NRRD, MetaImage) keep their geometry: ``affine`` maps voxel indi
 file's spacing, direction and origin (ITK's LPS converted to RAS, as ``NibabelReader`` gives for NIfTI).
 Multi-channel volumes (e.g. several MR sequences) are never mixed: ``mode`` does not act on volumes. Colour
 multi-frame DICOM (ultrasound cine) is converted frame by frame like 2D colour images.
-The declared image size is checked against :class:`cadpipe.transforms.limits.PixelLimits` before any decoding.
+The declared image size is checked against :class:`cadpipe.transforms.readers.limits.PixelLimits` before any decoding.
 Any unreadable input raises :class:`cadpipe.errors.CadpipeInputError` naming the file and the reason (library
 errors are wrapped); a NIfTI (or float image) containing NaN is refused.
 """
@@ -48,9 +48,9 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms.file_checks import check_readable
-from cadpipe.transforms.io_dicom import DicomReader, has_pixel_data, is_dicom_file, list_dicom_files
-from cadpipe.transforms.limits import check_declared_size
+from cadpipe.transforms.readers.file_checks import check_readable
+from cadpipe.transforms.readers.io_dicom import DicomReader, has_pixel_data, is_dicom_file, list_dicom_files
+from cadpipe.transforms.readers.limits import check_declared_size
 
 __all__ = ["LoadStudyImage", "LoadStudyImaged", "detect_format", "volume_suffix", "IMAGE_SUFFIXES", "VOLUME_SUFFIXES",
            "VOLUME_FORMATS", "load_image"]
@@ -113,7 +113,7 @@ def load_image(**kwargs) -> LoadImage:
 
     ``LoadImage`` builds every default reader, among them the GPU DICOM reader ``NvImgCodecPydicomReader``, which
     without nvImageCodec (any CPU machine) logs and warns, on each construction, that it falls back to pydicom's
-    decoders. cadpipe reads DICOM with its own :class:`~cadpipe.transforms.io_dicom.DicomReader`, so that notice is
+    decoders. cadpipe reads DICOM with its own :class:`~cadpipe.transforms.readers.io_dicom.DicomReader`, so that notice is
     expected and says nothing: it is silenced here, while the loader is built, and nowhere else.
     """
     plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
@@ -165,7 +165,7 @@ def _reader_for(fmt: str, path: str):
         return DicomReader()
     if fmt == "ljpeg":
         try:
-            from cadpipe.transforms.io_ljpeg import LJPEGReader
+            from cadpipe.transforms.readers.io_ljpeg import LJPEGReader
         except ImportError as err:
             raise CadpipeInputError(path, f"LJPEG support is not available ({err})") from err
         return LJPEGReader()
@@ -239,7 +239,7 @@ class LoadStudyImage(Transform):
             what = "folder holds no DICOM files" if os.path.isdir(path) else "not a supported image format"
             raise CadpipeInputError(path, f"{what} (DICOM, DICOM series folder, LJPEG, NIfTI, NRRD, MetaImage, "
                                           "PNG/JPEG/TIFF)")
-        check_declared_size(path, fmt)  # before decoding: image bombs (cadpipe.transforms.limits)
+        check_declared_size(path, fmt)  # before decoding: image bombs (cadpipe.transforms.readers.limits)
         reader = _reader_for(fmt, path)
         try:
             img = self._loader(path, reader=reader)

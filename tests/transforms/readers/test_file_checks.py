@@ -8,8 +8,8 @@ import os
 import pytest
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms.file_checks import check_readable, os_error_reason
-from cadpipe.transforms.io_any import LoadStudyImage
+from cadpipe.transforms.readers.file_checks import check_readable, os_error_reason
+from cadpipe.transforms.readers.io_any import LoadStudyImage
 
 
 def test_link_loop_and_dangling_link(tmp_path):

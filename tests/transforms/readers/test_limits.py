@@ -8,8 +8,8 @@ import pytest
 
 from cadpipe.data.synthetic.hostile import write_dicom_bomb, write_nifti_bomb, write_png_bomb
 from cadpipe.errors import CadpipeInputError
-from cadpipe.transforms.io_any import LoadStudyImage
-from cadpipe.transforms.limits import ENV_MAX_PIXELS, PixelLimits, check_declared_size
+from cadpipe.transforms.readers.io_any import LoadStudyImage
+from cadpipe.transforms.readers.limits import ENV_MAX_PIXELS, PixelLimits, check_declared_size
 
 
 def test_png_bomb_is_refused_before_decoding(tmp_path):
@@ -60,7 +60,7 @@ def test_ljpeg_ics_dims_are_checked(tmp_path):
 
 
 def test_batched_reader_checks_the_declared_size_too(tmp_path):
-    from cadpipe.transforms.io_raw import read_raw_2d
+    from cadpipe.transforms.readers.io_raw import read_raw_2d
 
     bomb = write_dicom_bomb(tmp_path / "synthetic_bomb.dcm")["path"]
     with pytest.raises(CadpipeInputError, match=r"synthetic_bomb.dcm: declared image size 30000x30000"):

@@ -164,7 +164,7 @@ def read_dicom_header(path: str | os.PathLike, max_read: int = HEADER_READ_LIMIT
     """
     from pydicom.filereader import read_partial
 
-    from cadpipe.transforms.file_checks import os_error_reason
+    from cadpipe.transforms.readers.file_checks import os_error_reason
 
     path = os.fspath(path)
     seen_pixels = []

@@ -1,6 +1,6 @@
 """Minimal lossless-JPEG (ITU T.81 process 14, SOF3, Huffman) parser, fallback decoder and test encoder.
 
-This is *not* the normal decode path: :mod:`cadpipe.transforms.io_ljpeg` decodes with imagecodecs
+This is *not* the normal decode path: :mod:`cadpipe.transforms.readers.io_ljpeg` decodes with imagecodecs
 (libjpeg-turbo / lj92 / jpegsof3). The code here exists for one thing those libraries cannot do: streams written by
 old encoders (the Stanford PVRG codec that wrote DDSM, early DNG writers) that put **16 additional bits after a
 difference of category SSSS=16**. T.81 (H.1.2.2) says no additional bits follow SSSS=16 (the difference is 32768), so
