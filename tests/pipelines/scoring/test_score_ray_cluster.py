@@ -209,13 +209,13 @@ def test_actor_killed_mid_batch(cluster, bundle, tmp_path):
 @pytest.mark.slow
 def test_poison_unit_becomes_an_error_row(cluster, bundle, tmp_path):
     src = str(tmp_path / "in")
-    _pngs(src, 30, poison=1)
+    _pngs(src, 12, poison=1)
     summary, backend, out = _on_ray(cluster, "poison", src, bundle, runner_hook=helpers.poison_kills_worker)
     rows = _rows(out)
     bad = rows[rows["input_paths"].str.contains(f"/{helpers.POISON}0.png", regex=False)]
     assert len(bad) == 1 and bad["status"].iloc[0] == "error"
     assert f"died {MAX_CRASHES} times" in bad["error"].iloc[0] and "poison0.png" in bad["error"].iloc[0]
-    assert summary["ok"] == 30 and summary["error"] == 1 and summary["exit_code"] == 3
+    assert summary["ok"] == 12 and summary["error"] == 1 and summary["exit_code"] == 3
     assert backend.stats["crashes"] >= MAX_CRASHES
     _no_refused_writes(cluster)
 
