@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if not apply_input_safety(args, "cadpipe score"):
         return EXIT_USAGE
+    if args.ray_shared_fs and args.ray is None:
+        print("cadpipe score: --ray-shared-fs needs --ray", file=sys.stderr)
+        return EXIT_USAGE
     if args.writer_threads is not None and args.writer_threads < 0:
         print("cadpipe score: --writer-threads must be >= 0", file=sys.stderr)
         return EXIT_USAGE

@@ -104,3 +104,14 @@ def test_ray_no_heatmaps_matches_local(tmp_path):
     a = pd.read_csv(str(tmp_path / "local" / "results.csv")).drop(columns=["elapsed_s"])
     b = pd.read_csv(str(tmp_path / "ray" / "results.csv")).drop(columns=["elapsed_s"])
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
+
+
+def test_shared_fs_needs_ray(tmp_path, capsys):
+    from cadpipe.cli import main
+
+    bundle = make_bundle("tiny_classification_bundle", str(tmp_path))
+    src = str(tmp_path / "in")
+    mixed_2d_folder(src)
+    code = main(["score", "--bundle", bundle, "--input", src, "--output", str(tmp_path / "o"), "--ray-shared-fs"])
+    assert code == 2 and "--ray-shared-fs needs --ray" in capsys.readouterr().err
+    assert not os.path.exists(str(tmp_path / "o"))
