@@ -25,6 +25,7 @@ demo: venv
 test: venv
 	bash scripts/browser_deps.sh
 	bash scripts/pacs_deps.sh
+	bash scripts/dicom_tools.sh
 	$(PY) -m pytest -n 2 --timeout 1800 $(PYTEST_ARGS)
 
 # Quick subset for development: no training runs, no servers.

@@ -51,7 +51,7 @@ setup(
         ],
         "ray": ["ray[data]>=2.9"],  # cadpipe score --ray: Ray Data (pandas, pyarrow) on a Ray cluster
         "serve": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9", "swagger-ui-bundle>=1.1", "reportlab[accel]>=4.0"],
-        "pacs": ["pynetdicom>=2.1", "dicomweb-client>=0.59"],  # cadpipe listen, cadpipe score --dicomweb
+        "pacs": ["pynetdicom>=2.1", "requests>=2.31"],  # cadpipe listen, cadpipe score --dicomweb
         "mlflow": ["mlflow-skinny>=2.10", "sqlalchemy>=2.0", "alembic>=1.10"],  # MONAI --tracking mlflow: SQLite store
     },
     entry_points={"console_scripts": ["cadpipe=cadpipe.cli:main"]},

@@ -18,6 +18,7 @@ LAYERS = [
     ("cadpipe.transforms",),  # intensity, geometry and domain transforms (lung, mammo, histology)
     ("cadpipe.data",),
     ("cadpipe.pipelines.outputs",),
+    ("cadpipe.pipelines.kinds",),
     ("cadpipe.pipelines.inference",),
     ("cadpipe.pipelines.tasks",),
     ("cadpipe.pipelines.scoring",),

@@ -53,8 +53,8 @@ def _cxr_studies(d: str) -> None:
 
     write_synthetic_kermany(os.path.join(d, "kermany_style"), n_per_class=2, size=96, splits=("test",), seed=7)
     for i, kw in enumerate([dict(), dict(photometric="MONOCHROME1"), dict(transfer_syntax="rle")]):
-        os.makedirs(os.path.join(d, f"patient{i}", "CR"), exist_ok=True)
-        write_cxr_dicom(os.path.join(d, f"patient{i}", "CR", f"synthetic_IM{i:04d}"), rows=160, cols=128, seed=i,
+        os.makedirs(os.path.join(d, f"patient{i}", "DX"), exist_ok=True)  # named after the instances' modality
+        write_cxr_dicom(os.path.join(d, f"patient{i}", "DX", f"synthetic_IM{i:04d}"), rows=160, cols=128, seed=i,
                         **kw)
 
 
@@ -246,9 +246,11 @@ def _shown(path: str) -> str:
 def next_steps(out: str, name: str) -> list[str]:
     """The commands to try next with the demo's trained copy of bundle ``name``."""
     bundle, studies = _shown(os.path.join(out, "bundles", name)), _shown(os.path.join(out, "studies", name))
-    return ["", "Next, with a bundle the demo trained (the bundles in bundles/ ship without weights):",
-            f"  cadpipe score --bundle {bundle} --input {studies} --output scored_{name}",
-            f"  cadpipe serve --bundles {bundle} --data-dir portal_data"]
+    scored, portal = _shown(os.path.join(out, "scored", name)), _shown(os.path.join(out, "portal_data"))
+    return ["", "Next, with a bundle the demo trained (the bundles in bundles/ ship without weights), in this shell:",
+            "  . .venv/bin/activate",
+            f"  cadpipe score --bundle {bundle} --input {studies} --output {scored}",
+            f"  cadpipe serve --bundles {bundle} --data-dir {portal}"]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -70,7 +70,8 @@ def test_dicomweb_scores_like_a_folder_and_stores_results(tmp_path, bundle, caps
 
         client = connect(pacs.dicomweb)
         for f in files:
-            modalities = sorted(s["00080060"]["Value"][0] for s in client.search_for_series(_uid(f)))
+            found, _ = client.search(f"studies/{_uid(f)}/series", {}, "0020000E", "series", 100)
+            modalities = sorted(s["00080060"]["Value"][0] for s in found)
             assert modalities.count("SR") == 1 and modalities.count("OT") + modalities.count("SC") >= 1, modalities
         n_instances = len(pacs.get("/instances"))
         assert n_instances == 3 * len(files)  # source + SR + SC per study
@@ -136,7 +137,10 @@ def test_unreadable_instance_is_an_error_row_and_server_gone_keeps_what_was_scor
         capsys.readouterr()
         assert _score(*args) == 5
         err = capsys.readouterr().err
-        assert f"study {studies[1]} not (fully) retrieved" in err and "cannot connect" in err and pacs.dicomweb in err
+        assert "study 2/3 not (fully) retrieved" in err and "cannot connect" in err and pacs.dicomweb in err
+        assert not any(s in err for s in studies)  # studies by number; their UIDs in dicomweb_studies.csv
+        table = pd.read_csv(os.path.join(out, "dicomweb_studies.csv"))
+        assert list(table.study_instance_uid) == studies and list(table.status) == ["ok", "error", "error"]
         rows = _rows(out)  # the first study was scored: its good instance ok, the truncated one an error row
         assert sorted(rows.status) == ["error", "ok"] and set(rows.study_id) == {studies[0]}
         bad_row = rows[rows.status == "error"].iloc[0]
@@ -162,6 +166,7 @@ def test_wrong_credentials_give_a_clear_error_without_the_secret(tmp_path, bundl
             pacs.upload(f)
         secret = tmp_path / "auth.txt"
         secret.write_text("basic alice:wrong-password\n")
+        secret.chmod(0o600)
         out = str(tmp_path / "out")
         capsys.readouterr()
         assert _score("--bundle", bundle, "--dicomweb", pacs.dicomweb, "--query", "ModalitiesInStudy=DX",

@@ -218,8 +218,13 @@ def _write_dicom(path: Path, arr: np.ndarray, patient_id: str, study_uid: str, s
     ds.SeriesInstanceUID = series_uid
     ds.SeriesDescription = description
     ds.Modality = "MG"
+    # as in CBIS-DDSM's files: the side as series Laterality and Image Laterality, the body part, and the view
+    # in Patient Orientation as one (invalid) value
+    ds.Laterality = laterality
     ds.ImageLaterality = laterality
     ds.ViewPosition = view
+    ds.BodyPartExamined = "BREAST"
+    ds.PatientOrientation = view
     ds.Rows, ds.Columns = arr.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"

@@ -6,6 +6,8 @@ where the name is free to choose; names under test — collisions, formulas — 
 - :func:`write_dicom_bomb` — a DICOM header declaring ``rows x cols x frames`` with a few bytes of pixel data;
 - :func:`write_nifti_bomb` — a NIfTI header declaring a huge volume (no voxel data);
 - :func:`write_sparse_file` — a sparse file of any size (zeros, no disk blocks), e.g. ``big.dcm``;
+- :func:`write_long_header_dicom` — a valid DICOM image whose StudyDescription, PatientName and Series Instance
+  UID are over 1 KiB long (values a bounded header read defers);
 - :func:`write_hostile_corpus` — all of the above beside valid studies in one folder, with what is expected.
 """
 
@@ -15,7 +17,8 @@ import os
 import struct
 import zlib
 
-__all__ = ["write_png_bomb", "write_dicom_bomb", "write_nifti_bomb", "write_sparse_file", "write_hostile_corpus"]
+__all__ = ["write_png_bomb", "write_dicom_bomb", "write_nifti_bomb", "write_sparse_file", "write_long_header_dicom",
+           "write_hostile_corpus"]
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -93,6 +96,29 @@ def write_sparse_file(path: str | os.PathLike, size: int = 1 << 30) -> dict:
     return {"path": path, "bytes": size}
 
 
+def write_long_header_dicom(path: str | os.PathLike, length: int = 2000, seed: int = 0) -> dict:
+    """A synthetic DX image (:func:`~cadpipe.data.synthetic.dicom.write_cxr_dicom`) whose StudyDescription
+    (``length`` characters), PatientName and Series Instance UID (both over 1 KiB) are far longer than their VRs
+    allow. Returns ``{"path", "study_uid", "series_uid", "length"}``."""
+    import warnings
+
+    import pydicom
+
+    from cadpipe.data.synthetic.dicom import write_cxr_dicom
+
+    path = os.fspath(path)
+    write_cxr_dicom(path, rows=48, cols=40, seed=seed)
+    ds = pydicom.dcmread(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the lengths: they are the point
+        ds.StudyDescription = "SYNTHETIC LONG DESCRIPTION " + "x" * max(0, length - 27)
+        ds.PatientName = "Synthetic^" + "L" * 1100
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498." + "1" * 1100
+        ds.save_as(path)
+    return {"path": path, "study_uid": str(ds.StudyInstanceUID), "series_uid": str(ds.SeriesInstanceUID),
+            "length": len(str(ds.StudyDescription))}
+
+
 def write_hostile_corpus(root: str | os.PathLike, outside: str | os.PathLike, sparse_size: int = 1 << 30,
                          seed: int = 0) -> dict:
     """A study folder mixing valid studies and hostile files; ``outside`` receives files links may point to.
@@ -120,6 +146,9 @@ def write_hostile_corpus(root: str | os.PathLike, outside: str | os.PathLike, sp
     os.makedirs(os.path.dirname(d), exist_ok=True)
     write_cxr_dicom(d, rows=48, cols=40, seed=seed)
     valid.append(rel(d))
+    # header values over 1 KiB (deferred by the bounded header read): scored like any other image
+    valid.append(rel(write_long_header_dicom(os.path.join(root, "dicom_study", "synthetic_long_header.dcm"),
+                                             seed=seed + 1)["path"]))
     # colliding names after sanitising, and case-only differences
     for name in ("a b.png", "a_b.png", "A.png", "a.png", "é.png", "è.png"):
         p = os.path.join(root, "collide", name)

@@ -1,7 +1,8 @@
 """The one place that builds a bundle's inference pipeline from its ``configs/inference.json``.
 
-Scoring, the web portal and the MONAI Label glue all call :class:`BundleRunner`; nothing here is task specific
-except reading results out of ``"pred"`` (see the bundle contract in ``docs/architecture.md``):
+Scoring, the web portal and the MONAI Label glue all call :class:`BundleRunner`; what differs by task (reading results
+out of ``"pred"``, heat maps, a detector, the batched path) is the bundle's kind, :attr:`BundleRunner.kind`
+(:mod:`cadpipe.pipelines.kinds`; see the bundle contract in ``docs/architecture.md``):
 
 - ``preprocess(item)``: the bundle's ``preprocessing`` Compose on ``{"image": <path>}``.
 - ``predict(items)``: collate (items of one shape), ``inferer(image, network)`` under ``torch.inference_mode()``,
@@ -36,7 +37,8 @@ import numpy as np
 import torch
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.pipelines.inference.thresholds import decide, load_thresholds
+from cadpipe.pipelines.inference.thresholds import load_thresholds
+from cadpipe.pipelines.kinds import kind_of
 from cadpipe.pipelines.outputs.files import file_sha256
 
 __all__ = ["BundleRunner", "file_sha256", "bundle_is_complete", "RESULT_COLUMNS_KEY", "RESULT_NOTES_KEY",
@@ -92,6 +94,8 @@ class BundleRunner:
             self.metadata = json.load(f)
         info = self.metadata.get("cadpipe", {})
         self.task = info.get("task", "classification")
+        # what differs by task (columns, heat maps, detector, batched path): cadpipe.pipelines.kinds
+        self.kind = kind_of(self.task, os.path.join(self.bundle_root, "configs/metadata.json"))
         self.class_names = list(info.get("class_names", []))
         self.positive_class = info.get("positive_class")
         self.spatial_dims = int(info.get("spatial_dims", 2))
@@ -110,6 +114,11 @@ class BundleRunner:
         self.model_sha256 = file_sha256(self.model_file)
         # operating thresholds saved by training beside the weights (defaults + a note when there are none)
         self.thresholds = load_thresholds(self.model_file, self.model_sha256)
+        # the preprocessing ids read what training used (inference.json: trained_preprocessing.trained); an
+        # explicit override that differs is honoured with a warning naming both values
+        from cadpipe.pipelines.inference.trained_preprocessing import warn_conflicts
+
+        self.preprocessing_conflicts = warn_conflicts(self.model_file, self.overrides)
         state = torch.load(self.model_file, map_location=self.device, weights_only=True)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]  # tolerate a {"model": state_dict} checkpoint
@@ -119,12 +128,7 @@ class BundleRunner:
             raise CadpipeInputError(self.model_file, f"weights do not fit the bundle's network: {err}") from err
         self.network.eval()
         self.inferer = parser.get_parsed_content("inferer")
-        self.detector = None
-        if self.task == "detection" and "detector" in parser:  # MONAI detection bundles (as MONAI Label reads them)
-            self.detector = parser.get_parsed_content("detector")
-            if "detector_ops" in parser:
-                parser.get_parsed_content("detector_ops")
-            self.detector.eval()
+        self.detector = self.kind.build_detector(parser)
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.postprocessing = parser.get_parsed_content("postprocessing")
         # detection: boxes shown in the report (score at or above overlay_min_score, at most max_boxes_shown)
@@ -190,7 +194,7 @@ class BundleRunner:
         accepts; 2D segmentation bundles also a postprocessing :meth:`batched_segmentation_postprocessing` splits
         (activation, ``Invertd`` of the preprocessing, steps on ``pred``); detection has its own detector."""
         if self._batched is None:
-            self._batched = plan_batched_scoring(self.task, self.spatial_dims, self.preprocessing, self.postprocessing)
+            self._batched = plan_batched_scoring(self.kind, self.spatial_dims, self.preprocessing, self.postprocessing)
         return self._batched[:2]
 
     def batched_segmentation_postprocessing(self):
@@ -303,27 +307,21 @@ class BundleRunner:
             return self.class_names.index(self.positive_class)
         return None
 
-    def cam_classes(self, probs, skip: tuple[str, ...] = ("No Finding",)) -> list[int]:
-        """Multi-label: indices of the classes (``skip`` left out) at or above their operating threshold (saved with
-        the model), else at or above the bundle's ``cam_threshold``; none when the bundle sets no ``cam_threshold``."""
-        if self.task != "multilabel" or self.cam_threshold is None or not self.cam_layers:
-            return []
-        names = self.class_names
-        limit = (lambda i: self.thresholds.threshold(names[i])) if self.thresholds.saved and names else \
-            (lambda i: self.cam_threshold)
-        return [i for i, p in enumerate(np.asarray(probs, dtype=np.float64).reshape(-1))
-                if p >= limit(i) and not (i < len(names) and names[i] in skip)]
+    def cam_classes(self, probs) -> list[int]:
+        """Classes that get a heat map of their own (multi-label with ``cam_threshold``:
+        :meth:`cadpipe.pipelines.kinds.multilabel.MultiLabel.cam_classes`); none for other kinds."""
+        return self.kind.cam_classes(self, probs)
 
     def heatmaps(self, items: list[dict], class_index: int | None = None) -> list[np.ndarray] | None:
         """GradCAM for a list of same-shape preprocessed items in one forward/backward pass (see :meth:`heatmap`)."""
-        if self.task not in ("classification", "multilabel") or not self.cam_layers:
+        if not self.kind.heatmaps or not self.cam_layers:
             return None
         batch = torch.stack([torch.as_tensor(d["image"]).float() for d in items])
         return list(self._cam(batch, class_index))
 
     def heatmap(self, item: dict, class_index: int | None = None) -> np.ndarray | None:
         """GradCAM heatmap in [0, 1] over the preprocessed image's spatial shape, or None without ``cam_layers``."""
-        if self.task not in ("classification", "multilabel") or not self.cam_layers:
+        if not self.kind.heatmaps or not self.cam_layers:
             return None
         return self._cam(torch.as_tensor(item["image"]).unsqueeze(0).float(), class_index)[0]
 
@@ -337,36 +335,9 @@ class BundleRunner:
 
     # -- reading results out of "pred" ---------------------------------------------------------------------
     def summarise(self, out: dict) -> dict:
-        """Task columns for results.csv from one postprocessed item, plus its ``RESULT_COLUMNS_KEY`` columns."""
-        return self._task_columns(out) | result_columns(out)
-
-    def _task_columns(self, out: dict) -> dict:
-        pred = out["pred"]
-        if self.task in ("classification", "multilabel"):
-            if isinstance(pred, np.ndarray):  # batched scoring: a row of the batch's one host copy
-                probs = pred.astype(np.float32, copy=False).reshape(-1)
-            else:
-                probs = np.asarray(torch.as_tensor(pred).detach().cpu().float()).reshape(-1)
-            names = self.class_names if len(self.class_names) == probs.size else [str(i) for i in range(probs.size)]
-            row = {f"prob_{n}": p for n, p in zip(names, probs.tolist())}
-            row["predicted"] = decide(self.task, names, probs, self.thresholds)["predicted"]
-            return row
-        if self.task == "segmentation":
-            mask = self.label_map(out)
-            n = int((mask > 0).sum())
-            size = self.unit_size(out, mask.ndim)
-            if mask.ndim == 3:  # a volume: mL
-                return {"lesion_voxels": n, "lesion_volume_ml": float(n * size / 1000.0) if size else None}
-            return {"lesion_voxels": n, "lesion_area_cm2": float(n * size / 100.0) if size else None}  # 2D: cm²
-        if self.task == "detection":
-            scores = np.asarray(torch.as_tensor(out.get("score", [])).detach().cpu().float()).reshape(-1)
-            shown = min(int((scores >= self.display_min_score).sum()), self.max_boxes_shown)
-            row = {"n_findings": shown, "top_score": float(scores.max()) if scores.size else 0.0}
-            if "malignancy" in out and scores.size:
-                mal = np.asarray(torch.as_tensor(out["malignancy"]).detach().cpu().float()).reshape(-1)
-                row["top_malignancy"] = float(mal.max())
-            return row
-        raise CadpipeInputError(self.bundle_root, f"unknown cadpipe.task {self.task!r} in metadata.json")
+        """Task columns for results.csv from one postprocessed item (the kind's
+        :meth:`~cadpipe.pipelines.kinds.base.TaskKind.columns`), plus its ``RESULT_COLUMNS_KEY`` columns."""
+        return self.kind.columns(self, out) | result_columns(out)
 
     @staticmethod
     def label_map(out: dict) -> np.ndarray:
@@ -409,20 +380,22 @@ class BundleRunner:
         return float(abs(np.linalg.det(aff[:d, :d]))) if d in (2, 3) else 1.0
 
 
-def plan_batched_scoring(task: str, spatial_dims: int, preprocessing, postprocessing) -> tuple:
-    """``(plan, None, seg_post)`` when a bundle of ``task`` with these instantiated ``preprocessing`` and
-    ``postprocessing`` is scored with batched preprocessing, else ``(None, reason, None)``. ``plan``: a
-    :class:`~cadpipe.pipelines.inference.batched_preprocess.BatchedPreprocessing`; ``seg_post``: for segmentation, the
+def plan_batched_scoring(kind, spatial_dims: int, preprocessing, postprocessing) -> tuple:
+    """``(plan, None, seg_post)`` when a bundle of ``kind`` (a :class:`~cadpipe.pipelines.kinds.base.TaskKind` or its
+    name) with these instantiated ``preprocessing`` and ``postprocessing`` is scored with batched preprocessing,
+    else ``(None, reason, None)``. ``plan``: a
+    :class:`~cadpipe.pipelines.inference.batched_preprocess.BatchedPreprocessing`; ``seg_post``: for a kind whose
+    batched output is a label map, the
     :class:`~cadpipe.pipelines.inference.batched_segmentation.BatchedSegmentationPostprocessing` (else None). The
     runner and scoring's early start of the decoding workers both decide here."""
     from cadpipe.pipelines.inference.batched_preprocess import plan_batched
 
-    if task not in ("classification", "multilabel", "segmentation"):
-        return None, f"task {task!r} has no batched preprocessing", None
-    if task == "segmentation" and spatial_dims != 2:
-        return None, f"a {spatial_dims}D segmentation bundle has no batched preprocessing", None
+    kind = kind_of(kind) if isinstance(kind, str) else kind
+    why = kind.batched_unsupported(spatial_dims)
+    if why:
+        return None, why, None
     plan, why = plan_batched(preprocessing)
-    if plan is None or task != "segmentation":
+    if plan is None or kind.batched_output != "label_map":
         return plan, why, None
     from cadpipe.pipelines.inference.batched_segmentation import plan_segmentation_postprocessing
 

@@ -38,7 +38,7 @@ from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.outputs.files import file_sha256
 
 __all__ = ["THRESHOLDS_FILE", "THRESHOLDS_FORMAT", "DEFAULT_THRESHOLD", "NO_FINDING", "OperatingThresholds",
-           "load_thresholds", "decide", "result_calls", "saved_threshold"]
+           "load_thresholds", "decide", "result_calls", "saved_threshold", "saved_thresholds", "threshold_description"]
 
 THRESHOLDS_FILE = "thresholds.json"
 THRESHOLDS_FORMAT = "cadpipe-thresholds/1"
@@ -118,25 +118,35 @@ def saved_threshold(model_file: str, class_name: str, default: float = DEFAULT_T
     return ops.threshold(class_name) if ops.saved and class_name in ops.thresholds else float(default)
 
 
+def saved_thresholds(model_file: str) -> dict[str, float]:
+    """Every class's operating threshold saved for the weights ``model_file`` (checked by sha256); ``{}`` when none
+    are (evaluation then reports at 0.5 only)."""
+    if not os.path.isfile(model_file):
+        return {}
+    ops = load_thresholds(model_file, file_sha256(model_file))
+    return dict(ops.thresholds) if ops.saved else {}
+
+
+def threshold_description(model_file: str, class_name: str) -> str:
+    """Where :func:`saved_threshold` takes ``class_name``'s threshold from, in words (evaluation's metrics say it)."""
+    if not os.path.isfile(model_file):
+        return "default 0.5 (no weights)"
+    ops = load_thresholds(model_file, file_sha256(model_file))
+    if ops.saved and class_name in ops.thresholds:
+        return f"saved with the model ({THRESHOLDS_FILE}: {ops.describe(class_name)})"
+    return ops.note or "default 0.5"
+
+
 def decide(task: str, names: list[str], probs, ops: OperatingThresholds) -> dict:
-    """Calls for one image: ``{"predicted": str, "above": [names at or above their threshold]}``.
+    """Calls for one image: ``{"predicted": str, "above": [names at or above their threshold]}``, as the bundle's
+    task kind makes them (:meth:`cadpipe.pipelines.kinds.classification.Classification.decide`).
 
     ``predicted``: binary → the positive class or the other one; multi-class → arg-max; multi-label → the
     findings joined by ``;`` (``No Finding`` only when nothing else is above threshold; empty when neither).
     """
-    p = np.asarray(probs, dtype=np.float64).reshape(-1)
-    above = [n for n, v in zip(names, p) if v >= ops.threshold(n)]
-    if task == "multilabel":
-        findings = [n for n in above if n != NO_FINDING]
-        if not findings and NO_FINDING in above:
-            findings = [NO_FINDING]
-        return {"predicted": ";".join(findings), "above": findings}
-    if len(names) == 2 and ops.saved:
-        pos = ops.positive_class if ops.positive_class in names else names[1]
-        other = names[1 - names.index(pos)]
-        is_pos = p[names.index(pos)] >= ops.threshold(pos)
-        return {"predicted": pos if is_pos else other, "above": [pos] if is_pos else []}
-    return {"predicted": names[int(p.argmax())] if p.size else "", "above": above}
+    from cadpipe.pipelines.kinds import kind_of
+
+    return kind_of(task).decide(names, probs, ops)
 
 
 def result_calls(task: str, names: list[str], probs, ops: OperatingThresholds) -> dict:

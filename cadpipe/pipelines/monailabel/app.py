@@ -36,9 +36,6 @@ DEFAULT_BUNDLES_DIR = os.path.join(REPO_ROOT, "bundles")
 DEFAULT_ML_PYTHON = os.path.join(REPO_ROOT, ".build", "monailabel-venv", "bin", "python")
 # what MONAI Label 0.8.5 (tasks/infer/bundle.py ``_get_type``) derives from the folder name, in its order
 _NAME_TYPES = ("deepedit", "deepgrow", "detection", "segmentation", "classification")
-# cadpipe metadata task -> the MONAI Label type that serves it
-_TASK_TYPES = {"segmentation": "segmentation", "detection": "detection", "classification": "classification",
-               "multilabel": "classification"}
 # MONAI Label 0.8.5's BundleInferTask appends ``Restored`` (resize the prediction back to the image size) to every
 # non-detection bundle's postprocessing; on a classification probability vector that fails ("operands could not be
 # broadcast together"), and its ClassificationWriter writes no label file. The app's main.py is patched to build
@@ -152,7 +149,10 @@ def _check_bundle(src: str, name: str) -> dict:
     except (OSError, ValueError) as err:
         raise CadpipeInputError(meta_file, f"unreadable metadata ({err})") from err
     task = (meta.get("cadpipe") or {}).get("task")
-    want = _TASK_TYPES.get(task or "", None)
+    from cadpipe.pipelines.kinds import KINDS
+
+    kind = KINDS.get(task or "")
+    want = kind.monailabel_type if kind is not None else None  # the MONAI Label type that serves the task kind
     if want is not None and monailabel_type(name) != want:
         raise CadpipeInputError(src, f"MONAI Label would serve '{name}' as {monailabel_type(name)} but its task "
                                      f"is {task}: the folder name must contain '{want}'")

@@ -48,12 +48,9 @@ CAM_KEY = "cam"
 
 def infer_task(name: str, path: str, conf: dict):
     """The infer task for the bundle folder ``path`` named ``name`` (what the patched ``main.py`` calls)."""
-    kind = monailabel_type(name)
-    if kind == "classification":
-        return ClassificationCAMInferTask(path, conf)
-    if kind == "segmentation":
-        return SegmentationInferTask(path, conf)
-    return BundleInferTask(path, conf)
+    # by the type MONAI Label gives the folder name, which ``cadpipe monailabel-app`` checked against the bundle's
+    # task kind (TaskKind.monailabel_type); detection bundles get MONAI Label's own task
+    return _INFER_TASKS.get(monailabel_type(name), BundleInferTask)(path, conf)
 
 
 class SegmentationInferTask(BundleInferTask):
@@ -133,6 +130,9 @@ class ClassificationCAMInferTask(BundleInferTask):
         return label_file, result
 
 
+_INFER_TASKS = {"classification": ClassificationCAMInferTask, "segmentation": SegmentationInferTask}
+
+
 class _CamToLabel:
     """Last post transform: the (inverted) CAM resized to the input's original spatial shape when it still
     differs (preprocessing that is not invertible), channel dropped, as ``uint8`` 0..255."""
@@ -148,7 +148,7 @@ class _CamToLabel:
         want = [int(s) for s in meta.get("spatial_shape", cam.shape[1:])]
         cam = torch.as_tensor(cam).float()
         if list(cam.shape[1:]) != want:
-            logger.info(f"CAM {tuple(cam.shape[1:])} resized to the input's {tuple(want)}")
+            logger.debug(f"CAM {tuple(cam.shape[1:])} resized to the input's {tuple(want)}")
             cam = Resize(spatial_size=want, mode="bilinear")(cam)
         label = cam_to_label(torch.as_tensor(cam)[0].cpu().numpy())
         affine = cam.affine if isinstance(cam, MetaTensor) else meta.get("affine")

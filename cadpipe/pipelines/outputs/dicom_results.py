@@ -1,15 +1,14 @@
 """The DICOM results of one scored unit from DICOM input: a TID 1500 SR of its findings and the overlay as a
 Secondary Capture (the mask's DICOM SEG is written by :mod:`cadpipe.pipelines.outputs.dicom_seg` beside them).
 
-:func:`write_dicom_results` takes the unit's results row (the ``results.csv`` columns), the output files already
-written for it and the unit's source DICOM files, and writes ``<prefix>_sr.dcm`` and ``<prefix>_sc.dcm`` in the
+:func:`write_dicom_results` takes what the SR reports (from the bundle's task kind), the output files already
+written for the unit and the unit's source DICOM files, and writes ``<prefix>_sr.dcm`` and ``<prefix>_sc.dcm`` in the
 unit's folder, each atomically (temp file + rename). All reference the source study: same Study Instance UID,
 a new series each.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -29,27 +28,46 @@ def _descriptions() -> set[str]:
             "cadpipe segmentation (not for clinical use)"}
 
 
+# descriptions of results written before they named their bundle (still recognised)
 RESULT_SERIES_DESCRIPTIONS = frozenset(_descriptions())
 
 
 def is_cadpipe_result(modality: str, series_description: str) -> bool:
-    """True for a series cadpipe wrote (SR, SEG, Secondary Capture overlay), or any SR/SEG/KO/PR: results that
-    come back from a PACS with the study are not scored again."""
-    return modality.upper() in ("SR", "SEG", "KO", "PR") or series_description in RESULT_SERIES_DESCRIPTIONS
+    """True for a series cadpipe wrote (SR, SEG, Secondary Capture overlay of any bundle), or any SR/SEG/KO/PR:
+    results that come back from a PACS with the study are not scored again."""
+    from cadpipe.pipelines.outputs.dicom_codes import is_result_description
+
+    return modality.upper() in ("SR", "SEG", "KO", "PR") or series_description in RESULT_SERIES_DESCRIPTIONS or \
+        is_result_description(series_description)
 
 
-def write_dicom_results(row: dict, outputs: dict, out_dir: str, source_files: list[str], folder: str, prefix: str,
-                        bundle: dict, task: str) -> dict[str, str]:
+def _note(warnings: list | None, what: str, err: Exception) -> None:
+    if warnings is None:
+        raise err
+    warnings.append(f"no DICOM {what} written: {type(err).__name__}: {str(err).strip()[:300]}")
+
+
+def write_dicom_results(outputs: dict, out_dir: str, source_files: list[str], folder: str, prefix: str,
+                        bundle: dict, content: dict, warnings: list | None = None) -> dict[str, str]:
     """Write the unit's SR and (when it has an overlay picture) Secondary Capture; returns their ``_outputs``
     entries (paths relative to ``out_dir``).
 
+    Each object is written on its own: the SR reports the findings even when no SEG could be made (without the
+    segment reference), the Secondary Capture is written even when the SR fails. Given ``warnings`` (a list), each
+    object that could not be written is named there with the reason; without it the first failure is raised.
+
     Args:
-        row: the unit's results row (``prob_<class>``, ``predicted``, ``lesion_volume_ml`` ...).
         outputs: the unit's output files so far, relative to ``out_dir`` (``overlays``, ``boxes``, ``dicom_seg``).
         source_files: the unit's DICOM files (headers are read, pixel data is not).
         folder, prefix: where the unit's files go and their name prefix.
-        bundle: ``name``, ``version``, ``model_sha256``.
-        task: the bundle's task (classification, multilabel, segmentation, detection).
+        bundle: ``name``, ``version``, ``model_sha256``, ``class_names`` and the bundle's ``dicom`` declaration
+            (:mod:`~cadpipe.pipelines.outputs.dicom_codes`).
+        content: what the SR reports, keyword arguments of
+            :func:`~cadpipe.pipelines.outputs.dicom_sr.build_measurement_report` (``probabilities``, ``predicted``
+            and ``thresholds``; ``boxes``; ``structure``, ``voxels``, ``ndim``, ``segmentation`` and ``volume_ml`` /
+            ``area_cm2``), as the bundle's task kind gives them
+            (:meth:`cadpipe.pipelines.kinds.base.TaskKind.sr_content`).
+        warnings: a list to name each object not written (with the reason); without it the first failure raises.
     """
     import pydicom
 
@@ -59,30 +77,24 @@ def write_dicom_results(row: dict, outputs: dict, out_dir: str, source_files: li
 
     # missing Type 2 patient/study attributes added empty in memory (highdicom copies them); files are not touched
     sources = [_with_type2_attributes(pydicom.dcmread(p, stop_before_pixels=True)) for p in source_files]
-    kwargs: dict = {}
-    if task in ("classification", "multilabel"):
-        kwargs["probabilities"] = {k[5:]: float(v) for k, v in row.items() if k.startswith("prob_")}
-        kwargs["predicted"] = [p for p in str(row.get("predicted") or "").split(";") if p]
-    elif task == "detection" and outputs.get("boxes"):
-        with open(os.path.join(out_dir, outputs["boxes"]), encoding="utf-8") as f:
-            kwargs["boxes"] = json.load(f)["boxes"]
-    elif task == "segmentation" and outputs.get("dicom_seg"):
-        kwargs["segmentation"] = pydicom.dcmread(os.path.join(out_dir, outputs["dicom_seg"]))
-        if row.get("lesion_volume_ml") is not None:  # volumes; 2D images have an area instead
-            kwargs["volume_ml"] = float(row["lesion_volume_ml"])
-        elif row.get("lesion_area_cm2") is not None:
-            kwargs["area_cm2"] = float(row["lesion_area_cm2"])
     written: dict[str, str] = {}
-    sr = build_measurement_report(sources, bundle, **kwargs)
-    path = os.path.join(folder, f"{prefix}_sr.dcm")
-    atomic_save_dicom(sr, path)
-    written["dicom_sr"] = os.path.relpath(path, out_dir)
+    try:
+        sr = build_measurement_report(sources, bundle, **content)
+        path = os.path.join(folder, f"{prefix}_sr.dcm")
+        atomic_save_dicom(sr, path)
+        written["dicom_sr"] = os.path.relpath(path, out_dir)
+    except Exception as err:  # noqa: BLE001 - each result object on its own
+        _note(warnings, "SR", err)
     if outputs.get("overlays"):
         from PIL import Image
 
-        with Image.open(os.path.join(out_dir, outputs["overlays"][0])) as im:
-            rgb = np.asarray(im.convert("RGB"))
-        path = os.path.join(folder, f"{prefix}_sc.dcm")
-        atomic_save_dicom(build_secondary_capture(sources[0], rgb, bundle), path)
-        written["dicom_sc"] = os.path.relpath(path, out_dir)
+        try:
+            with Image.open(os.path.join(out_dir, outputs["overlays"][0])) as im:
+                rgb = np.asarray(im.convert("RGB"))
+            path = os.path.join(folder, f"{prefix}_sc.dcm")
+            atomic_save_dicom(build_secondary_capture(sources[0], rgb, bundle), path)
+            written["dicom_sc"] = os.path.relpath(path, out_dir)
+        except Exception as err:  # noqa: BLE001
+            _note(warnings, "Secondary Capture", err)
     return written
+

@@ -71,11 +71,22 @@ def _with_type2_attributes(ds):
 
 
 def write_dicom_seg(mask: np.ndarray, affine: np.ndarray, source_files: list[str], out_path: str,
-                    label: str = "lesion", algorithm: str = "cadpipe", version: str = "0") -> str:
-    """Write a binary DICOM SEG for ``mask > 0`` over ``source_files``; atomic (temp + rename). Returns the path."""
+                    label: str = "lesion", algorithm: str = "cadpipe", version: str = "0",
+                    bundle: dict | None = None) -> str:
+    """Write a binary DICOM SEG for ``mask > 0`` over ``source_files``; atomic (temp + rename). Returns the path.
+
+    ``label``: the segmented class name; its segmented property category and type are the codes ``bundle``
+    declares for it (:mod:`~cadpipe.pipelines.outputs.dicom_codes`), as are the series number and description.
+    A projection image without a Frame of Reference gets the source's Patient Orientation when it is two valid
+    values, else an empty one (Type 2C: present, unknown)."""
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
+
+    from cadpipe.pipelines.outputs import dicom_codes
+    from cadpipe.pipelines.outputs.secondary_capture import valid_patient_orientation
+
+    bundle = dict(bundle or {"name": algorithm, "version": version})
 
     datasets = [_with_type2_attributes(pydicom.dcmread(p)) for p in source_files]
     if len(datasets) > 1 and hasattr(datasets[0], "ImagePositionPatient"):
@@ -85,8 +96,8 @@ def write_dicom_seg(mask: np.ndarray, affine: np.ndarray, source_files: list[str
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=label[:64],
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Lesion,
+        segmented_property_category=dicom_codes.class_category(bundle, label),
+        segmented_property_type=dicom_codes.class_type(bundle, label),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name=algorithm[:64], family=codes.cid7162.ArtificialIntelligence, version=version or "0"
@@ -98,7 +109,7 @@ def write_dicom_seg(mask: np.ndarray, affine: np.ndarray, source_files: list[str
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
         series_instance_uid=hd.UID(),
-        series_number=9901,
+        series_number=dicom_codes.series_number(bundle, "seg"),
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer="cadpipe",
@@ -106,8 +117,10 @@ def write_dicom_seg(mask: np.ndarray, affine: np.ndarray, source_files: list[str
         software_versions=version or "0",
         device_serial_number="0",
         omit_empty_frames=False,
-        series_description="cadpipe segmentation (not for clinical use)",
+        series_description=dicom_codes.series_description(bundle, "seg"),
     )
+    if "FrameOfReferenceUID" not in seg:  # positioned by its source image alone: say how that image is oriented
+        seg.PatientOrientation = valid_patient_orientation(datasets[0].get("PatientOrientation")) or ""
     tmp = atomic_writer_path(out_path)
     seg.save_as(tmp)
     os.replace(tmp, out_path)

@@ -82,11 +82,14 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def atomic_save_dicom(ds, path: str) -> None:
-    """``ds.save_as`` (a pydicom Dataset, DICOM file format enforced) through a temp file beside ``path``."""
+def atomic_save_dicom(ds, path: str, mode: int | None = None) -> None:
+    """``ds.save_as`` (a pydicom Dataset, DICOM file format enforced) through a temp file beside ``path``; ``mode``:
+    the file's permissions (default: the umask's, as ``open`` gives)."""
     tmp = atomic_writer_path(path)
     try:
         ds.save_as(tmp, enforce_file_format=True)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

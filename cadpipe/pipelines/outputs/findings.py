@@ -16,8 +16,9 @@ Wording follows the task:
 
 from __future__ import annotations
 
-__all__ = ["classification_findings", "threshold_phrase", "heatmap_caption", "segmentation_finding",
-           "segmentation_caption", "select_boxes", "detection_findings", "threshold_columns", "detection_caption", "NO_FINDING"]
+__all__ = ["classification_findings", "multilabel_findings", "threshold_phrase", "heatmap_caption",
+           "segmentation_finding", "segmentation_caption", "select_boxes", "detection_findings", "detection_caption",
+           "NO_FINDING"]
 
 NO_FINDING = "No Finding"
 
@@ -35,47 +36,43 @@ def threshold_phrase(p: float, threshold: float) -> str:
     return f"{float(p):.2f} {'above' if p >= threshold else 'below'} threshold {float(threshold):.2f}"
 
 
-def classification_findings(task: str, names: list[str], probs: list[float], thresholds: dict[str, float],
+def _call(n: str, call: str, text: str, prob: dict, thr: dict) -> dict:
+    return {"type": n, "probability": prob[n], "threshold": thr[n], "call": call, "text": text}
+
+
+def classification_findings(names: list[str], probs: list[float], thresholds: dict[str, float],
                             positive_class: str | None, predicted: str) -> list[dict]:
-    """Findings of a classification (``task`` ``"classification"``) or multi-label (``"multilabel"``) result.
+    """Findings of a classification result (binary: the positive class's call; multi-class: the predicted class).
 
     ``thresholds``: the operating threshold of each class (defaults included); ``predicted``: the row's
     ``predicted`` column (from the same thresholds).
     """
     prob = dict(zip(names, (float(p) for p in probs)))
     thr = {n: float(thresholds.get(n, 0.5)) for n in names}
-
-    def item(n: str, call: str, text: str) -> dict:
-        return {"type": n, "probability": prob[n], "threshold": thr[n], "call": call, "text": text}
-
-    if task == "multilabel":
-        shown = [n for n in str(predicted).split(";") if n]
-        if shown == [NO_FINDING] or not shown:
-            return [{"type": "none", "call": "negative",
-                     "text": "No pathology above its operating threshold."
-                             + (f" No Finding: {_pct(prob[NO_FINDING])}." if NO_FINDING in prob else "")}]
-        return [item(n, "positive", f"{_name(n)}: above threshold (probability {_pct(prob[n])}, operating "
-                                    f"threshold {_pct(thr[n])}).")
-                for n in sorted(shown, key=lambda n: -prob[n])]
     if len(names) == 2:
         pos = positive_class if positive_class in names else names[1]
         call = "positive" if predicted == pos else "negative"
-        return [item(pos, call, f"{_name(pos)}: {call} (probability {_pct(prob[pos])}, operating threshold "
-                                f"{_pct(thr[pos])}).")]
+        return [_call(pos, call, f"{_name(pos)}: {call} (probability {_pct(prob[pos])}, operating threshold "
+                                 f"{_pct(thr[pos])}).", prob, thr)]
     call = "positive" if prob.get(predicted, 0.0) >= thr.get(predicted, 0.5) else "negative"
-    return [item(predicted, call, f"Predicted class: {_name(predicted)} (probability {_pct(prob[predicted])}, the "
-                                  f"highest of {len(names)} classes).")]
+    return [_call(predicted, call, f"Predicted class: {_name(predicted)} (probability {_pct(prob[predicted])}, the "
+                                   f"highest of {len(names)} classes).", prob, thr)]
 
 
-def threshold_columns(task: str, names: list[str], thresholds: dict[str, float], ops) -> dict[str, float]:
-    """The thresholds that decide: every class (multi-label), the positive class (binary), none (multi-class:
-    arg-max). ``ops``: the model's :class:`~cadpipe.pipelines.inference.thresholds.OperatingThresholds`."""
-    if task == "multilabel":
-        return dict(thresholds)
-    if len(names) == 2:
-        pos = ops.positive_class if ops.positive_class in names else names[1]
-        return {pos: thresholds[pos]}
-    return {}
+def multilabel_findings(names: list[str], probs: list[float], thresholds: dict[str, float],
+                        predicted: str) -> list[dict]:
+    """Findings of a multi-label result: one per pathology in ``predicted`` (the row's column, ``;``-joined), or
+    one saying none is above its threshold."""
+    prob = dict(zip(names, (float(p) for p in probs)))
+    thr = {n: float(thresholds.get(n, 0.5)) for n in names}
+    shown = [n for n in str(predicted).split(";") if n]
+    if shown == [NO_FINDING] or not shown:
+        return [{"type": "none", "call": "negative",
+                 "text": "No pathology above its operating threshold."
+                         + (f" No Finding: {_pct(prob[NO_FINDING])}." if NO_FINDING in prob else "")}]
+    return [_call(n, "positive", f"{_name(n)}: above threshold (probability {_pct(prob[n])}, operating "
+                                 f"threshold {_pct(thr[n])}).", prob, thr)
+            for n in sorted(shown, key=lambda n: -prob[n])]
 
 
 def heatmap_caption(class_name: str, p: float, threshold: float, method: str = "Grad-CAM") -> str:

@@ -1,7 +1,8 @@
 """Scoring where the studies live: PACS input sources and result senders, above :mod:`cadpipe.pipelines.scoring`.
 
-- :mod:`.dicomweb`: DICOMweb (QIDO-RS search, WADO-RS retrieval into a cache folder, STOW-RS of results) with
-  ``dicomweb-client``; credentials from an environment variable or a file (:func:`.dicomweb.read_auth`).
+- :mod:`.dicomweb`: DICOMweb (QIDO-RS search, WADO-RS retrieval into a cache folder, STOW-RS of results), every
+  request bounded in time and size (:mod:`.bounded_http`, WADO-RS answers split to disk by :mod:`.multipart`);
+  credentials from an environment variable or a file (:func:`.dicomweb.read_auth`, :mod:`.secret_file`).
 - :mod:`.score_cli`: ``cadpipe score`` = the folder scoring CLI plus ``--dicomweb`` / ``--store-results``.
 - :mod:`.listener`: a DIMSE C-STORE SCP (``pynetdicom``) that scores each study once it is complete, and its
   ``cadpipe listen`` CLI.

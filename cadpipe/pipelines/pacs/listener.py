@@ -31,14 +31,16 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.pipelines.outputs.private_files import make_private_dirs, open_private
 from cadpipe.pipelines.pacs.send import Peer, SendError, parse_peer, send_files
 from cadpipe.pipelines.scoring.cli import parse_overrides
-from cadpipe.pipelines.scoring.discovery import safe_name
-from cadpipe.pipelines.scoring.preflight import WEIGHTS, preflight
-from cadpipe.pipelines.scoring.score import EXIT_USAGE, ScoreConfig, build_runner, score
+from cadpipe.pipelines.scoring.exit_status import EXIT_USAGE
+
+if TYPE_CHECKING:  # the scoring core (torch, MONAI) is imported where the work starts: `--help` stays instant
+    from cadpipe.pipelines.scoring.score import ScoreConfig
 
 __all__ = ["ListenConfig", "StudyListener", "STORAGE_2D", "STORAGE_3D", "add_arguments", "run"]
 
@@ -86,8 +88,8 @@ class StudyListener:
         self.cfg, self.on_scored = cfg, on_scored
         self.out = cfg.score.output
         self.incoming, self.studies = os.path.join(self.out, INCOMING), os.path.join(self.out, STUDIES)
-        os.makedirs(self.incoming, exist_ok=True)
-        os.makedirs(self.studies, exist_ok=True)
+        make_private_dirs(self.incoming)  # received instances are patient data: 0700 folders, 0600 files
+        make_private_dirs(self.studies)
         os.makedirs(os.path.join(self.out, ".cadpipe"), exist_ok=True)
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}  # incoming study folder -> monotonic time of its last instance
@@ -117,13 +119,15 @@ class StudyListener:
         if not (study and series and sop):
             log.warning("refused an instance without Study/Series/SOP Instance UID")
             return 0xA900  # dataset does not match SOP class
+        from cadpipe.pipelines.scoring.discovery import safe_name
+
         name = safe_name(study)
         folder = os.path.join(self.incoming, name, safe_name(series))
-        os.makedirs(folder, exist_ok=True)
+        make_private_dirs(folder, under=self.incoming)
         path = os.path.join(folder, f"{safe_name(sop)}.dcm")
         tmp = os.path.join(folder, f".tmp_{threading.get_ident()}_{safe_name(sop)}.dcm")
         try:
-            with open(tmp, "wb") as f:
+            with open_private(tmp) as f:
                 f.write(event.encoded_dataset())  # preamble + file meta + dataset as received, not re-encoded
             os.replace(tmp, path)
         except OSError as err:
@@ -169,13 +173,15 @@ class StudyListener:
         src, dest = os.path.join(self.incoming, name), os.path.join(self.studies, name)
         for dirpath, _, files in os.walk(src):
             target = os.path.join(dest, os.path.relpath(dirpath, src))
-            os.makedirs(target, exist_ok=True)
+            make_private_dirs(target, under=self.studies)
             for f in files:
                 if not f.startswith(".tmp_"):
                     os.replace(os.path.join(dirpath, f), os.path.join(target, f))
         shutil.rmtree(src, ignore_errors=True)
 
     def _score_received(self) -> dict:
+        from cadpipe.pipelines.scoring.score import ScoreConfig, score
+
         cfg = ScoreConfig(**{**self.cfg.score.__dict__, "input": self.studies, "manifest": None})
         return score(cfg, runner=self._runner_for(cfg))
 
@@ -183,6 +189,9 @@ class StudyListener:
         """The model, built on the first study and kept for the next ones; built again when the bundle's
         ``models/model.pt`` changed (size or modification time) since: new weights are used from the next study,
         as ``cadpipe score`` would (score() checks the runner's sha256 against the file in any case)."""
+        from cadpipe.pipelines.scoring.preflight import WEIGHTS, preflight
+        from cadpipe.pipelines.scoring.score import build_runner
+
         weights = os.path.join(cfg.bundle, WEIGHTS)
         try:
             st = os.stat(weights)
@@ -263,7 +272,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds without a new instance after which a study is scored (default 10)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=4, help="units per forward pass (default 4)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers loading/preprocessing")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="DataLoader worker processes decoding/preprocessing each study (default 0: in the "
+                             "listener's process, which suits studies of a few images)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for the forward pass")
     parser.add_argument("--override", action="append", default=[], metavar="ID=VALUE",
                         help="bundle config override, VALUE parsed as JSON when it can be")
@@ -273,6 +284,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cadpipe.pipelines.scoring.score import ScoreConfig
+
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if args.batch_size < 1 or args.workers < 0 or args.study_timeout < 0 or not 0 < args.port < 65536:
         print("cadpipe listen: --batch-size >= 1, --workers >= 0, --study-timeout >= 0, 0 < --port < 65536",

@@ -278,7 +278,8 @@ def create_app(runners: dict, settings: PortalSettings):
     @app.post("/api/studies", status_code=202, summary="upload one study (one or more files) for scoring")
     def upload(request: Request, files: list[UploadFile] = File(..., description="DICOM, LJPEG + .ics, NIfTI, "
                                                                                   "JPEG/PNG/TIFF"),
-               task: str = Form("auto", description="a task key from /api/tasks, or 'auto' to infer it")):
+               key: str = Form("auto", alias="task", description="a task key from /api/tasks, or 'auto' to infer "
+                                                                  "it")):
         if not authorised(request):
             return unauthorised()
         names = [f.filename or "" for f in files]
@@ -286,8 +287,9 @@ def create_app(runners: dict, settings: PortalSettings):
         job_dir = store.job_dir(job_id)
         try:
             check_upload_set(names, settings.limits)
-            if task not in ("", "auto") and task not in runners:
-                raise UploadRejected("", f"unknown task {task!r}; choose one of {', '.join(runners)}", 400)
+            auto = key in ("", "auto")  # the form's "task": a bundle key (which bundle scores), not a task kind
+            if not auto and key not in runners:
+                raise UploadRejected("", f"unknown task {key!r}; choose one of {', '.join(runners)}", 400)
             in_dir = os.path.join(job_dir, "input")
             ljpegs = [n for n in names if suffix_of(n) == ".ljpeg"]
             ics_name = None
@@ -299,11 +301,11 @@ def create_app(runners: dict, settings: PortalSettings):
                 total += s.size
                 stored.append(s)
             check_declared_sizes(stored)
-            if task in ("", "auto"):
+            if auto:
                 from cadpipe.pipelines.portal.engine import infer_task
 
-                task = infer_task(stored, list(runners))
-                if task is None:
+                key = infer_task(stored, list(runners))
+                if key is None:
                     raise UploadRejected(names[0], "cannot tell the task from this file; choose one of "
                                                    + ", ".join(labels.values()), 400)
         except UploadRejected as err:
@@ -314,7 +316,7 @@ def create_app(runners: dict, settings: PortalSettings):
                 f.file.close()
         record = [{"name": s.original, "stored": os.path.relpath(s.stored, job_dir), "kind": s.kind, "size": s.size}
                   for s in stored]
-        job = store.create(job_id, task, record)
+        job = store.create(job_id, key, record)
         try:
             worker.submit(job_id)
         except QueueFull as err:
@@ -323,7 +325,7 @@ def create_app(runners: dict, settings: PortalSettings):
             r = _error(503, f"the service is busy: {err}")
             r.headers["Retry-After"] = "30"
             return r
-        log.info("job %s (%s): queued, %d file(s), %d bytes", job_id, task, len(stored), total)
+        log.info("job %s (%s): queued, %d file(s), %d bytes", job_id, key, len(stored), total)
         body = public(job)
         body["status_url"] = f"/api/studies/{job_id}"
         return body

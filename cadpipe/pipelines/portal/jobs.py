@@ -15,6 +15,8 @@ import threading
 import time
 import uuid
 
+from cadpipe.pipelines.outputs.private_files import make_private_dirs, open_private
+
 __all__ = ["JobStore", "STEPS", "new_job_id", "is_job_id"]
 
 STEPS = ("uploaded", "loaded", "preprocessed", "inferred", "report ready")
@@ -34,9 +36,13 @@ class JobStore:
 
     def __init__(self, data_dir: str):
         self.data_dir = os.path.abspath(data_dir)
-        os.makedirs(os.path.join(self.data_dir, "jobs"), exist_ok=True)
+        # uploads, reports and the job database are patient data: 0700 folders, 0600 files (docs/security.md)
+        make_private_dirs(os.path.join(self.data_dir, "jobs"), under=self.data_dir)
         self.path = os.path.join(self.data_dir, "jobs.sqlite3")
         self._lock = threading.Lock()
+        if not os.path.exists(self.path):
+            with open_private(self.path, "ab"):  # SQLite gives its -wal/-shm files the database's mode
+                pass
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(

@@ -1,7 +1,8 @@
 """``cadpipe serve``: the web portal (see ``docs/portal.md``).
 
 Loads each bundle's network once, then serves the upload page and the study API with uvicorn. Binds to
-127.0.0.1 unless told otherwise; any other address needs an access token (``--token`` or ``CADPIPE_TOKEN``).
+127.0.0.1 unless told otherwise; any other address needs an access token (``--token-file``, ``CADPIPE_TOKEN`` or
+``--token``; a token on the command line is visible to every user of the machine in ``ps``).
 
 Exit status: 0 after a clean shutdown; 2 usage error (bad option, no bundle with weights, non-local address
 without a token).
@@ -34,7 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default="portal_data", help="jobs database, uploads and reports "
                                                                   "(default ./portal_data)")
     parser.add_argument("--token", default=None, help="access token (default: $CADPIPE_TOKEN); required when "
-                                                      "--host is not a loopback address")
+                                                      "--host is not a loopback address. Every user of the machine "
+                                                      "sees it in `ps`: prefer --token-file or CADPIPE_TOKEN")
+    parser.add_argument("--token-file", default=None, metavar="PATH",
+                        help="read the access token from PATH (one line; the file must not be readable by other "
+                             "users: chmod 600)")
     parser.add_argument("--max-files", type=int, default=20, help="files per upload (default 20)")
     parser.add_argument("--max-file-mb", type=float, default=256.0, help="size limit per file (default 256 MB)")
     parser.add_argument("--max-upload-mb", type=float, default=512.0, help="size limit per upload (default 512 MB)")
@@ -114,10 +119,21 @@ def run(args: argparse.Namespace) -> int:
     # pixel limits for every reader; pydicom's warnings quote header values: kept out of the log (after its import)
     if not apply_input_safety(args, "cadpipe serve"):
         return EXIT_USAGE
+    if args.token_file and args.token:
+        print("cadpipe serve: give --token or --token-file, not both", file=sys.stderr)
+        return EXIT_USAGE
+    if args.token_file:
+        from cadpipe.pipelines.pacs.secret_file import read_secret_file
+
+        try:
+            args.token = read_secret_file(args.token_file, "token file")
+        except CadpipeInputError as err:
+            print(f"cadpipe serve: {err}", file=sys.stderr)
+            return EXIT_USAGE
     token = args.token or os.environ.get("CADPIPE_TOKEN") or None
     if args.host not in LOCAL_HOSTS and not token:
-        print(f"cadpipe serve: binding to {args.host} needs an access token (--token or CADPIPE_TOKEN); refusing to "
-              "start", file=sys.stderr)
+        print(f"cadpipe serve: binding to {args.host} needs an access token (--token-file, CADPIPE_TOKEN or --token); "
+              "refusing to start", file=sys.stderr)
         return EXIT_USAGE
     if args.max_files < 1 or args.max_file_mb <= 0 or args.max_upload_mb <= 0 or args.queue_size < 1:
         print("cadpipe serve: --max-files, --max-file-mb, --max-upload-mb and --queue-size must be positive",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from cadpipe.errors import CadpipeInputError
+from cadpipe.pipelines.outputs.private_files import make_private_dirs, open_private
 
 __all__ = ["UploadLimits", "UploadRejected", "StoredFile", "ACCEPTED_SUFFIXES", "suffix_of", "check_upload_set",
            "store_upload", "sniff_kind", "ljpeg_stored_names"]
@@ -194,13 +195,14 @@ def store_upload(name: str, stream: BinaryIO, folder: str, index: int, limits: U
         stored_name = ics_name or "case.ics"
     else:
         stored_name = f"f{index:03d}{suffix or '.dcm'}"
-    os.makedirs(folder, exist_ok=True)
+    make_private_dirs(folder, under=os.path.dirname(folder))  # the job's folder and its input: patient data,
+    # 0700 folders and 0600 files (docs/security.md)
     path = os.path.join(folder, stored_name)
     if os.path.exists(path):
         raise UploadRejected(name, "the same DDSM view was uploaded twice", 400)
     size = 0
     try:
-        with open(path, "wb") as out:
+        with open_private(path) as out:
             chunk = head
             while chunk:
                 size += len(chunk)

@@ -39,6 +39,10 @@ class RawUnitDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         t0 = time.perf_counter()
+        if getattr(self.units[i], "error", ""):  # refused by discovery (a link leaving the input...): not loaded
+            from cadpipe.errors import CadpipeInputError
+
+            return i, None, str(CadpipeInputError(self.units[i].image, self.units[i].error)), 0.0
         try:
             return i, self.decode(self.units[i].image), None, time.perf_counter() - t0
         except Exception as err:  # noqa: BLE001 - becomes an error row
@@ -82,7 +86,7 @@ def forward_raw(runner, plan, raws: list[RawImage], need_images: bool, heatmaps:
     retries image by image)."""
     x = plan(raws, runner.device)
     logits = runner.forward_batch(x)
-    if runner.task == "segmentation":
+    if runner.kind.batched_output == "label_map":  # segmentation (cadpipe.pipelines.kinds)
         seg = runner.batched_segmentation_postprocessing()
         if seg is None:  # the plan came from elsewhere (_start_loading decides as the runner does)
             raise RuntimeError("batched scoring of a segmentation bundle without a batched postprocessing")

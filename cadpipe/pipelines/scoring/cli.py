@@ -1,6 +1,8 @@
 """``cadpipe score``: score a folder of studies with a bundle (see :mod:`cadpipe.pipelines.scoring.score`).
 
-Exit status (also in ``--help``): see :data:`EXIT_STATUS`.
+Exit status (also in ``--help``): see :data:`~cadpipe.pipelines.scoring.exit_status.EXIT_STATUS`.
+Building the parser imports nothing heavy (``--help`` answers at once); torch, MONAI and the scoring core are
+imported by :func:`run`, where the work starts.
 """
 
 from __future__ import annotations
@@ -12,14 +14,10 @@ import sys
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.extras import MissingExtraError, require
+from cadpipe.pipelines.scoring.exit_status import EXIT_NOTHING_FOUND, EXIT_STATUS, EXIT_USAGE
 from cadpipe.pipelines.scoring.input_safety import add_input_safety_arguments, apply_input_safety
-from cadpipe.pipelines.scoring.score import EXIT_NOTHING_FOUND, EXIT_USAGE, ScoreConfig, score
 
-EXIT_STATUS = """exit status:
-  0  every unit scored ok (or already scored by an earlier run)
-  2  usage error, nothing written: bad option, missing input/bundle/weights, unavailable device, missing extra
-  3  some units failed: each has an error row in results.csv (path + reason); the others are scored
-  4  the input holds no scoreable unit (a warning on stderr says so)"""
+DEFAULT_WORKERS = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=4,
                         help="units forwarded together (same-shape images are batched across studies; default 4)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers loading/preprocessing")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help=f"DataLoader worker processes decoding/preprocessing the images (default "
+                             f"{DEFAULT_WORKERS}; 0 = in the scoring process)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the forward pass (default: torch's, one per CPU). On a machine "
                              "shared with other busy processes, 1 can be several times faster: torch's threads wait "
@@ -45,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "between them (default: 2 on a CPU with >= 2 threads, 1 for detection bundles and on a GPU)")
     parser.add_argument("--limit", type=int, default=None, help="score at most N units")
     parser.add_argument("--force", action="store_true",
-                        help="rescore everything; without it a re-run skips units scored ok and retries error units")
+                        help="rescore everything; without it a re-run skips units scored ok and retries error units. "
+                             "An output folder belongs to the bundle that first scored into it: another bundle is "
+                             "refused (exit 2) unless --force, which starts the folder's results.csv afresh")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.add_argument("--no-reports", action="store_true", help="skip report.html/pdf")
     parser.add_argument("--no-heatmaps", action="store_true", help="skip GradCAM heatmaps (classification)")
@@ -93,6 +95,8 @@ def parse_overrides(texts: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cadpipe.pipelines.scoring.score import ScoreConfig, score  # torch and MONAI: only once the work starts
+
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if not apply_input_safety(args, "cadpipe score"):
         return EXIT_USAGE

@@ -31,8 +31,10 @@ folder in its published layout (LGG ``*_mask.tif`` beside each slice, MSD ``labe
 Hostile or odd input becomes a unit with ``error`` set (an error row naming the file and the reason, nothing
 loaded): symbolic links leaving the input folder (followed only with ``follow_links=True``, ``--follow-links``),
 link loops, dangling links, unreadable files, files named like DICOM that are not (decided from the ``DICM``
-preamble or a bounded header read, :mod:`cadpipe.transforms.readers.dicom_probe`, so a gigabyte of junk is rejected in
-seconds). Output names are unique per unit (:mod:`cadpipe.pipelines.scoring.output_names`).
+preamble or a bounded header read, :mod:`cadpipe.transforms.readers.dicom_probe`, so a gigabyte of junk is rejected
+in seconds). Any other exception raised while one file or one series is looked at also becomes that unit's error
+row (:func:`unexpected_reason`): one input never ends discovery. Output names are unique per unit
+(:mod:`cadpipe.pipelines.outputs.output_names`).
 """
 
 from __future__ import annotations
@@ -43,12 +45,12 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from cadpipe.errors import CadpipeInputError
-from cadpipe.pipelines.scoring.output_names import assign_output_names, safe_name
+from cadpipe.pipelines.outputs.output_names import assign_output_names, safe_name
 from cadpipe.transforms.readers.dicom_probe import read_dicom_header
 from cadpipe.transforms.readers.file_checks import os_error_reason
 from cadpipe.transforms.readers.io_any import VOLUME_FORMATS, VOLUME_SUFFIXES, detect_format, volume_suffix
 
-__all__ = ["Unit", "discover", "read_manifest", "safe_name", "is_ground_truth"]
+__all__ = ["Unit", "discover", "read_manifest", "safe_name", "is_ground_truth", "unexpected_reason"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LJPEG_SUFFIX = ".ljpeg"
@@ -85,12 +87,22 @@ class Unit:
     dicom_files: list[str] = field(default_factory=list)
     patient: dict = field(default_factory=dict)
     error: str = ""  # set: not loaded, scored as an error row with this reason (links leaving the input...)
-    out_study: str = ""  # output folder / file names, unique (cadpipe.pipelines.scoring.output_names)
+    out_study: str = ""  # output folder / file names, unique (cadpipe.pipelines.outputs.output_names)
     out_series: str = ""
     out_prefix: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def unexpected_reason(err: BaseException) -> str:
+    """The reason of an error row for an exception nobody expected from one input (its type and message, cut
+    short; an OS error's reason in words)."""
+    if isinstance(err, CadpipeInputError):
+        return err.reason
+    if isinstance(err, OSError):
+        return os_error_reason(err)
+    return f"could not be read ({type(err).__name__}: {str(err).strip()[:300]})"
 
 
 def _is_hidden(rel: str) -> bool:
@@ -234,6 +246,80 @@ def _walk(root: str, follow_links: bool) -> tuple[list[str], list[tuple[str, str
     return files, refused
 
 
+def _add_file(path: str, root: str, units: list[Unit], dicom: dict, skip_ground_truth: bool) -> None:
+    """The unit of one file (appended to ``units``; DICOM images to ``dicom`` by study and series), an error
+    unit with the reason, or nothing (not an image, ground truth, hidden)."""
+    rel = os.path.relpath(path, root)
+    if _is_hidden(rel) or (skip_ground_truth and is_ground_truth(rel if rel != "." else os.path.basename(path))):
+        return
+    try:
+        fmt = _detect(path)
+    except OSError as err:  # cannot be opened to look at its content: say why
+        study, stem = _file_study(root, path)
+        units.append(Unit(os.path.relpath(path, root), study, stem, "error", path, [path],
+                          error=os_error_reason(err)))
+        return
+    if fmt is None:
+        return
+    if fmt == "dicom":
+        header = _dicom_header(path)
+        if isinstance(header, str):  # named .dcm but not DICOM / broken header: an error row, nothing loaded
+            study, stem = _file_study(root, path)
+            units.append(Unit(os.path.relpath(path, root), study, stem, "dicom", path, [path], [path],
+                              error=header))
+            return
+        if not header["pixels"] and header["study"]:
+            return  # a readable DICOM object without an image (RT plan, SR...)
+        if skip_ground_truth and header["modality"] in NON_IMAGE_MODALITIES:
+            return
+        if not header["study"] or not header["series"]:
+            # a DICOM image without study/series UIDs: scored as one unit (the loader decides)
+            study, stem = _file_study(root, path)
+            units.append(Unit(os.path.relpath(path, root), study, stem, "dicom", path, [path], [path]))
+            return
+        dicom.setdefault((header["study"], header["series"]), []).append((header, path))
+    elif fmt == "ljpeg":
+        case_dir = os.path.dirname(path)
+        study = os.path.basename(case_dir) if case_dir != root else _file_study(root, path)[0]
+        base = os.path.basename(path)
+        view = base.split(".")[-2] if base.count(".") >= 2 else os.path.splitext(base)[0]
+        ics = [os.path.join(case_dir, f) for f in sorted(os.listdir(case_dir)) if f.lower().endswith(".ics")]
+        units.append(Unit(os.path.relpath(path, root), study, view, "ljpeg", path, [path] + ics[:1]))
+    else:
+        study, stem = _file_study(root, path)
+        units.append(Unit(os.path.relpath(path, root), study, stem, fmt, path, [path]))
+
+
+def _series_units(study: str, series: str, members: list[tuple[dict, str]], root: str, spatial_dims: int,
+                  series_dir: str | None) -> list[Unit]:
+    """The units of one DICOM series: one per instance (2D), or the series as one volume (3D; a folder of links
+    when its files do not sit alone in one folder)."""
+    members.sort(key=lambda hp: (hp[0]["instance"], hp[1]))
+    patient = members[0][0]["patient"]
+    if spatial_dims == 2:
+        return [Unit(header["sop"] or os.path.relpath(path, root), study, series, "dicom", path, [path], [path],
+                     patient) for header, path in members]
+    paths = [p for _, p in members]
+    folders = {os.path.dirname(p) for p in paths}
+    image = None
+    if len(folders) == 1:
+        folder = folders.pop()
+        # the folder may be used as a series folder only if it holds nothing but this series' images
+        siblings = [os.path.join(folder, f) for f in os.listdir(folder) if not f.startswith(".")]
+        siblings = [s for s in siblings if os.path.isfile(s) and _detect(s) is not None]
+        if sorted(siblings) == sorted(paths):
+            image = folder
+    if image is None:
+        base = series_dir or _tmp_series_root()
+        image = os.path.join(base, safe_name(series))
+        os.makedirs(image, exist_ok=True)
+        for i, p in enumerate(paths):
+            link = os.path.join(image, f"{i:05d}.dcm")
+            if not os.path.lexists(link):
+                os.symlink(p, link)
+    return [Unit(series, study, series, "dicom", image, paths, paths, patient)]
+
+
 def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None,
              skip_ground_truth: bool = True, follow_links: bool = False) -> list[Unit]:
     """All units under ``root`` (a folder, or one file), sorted by (study, series, unit id).
@@ -265,75 +351,19 @@ def discover(root: str, spatial_dims: int = 2, series_dir: str | None = None,
 
     dicom: dict[tuple[str, str], list[tuple[dict, str]]] = {}
     for path in files:
-        rel = os.path.relpath(path, root)
-        if _is_hidden(rel) or (skip_ground_truth and is_ground_truth(rel if rel != "." else os.path.basename(path))):
-            continue
         try:
-            fmt = _detect(path)
-        except OSError as err:  # cannot be opened to look at its content: say why
+            _add_file(path, root, units, dicom, skip_ground_truth)
+        except Exception as err:  # noqa: BLE001 - one file never ends discovery: its error row says why
             study, stem = _file_study(root, path)
             units.append(Unit(os.path.relpath(path, root), study, stem, "error", path, [path],
-                              error=os_error_reason(err)))
-            continue
-        if fmt is None:
-            continue
-        if fmt == "dicom":
-            header = _dicom_header(path)
-            if isinstance(header, str):  # named .dcm but not DICOM / broken header: an error row, nothing loaded
-                study, stem = _file_study(root, path)
-                units.append(Unit(os.path.relpath(path, root), study, stem, "dicom", path, [path], [path],
-                                  error=header))
-                continue
-            if not header["pixels"] and header["study"]:
-                continue  # a readable DICOM object without an image (RT plan, SR...)
-            if skip_ground_truth and header["modality"] in NON_IMAGE_MODALITIES:
-                continue
-            if not header["study"] or not header["series"]:
-                # a DICOM image without study/series UIDs: scored as one unit (the loader decides)
-                study, stem = _file_study(root, path)
-                units.append(Unit(os.path.relpath(path, root), study, stem, "dicom", path, [path], [path]))
-                continue
-            dicom.setdefault((header["study"], header["series"]), []).append((header, path))
-        elif fmt == "ljpeg":
-            case_dir = os.path.dirname(path)
-            study = os.path.basename(case_dir) if case_dir != root else _file_study(root, path)[0]
-            base = os.path.basename(path)
-            view = base.split(".")[-2] if base.count(".") >= 2 else os.path.splitext(base)[0]
-            ics = [os.path.join(case_dir, f) for f in sorted(os.listdir(case_dir)) if f.lower().endswith(".ics")]
-            units.append(Unit(os.path.relpath(path, root), study, view, "ljpeg", path, [path] + ics[:1]))
-        else:
-            study, stem = _file_study(root, path)
-            units.append(Unit(os.path.relpath(path, root), study, stem, fmt, path, [path]))
+                              error=unexpected_reason(err)))
 
     for (study, series), members in dicom.items():
-        members.sort(key=lambda hp: (hp[0]["instance"], hp[1]))
-        patient = members[0][0]["patient"]
-        if spatial_dims == 2:
-            for header, path in members:
-                units.append(
-                    Unit(header["sop"] or os.path.relpath(path, root), study, series, "dicom", path, [path], [path],
-                         patient)
-                )
-            continue
-        paths = [p for _, p in members]
-        folders = {os.path.dirname(p) for p in paths}
-        image = None
-        if len(folders) == 1:
-            folder = folders.pop()
-            # the folder may be used as a series folder only if it holds nothing but this series' images
-            siblings = [os.path.join(folder, f) for f in os.listdir(folder) if not f.startswith(".")]
-            siblings = [s for s in siblings if os.path.isfile(s) and _detect(s) is not None]
-            if sorted(siblings) == sorted(paths):
-                image = folder
-        if image is None:
-            base = series_dir or _tmp_series_root()
-            image = os.path.join(base, safe_name(series))
-            os.makedirs(image, exist_ok=True)
-            for i, p in enumerate(paths):
-                link = os.path.join(image, f"{i:05d}.dcm")
-                if not os.path.lexists(link):
-                    os.symlink(p, link)
-        units.append(Unit(series, study, series, "dicom", image, paths, paths, patient))
+        try:
+            units += _series_units(study, series, members, root, spatial_dims, series_dir)
+        except Exception as err:  # noqa: BLE001 - one series never ends discovery: its error row says why
+            paths = [p for _, p in members]
+            units.append(Unit(series, study, series, "error", paths[0], paths, error=unexpected_reason(err)))
 
     units.sort(key=lambda u: (u.study_id, u.series_id, u.unit_id))
     seen: set[str] = set()
@@ -383,7 +413,10 @@ def read_manifest(manifest: str, spatial_dims: int = 2, series_dir: str | None =
             found = [Unit(os.path.relpath(path, base), study, stem, fmt, path, [path],
                           [path] if fmt == "dicom" else [])]
             if fmt == "dicom":
-                header = _dicom_header(path)
+                try:
+                    header = _dicom_header(path)
+                except Exception as err:  # noqa: BLE001 - an error row, not the end of the run
+                    header = unexpected_reason(err)
                 if isinstance(header, str):
                     found[0].error = header
                 else:

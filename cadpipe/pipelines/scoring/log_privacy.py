@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-__all__ = ["quiet_identifying_logs"]
+__all__ = ["quiet_identifying_logs", "escape_controls"]
 
 
 def quiet_identifying_logs() -> None:
@@ -28,3 +28,11 @@ def quiet_identifying_logs() -> None:
         logger.propagate = False
         warnings.filterwarnings("ignore", module=rf"{name}(\..*)?$")
     warnings.filterwarnings("ignore", message=r".*(Invalid value|invalid value|VR [A-Z]{2}).*")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters (newlines included) escaped as ``\\n``, ``\\x1b``...: a value printed or
+    logged cannot forge a line or drive a terminal."""
+    if all(c.isprintable() for c in text):
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -1,5 +1,6 @@
 """Checks ``cadpipe score`` runs before discovery and before it creates the output folder: the bundle's files and
-trained weights, the device, the options, the input or manifest, and the optional extras the run needs.
+trained weights, the device, the options, the input or manifest, that the output folder does not hold another
+bundle's results (:mod:`~cadpipe.pipelines.scoring.output_owner`), and the optional extras the run needs.
 
 Each failure raises :class:`~cadpipe.errors.CadpipeInputError` (the path and the reason) or
 :class:`~cadpipe.extras.MissingExtraError`; both are usage errors (exit status 2), and nothing has been written.
@@ -14,6 +15,7 @@ import torch
 from cadpipe.errors import CadpipeInputError
 from cadpipe.extras import require
 from cadpipe.pipelines.inference.bundle_runner import REQUIRED_CONFIGS
+from cadpipe.pipelines.scoring.output_owner import check_output_owner
 
 WEIGHTS = os.path.join("models", "model.pt")
 
@@ -78,6 +80,7 @@ def preflight(cfg) -> None:
     check_options(cfg)
     check_source(cfg)
     check_bundle(cfg.bundle)
+    check_output_owner(cfg.output, cfg.bundle, cfg.force)
     if cfg.ray is not None:
         require("ray", "cadpipe score --ray")
     else:

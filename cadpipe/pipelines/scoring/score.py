@@ -20,24 +20,21 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.scoring.discovery import Unit, discover, read_manifest, safe_name
 from cadpipe.pipelines.scoring.item_transport import pack_item, unpack_item
-from cadpipe.pipelines.outputs.files import atomic_write_text, atomic_writer_path, file_sha256
+from cadpipe.pipelines.outputs.files import atomic_write_text, file_sha256
 from cadpipe.pipelines.scoring.results import Journal, outputs_present, write_results_table
 from cadpipe.pipelines.scoring.preflight import preflight
 from cadpipe.pipelines.scoring.worker_lifetime import die_with_parent
+from cadpipe.pipelines.scoring.exit_status import EXIT_NOTHING_FOUND, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 
 __all__ = ["ScoreConfig", "score", "build_runner", "check_runner", "process_units", "EXIT_OK", "EXIT_SOME_FAILED",
            "EXIT_USAGE", "EXIT_NOTHING_FOUND"]
 
 log = logging.getLogger("cadpipe.score")
-
-EXIT_OK, EXIT_USAGE, EXIT_SOME_FAILED = 0, 2, 3
-EXIT_NOTHING_FOUND = 4  # the input holds no scoreable unit (nothing was scored; a warning says so)
 
 
 @dataclass
@@ -150,160 +147,53 @@ def _error_row(unit: Unit, info: dict, reason: str, elapsed: float) -> dict:
     return _base_row(unit, info) | {"status": "error", "error": reason, "elapsed_s": round(elapsed, 4)}
 
 
-def _display_image(runner, pre_item: dict, like: np.ndarray | None) -> np.ndarray:
-    """The preprocessed image mapped back to the input geometry (for overlays), channel axis dropped."""
-    if pre_item.get("_display") is not None:  # batched scoring: already mapped back (scoring/batched.py)
-        arr = np.asarray(torch.as_tensor(pre_item["_display"]).detach().cpu().float())
-    else:
-        img = pre_item["image"]
-        try:
-            inv = runner.preprocessing.inverse({"image": img.clone() if hasattr(img, "clone") else img})["image"]
-            arr = np.asarray(torch.as_tensor(inv).detach().cpu().float())
-        except Exception:  # noqa: BLE001 - not invertible: show the preprocessed image
-            arr = np.asarray(torch.as_tensor(img).detach().cpu().float())
-    # drop the channel axis: one more axis than the mask (a volume scored slice-wise by a 2D bundle has
-    # spatial_dims 2 but a 3D mask), or than the bundle's spatial dims when there is no mask
-    arr = arr.mean(0) if arr.ndim == (like.ndim if like is not None else runner.spatial_dims) + 1 else arr
-    if like is not None and arr.shape != like.shape:
-        arr = torch.nn.functional.interpolate(torch.as_tensor(arr)[None, None], size=like.shape,
-                                              mode="bilinear" if like.ndim == 2 else "trilinear")[0, 0].numpy()
-    return arr
-
-
 def _finish_unit(runner, unit: Unit, pre_item: dict, out: dict, out_dir: str, info: dict) -> dict:
-    """Write the unit's files (atomically) and return its ok row (task columns + ``_findings``/``_outputs``)."""
+    """Write the unit's files (atomically) and return its ok row (task columns + ``_findings``/``_outputs``): the
+    bundle's kind writes what depends on the task (:meth:`~cadpipe.pipelines.kinds.base.TaskKind.write_unit`),
+    then the result keys of the bundle's transforms and the DICOM results."""
+    from cadpipe.pipelines.kinds import UnitOutputs
+
     row = runner.summarise(out)
     if not unit.out_prefix:  # units not from discover()/read_manifest(): unique names for this one
-        from cadpipe.pipelines.scoring.output_names import assign_output_names
+        from cadpipe.pipelines.outputs.output_names import assign_output_names
 
         assign_output_names([unit])
-    folder = os.path.join(out_dir, unit.out_study, unit.out_series)
-    prefix = unit.out_prefix
-    rel = lambda p: os.path.relpath(p, out_dir)  # noqa: E731
-    outputs: dict[str, Any] = {"overlays": []}
-    findings: list[dict] = []
-    row_extra: dict[str, Any] = {}
-    from cadpipe.pipelines.outputs.findings import (classification_findings, detection_caption, detection_findings,
-                                                    heatmap_caption, segmentation_caption, segmentation_finding,
-                                                    select_boxes, threshold_columns)
-    from cadpipe.pipelines.outputs.report import overlay_png
+    u = UnitOutputs(runner, unit, pre_item, out, row, os.path.join(out_dir, unit.out_study, unit.out_series),
+                    unit.out_prefix, out_dir, info)
+    runner.kind.write_unit(u)
+    _write_result_keys(u)
+    if unit.kind == "dicom" and unit.dicom_files and info.get("dicom_results", True):  # SR + SC beside the SEG
+        _write_dicom_results(u)
+    return _base_row(unit, info) | {"status": "ok", "error": ""} | row | {
+        "_findings": u.findings, "_outputs": u.outputs, "_captions": u.captions} | u.extra
 
-    captions: list[str] = []  # one per overlay: what the image shows
-    if runner.task in ("classification", "multilabel"):
-        names = [k[5:] for k in row if k.startswith("prob_")]
-        probs = [row[f"prob_{n}"] for n in names]
-        ops = runner.thresholds
-        thr = {n: ops.threshold(n) for n in names}
-        findings += classification_findings(runner.task, names, probs, thr, ops.positive_class or runner.positive_class,
-                                            row["predicted"])
-        if ops.note:
-            findings.append({"type": "note", "text": ops.note[0].upper() + ops.note[1:] + "."})
-        row_extra = {"_task": runner.task, "_thresholds": threshold_columns(runner.task, names, thr, ops)}
-        heat = pre_item.get("_heatmap")
-        cam_idx = runner.cam_class()
-        cam_idx = cam_idx if cam_idx is not None else int(np.argmax(probs))
-        if heat is None and runner.cam_layers:
-            heat = runner.heatmap(pre_item, class_index=cam_idx)
-        per_class_cams = runner.cam_classes(probs)
-        image = None
-        if heat is not None or info.get("plain_images", True) or per_class_cams:  # an overlay will be drawn
-            image = np.asarray(torch.as_tensor(pre_item["image"]).detach().cpu().float())
-            image = image.mean(0) if image.ndim == runner.spatial_dims + 1 else image
-        if heat is not None or info.get("plain_images", True):  # a plain image PNG only illustrates the report
-            png = os.path.join(folder, f"{prefix}_heatmap.png" if heat is not None else f"{prefix}_image.png")
-            overlay_png(image, heatmap=heat, path=png, durable=False)
-            outputs["overlays"].append(rel(png))
-            cam_name = names[cam_idx] if cam_idx < len(names) else str(cam_idx)
-            captions.append(heatmap_caption(cam_name, probs[cam_idx], thr.get(cam_name, 0.5)) if heat is not None
-                            else "The image as analysed (no heat map)")
-        # -- issue 10: multi-label bundles with cam_threshold get one heatmap per class above it ----------------
-        per_class = []
-        for ci in per_class_cams:
-            n = runner.class_names[ci]
-            cpng = os.path.join(folder, f"{prefix}_heatmap_{safe_name(n)}.png")
-            overlay_png(image, heatmap=runner.heatmap(pre_item, class_index=ci), path=cpng, durable=False)
-            outputs["overlays"].append(rel(cpng))
-            captions.append(heatmap_caption(n, probs[ci], thr.get(n, 0.5)))
-            per_class.append(rel(cpng))
-        if runner.task == "multilabel" and runner.cam_threshold is not None:
-            row["heatmaps"] = ";".join(per_class)
-        # -- end issue 10 -------------------------------------------------------------------------------------------
-    elif runner.task == "segmentation":
-        import nibabel as nib
 
-        mask = runner.label_map(out)
-        affine = runner.affine(out)
-        nii = os.path.join(folder, f"{prefix}_mask.nii.gz")
-        tmp = atomic_writer_path(nii)
-        nib.save(nib.Nifti1Image(mask, affine), tmp)
-        os.replace(tmp, nii)
-        outputs["mask"] = rel(nii)
-        if unit.kind == "dicom" and unit.dicom_files:
-            from cadpipe.pipelines.outputs.dicom_seg import write_dicom_seg
-
-            seg = os.path.join(folder, f"{prefix}_seg.dcm")
-            label = runner.class_names[1] if len(runner.class_names) > 1 else "lesion"
-            try:  # an optional output: without it the unit keeps its mask and numbers, and the row says why
-                write_dicom_seg(mask, affine, unit.dicom_files, seg, label=label, algorithm=info["name"],
-                                version=info["version"])
-                outputs["dicom_seg"] = rel(seg)
-            except Exception as err:  # noqa: BLE001
-                reason = err.reason if isinstance(err, CadpipeInputError) else f"{type(err).__name__}: {err}"
-                row["warnings"] = f"no DICOM SEG written: {str(reason).strip()[:300]}"
-        png = os.path.join(folder, f"{prefix}_overlay.png")
-        overlay_png(_display_image(runner, pre_item, mask), mask=mask, path=png, durable=False)
-        outputs["overlays"].append(rel(png))
-        structure = runner.class_names[1] if len(runner.class_names) > 1 else "lesion"
-        findings.append(segmentation_finding(structure, row["lesion_voxels"], mask.ndim,
-                                             runner.unit_size(out, mask.ndim)))
-        captions.append(segmentation_caption(structure, mask.ndim))
-    elif runner.task == "detection":
-        to_list = lambda k: np.asarray(torch.as_tensor(out.get(k, [])).detach().cpu().float()).tolist()  # noqa: E731
-        boxes = [
-            {"box": b, "label": runner.class_names[int(l)] if int(l) < len(runner.class_names) else int(l),
-             "score": s}
-            for b, l, s in zip(to_list("box"), to_list("label"), to_list("score"))
-        ]
-        if "malignancy" in out:
-            for b, m in zip(boxes, to_list("malignancy")):
-                b["malignancy"] = m
-        shown_boxes = select_boxes(boxes, runner.display_min_score, runner.max_boxes_shown)
-        js = os.path.join(folder, f"{prefix}_boxes.json")
-        atomic_write_text(js, json.dumps({"format": "xyxy (col_min,row_min,col_max,row_max) pixels", "boxes": boxes},
-                                         indent=1), durable=False)
-        outputs["boxes"] = rel(js)
-        png = os.path.join(folder, f"{prefix}_overlay.png")
-        try:  # boxes are in the original pixel grid: show the image as loaded, before any resizing
-            from cadpipe.transforms import LoadStudyImage
-
-            shown = np.asarray(LoadStudyImage(mode="gray")(unit.image))[0]
-        except Exception:  # noqa: BLE001
-            shown = _display_image(runner, pre_item, None)
-        overlay_png(shown, boxes=shown_boxes, path=png, durable=False)
-        outputs["overlays"].append(rel(png))
-        findings += detection_findings(shown_boxes, runner.display_min_score)
-        captions.append(detection_caption(shown_boxes, runner.display_min_score))
-    # -- issue 10: result keys set by the bundle's transforms (see bundle_runner): report notes + a details file --
+def _write_result_keys(u) -> None:
+    """Result keys set by the bundle's transforms (see bundle_runner): report notes + a details file."""
     from cadpipe.pipelines.inference.bundle_runner import RESULT_NOTES_KEY, result_columns
 
-    findings += [{"type": "note", "text": str(t)} for t in (out.get(RESULT_NOTES_KEY) or [])]
-    extra = result_columns(out)
+    u.findings += [{"type": "note", "text": str(t)} for t in (u.out.get(RESULT_NOTES_KEY) or [])]
+    extra = result_columns(u.out)
     if extra:
-        js = os.path.join(folder, f"{prefix}_details.json")
+        js = u.path("details.json")
         atomic_write_text(js, json.dumps(extra, indent=1, default=str), durable=False)
-        outputs["details"] = rel(js)
-    # -- end issue 10 -------------------------------------------------------------------------------------------
-    if unit.kind == "dicom" and unit.dicom_files and info.get("dicom_results", True):  # SR + SC beside the SEG
-        from cadpipe.pipelines.outputs.dicom_results import write_dicom_results
+        u.outputs["details"] = u.rel(js)
 
-        try:  # optional outputs, like the SEG: without them the unit keeps its row and files, and the row says why
-            outputs.update(write_dicom_results(row, outputs, out_dir, unit.dicom_files, folder, prefix, info,
-                                               runner.task))
-        except Exception as err:  # noqa: BLE001
-            note = f"no DICOM SR/SC written: {type(err).__name__}: {str(err).strip()[:300]}"
-            row["warnings"] = f"{row['warnings']}; {note}" if row.get("warnings") else note
-    return _base_row(unit, info) | {"status": "ok", "error": ""} | row | {"_findings": findings, "_outputs": outputs,
-                                                                        "_captions": captions} | row_extra
+
+def _write_dicom_results(u) -> None:
+    """The unit's DICOM SR (what the kind reports) and Secondary Capture; optional outputs, like the SEG: without
+    them the unit keeps its row and files, and the row says why."""
+    from cadpipe.pipelines.outputs.dicom_results import write_dicom_results
+
+    notes: list[str] = []  # each object missing is named in the row's warnings
+    try:
+        content = u.runner.kind.sr_content(u.row | u.extra, u.outputs, u.out_dir, u.info)
+        u.outputs.update(write_dicom_results(u.outputs, u.out_dir, u.unit.dicom_files, u.folder, u.prefix, u.info,
+                                             content, warnings=notes))
+    except Exception as err:  # noqa: BLE001 - e.g. unreadable headers: neither object
+        notes.append(f"no DICOM SR or Secondary Capture written: {type(err).__name__}: {str(err).strip()[:300]}")
+    if notes:
+        u.row["warnings"] = "; ".join(([u.row["warnings"]] if u.row.get("warnings") else []) + notes)
 
 
 # -- the scoring loop -------------------------------------------------------------------------------------------
@@ -323,15 +213,19 @@ def _start_loading(cfg: "ScoreConfig", units: list[Unit], task: str, spatial_dim
     first chunks while the model loads, in other processes: no fight over the GIL. The plan comes from the same
     config the runner reads (:func:`~cadpipe.pipelines.inference.bundle_runner.bundle_config`), decided as the runner
     decides (:func:`~cadpipe.pipelines.inference.bundle_runner.plan_batched_scoring`)."""
-    if not units or cfg.workers <= 0 or cfg.preprocess == "per-item" or task not in (
-            "classification", "multilabel", "segmentation"):
+    if not units or cfg.workers <= 0 or cfg.preprocess == "per-item":
         return None
     try:
         from cadpipe.pipelines.inference.bundle_runner import bundle_config, plan_batched_scoring
+        from cadpipe.pipelines.kinds import kind_of
+
+        kind = kind_of(task)
+        if kind.batched_unsupported(spatial_dims):
+            return None
         from cadpipe.pipelines.scoring import batched as batched_scoring
 
         parser, _ = bundle_config(cfg.bundle, cfg.device, cfg.overrides)
-        plan, _, _ = plan_batched_scoring(task, spatial_dims, parser.get_parsed_content("preprocessing"),
+        plan, _, _ = plan_batched_scoring(kind, spatial_dims, parser.get_parsed_content("preprocessing"),
                                           parser.get_parsed_content("postprocessing"))
         if plan is None:
             return None
@@ -369,7 +263,7 @@ class _Chunks(torch.utils.data.Sampler):
 
 def _makes_heatmaps(runner) -> bool:
     """Whether scoring computes GradCAM maps with this runner (classification bundles with ``cam_layers``)."""
-    return bool(runner.cam_layers) and runner.task in ("classification", "multilabel")
+    return bool(runner.cam_layers) and runner.kind.heatmaps
 
 
 def streams_allowed(runner) -> bool:
@@ -387,9 +281,11 @@ def batched_plan(runner, preprocess: str):
         raise ValueError(f"preprocess must be 'auto', 'per-item' or 'batched', got {preprocess!r}")
     get = getattr(runner, "batched_preprocessing", None)
     plan, why = get() if get is not None else (None, "the runner has no batched preprocessing")
-    if plan is None:
-        (log.warning if preprocess == "batched" else log.info)(
-            "preprocessing per item: the bundle's chain has no batched equivalent (%s)", why)
+    if plan is None:  # the reason names transforms: a maintainer's detail (debug); a user asking for it is told
+        log.debug("preprocessing per item: the bundle's chain has no batched equivalent (%s)", why)
+        if preprocess == "batched":
+            log.warning("--preprocess batched: this bundle's preprocessing cannot run batched; images are prepared "
+                        "one at a time instead (same results)")
     return plan
 
 
@@ -416,48 +312,78 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
     the bundle has no batched plan). ``writer_threads > 0``: output files and rows are written by that many
     threads (:class:`~cadpipe.pipelines.scoring.writers.WriterPool`) while the next batches are forwarded.
     """
-    from cadpipe.pipelines.scoring.writers import WriterPool
-
     info = {"name": runner.name, "version": runner.version, "model_sha256": runner.model_sha256,
-            "plain_images": plain_images, "dicom_results": dicom_results}
+            "plain_images": plain_images, "dicom_results": dicom_results,
+            "class_names": list(getattr(runner, "class_names", []) or []),  # the DICOM results' codes and series:
+            "dicom": dict((getattr(runner, "metadata", None) or {}).get("cadpipe", {}).get("dicom") or {})}
     plan = early[0] if early is not None else batched_plan(runner, preprocess)
-    chunk = max(1, batch_size) if workers else 1
     first = max(1, min(batch_size, 8 if first_batch is None else first_batch))
+    loaded, key_of = _unit_loader(runner, units, plan, workers, batch_size, first, early)
+    scorer = _BatchScorer(runner, units, out_dir, info, plan, emit, emit_many, progress, streams, writer_threads)
+    scorer.run(loaded, key_of, first, batch_size)
+
+
+def _unit_loader(runner, units: list[Unit], plan, workers: int, batch_size: int, first: int, early: tuple | None):
+    """``(loaded, key_of)``: the iterator of ``(index, item, error, load_s)`` a DataLoader (``early``'s when given)
+    gives, and the key that groups items into batches (their shape)."""
+    chunk = max(1, batch_size) if workers else 1
     if plan is None:
         # workers send whole batches of packed items (one queue message per batch_size units, no shared-memory
         # segment per small tensor); in-process loading needs neither
-        ds = _UnitDataset(units, runner.preprocess, pack=workers > 0)
-        collate = _as_list
+        ds, collate = _UnitDataset(units, runner.preprocess, pack=workers > 0), _as_list
     else:
         from cadpipe.pipelines.scoring import batched as batched_scoring
 
         ds = batched_scoring.RawUnitDataset(units, plan.decode, _reason)
         collate = batched_scoring.collate_raw if workers else _as_list
     loader = early[1] if early is not None else _loader(ds, collate, workers, chunk, first)
-    groups: dict[tuple, list[tuple[int, Any, float]]] = {}
-    emit_lock = threading.Lock()
-    writers = WriterPool(writer_threads)
+    if plan is None:
+        return _loaded(loader, packed=workers > 0), lambda item: tuple(torch.as_tensor(item["image"]).shape)
+    return batched_scoring.iter_raw(loader, collated=workers > 0), plan.batch_key
 
-    def done(row: dict) -> None:
-        done_many([row])
 
-    def done_many(rows: list[dict]) -> None:
+class _BatchScorer:
+    """The forward and finish of :func:`process_units`: loaded items grouped by shape into batches, each batch
+    forwarded (on ``streams`` threads when allowed), its units' files written (on the writer threads), then their
+    rows emitted under a lock, files first."""
+
+    def __init__(self, runner, units: list[Unit], out_dir: str, info: dict, plan, emit, emit_many, progress,
+                 streams: int, writer_threads: int):
+        from cadpipe.pipelines.scoring.writers import WriterPool
+
+        self.runner, self.units, self.out_dir, self.info, self.plan = runner, units, out_dir, info, plan
+        self.emit, self.emit_many, self.progress = emit, emit_many, progress
+        self.streams = streams
+        self.emit_lock = threading.Lock()
+        self.writers = WriterPool(writer_threads)
+        self.pool = ThreadPoolExecutor(streams, thread_name_prefix="cadpipe-forward") \
+            if streams > 1 and streams_allowed(runner) else None
+        self.in_flight: set = set()
+        self.groups: dict[tuple, list[tuple[int, Any, float]]] = {}
+
+    def done(self, row: dict) -> None:
+        self.done_many([row])
+
+    def done_many(self, rows: list[dict]) -> None:
         if not rows:
             return
-        with emit_lock:
-            if emit_many is not None:
-                emit_many(rows)
+        with self.emit_lock:
+            if self.emit_many is not None:
+                self.emit_many(rows)
             else:
                 for row in rows:
-                    emit(row)
-            if progress is not None:
-                progress.update(len(rows))
+                    self.emit(row)
+            if self.progress is not None:
+                self.progress.update(len(rows))
 
-    def run_items(pending: list[tuple[int, Any, float]]) -> list[tuple[dict, dict]]:
+    def run_items(self, pending: list[tuple[int, Any, float]]) -> list[tuple[dict, dict]]:
         """``[(pre_item, out)]`` for one batch; raises on failure."""
-        if plan is not None:
-            need_images = plain_images or bool(runner.cam_layers)
-            return batched_scoring.forward_raw(runner, plan, [p[1] for p in pending], need_images,
+        runner = self.runner
+        if self.plan is not None:
+            from cadpipe.pipelines.scoring import batched as batched_scoring
+
+            need_images = self.info["plain_images"] or bool(runner.cam_layers)
+            return batched_scoring.forward_raw(runner, self.plan, [p[1] for p in pending], need_images,
                                                _makes_heatmaps(runner))
         items = [p[1] for p in pending]
         outs = runner.predict(items)
@@ -469,24 +395,24 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
                 pass
         return list(zip(items, outs))
 
-    def finish_batch(results: list) -> None:
+    def finish_batch(self, results: list) -> None:
         """Write the files of a batch's units, then journal their rows in one write (files first)."""
         rows = []
         for (i, _, load_s), pre, out, infer_s in results:
             t2 = time.perf_counter()
             try:
-                row = _finish_unit(runner, units[i], pre, out, out_dir, info)
+                row = _finish_unit(self.runner, self.units[i], pre, out, self.out_dir, self.info)
             except Exception as err:  # noqa: BLE001
-                rows.append(_error_row(units[i], info, _reason(units[i], err), load_s + infer_s))
+                rows.append(_error_row(self.units[i], self.info, _reason(self.units[i], err), load_s + infer_s))
                 continue
             row["elapsed_s"] = round(load_s + infer_s + time.perf_counter() - t2, 4)
             rows.append(row)
-        done_many(rows)
+        self.done_many(rows)
 
-    def score_batch(pending: list[tuple[int, Any, float]]) -> None:
+    def score_batch(self, pending: list[tuple[int, Any, float]]) -> None:
         t0 = time.perf_counter()
         try:
-            got = run_items(pending)
+            got = self.run_items(pending)
             per = (time.perf_counter() - t0) / len(pending)
             results = [(p, pre, out, per) for p, (pre, out) in zip(pending, got)]
         except Exception:  # noqa: BLE001 - e.g. OOM on a batch: retry one by one so only the culprit fails
@@ -494,56 +420,50 @@ def process_units(runner, units: list[Unit], out_dir: str, emit: Callable[[dict]
             for p in pending:
                 t1 = time.perf_counter()
                 try:
-                    (pre, out), = run_items([p])
+                    (pre, out), = self.run_items([p])
                     results.append((p, pre, out, time.perf_counter() - t1))
                 except Exception as err:  # noqa: BLE001
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
-                    done(_error_row(units[p[0]], info, _reason(units[p[0]], err), p[2] + time.perf_counter() - t1))
+                    unit = self.units[p[0]]
+                    self.done(_error_row(unit, self.info, _reason(unit, err), p[2] + time.perf_counter() - t1))
         if results:
-            writers.submit(finish_batch, results)
+            self.writers.submit(self.finish_batch, results)
 
-    pool = ThreadPoolExecutor(streams, thread_name_prefix="cadpipe-forward") if streams > 1 and streams_allowed(
-        runner) else None
-    in_flight: set = set()
-
-    def flush(key: tuple) -> None:
-        pending = groups.pop(key, [])
+    def flush(self, key: tuple) -> None:
+        pending = self.groups.pop(key, [])
         if not pending:
             return
-        if pool is None:
-            score_batch(pending)
+        if self.pool is None:
+            self.score_batch(pending)
             return
-        while len(in_flight) >= streams:  # bounded: at most one batch per stream in flight
-            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+        while len(self.in_flight) >= self.streams:  # bounded: at most one batch per stream in flight
+            finished, _ = wait(self.in_flight, return_when=FIRST_COMPLETED)
             for f in finished:
-                in_flight.discard(f)
+                self.in_flight.discard(f)
                 f.result()
-        in_flight.add(pool.submit(score_batch, pending))
+        self.in_flight.add(self.pool.submit(self.score_batch, pending))
 
-    if plan is None:
-        loaded, key_of = _loaded(loader, packed=workers > 0), lambda item: tuple(torch.as_tensor(item["image"]).shape)
-    else:
-        loaded, key_of = batched_scoring.iter_raw(loader, collated=workers > 0), plan.batch_key
-    limit = first  # the first batch is small: the first rows come early; then batch_size
-    try:
-        for i, item, err, load_s in loaded:
-            if err is not None:
-                done(_error_row(units[i], info, err, load_s))
-                continue
-            key = key_of(item)
-            groups.setdefault(key, []).append((i, item, load_s))
-            if len(groups[key]) >= limit:
-                flush(key)
-                limit = batch_size
-        for key in list(groups):
-            flush(key)
-        for f in list(in_flight):
-            f.result()
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
-        writers.close()
+    def run(self, loaded, key_of, first: int, batch_size: int) -> None:
+        limit = first  # the first batch is small: the first rows come early; then batch_size
+        try:
+            for i, item, err, load_s in loaded:
+                if err is not None:
+                    self.done(_error_row(self.units[i], self.info, err, load_s))
+                    continue
+                key = key_of(item)
+                self.groups.setdefault(key, []).append((i, item, load_s))
+                if len(self.groups[key]) >= limit:
+                    self.flush(key)
+                    limit = batch_size
+            for key in list(self.groups):
+                self.flush(key)
+            for f in list(self.in_flight):
+                f.result()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+            self.writers.close()
 
 
 def _streams(cfg: ScoreConfig, runner, batched: bool = False) -> int:
@@ -676,10 +596,7 @@ after the first quarter of the units: the scoring process's per-unit cost withou
             created).
         MissingExtraError: ``ray`` is asked for and the ``ray`` extra is not installed.
     """
-    if cfg.ray is not None and backend is None:
-        raise ValueError("ScoreConfig.ray is set: pass backend=cadpipe.pipelines.scoring.ray_backend.score_with_ray")
-    if runner is not None and backend is not None:
-        raise ValueError("runner= scores in this process: it cannot be combined with a backend")
+    _check_call(cfg, backend, runner)
     t_start = time.perf_counter()
     preflight(cfg)  # bundle, weights, device, options, input, extras: before anything is created
     info = _bundle_info(cfg.bundle)
@@ -694,36 +611,64 @@ after the first quarter of the units: the scoring process's per-unit cost withou
     t_found = time.perf_counter()
     log.info("%d units found, %d already scored, %d to score (%d errors retried)", len(units), n_skipped,
              len(todo), n_retried)
+    clock = _RowClock(journal)
+    run = _score_todo(cfg, todo, info, runner, backend, clock)
+    run.update(start=t_start, found=t_found, scored_s=time.perf_counter() - t_start, skipped=n_skipped,
+               retried=n_retried, todo=len(todo))
+    t_finish = time.perf_counter()
+    rows_by_id = journal.rows()
+    rows = [rows_by_id[u.unit_id] for u in units if u.unit_id in rows_by_id]
+    csv_path = write_results_table([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], cfg.output)
+    reports = _write_reports(cfg, units, rows_by_id, rows, info) if cfg.reports and rows else []
+    summary = _summary(units, rows, run, clock, t_finish, {
+        "results_csv": os.path.abspath(csv_path), "reports": len(reports), "output": os.path.abspath(cfg.output)})
+    atomic_write_text(os.path.join(cfg.output, "run_summary.json"), json.dumps(summary, indent=1))
+    return summary
 
+
+def _check_call(cfg: ScoreConfig, backend, runner) -> None:
+    if cfg.ray is not None and backend is None:
+        raise ValueError("ScoreConfig.ray is set: pass backend=cadpipe.pipelines.scoring.ray_backend.score_with_ray")
+    if runner is not None and backend is not None:
+        raise ValueError("runner= scores in this process: it cannot be combined with a backend")
+
+
+class _RowClock:
+    """Journals the rows as they come and notes when (wall clock and this process's CPU time: the summary's
+    steady rate and steady CPU per unit)."""
+
+    def __init__(self, journal: Journal):
+        self.journal = journal
+        self.times: list[float] = []
+        self.cpu: list[float] = []
+
+    def emit(self, row: dict) -> None:
+        self.journal.append(row)
+        self.times.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    def emit_many(self, rows: list[dict]) -> None:
+        self.journal.append_many(rows)
+        now, cpu = time.perf_counter(), time.process_time()
+        self.times.extend([now] * len(rows))
+        self.cpu.extend([cpu] * len(rows))
+
+
+def _score_todo(cfg: ScoreConfig, todo: list[Unit], info: dict, runner, backend, clock: _RowClock) -> dict:
+    """Score ``todo`` with ``backend``, else here (workers started before the runner is built, or ``runner``);
+    the journal is closed after. Returns ``model_load_s``, ``streams`` and ``preprocess`` (as used)."""
     from tqdm.auto import tqdm
 
     progress = tqdm(total=len(todo), disable=cfg.quiet, unit="unit", desc="scoring", dynamic_ncols=True,
                     mininterval=0.5)
-    emitted: list[float] = []
-    emitted_cpu: list[float] = []  # this process's CPU time at each row (steady CPU per unit in the summary)
-
-    def emit(row: dict) -> None:
-        journal.append(row)
-        emitted.append(time.perf_counter())
-        emitted_cpu.append(time.process_time())
-
-    def emit_many(rows: list[dict]) -> None:
-        journal.append_many(rows)
-        now, cpu = time.perf_counter(), time.process_time()
-        emitted.extend([now] * len(rows))
-        emitted_cpu.extend([cpu] * len(rows))
-
-    t_model = 0.0
+    run = {"model_load_s": 0.0, "streams": 1, "preprocess": None}
     early = None
-    streams = 1
-    preprocess_used = None
-    plain_images = cfg.reports  # without a report a plain (heatmap-less) image PNG illustrates nothing
     threads_before = torch.get_num_threads()
     if cfg.threads and backend is None:
         torch.set_num_threads(cfg.threads)
     try:
         if todo and backend is not None:
-            backend(cfg, todo, emit, progress)
+            backend(cfg, todo, clock.emit, progress)
         elif todo:
             # workers forked now, decoding while the model loads (other processes: no GIL shared)
             early = _start_loading(cfg, todo, str(info.get("task", "classification")),
@@ -733,71 +678,78 @@ after the first quarter of the units: the scoring process's per-unit cost withou
             t0 = time.perf_counter()
             if runner is None:
                 runner = build_runner(cfg)
-                t_model = time.perf_counter() - t0
-            plan = early[0] if early is not None else batched_plan(runner, cfg.preprocess)
-            preprocess_used = "batched" if plan is not None else "per-item"
-            streams = _streams(cfg, runner, batched=plan is not None)
-            if streams > 1 and torch.device(runner.device).type == "cpu":  # split the forward threads
-                torch.set_num_threads(max(1, torch.get_num_threads() // streams))
-            from cadpipe.pipelines.scoring.writers import default_writer_threads
-
-            writer_threads = default_writer_threads() if cfg.writer_threads is None else cfg.writer_threads
-            process_units(runner, todo, cfg.output, emit, cfg.batch_size, cfg.workers, progress,
-                          plain_images=plain_images, streams=streams, preprocess=preprocess_used,
-                          writer_threads=writer_threads, dicom_results=cfg.dicom_results, emit_many=emit_many,
-                          early=early)
+                run["model_load_s"] = time.perf_counter() - t0
+            run.update(_forward(cfg, runner, todo, early, clock, progress))
     finally:
         _stop_loading(early)
         progress.close()
-        journal.close()
+        clock.journal.close()
         torch.set_num_threads(threads_before)
-    scored_s = time.perf_counter() - t_start
-    t_finish = time.perf_counter()
+    return run
 
-    rows_by_id = journal.rows()
-    rows = [rows_by_id[u.unit_id] for u in units if u.unit_id in rows_by_id]
-    table_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-    csv_path = write_results_table(table_rows, cfg.output)
 
+def _forward(cfg: ScoreConfig, runner, todo: list[Unit], early, clock: _RowClock, progress) -> dict:
+    """:func:`process_units` with the run's options: batched or per-item preprocessing, forward streams (the CPU's
+    torch threads split between them), writer threads. Returns ``streams`` and ``preprocess`` as used."""
+    from cadpipe.pipelines.scoring.writers import default_writer_threads
+
+    plan = early[0] if early is not None else batched_plan(runner, cfg.preprocess)
+    preprocess = "batched" if plan is not None else "per-item"
+    streams = _streams(cfg, runner, batched=plan is not None)
+    if streams > 1 and torch.device(runner.device).type == "cpu":  # split the forward threads
+        torch.set_num_threads(max(1, torch.get_num_threads() // streams))
+    writer_threads = default_writer_threads() if cfg.writer_threads is None else cfg.writer_threads
+    plain_images = cfg.reports  # without a report a plain (heatmap-less) image PNG illustrates nothing
+    process_units(runner, todo, cfg.output, clock.emit, cfg.batch_size, cfg.workers, progress,
+                  plain_images=plain_images, streams=streams, preprocess=preprocess, writer_threads=writer_threads,
+                  dicom_results=cfg.dicom_results, emit_many=clock.emit_many, early=early)
+    return {"streams": streams, "preprocess": preprocess}
+
+
+def _write_reports(cfg: ScoreConfig, units: list[Unit], rows_by_id: dict, rows: list[dict], info: dict) -> list:
+    """One report per study (HTML, and PDF when reportlab is there); a failed report is logged, the scores stay."""
+    from cadpipe.pipelines.outputs.report import write_study_report
+
+    by_study: dict[str, list[dict]] = {}
+    patients: dict[str, dict] = {}
+    folders: dict[str, str] = {}
+    for u in units:
+        if u.unit_id in rows_by_id:
+            by_study.setdefault(u.study_id, []).append(rows_by_id[u.unit_id] | {"_patient": u.patient})
+            patients.setdefault(u.study_id, u.patient)
+            folders.setdefault(u.study_id, u.out_study or safe_name(u.study_id))
+    bundle = {"name": info["name"], "version": info["version"], "model_sha256": rows[0].get("model_sha256", "")}
     reports = []
-    if cfg.reports and rows:
-        from cadpipe.pipelines.outputs.report import write_study_report
+    for study, srows in by_study.items():
+        try:
+            reports += write_study_report(os.path.join(cfg.output, folders[study]), study, srows,
+                                          patients[study], bundle, cfg.output)
+        except Exception as err:  # noqa: BLE001 - a report failure must not lose the scores
+            log.warning("report for one study failed: %s", type(err).__name__)
+    return reports
 
-        by_study: dict[str, list[dict]] = {}
-        patients: dict[str, dict] = {}
-        folders: dict[str, str] = {}
-        for u in units:
-            if u.unit_id in rows_by_id:
-                by_study.setdefault(u.study_id, []).append(rows_by_id[u.unit_id] | {"_patient": u.patient})
-                patients.setdefault(u.study_id, u.patient)
-                folders.setdefault(u.study_id, u.out_study or safe_name(u.study_id))
-        bundle = {"name": info["name"], "version": info["version"], "model_sha256": rows[0].get("model_sha256", "")}
-        for study, srows in by_study.items():
-            try:
-                reports += write_study_report(os.path.join(cfg.output, folders[study]), study, srows,
-                                              patients[study], bundle, cfg.output)
-            except Exception as err:  # noqa: BLE001 - a report failure must not lose the scores
-                log.warning("report for one study failed: %s", type(err).__name__)
 
+def _summary(units: list[Unit], rows: list[dict], run: dict, clock: _RowClock, t_finish: float,
+             files: dict) -> dict:
+    """The run summary: counts, timings (see :func:`score`), ``files`` (what was written) and the exit code."""
+    emitted, emitted_cpu, t_start, scored_s = clock.times, clock.cpu, run["start"], run["scored_s"]
     n_ok = sum(r["status"] == "ok" for r in rows)
     n_err = sum(r["status"] != "ok" for r in rows)
     steady = _steady_rate(emitted)
     k = max(1, len(emitted_cpu) // 4)
     steady_cpu = ((emitted_cpu[-1] - emitted_cpu[k - 1]) / (len(emitted_cpu) - k)
                   if len(emitted_cpu) >= 4 and emitted_cpu[-1] > emitted_cpu[k - 1] else None)
-    summary = {
-        "units": len(units), "ok": n_ok, "error": n_err, "scored_this_run": len(todo),
-        "skipped_already_done": n_skipped, "errors_retried": n_retried, "seconds": round(scored_s, 3),
-        "units_per_second": round(len(todo) / scored_s, 3) if todo and scored_s > 0 else None,
-        "discovery_s": round(t_found - t_start, 3), "model_load_s": round(t_model, 3),
+    return {
+        "units": len(units), "ok": n_ok, "error": n_err, "scored_this_run": run["todo"],
+        "skipped_already_done": run["skipped"], "errors_retried": run["retried"], "seconds": round(scored_s, 3),
+        "units_per_second": round(run["todo"] / scored_s, 3) if run["todo"] and scored_s > 0 else None,
+        "discovery_s": round(run["found"] - t_start, 3), "model_load_s": round(run["model_load_s"], 3),
         "steady_units_per_second": round(steady, 3) if steady else None,
         "startup_s": round(max(0.0, emitted[-1] - t_start - len(emitted) / steady), 3) if steady else None,
         "finish_s": round(time.perf_counter() - t_finish, 3),
         "first_result_s": round(emitted[0] - t_start, 3) if emitted else None,
         "steady_cpu_ms_per_unit": round(1000 * steady_cpu, 4) if steady_cpu else None,
-        "preprocess": preprocess_used, "streams": streams, "studies": len({u.study_id for u in units}), "results_csv": os.path.abspath(csv_path),
-        "reports": len(reports), "output": os.path.abspath(cfg.output),
+        "preprocess": run["preprocess"], "streams": run["streams"], "studies": len({u.study_id for u in units}),
+        **files,
         "exit_code": EXIT_NOTHING_FOUND if not units else EXIT_OK if n_err == 0 else EXIT_SOME_FAILED,
     }
-    atomic_write_text(os.path.join(cfg.output, "run_summary.json"), json.dumps(summary, indent=1))
-    return summary

@@ -337,6 +337,9 @@ class ClassificationReport:
         target_sensitivity: when set (binary), the threshold is chosen on *this* data for that sensitivity unless
             ``threshold_from`` gives a threshold picked elsewhere (e.g. the validation split).
         threshold_from: a callable or a float threshold overriding ``threshold`` at write time.
+        threshold_source: where ``threshold`` comes from, in words (e.g. the operating threshold saved with the
+            model); metrics.json's ``threshold_source``. When the threshold used is not 0.5, ``at_0.5`` holds the
+            same metrics at 0.5 for comparison.
         extra: dict merged into metrics.json (e.g. the split name).
     """
 
@@ -351,6 +354,7 @@ class ClassificationReport:
         extra: Mapping | None = None,
         metrics_name: str = "metrics.json",
         predictions_name: str = "predictions.csv",
+        threshold_source: str = "config",
     ):
         self.output_dir = output_dir
         self.class_names = list(class_names)
@@ -358,6 +362,7 @@ class ClassificationReport:
         self.threshold = float(threshold)
         self.target_sensitivity = target_sensitivity
         self.threshold_from = threshold_from
+        self.threshold_source = threshold_source
         self.extra = dict(extra or {})
         self.metrics_name = metrics_name
         self.predictions_name = predictions_name
@@ -398,7 +403,7 @@ class ClassificationReport:
         if self.positive_index is not None:
             ppos = probs[:, self.positive_index]
             thr = self.threshold
-            source = "config"
+            source = self.threshold_source
             if self.threshold_from is not None:
                 thr = float(self.threshold_from() if callable(self.threshold_from) else self.threshold_from)
                 source = "validation"
@@ -407,6 +412,10 @@ class ClassificationReport:
                 source = f"this split, target sensitivity {self.target_sensitivity}"
             m = binary_metrics(labels == self.positive_index, ppos, thr)
             m["threshold_source"] = source
+            if thr != 0.5:  # the same metrics at 0.5, for comparison with the operating threshold
+                at_half = binary_metrics(labels == self.positive_index, ppos, 0.5)
+                m["at_0.5"] = {k: at_half[k] for k in ("threshold", "accuracy", "sensitivity", "specificity",
+                                                        "precision", "f1", "confusion_matrix")}
             m["class_names"] = self.class_names
             m["positive_class"] = self.class_names[self.positive_index]
             pred_names = [self.class_names[self.positive_index] if q >= thr else self.class_names[1 - self.positive_index]

@@ -34,12 +34,16 @@ def _fname(x) -> str:
 class MultiLabelReport:
     """Ignite handler for an evaluator whose decollated items hold ``pred`` (sigmoid probabilities) and ``label``
     (multi-hot): at completion writes ``<output_dir>/<metrics_name>`` (``auc`` per class, ``mean_auc`` over classes
-    with both values present, ``n``) and ``<predictions_name>`` (path, one probability column per class, labels)."""
+    with both values present, ``n``; ``at_threshold``: per class the sensitivity and specificity at the operating
+    threshold saved with the model (``thresholds``, a class without one at 0.5), and ``at_0.5`` the same at 0.5 for
+    comparison) and ``<predictions_name>`` (path, one probability column per class, labels)."""
 
     def __init__(self, output_dir: str, class_names: Sequence[str], metrics_name: str = "metrics.json",
-                 predictions_name: str = "predictions.csv", extra: Mapping | None = None):
+                 predictions_name: str = "predictions.csv", extra: Mapping | None = None,
+                 thresholds: Mapping[str, float] | None = None):
         self.output_dir, self.class_names = output_dir, list(class_names)
         self.metrics_name, self.predictions_name, self.extra = metrics_name, predictions_name, dict(extra or {})
+        self.thresholds = {str(k): float(v) for k, v in dict(thresholds or {}).items()}
         self.metrics: dict = {}
 
     def attach(self, engine) -> None:
@@ -66,7 +70,11 @@ class MultiLabelReport:
         valid = [v for v in auc.values() if not math.isnan(v)]
         self.metrics = {"auc": {k: (None if math.isnan(v) else v) for k, v in auc.items()},
                         "mean_auc": float(np.mean(valid)) if valid else None, "n_classes_scored": len(valid),
-                        "n": len(self.rows), **self.extra}
+                        "n": len(self.rows),
+                        "thresholds_saved": bool(self.thresholds),
+                        "at_threshold": self._calls(probs, labels, {n: self.thresholds.get(n, 0.5)
+                                                                     for n in self.class_names}),
+                        "at_0.5": self._calls(probs, labels, {n: 0.5 for n in self.class_names}), **self.extra}
         with open(os.path.join(self.output_dir, self.metrics_name), "w") as f:
             json.dump(self.metrics, f, indent=1)
         with open(os.path.join(self.output_dir, self.predictions_name), "w", newline="") as f:
@@ -74,6 +82,19 @@ class MultiLabelReport:
             w.writerow(["path"] + [f"prob_{n}" for n in self.class_names] + [f"label_{n}" for n in self.class_names])
             for (path, p, y) in self.rows:
                 w.writerow([path] + [f"{v:.6f}" for v in p] + [int(v) for v in y])
+
+
+    def _calls(self, probs: np.ndarray, labels: np.ndarray, thresholds: Mapping[str, float]) -> dict:
+        """Per class: ``threshold``, ``sensitivity`` and ``specificity`` (None where undefined) of ``prob >= t``."""
+        out = {}
+        for i, name in enumerate(self.class_names):
+            t = thresholds[name]
+            called, truth = probs[:, i] >= t, labels[:, i] > 0.5
+            pos, neg = int(truth.sum()), int((~truth).sum())
+            out[name] = {"threshold": t,
+                         "sensitivity": float((called & truth).sum() / pos) if pos else None,
+                         "specificity": float((~called & ~truth).sum() / neg) if neg else None}
+        return out
 
 
 class MultiLabelCAMWriter:

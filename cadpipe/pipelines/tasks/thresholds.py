@@ -108,8 +108,12 @@ class ThresholdSaver:
     def __init__(self, ckpt_dir: str, class_names: Sequence[str], task: str = "classification",
                  positive_class: str | None = None, method: str = "youden", target_sensitivity: float | None = None,
                  model_file: str = "model.pt"):
-        if task not in ("classification", "multilabel"):
-            raise ValueError(f"task must be classification or multilabel, got {task!r}")
+        from cadpipe.pipelines.kinds import KINDS
+
+        self.kind = KINDS.get(task)
+        if self.kind is None or not self.kind.thresholds:
+            raise ValueError(f"task must be one with operating thresholds "
+                             f"({', '.join(k for k, v in KINDS.items() if v.thresholds)}), got {task!r}")
         self.ckpt_dir, self.class_names, self.task = ckpt_dir, list(class_names), task
         self.positive_class = positive_class if positive_class is not None or len(self.class_names) != 2 \
             else self.class_names[1]
@@ -133,9 +137,7 @@ class ThresholdSaver:
         for item in out if isinstance(out, list) else [out]:
             self._probs.append(torch.as_tensor(item["pred"]).detach().cpu().float().reshape(-1).numpy())
             lab = torch.as_tensor(item["label"]).detach().cpu().float().reshape(-1).numpy()
-            if self.task == "classification":
-                lab = np.asarray(int(lab.argmax()) if lab.size > 1 else int(lab[0]))
-            self._labels.append(lab)
+            self._labels.append(self.kind.target_labels(lab))
 
     def _maybe_save(self, engine=None) -> str | None:
         model = os.path.join(self.ckpt_dir, self.model_file)
@@ -151,8 +153,7 @@ class ThresholdSaver:
         """Choose the thresholds on ``probs``/``labels`` and write ``thresholds.json``; returns its path."""
         names = self.class_names
         chosen = choose_thresholds(labels, probs, names, self.method, self.target_sensitivity)
-        if self.task == "classification" and len(names) == 2:
-            chosen = {self.positive_class: chosen[self.positive_class]}  # one decision: the positive probability
+        chosen = self.kind.thresholds_to_save(chosen, names, self.positive_class)  # binary: the positive class's
         doc = {"format": THRESHOLDS_FORMAT, "task": self.task, "class_names": names,
                "positive_class": self.positive_class if len(names) == 2 else None, "model_sha256": model_sha256,
                "split": "validation", "n": int(len(probs)), "epoch": epoch, "classes": chosen}

@@ -6,8 +6,12 @@ named ``.dcm`` parses it element by element (a zero-filled gigabyte takes minute
 - decides "DICOM or not" from the 128-byte preamble + ``DICM``, or, for files without a preamble, from the first
   data element (group ``0x0002`` or ``0x0008``, as old ACR-NEMA style files start), without parsing further;
 - parses with large values deferred (seeked over, not read) and stops before the pixel data;
-- stops reading after ``max_read`` bytes (default 4 MiB; real headers are far smaller: the values it reads are
-  at most 1 KiB each): the file is then reported as "not a DICOM file" by name, within a second or two;
+- then, before the file is closed, reads the deferred values it kept (a long StudyDescription, PatientName or
+  UID), so that nothing read later touches the file; a value over :data:`VALUE_READ_LIMIT` (64 KiB) is dropped
+  instead (read as absent) and its tag listed in :attr:`DicomHeader.dropped`;
+- stops reading after ``max_read`` bytes, read-back values included (default 4 MiB; real headers are far
+  smaller): the file is then reported
+  as "not a DICOM file" by name, within a second or two;
 - with ``keywords``, keeps only those elements (plus the image size and character set): discovery reads ~20
   identifiers of every file, and pydicom's conversion of all the others was most of its time.
 
@@ -22,9 +26,11 @@ import warnings
 
 from cadpipe.errors import CadpipeInputError
 
-__all__ = ["DicomHeader", "read_dicom_header", "HEADER_READ_LIMIT"]
+__all__ = ["DicomHeader", "read_dicom_header", "HEADER_READ_LIMIT", "VALUE_READ_LIMIT"]
 
 HEADER_READ_LIMIT = 4 << 20
+VALUE_READ_LIMIT = 64 << 10  # the longest deferred value read back into the header (a text value is <= 10 KiB)
+_DEFER = 1024
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00009, 0x7FE00008}
 _FIRST_GROUPS = (0x0002, 0x0008)
 _SIZE_KEYWORDS = ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "SpecificCharacterSet")
@@ -67,8 +73,9 @@ class DicomHeader:
     """The header of one DICOM file: ``dataset`` (pixel data not read), ``has_pixels`` and the declared image size
     (``rows``, ``cols``, ``frames``, ``samples``)."""
 
-    def __init__(self, dataset, has_pixels: bool, path: str = ""):
+    def __init__(self, dataset, has_pixels: bool, path: str = "", dropped: tuple[int, ...] = ()):
         self.dataset, self.has_pixels, self.path = dataset, has_pixels, path
+        self.dropped = dropped  # tags of values over VALUE_READ_LIMIT, left out of ``dataset``
 
     def _size(self, key: str, default: int) -> int:
         try:
@@ -145,6 +152,31 @@ def _dictionary_vr(lookup, tag: int) -> str | None:
         return None
 
 
+def _read_deferred(dataset, f) -> list[int]:
+    """Read every deferred value of ``dataset`` (and of its sequences' items) from ``f`` now, while it is open;
+    values over :data:`VALUE_READ_LIMIT` are removed instead. Returns the removed tags."""
+    from pydicom.dataelem import RawDataElement
+
+    dropped = []
+    for tag in list(dataset._dict):  # noqa: SLF001 - the raw elements, not converted ones
+        elem = dataset._dict[tag]  # noqa: SLF001
+        if isinstance(elem, RawDataElement):
+            if elem.value is None and elem.length and elem.length != 0xFFFFFFFF:
+                if elem.length > VALUE_READ_LIMIT:
+                    del dataset._dict[tag]  # noqa: SLF001
+                    dropped.append(int(tag))
+                    continue
+                f.seek(elem.value_tell)
+                value = f.read(elem.length)
+                if len(value) != elem.length:
+                    raise EOFError("value cut short by the end of the file")
+                dataset._dict[tag] = elem._replace(value=value)  # noqa: SLF001
+        elif getattr(elem, "VR", None) == "SQ":
+            for item in elem.value or []:
+                dropped += _read_deferred(item, f)
+    return dropped
+
+
 def _looks_like_dicom_start(head: bytes) -> bool:
     if len(head) < 4:
         return False
@@ -197,8 +229,9 @@ def read_dicom_header(path: str | os.PathLike, max_read: int = HEADER_READ_LIMIT
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    ds = read_partial(bounded, stop_when=at_pixels, defer_size=1024, force=not preamble,
+                    ds = read_partial(bounded, stop_when=at_pixels, defer_size=_DEFER, force=not preamble,
                                       specific_tags=tags)
+                    dropped = _read_deferred(ds, bounded)
             except _OverBudget:
                 raise CadpipeInputError(path, f"not a DICOM file (no DICOM header within the first "
                                               f"{max_read >> 20} MiB)") from None
@@ -212,4 +245,4 @@ def read_dicom_header(path: str | os.PathLike, max_read: int = HEADER_READ_LIMIT
         raise CadpipeInputError(path, os_error_reason(err)) from err
     if elements[0] == 0 and len(ds) == 0:
         raise CadpipeInputError(path, "not a DICOM file (no data elements could be read)")
-    return DicomHeader(ds, bool(seen_pixels), path)
+    return DicomHeader(ds, bool(seen_pixels), path, tuple(dropped))

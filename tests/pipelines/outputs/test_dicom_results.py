@@ -14,11 +14,13 @@ from pydicom.uid import generate_uid
 
 from cadpipe.pipelines.outputs.dicom_sr import build_measurement_report, read_report
 from cadpipe.pipelines.scoring.score import EXIT_OK, ScoreConfig, score
-from tests.pipelines.outputs.dicom_checks import assert_sc_matches_png, journal_outputs
+from tests.pipelines.outputs.dicom_checks import assert_sc_matches_png, conformant_where_checkable, journal_outputs
 from tests.pipelines.scoring.score_helpers import make_bundle, write_dicom_series
 
 
 def _check_common(report: dict, row, sources: list, sr_ds, study_uid: str) -> None:
+    if getattr(sr_ds, "filename", None):
+        conformant_where_checkable(sr_ds.filename)
     assert report["algorithm"] == {"name": row.bundle, "version": str(row.bundle_version),
                                    "parameters": [f"model_sha256={row.model_sha256}"]}
     assert report["intended_use"] and set(report["intended_use"]) == {"Not for clinical use"}
@@ -109,6 +111,15 @@ def _score_mammograms(tmp_path, overrides: dict, n_patients: int = 1) -> tuple[s
     return out, df
 
 
+def _declared(out: str) -> dict:
+    """The scored bundle's DICOM declaration (codes), read from the copy the run used."""
+    import glob
+
+    meta = glob.glob(os.path.join(os.path.dirname(out), "b", "configs", "metadata.json"))[0]
+    with open(meta, encoding="utf-8") as f:
+        return {"dicom": json.load(f)["cadpipe"]["dicom"]}
+
+
 def test_detection_bundle_sr_has_every_scored_box_as_a_scoord_region(tmp_path):
     """Each unit's SR of the real detection bundle, parsed back through highdicom, holds exactly the boxes scoring
     wrote for it (``<unit>_boxes.json``: label, score, corners on the source image) and agrees with results.csv."""
@@ -122,13 +133,15 @@ def test_detection_bundle_sr_has_every_scored_box_as_a_scoord_region(tmp_path):
             scored = json.load(f)["boxes"]
         assert scored, "random weights gave no box: the test would check nothing"
         sr_path = os.path.join(out, outputs[row.unit_id]["dicom_sr"])
-        report = read_report(sr_path)
+        report = read_report(sr_path, bundle=_declared(out))
         assert not report["probabilities"] and report["volume_ml"] is None and report["segment"] is None
         assert not report["no_detections"]
         got = report["boxes"]
-        assert [b["label"] for b in got] == [b["label"] for b in scored]
-        assert {b["label"] for b in got} <= {"benign", "malignant"}
+        assert [b["label"] for b in got] == [b["label"] for b in scored]  # the Pathology code, back to the class
+        assert {b["label"] for b in got} <= {"benign", "malignant"} and {b["finding"] for b in got} == {"Mass"}
         assert [b["score"] for b in got] == pytest.approx([b["score"] for b in scored], rel=1e-9)
+        # the malignancy of each box (Probability of cancer)
+        assert [b["malignancy"] for b in got] == pytest.approx([b["malignancy"] for b in scored], rel=1e-6)
         for mine, theirs in zip(got, scored):
             c0, r0, c1, r1 = theirs["box"]
             np.testing.assert_allclose(mine["polyline"], [[c0, r0], [c1, r0], [c1, r1], [c0, r1], [c0, r0]],
@@ -196,12 +209,19 @@ def test_detection_boxes_round_trip_as_scoord_regions(tmp_path):
     assert set(report["intended_use"]) == {"Not for clinical use"}
 
 
-def test_segmentation_volume_without_its_seg_is_refused():
+def test_segmentation_size_without_a_seg_is_still_reported(tmp_path):
+    """No SEG could be made: the SR still reports the structure and its size (image-level group, no segment
+    reference); a report with nothing in it is refused."""
     from pydicom.data import get_testdata_file
 
     src = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    with pytest.raises(ValueError, match="needs the DICOM SEG"):
-        build_measurement_report([src], {"name": "x"}, volume_ml=1.0)
+    bundle = {"name": "x", "dicom": {"classes": {"tumor": {"type": ["108369006", "SCT", "Neoplasm"]}}}}
+    path = str(tmp_path / "sr.dcm")
+    build_measurement_report([src], bundle, volume_ml=1.25, structure="tumor").save_as(path)
+    report = read_report(path, bundle)
+    assert report["volume_ml"] == 1.25 and report["segment"] is None and report["structure"] == "tumor"
+    with pytest.raises(ValueError, match="nothing to report"):
+        build_measurement_report([src], bundle)
 
 
 def test_2d_segmentation_sr_has_the_area_referencing_the_seg(tmp_path):

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from cadpipe.pipelines.outputs.findings import (classification_findings, detection_caption, detection_findings,
-                                                heatmap_caption, segmentation_caption, segmentation_finding,
-                                                select_boxes)
+                                                heatmap_caption, multilabel_findings, segmentation_caption,
+                                                segmentation_finding, select_boxes)
 
 
 def test_binary_wording_and_caption():
-    f, = classification_findings("classification", ["NORMAL", "PNEUMONIA"], [0.13, 0.87], {"PNEUMONIA": 0.42},
+    f, = classification_findings(["NORMAL", "PNEUMONIA"], [0.13, 0.87], {"PNEUMONIA": 0.42},
                                  "PNEUMONIA", "PNEUMONIA")
     assert f["call"] == "positive" and f["text"] == "PNEUMONIA: positive (probability 87%, operating threshold 42%)."
-    f, = classification_findings("classification", ["NORMAL", "PNEUMONIA"], [0.6, 0.4], {"PNEUMONIA": 0.42},
+    f, = classification_findings(["NORMAL", "PNEUMONIA"], [0.6, 0.4], {"PNEUMONIA": 0.42},
                                  "PNEUMONIA", "NORMAL")
     assert f["call"] == "negative" and f["text"].startswith("PNEUMONIA: negative")
     assert heatmap_caption("PNEUMONIA", 0.87, 0.42) == "Grad-CAM for PNEUMONIA, 0.87 above threshold 0.42"
@@ -19,7 +19,7 @@ def test_binary_wording_and_caption():
 
 
 def test_multiclass_names_the_argmax_class():
-    f, = classification_findings("classification", ["Normal", "Benign", "InSitu", "Invasive"], [0.1, 0.2, 0.1, 0.6],
+    f, = classification_findings(["Normal", "Benign", "InSitu", "Invasive"], [0.1, 0.2, 0.1, 0.6],
                                  {}, None, "Invasive")
     assert f["text"] == "Predicted class: Invasive (probability 60%, the highest of 4 classes)."
 
@@ -27,10 +27,10 @@ def test_multiclass_names_the_argmax_class():
 def test_multilabel_lists_findings_above_threshold_and_no_finding_alone():
     names = ["Effusion", "Mass", "No Finding"]
     thr = {"Effusion": 0.2, "Mass": 0.6, "No Finding": 0.5}
-    fs = classification_findings("multilabel", names, [0.3, 0.7, 0.9], thr, None, "Effusion;Mass")
+    fs = multilabel_findings(names, [0.3, 0.7, 0.9], thr, "Effusion;Mass")
     assert [f["type"] for f in fs] == ["Mass", "Effusion"]  # by probability
     assert all("No Finding" not in f["text"] for f in fs)
-    none, = classification_findings("multilabel", names, [0.1, 0.1, 0.9], thr, None, "No Finding")
+    none, = multilabel_findings(names, [0.1, 0.1, 0.9], thr, "No Finding")
     assert none["type"] == "none" and none["text"] == "No pathology above its operating threshold. No Finding: 90%."
 
 

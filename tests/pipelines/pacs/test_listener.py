@@ -73,6 +73,7 @@ def test_peer_and_credentials_parsing(tmp_path):
     assert read_auth(None, environ={"CADPIPE_DICOMWEB_AUTH": "Bearer abc"}) == ("bearer", "abc")
     f = tmp_path / "auth"
     f.write_text("basic u:p\n")
+    f.chmod(0o600)  # a credentials file readable by others is refused (tests/pipelines/pacs/test_dicomweb_hostile.py)
     assert read_auth(str(f)) == ("basic", "u:p")
     f.write_text("token-without-kind")
     with pytest.raises(CadpipeInputError) as err:

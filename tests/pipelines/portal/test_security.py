@@ -205,3 +205,55 @@ def test_hostile_corpus_through_the_portal_api(runner, tmp_path):
     # nothing outside the data folder: every file the service wrote is under it
     assert sorted(os.listdir(data)) == sorted(set(os.listdir(data)) & {"jobs", "jobs.sqlite3", "spool",
                                                                         "jobs.sqlite3-wal", "jobs.sqlite3-shm"})
+
+
+def test_one_bad_dicom_never_fails_the_whole_job(runner, tmp_path, monkeypatch):
+    """A DICOM with header values over 1 KiB is scored like the others; a file raising an exception nobody expected
+    while discovery looks at it becomes its own error row (named by its uploaded name), the rest of the job scored."""
+    from cadpipe.data.synthetic.dicom import write_cxr_dicom
+    from cadpipe.data.synthetic.hostile import write_long_header_dicom
+    from cadpipe.pipelines.scoring import discovery
+
+    long = write_long_header_dicom(tmp_path / "synthetic_long.dcm")["path"]
+    good = write_cxr_dicom(tmp_path / "synthetic_good.dcm", rows=48, cols=40, seed=3)["path"]
+    odd = write_cxr_dicom(tmp_path / "synthetic_odd.dcm", rows=48, cols=40, seed=4)["path"]
+    real = discovery._dicom_header
+    odd_size = os.path.getsize(odd) + 1  # the stored copy has a generated name: recognised by its size
+    with open(odd, "ab") as f:
+        f.write(b"\0")  # a trailing byte: a different size, the same image
+
+    def header(path):
+        if os.path.getsize(path) == odd_size:
+            raise RuntimeError("something nobody expected")
+        return real(path)
+
+    monkeypatch.setattr(discovery, "_dicom_header", header)
+    with client_for(runner, tmp_path / "data") as client:
+        files = [(os.path.basename(p), open(p, "rb").read(), "application/dicom") for p in (long, good, odd)]
+        r = upload(client, files, task=CXR)
+        assert r.status_code == 202, r.text
+        job = wait(client, r.json()["id"])
+    assert job["status"] == "done", job
+    rows = job["rows"]
+    assert sorted(row["status"] for row in rows) == ["error", "ok", "ok"]
+    assert "synthetic_odd.dcm" in job["error"] and "RuntimeError: something nobody expected" in job["error"]
+
+
+def test_token_file_is_read_and_must_be_private(tmp_path, capsys, monkeypatch):
+    """`--token` shows the token in `ps`; `--token-file` reads it from a file only its owner may read."""
+    from cadpipe.cli import main
+
+    monkeypatch.delenv("CADPIPE_TOKEN", raising=False)
+    token = tmp_path / "token"
+    token.write_text("s3cret-portal-token\n")
+    token.chmod(0o644)
+    args = ["serve", "--host", "0.0.0.0", "--bundles", str(tmp_path / "nowhere"), "--token-file", str(token)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{token}: token file is readable or writable by other users (mode 644)" in err
+    assert "s3cret" not in err
+    token.chmod(0o600)
+    assert main(args) == 2  # the token is accepted: the run goes on to the (missing) bundles
+    err = capsys.readouterr().err
+    assert "needs an access token" not in err and "token file" not in err and "s3cret" not in err
+    assert main([*args, "--token", "x"]) == 2 and "not both" in capsys.readouterr().err

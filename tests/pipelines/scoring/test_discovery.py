@@ -108,3 +108,40 @@ def test_dicom_objects_without_pixels_are_not_units(tmp_path):
     for skip in (True, False):
         units = discover(str(tmp_path / "in"), skip_ground_truth=skip)
         assert sorted(u.paths[0] for u in units) == sorted(images + [str(tmp_path / "in" / "s" / "broken.dcm")])
+
+
+def test_an_unexpected_exception_from_one_file_or_series_is_its_error_row(tmp_path, monkeypatch):
+    """No exception from one input ends discovery: the file (or the 3D series) becomes an error unit with the
+    reason, the other units are found as usual."""
+    from cadpipe.pipelines.scoring import discovery
+    from tests.pipelines.scoring.score_helpers import write_dicom_2d
+
+    os.makedirs(tmp_path / "in")
+    good = write_dicom_2d(str(tmp_path / "in" / "good.dcm"), "1.2.3", "1.2.3.1")
+    bad = write_dicom_2d(str(tmp_path / "in" / "bad.dcm"), "1.2.4", "1.2.4.1")
+    real = discovery._dicom_header
+
+    def header(path):
+        if path == bad:
+            raise RuntimeError("something nobody expected")
+        return real(path)
+
+    monkeypatch.setattr(discovery, "_dicom_header", header)
+    units = {u.paths[0]: u for u in discover(str(tmp_path / "in"))}
+    assert not units[good].error and units[good].study_id == "1.2.3"
+    assert units[bad].error == "could not be read (RuntimeError: something nobody expected)"
+
+    monkeypatch.setattr(discovery, "_dicom_header", real)
+    write_dicom_series(str(tmp_path / "vol" / "a"), "1.2.5", "1.2.5.1", n=3)
+    write_dicom_series(str(tmp_path / "vol" / "b"), "1.2.6", "1.2.6.1", n=3)
+    real_series = discovery._series_units
+
+    def series_units(study, series, *args):
+        if series == "1.2.6.1":
+            raise OSError(13, "Permission denied")
+        return real_series(study, series, *args)
+
+    monkeypatch.setattr(discovery, "_series_units", series_units)
+    units = {u.unit_id: u for u in discover(str(tmp_path / "vol"), spatial_dims=3)}
+    assert not units["1.2.5.1"].error and units["1.2.6.1"].error == "permission denied"
+    assert len(units["1.2.6.1"].paths) == 3

@@ -1,5 +1,6 @@
 """`cadpipe score` over a hostile folder: image bombs, a sparse gigabyte named .dcm, colliding and formula names,
-links leaving the input, a link loop, an unreadable file, valid studies beside them. Every valid study is scored,
+links leaving the input, a link loop, an unreadable file, a DICOM with header values over 1 KiB, valid studies
+beside them. Every valid study is scored,
 every bad file is an error row naming it and the reason, exit status 3, nothing written outside the output."""
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def test_hostile_corpus_through_cadpipe_score(bundle, tmp_path):
     assert _tree(outside) == before_outside and _tree(src) == before_in
     # the header values never reach the output of the command
     assert "SYNTHETIC-BOMB" not in proc.stderr + proc.stdout
+    # the DICOM with values over 1 KiB is scored, its long values in the table of the report only
+    long_rows = df[df.input_paths.str.contains("synthetic_long_header")]
+    assert list(long_rows.status) == ["ok"] and long_rows.series_id.iloc[0].endswith("1" * 1100)
+    assert "SYNTHETIC LONG DESCRIPTION" not in proc.stderr + proc.stdout
 
 
 def test_links_are_followed_only_when_asked(tmp_path):

@@ -155,6 +155,10 @@ def test_dicom_series_without_frame_of_reference_keeps_mask_and_numbers(seg_bund
     folder = out / no_for["study_uid"] / no_for["series_uid"]
     assert (folder / f"{no_for['series_uid']}_mask.nii.gz").is_file()
     assert not (folder / f"{no_for['series_uid']}_seg.dcm").exists()
+    # ... but its SR (the finding and its volume, without a segment reference) and overlay SC are (issue 25)
+    for kind in ("sr", "sc"):
+        assert (folder / f"{no_for['series_uid']}_{kind}.dcm").is_file()
+    assert "SR" not in bad.warnings and "Secondary Capture" not in bad.warnings
     # the package's own synthetic series has a Frame of Reference, so its SEG is written
     assert good.warnings == ""
     assert (out / with_for["study_uid"] / with_for["series_uid"] / f"{with_for['series_uid']}_seg.dcm").is_file()

@@ -75,11 +75,26 @@ def test_fallback_to_per_item_is_logged(tmp_path, caplog):
     root = make_bundle("tiny_classification_bundle", str(tmp_path / "b"))  # ScaleIntensityd: no batched plan
     src = str(tmp_path / "in")
     mixed_2d_folder(src)
-    with caplog.at_level(logging.WARNING, logger="cadpipe.score"):
+    with caplog.at_level(logging.DEBUG, logger="cadpipe.score"):
         s = score(ScoreConfig(bundle=root, input=src, output=str(tmp_path / "o"), device="cpu", quiet=True,
                               preprocess="batched", reports=False))
     assert s["preprocess"] == "per-item"
-    assert "ScaleIntensityd has no batched equivalent" in caplog.text
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    # the user who asked for batched is told in plain words; the transform's name is a debug detail
+    assert any("cannot run batched" in m and "one at a time" in m for m in warned), warned
+    assert not any("ScaleIntensityd" in m for m in warned)
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("ScaleIntensityd has no batched equivalent" in m for m in debug)
+
+
+def test_auto_fallback_says_nothing_at_info(tmp_path, caplog):
+    root = make_bundle("tiny_classification_bundle", str(tmp_path / "b"))
+    src = str(tmp_path / "in")
+    mixed_2d_folder(src)
+    with caplog.at_level(logging.INFO, logger="cadpipe.score"):
+        score(ScoreConfig(bundle=root, input=src, output=str(tmp_path / "o"), device="cpu", quiet=True,
+                          preprocess="auto", reports=False))
+    assert "batched equivalent" not in caplog.text and "LoadStudyImaged" not in caplog.text
 
 
 def test_cli_options(cxr_bundle, tmp_path):

@@ -93,6 +93,11 @@ def test_real_bundle_scores(tmp_path, name, writer, overrides, columns):
         assert df[col].notna().all(), col
     files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "out") for f in fs]
     assert any(f.endswith("report.html") for f in files)
+    from tests.pipelines.outputs.dicom_checks import conformant_where_checkable
+
+    for f in files:  # the real bundle's DICOM results (its declared codes): dciodvfy / dsrdump where installed
+        if f.endswith(("_sr.dcm", "_seg.dcm", "_sc.dcm")):
+            conformant_where_checkable(f)
     if "lesion_voxels" in columns and name.startswith("cxr"):  # 2D segmentation of DICOM radiographs: DICOM SEG
         import highdicom as hd
         import pydicom
@@ -107,3 +112,7 @@ def test_real_bundle_scores(tmp_path, name, writer, overrides, columns):
             ref = ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
             src = pydicom.dcmread(sources[ref], stop_before_pixels=True)
             assert ds.Modality == "SEG" and (ds.Rows, ds.Columns) == (src.Rows, src.Columns)
+            segment = ds.SegmentSequence[0]  # coded as the bundle declares: the lungs are an anatomical structure
+            assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "39607008"  # SCT Lung
+            assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"  # Anatomical Structure
+            assert ds.SeriesDescription == "cadpipe CXR lungs SEG (not for clinical use)" and ds.SeriesNumber == 9931

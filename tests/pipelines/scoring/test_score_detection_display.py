@@ -26,9 +26,11 @@ def test_at_most_max_boxes_shown_numbered_by_score(tmp_path):
     out = {"box": torch.as_tensor(boxes), "label": torch.as_tensor(rng.integers(0, 2, 50)),
            "score": torch.as_tensor(scores), "malignancy": torch.as_tensor(rng.uniform(0, 1, 50)),
            "pred": torch.as_tensor(scores)}
-    runner = types.SimpleNamespace(task="detection", class_names=["benign", "malignant"], display_min_score=0.3,
-                                   max_boxes_shown=5)
-    runner.summarise = lambda o: BundleRunner._task_columns(runner, o)
+    from cadpipe.pipelines.kinds import kind_of
+
+    runner = types.SimpleNamespace(kind=kind_of("detection"), class_names=["benign", "malignant"],
+                                   display_min_score=0.3, max_boxes_shown=5)
+    runner.summarise = lambda o: BundleRunner.summarise(runner, o)
     unit = Unit("case/synthetic_mammo", "case", "synthetic_mammo", "image", image, [image])
     info = {"name": "mammo", "version": "1", "model_sha256": "0" * 64}
     row = _finish_unit(runner, unit, {"image": torch.zeros(1, 80, 64)}, out, str(tmp_path / "out"), info)

@@ -122,3 +122,35 @@ def test_malformed_size_is_an_input_error_naming_the_file(tmp_path):
     ds.save_as(path)
     with pytest.raises(CadpipeInputError, match=r"synthetic_frames.dcm: malformed NumberOfFrames"):
         read_dicom_header(path).frames
+
+
+def test_values_over_the_defer_size_are_read_before_the_file_is_closed(tmp_path):
+    """Issue: a value over 1 KiB was deferred and read after the file was closed ("seek of closed file")."""
+    import pydicom
+
+    from cadpipe.data.synthetic.hostile import write_long_header_dicom
+
+    made = write_long_header_dicom(tmp_path / "synthetic_long.dcm", length=3000)
+    full = pydicom.dcmread(made["path"], stop_before_pixels=True)
+    for keywords in (None, ("StudyDescription", "PatientName", "SeriesInstanceUID")):
+        h = read_dicom_header(made["path"], keywords=keywords)
+        assert h.get("StudyDescription") == str(full.StudyDescription) and len(h.get("StudyDescription")) == 3000
+        assert h.get("PatientName") == str(full.PatientName) and len(h.get("PatientName")) > 1024
+        assert h.get("SeriesInstanceUID") == made["series_uid"] and h.dropped == ()
+        assert str(h.dataset)  # every element converts without touching the (closed) file
+
+
+def test_a_value_over_the_read_back_limit_is_dropped_not_read(tmp_path):
+    import pydicom
+
+    from cadpipe.transforms.readers.dicom_probe import VALUE_READ_LIMIT
+
+    path = str(tmp_path / "synthetic.dcm")
+    write_cxr_dicom(path, rows=48, cols=40)
+    ds = pydicom.dcmread(path)
+    ds.add_new(0x00091010, "OB", b"\0" * (VALUE_READ_LIMIT + 2))  # a private blob
+    ds.StudyDescription = "kept"
+    ds.save_as(path)
+    h = read_dicom_header(path)
+    assert h.dropped == (0x00091010,) and 0x00091010 not in h.dataset
+    assert h.get("StudyDescription") == "kept" and (h.rows, h.cols) == (48, 40) and str(h.dataset)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from cadpipe.data.synthetic.images import write_image
 from cadpipe.pipelines.scoring.discovery import discover
-from cadpipe.pipelines.scoring.output_names import unique_names
+from cadpipe.pipelines.outputs.output_names import unique_names
 from cadpipe.pipelines.scoring.score import ScoreConfig, score
 from tests.pipelines.scoring.score_helpers import make_bundle
 
