@@ -20,9 +20,13 @@ the ratio of each to local. Every run starts fresh Ray worker processes; the fir
 
 from __future__ import annotations
 
+import os
+
+# every node on loopback (Ray otherwise picks the machine's routable address even for a one-machine cluster)
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -59,13 +63,13 @@ def _cluster(nodes: int, cpus: int):
     import ray
     from ray.cluster_utils import Cluster
 
-    small = {"object_store_memory": 300 * MB}
+    small = {"object_store_memory": 300 * MB, "node_ip_address": "127.0.0.1"}  # every node on loopback
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": cpus, **small, "include_dashboard": False,
         "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4}})
     workers = [c.add_node(num_cpus=cpus, **small) for _ in range(nodes - 1)]
     c.wait_for_nodes()
-    ray.init(address=c.address, log_to_driver=False)
+    ray.init(address=c.address, _node_ip_address="127.0.0.1", log_to_driver=False)
     return c, workers
 
 

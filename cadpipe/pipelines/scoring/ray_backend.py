@@ -108,7 +108,8 @@ def _connect(cfg) -> bool:
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": False,
              "include_dashboard": False}
     if cfg.ray in ("", "local", None):
-        ray.init(num_cpus=cfg.ray_actors + 1 if cfg.ray_actors else None, **quiet)
+        # a cluster of its own on this machine: bound to loopback, reachable from nowhere else
+        ray.init(num_cpus=cfg.ray_actors + 1 if cfg.ray_actors else None, _node_ip_address="127.0.0.1", **quiet)
     else:
         ray.init(address=cfg.ray, **quiet)
     return True

@@ -40,14 +40,14 @@ def cluster(tmp_path_factory):
 
     outs = tmp_path_factory.mktemp("outs")  # every Ray output folder of this module lives here
     log = tmp_path_factory.mktemp("log") / "refused_writes.log"
-    small = {"object_store_memory": 200 * MB}
+    small = {"object_store_memory": 200 * MB, "node_ip_address": "127.0.0.1"}  # every node on loopback
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, **small, "include_dashboard": False,
         "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4}})
     cpu_node = c.add_node(num_cpus=1, **small)
     gpu_node = c.add_node(num_cpus=16, num_gpus=1, **small)  # declared: 1 GPU, 16 CPUs (no real GPU needed)
     c.wait_for_nodes()
-    ray.init(address=c.address, log_to_driver=False, runtime_env={
+    ray.init(address=c.address, _node_ip_address="127.0.0.1", log_to_driver=False, runtime_env={
         "worker_process_setup_hook": "tests.pipelines.scoring.ray_cluster_helpers.forbid_output_writes",
         "env_vars": {helpers.FORBIDDEN_ENV: str(outs), helpers.LOG_ENV: str(log)}})
     try:
