@@ -48,8 +48,9 @@ setup(
             "pyarrow>=14",
             "jsonschema>=4",  # monai.bundle verify_metadata
             "httpx>=0.27", "selenium>=4.15",  # portal: FastAPI TestClient; browser test drives Debian's chromium
+            "pydicom-data>=1.0",  # pydicom's larger real test files (RG1/RG3 CR, MR2, 693 CT...): 34 MB wheel
         ],
-        "ray": ["ray>=2.9"],
+        "ray": ["ray[data]>=2.9"],  # cadpipe score --ray: Ray Data (pandas, pyarrow) on a Ray cluster
         "serve": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9", "swagger-ui-bundle>=1.1", "reportlab[accel]>=4.0"],
         "pacs": ["pynetdicom>=2.1", "requests>=2.31"],  # cadpipe listen, cadpipe score --dicomweb
         "mlflow": ["mlflow-skinny>=2.10", "sqlalchemy>=2.0", "alembic>=1.10"],  # MONAI --tracking mlflow: SQLite store

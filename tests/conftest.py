@@ -3,6 +3,11 @@ import os
 import pytest
 import torch
 
+# Test traffic stays on loopback: Ray nodes started by the tests (ray.cluster_utils.Cluster, --ray local) take
+# 127.0.0.1 as their address instead of the machine's routable one (Ray reads this before it picks an address; only
+# `ray start` of a worker node looks at it otherwise). Inherited by every Ray process and `cadpipe` subprocess.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 # Shared 2-core machines: keep each test process to one thread; pytest-xdist gives the parallelism.
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -6,6 +6,8 @@ where the name is free to choose; names under test — collisions, formulas — 
 - :func:`write_dicom_bomb` — a DICOM header declaring ``rows x cols x frames`` with a few bytes of pixel data;
 - :func:`write_nifti_bomb` — a NIfTI header declaring a huge volume (no voxel data);
 - :func:`write_sparse_file` — a sparse file of any size (zeros, no disk blocks), e.g. ``big.dcm``;
+- :func:`write_large_dicom` — a valid DICOM file whose pixel data really is ``megabytes`` long (written in chunks,
+  never held in memory), for receive-side size limits;
 - :func:`write_long_header_dicom` — a valid DICOM image whose StudyDescription, PatientName and Series Instance
   UID are over 1 KiB long (values a bounded header read defers);
 - :func:`write_hostile_corpus` — all of the above beside valid studies in one folder, with what is expected.
@@ -17,8 +19,8 @@ import os
 import struct
 import zlib
 
-__all__ = ["write_png_bomb", "write_dicom_bomb", "write_nifti_bomb", "write_sparse_file", "write_long_header_dicom",
-           "write_hostile_corpus"]
+__all__ = ["write_png_bomb", "write_dicom_bomb", "write_nifti_bomb", "write_sparse_file", "write_large_dicom",
+           "write_long_header_dicom", "write_hostile_corpus"]
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -94,6 +96,40 @@ def write_sparse_file(path: str | os.PathLike, size: int = 1 << 30) -> dict:
     with open(path, "wb") as f:
         f.truncate(size)
     return {"path": path, "bytes": size}
+
+
+def write_large_dicom(path: str | os.PathLike, megabytes: float = 300.0, study_uid: str | None = None) -> dict:
+    """A DX file of 16-bit zero pixels, square-ish, whose pixel data is about ``megabytes`` MiB (rows x cols x 2
+    bytes, explicit VR little endian), written in 16 MiB chunks. Returns ``{"path", "bytes", "rows", "cols",
+    "study_uid", "sop_uid"}``."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    path = os.fspath(path)
+    pixels = int(megabytes * 1024 * 1024) // 2
+    cols = 4096
+    rows = max(1, pixels // cols)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray for presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(path, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID, ds.PatientName = "DX", "SYNTHETIC-LARGE", "SYNTHETIC^LARGE"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.save_as(path, enforce_file_format=True)
+    n = rows * cols * 2
+    chunk = b"\0" * (16 << 20)
+    with open(path, "ab") as f:
+        f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, n))
+        left = n
+        while left:
+            f.write(chunk[: min(left, len(chunk))])
+            left -= min(left, len(chunk))
+    return {"path": path, "bytes": os.path.getsize(path), "rows": rows, "cols": cols,
+            "study_uid": str(ds.StudyInstanceUID), "sop_uid": str(ds.SOPInstanceUID)}
 
 
 def write_long_header_dicom(path: str | os.PathLike, length: int = 2000, seed: int = 0) -> dict:

@@ -22,8 +22,9 @@ Anything else makes it return ``(None, reason)`` and scoring keeps the per-item 
 Each item's ``pred`` after the inversion is a MetaTensor like the per-item path's: the probabilities at the input's
 ``(X, Y)`` size, with the metadata scoring reads, derived from the decoded file
 (:class:`~cadpipe.transforms.readers.io_raw.RawImage`): ``affine`` and ``original_affine`` (the reader's, which the
-per-item inversion restores), ``spatial_shape``, ``filename_or_obj``, ``format``, ``space``. The reader's other
-metadata (DICOM tags) is not carried: a remaining transform that reads it refuses or differs.
+per-item inversion restores), ``spatial_shape``, ``filename_or_obj``, ``format``, ``spacing_known``,
+``geometry_note``, ``space``. The reader's other metadata (DICOM tags) is not carried: a remaining transform that
+reads it refuses or differs.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def _input_meta(raw: RawImage, size: tuple[int, int]) -> dict:
     affine = torch.as_tensor(np.eye(4) if raw.affine is None else np.asarray(raw.affine, dtype=np.float64))
     return {MetaKeys.AFFINE: affine, MetaKeys.ORIGINAL_AFFINE: affine.clone(),
             MetaKeys.SPATIAL_SHAPE: torch.as_tensor(size), MetaKeys.SPACE: SpaceKeys.RAS,
-            "filename_or_obj": raw.path, "format": raw.format}
+            "filename_or_obj": raw.path, "format": raw.format, "spacing_known": raw.spacing_known,
+            "geometry_note": raw.geometry_note}
 
 
 def plan_segmentation_postprocessing(postprocessing, preprocessing) -> tuple[

@@ -365,19 +365,23 @@ class BundleRunner:
 
     def unit_size(self, out: dict, ndim: int) -> float | None:
         """One pixel's area in mm² (``ndim`` 2) or one voxel's volume in mm³ (3) from the affine; None when the
-        input file gives no spacing (PNG/JPEG/TIFF)."""
+        input file gives no usable spacing (PNG/JPEG/TIFF, DICOM without PixelSpacing or with ``0\\0``: the affine
+        is then in pixels, see :func:`cadpipe.transforms.readers.io_any.spacing_known`)."""
+        from cadpipe.transforms.readers.io_any import spacing_known
+
         pred, image = out.get("pred"), out.get("image")
-        fmt = next((m.get("format") for m in (getattr(pred, "meta", None), getattr(image, "meta", None))
-                    if isinstance(m, dict) and m.get("format")), None)
-        if fmt == "image":
+        if not all(spacing_known(m) for m in (getattr(pred, "meta", None), getattr(image, "meta", None))
+                   if isinstance(m, dict)):
             return None
-        aff = self.affine(out)
-        return float(abs(np.linalg.det(aff[:ndim, :ndim])))
+        from cadpipe.transforms.geometry import voxel_size
+
+        return voxel_size(self.affine(out), ndim)  # any plane: a coronal slice's 2x2 block is singular
 
     def voxel_volume_mm3(self, out: dict) -> float:
-        aff = self.affine(out)
+        from cadpipe.transforms.geometry import voxel_size
+
         d = self.spatial_dims
-        return float(abs(np.linalg.det(aff[:d, :d]))) if d in (2, 3) else 1.0
+        return voxel_size(self.affine(out), d) if d in (2, 3) else 1.0
 
 
 def plan_batched_scoring(kind, spatial_dims: int, preprocessing, postprocessing) -> tuple:

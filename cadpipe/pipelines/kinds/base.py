@@ -57,6 +57,12 @@ class UnitOutputs:
         self.outputs["overlays"].append(self.rel(path))
         self.captions.append(caption)
 
+    def warn(self, note: str) -> None:
+        """Add ``note`` to the row's ``warnings`` column (``; ``-separated, each note once)."""
+        current = str(self.row.get("warnings") or "")
+        if note not in current.split("; "):
+            self.row["warnings"] = f"{current}; {note}" if current else note
+
 
 class TaskKind:
     """What one kind of task does differently. Subclasses set the attributes and implement the methods.

@@ -105,7 +105,7 @@ class Classification(TaskKind):
         cam_idx = runner.cam_class()
         cam_idx = cam_idx if cam_idx is not None else explained_class(names, probs, u.row["predicted"])
         if heat is None and runner.cam_layers:
-            heat = runner.heatmap(pre_item, class_index=cam_idx)
+            heat = self._heatmap_or_note(u, cam_idx)
         per_class_cams = self.cam_classes(runner, probs)
         plain = u.info.get("plain_images", True)
         image = None
@@ -128,11 +128,30 @@ class Classification(TaskKind):
         for ci in per_class_cams:
             n = runner.class_names[ci]
             cpng = u.path(f"heatmap_{safe_name(n)}.png")
-            overlay_png(image, heatmap=on_input_grid(runner, pre_item, runner.heatmap(pre_item, class_index=ci),
-                                                     image), path=cpng, durable=False)
+            class_heat = self._heatmap_or_note(u, ci)
+            if class_heat is None:
+                continue
+            overlay_png(image, heatmap=on_input_grid(runner, pre_item, class_heat, image), path=cpng, durable=False)
             u.add_overlay(cpng, heatmap_caption(calls, n, self.name))
             per_class.append(u.rel(cpng))
         return per_class
+
+    @staticmethod
+    def _heatmap_or_note(u: UnitOutputs, class_index: int):
+        """The unit's Grad-CAM map for ``class_index``, or None with the reason in the row's ``warnings`` when the
+        network cannot run on the whole preprocessed image (smaller than its pooling stages, e.g. a 3x3-pixel
+        secondary capture through a bundle that classifies by padded patches: the prediction stands, the map
+        cannot be made)."""
+        import torch
+
+        try:
+            return u.runner.heatmap(u.pre_item, class_index=class_index)
+        except torch.cuda.OutOfMemoryError:
+            raise  # the device, not the image: the unit fails as it did
+        except RuntimeError as err:
+            size = "x".join(str(int(v)) for v in torch.as_tensor(u.pre_item["image"]).shape[1:])
+            u.warn(f"no heat map: the network cannot take the whole {size}-pixel image ({str(err).strip()[:160]})")
+            return None
 
     def sr_content(self, row: dict, outputs: dict, out_dir: str, bundle: dict) -> dict:
         return {"probabilities": {k[5:]: float(v) for k, v in row.items() if k.startswith("prob_")},

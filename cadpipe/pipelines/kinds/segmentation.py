@@ -1,7 +1,7 @@
 """Segmentation: a label map in the input's geometry per image or volume.
 
 - columns: ``lesion_voxels`` and the foreground's area (``lesion_area_cm2``, 2D) or volume (``lesion_volume_ml``,
-  3D) from the affine (None when the file gives no spacing);
+  3D) from the affine (None when the file gives no usable spacing; the row's ``warnings`` then says why);
 - files: the mask as NIfTI (``<unit>_mask.nii.gz``), a DICOM SEG for DICOM input (``<unit>_seg.dcm``), the
   overlay (``<unit>_overlay.png``); report: the structure's area or volume;
 - DICOM SR: the SEG and its volume or area; MONAI Label: the label image (2D as ``uint8``);
@@ -18,6 +18,18 @@ from cadpipe.errors import CadpipeInputError
 from cadpipe.pipelines.kinds.base import TaskKind, UnitOutputs, display_image, original_image
 
 __all__ = ["Segmentation"]
+
+
+def _geometry_note(*items: dict) -> str:
+    """The reader's ``geometry_note`` (what of the file's geometry could not be used,
+    :mod:`cadpipe.transforms.readers.io_dicom`) from the first of the items' images that carries one, else ``""``."""
+    for item in items:
+        for key in ("pred", "image"):
+            meta = getattr(item.get(key), "meta", None)
+            note = meta.get("geometry_note") if isinstance(meta, dict) else None
+            if note:
+                return str(note[0] if isinstance(note, (list, tuple)) else note)
+    return ""
 
 
 class Segmentation(TaskKind):
@@ -68,8 +80,10 @@ class Segmentation(TaskKind):
         u.outputs["image"] = u.rel(plain)
         structure = self.structure(runner)
         u.add_overlay(png, segmentation_caption(structure, mask.ndim))
-        u.findings.append(segmentation_finding(structure, u.row["lesion_voxels"], mask.ndim,
-                                               runner.unit_size(out, mask.ndim)))
+        size = runner.unit_size(out, mask.ndim)
+        if size is None and u.unit.kind == "dicom":  # a DICOM file without usable spacing: say why sizes are pixels
+            u.warn(_geometry_note(out, u.pre_item) or "no usable pixel spacing in the file: sizes are in pixels")
+        u.findings.append(segmentation_finding(structure, u.row["lesion_voxels"], mask.ndim, size))
 
     def _dicom_seg(self, u: UnitOutputs, mask: np.ndarray, affine: np.ndarray) -> None:
         from cadpipe.pipelines.outputs.dicom_seg import write_dicom_seg

@@ -21,19 +21,28 @@ __all__ = ["write_dicom_seg", "mask_to_source_frames"]
 def mask_to_source_frames(mask: np.ndarray, affine: np.ndarray, datasets: list) -> np.ndarray:
     """Resample ``mask`` (X, Y[, Z], RAS ``affine``) onto each source instance's (rows, cols) grid.
 
+    Each instance's geometry is read as the DICOM reader reads it (:mod:`cadpipe.transforms.readers.io_dicom`): its
+    ImageOrientationPatient normalised (oblique planes included), its pixel spacing or one unit per pixel when the
+    file gives no usable one (``0\\0``), so the mapping is the inverse of the one the mask's affine came from. An
+    instance without usable patient geometry is matched by position: slice ``k`` of the reader's slice order
+    gets ``mask[..., k]``.
+
     Returns ``(n_frames, rows, cols)`` uint8.
     """
+    from cadpipe.transforms.readers.io_dicom import DicomReader, patient_geometry, pixel_spacing
+
     frames = []
     inv = np.linalg.inv(affine)
-    for ds in datasets:
+    order = DicomReader._slice_order(datasets) if mask.ndim == 3 else list(range(len(datasets)))
+    position = {index: k for k, index in enumerate(order)}
+    for index, ds in enumerate(datasets):
         rows, cols = int(ds.Rows), int(ds.Columns)
-        if mask.ndim == 2 or not hasattr(ds, "ImagePositionPatient"):
-            m2 = mask if mask.ndim == 2 else mask[..., 0]
+        ipp, iop = patient_geometry(ds)
+        if mask.ndim == 2 or ipp is None:
+            m2 = mask if mask.ndim == 2 else mask[..., min(position[index], mask.shape[2] - 1)]
             frames.append((m2.T[:rows, :cols] > 0).astype(np.uint8))
             continue
-        ipp = np.asarray(ds.ImagePositionPatient, dtype=float)
-        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
-        dr, dc = (float(v) for v in ds.PixelSpacing)  # row spacing, column spacing
+        dr, dc = pixel_spacing(ds) or (1.0, 1.0)  # row, column spacing (one unit per pixel when unknown)
         rr, cc = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
         lps = ipp[None, :] + cc.reshape(-1, 1) * dc * iop[None, :3] + rr.reshape(-1, 1) * dr * iop[None, 3:]
         ras = lps * np.array([-1.0, -1.0, 1.0])

@@ -55,10 +55,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DICOM input: skip the per-unit DICOM SR and Secondary Capture (the SEG of a "
                              "segmentation bundle is still written)")
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                        help="score on Ray (one model per actor); no ADDRESS = a local Ray")
+                        help="score on a Ray cluster (Ray Data; docs/scale-out.md); no ADDRESS = a local Ray")
     parser.add_argument("--override", action="append", default=[], metavar="ID=VALUE",
                         help="bundle config override, VALUE parsed as JSON when it can be (e.g. image_size=64)")
-    parser.add_argument("--ray-actors", type=int, default=None, help="number of Ray actors (default: CPUs)")
+    parser.add_argument("--ray-actors", type=int, default=None,
+                        help="most model actors on Ray (default: what the cluster can place: one per GPU, or one per "
+                             "CPU less one kept for decoding)")
+    parser.add_argument("--ray-shared-fs", action="store_true",
+                        help="with --ray: the input and output folders are on a file system every node sees at the "
+                             "same path; workers read the inputs and write the outputs there (default: the driver "
+                             "ships the inputs' bytes and writes the outputs it gets back)")
     add_input_safety_arguments(parser)
     parser.add_argument("--preprocess", choices=("auto", "per-item", "batched"), default="auto",
                         help="per-item: the bundle's MONAI preprocessing in the workers; batched: workers only decode, "
@@ -94,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     if not apply_input_safety(args, "cadpipe score"):
         return EXIT_USAGE
+    if args.ray_shared_fs and args.ray is None:
+        print("cadpipe score: --ray-shared-fs needs --ray", file=sys.stderr)
+        return EXIT_USAGE
     if args.writer_threads is not None and args.writer_threads < 0:
         print("cadpipe score: --writer-threads must be >= 0", file=sys.stderr)
         return EXIT_USAGE
@@ -105,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ScoreConfig(overrides=overrides, bundle=args.bundle, input=args.input, output=args.output, manifest=args.manifest,
                       device=args.device, batch_size=args.batch_size, workers=args.workers, limit=args.limit,
                       force=args.force, quiet=args.quiet, ray=args.ray, ray_actors=args.ray_actors,
+                      ray_shared_fs=args.ray_shared_fs,
                       reports=not args.no_reports, heatmaps=not args.no_heatmaps, threads=args.threads,
                       streams=args.streams, follow_links=args.follow_links,
                       preprocess=args.preprocess, precision=args.precision, channels_last=args.channels_last,

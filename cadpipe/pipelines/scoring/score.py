@@ -51,6 +51,8 @@ class ScoreConfig:
     quiet: bool = False
     ray: str | None = None  # None: local; "" / "local": a local Ray; else the cluster address
     ray_actors: int | None = None
+    # --ray-shared-fs: Ray workers read the inputs by path and write the outputs in place (else both through the driver)
+    ray_shared_fs: bool = False
     follow_links: bool = False  # follow symbolic links that leave the input folder (default: error rows)
     overrides: dict[str, Any] = field(default_factory=dict)
     reports: bool = True

@@ -53,7 +53,7 @@ from cadpipe.transforms.readers.io_dicom import DicomReader, has_pixel_data, is_
 from cadpipe.transforms.readers.limits import check_declared_size
 
 __all__ = ["LoadStudyImage", "LoadStudyImaged", "detect_format", "volume_suffix", "IMAGE_SUFFIXES", "VOLUME_SUFFIXES",
-           "VOLUME_FORMATS", "load_image"]
+           "VOLUME_FORMATS", "load_image", "spacing_known"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # volume file suffix -> format; ``.seg.nrrd`` (3D Slicer segmentation) is an ``.nrrd`` and keeps ``.seg`` in its stem
@@ -106,6 +106,28 @@ def volume_suffix(name: str) -> str:
     """The volume suffix of file name ``name`` (lower case: ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``...) or ``""``."""
     lower = name.lower()
     return next((suf for suf in sorted(VOLUME_SUFFIXES, key=len, reverse=True) if lower.endswith(suf)), "")
+
+
+def spacing_known(meta) -> bool:
+    """Whether an image's ``affine`` is in millimetres (sizes may be given in mm², mL) or steps one unit per pixel
+    (the file gives no usable spacing: sizes in pixels). ``meta``: a loaded image's metadata (``LoadStudyImage``'s
+    ``spacing_known`` and ``format``), also after MONAI's collation (a one-item list or tensor)."""
+    if not meta:
+        return True
+    if _first(meta.get("format")) == "image":
+        return False
+    known = _first(meta.get("spacing_known", True))
+    return bool(known)
+
+
+def _first(value):
+    """``value``, or its first element when collation made it a list/tuple/tensor/array."""
+    if isinstance(value, (list, tuple)):
+        return value[0] if value else None
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        flat = value.reshape(-1)
+        return flat[0].item() if len(flat) else None
+    return value
 
 
 def load_image(**kwargs) -> LoadImage:
@@ -258,6 +280,8 @@ class LoadStudyImage(Transform):
                 raise CadpipeInputError(path, f"{fmt} image contains NaN values ({n} of {img.numel()} voxels)")
         img = _to_mode(img, self.mode, fmt)
         img.meta["format"] = fmt
+        # PNG/JPEG/TIFF carry no spacing; DICOM says per file (its reader); volumes and LJPEG always give one
+        img.meta["spacing_known"] = bool(img.meta.get("spacing_known", fmt != "image"))
         return img
 
     def _itk_fallback(self, path: str):

@@ -27,14 +27,28 @@ multi-frame file is ``(cols, rows, slices)``; colour adds a last channel axis (`
 ``affine_lps_to_ras=True``, ``swap_ij=True``), built from ImagePositionPatient / ImageOrientationPatient /
 PixelSpacing; series slices are sorted by ImagePositionPatient projected on the slice normal, else InstanceNumber.
 
+Geometry the file does not give, or gives unusably, is never guessed as millimetres:
+
+- a PixelSpacing that is missing, zero (``0\\0`` in real CR files), negative or not two numbers is unknown
+  (ImagerPixelSpacing, then the functional groups' Pixel Measures are tried next): the affine then steps one unit
+  per pixel, ``spacing_known`` is False and ``geometry_note`` says so (sizes are to be given in pixels);
+- an ImageOrientationPatient with a zero direction or row/column directions that are not perpendicular is not a
+  plane: the image is read without patient position and orientation (as a radiograph), and ``geometry_note`` says
+  so; oblique planes are valid and kept (directions are normalised);
+- a zero or unusable slice thickness is 1 mm; a series whose slice positions repeat steps along the normal.
+
+A value that cannot be what its tag says (``0\\0``, a non-plane orientation) also raises a Python warning
+naming the file (:func:`geometry_is_defective`); a spacing that is simply absent does not.
+
 Metadata keys (besides MONAI's ``affine``, ``original_affine``, ``spatial_shape``, ``original_channel_dim``,
 ``spacing``): ``Modality``, ``PhotometricInterpretation`` (as stored), ``PatientID``, ``StudyInstanceUID``,
 ``SeriesInstanceUID``, ``SOPInstanceUID`` (first), ``SOPInstanceUIDs`` (all, slice order), ``ImageLaterality``,
 ``Laterality``, ``ViewPosition``, ``Rows``, ``Columns``, ``NumberOfFrames``, ``PixelSpacing`` (row, col mm, from
-PixelSpacing or ImagerPixelSpacing), ``BitsStored``, ``PixelRepresentation``, ``RescaleSlope``, ``RescaleIntercept``,
+PixelSpacing or ImagerPixelSpacing; ``[1, 1]`` when unknown), ``BitsStored``, ``PixelRepresentation``, ``RescaleSlope``, ``RescaleIntercept``,
 ``TransferSyntaxUID``, ``WindowCenter`` / ``WindowWidth`` (first window, floats), ``WindowCenters`` /
 ``WindowWidths`` (all windows), ``VOILUTFunction``, ``VOILUTSequence`` (all VOI LUTs), ``SliceFilenames``,
-``MONOCHROME1_inverted`` (bool), ``inversion_sum`` (``S`` above, for MONOCHROME1).
+``MONOCHROME1_inverted`` (bool), ``inversion_sum`` (``S`` above, for MONOCHROME1), ``spacing_known`` (bool) and
+``geometry_note`` (str; both described above).
 Window values and VOI LUTs are consistent with the output array (see MONOCHROME1 above).
 
 Collation: metadata must batch through MONAI's ``list_data_collate`` even when two images have a different number
@@ -71,6 +85,11 @@ __all__ = [
     "meta_windows",
     "meta_voi_luts",
     "split_values",
+    "pixel_spacing",
+    "geometry_note",
+    "orthonormal_orientation",
+    "patient_geometry",
+    "geometry_is_defective",
 ]
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", ".dic")
@@ -139,6 +158,9 @@ def read_dicom_dataset(path: str | os.PathLike, stop_before_pixels: bool = False
     except Exception as err:  # EOFError, struct.error, OSError, ValueError...: all mean a broken file
         raise CadpipeInputError(path, f"truncated or corrupt DICOM file: {type(err).__name__}: {err}") from err
     if len(ds) == 0:
+        if is_dicom_file(path):  # a DICM preamble and nothing readable after it: cut short or damaged
+            raise CadpipeInputError(path, "truncated or corrupt DICOM file: no data element could be read after "
+                                          "the file meta header")
         raise CadpipeInputError(path, "not a DICOM file (no data elements could be read)")
     return ds
 
@@ -382,6 +404,8 @@ def _dicom_meta(ds, path: str) -> dict[str, Any]:
         meta["RescaleIntercept"] = float(np.ravel(per_frame[1])[0])
     meta["TransferSyntaxUID"] = str(_transfer_syntax(ds))
     meta["PixelSpacing"] = _pixel_spacing(ds)
+    meta["spacing_known"] = pixel_spacing(ds) is not None
+    meta["geometry_note"] = geometry_note(ds)
     pi = meta["PhotometricInterpretation"].upper()
     func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
     meta["VOILUTFunction"] = func
@@ -417,12 +441,67 @@ def _dicom_meta(ds, path: str) -> dict[str, Any]:
     return meta
 
 
+def _spacing_value(value) -> list[float] | None:
+    """A (row, col) spacing in mm from a PixelSpacing-like value, or None when it is not one: missing, not two
+    numbers, zero, negative or not finite (``0\\0`` in real CR files means "unknown")."""
+    if value is None or value == "":
+        return None
+    try:
+        values = [float(v) for v in ensure_tuple(value if not isinstance(value, str) else value.split("\\"))]
+    except (TypeError, ValueError):
+        return None
+    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+        return None
+    return values
+
+
+def pixel_spacing(ds) -> list[float] | None:
+    """The (row, col) pixel spacing in mm the file gives: PixelSpacing, else ImagerPixelSpacing, else the
+    functional groups' Pixel Measures; None when none of them is a usable spacing (see ``_spacing_value``)."""
+    for value in (ds.get("PixelSpacing"), ds.get("ImagerPixelSpacing"),
+                  _functional(ds, "PixelMeasuresSequence", "PixelSpacing")):
+        spacing = _spacing_value(value)
+        if spacing is not None:
+            return spacing
+    return None
+
+
 def _pixel_spacing(ds) -> list[float]:
-    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
-        if ds.get(tag):
-            return [float(v) for v in ds.get(tag)][:2]
-    ps = _functional(ds, "PixelMeasuresSequence", "PixelSpacing")
-    return [float(v) for v in ps][:2] if ps else [1.0, 1.0]
+    """:func:`pixel_spacing`, or one unit per pixel ``[1.0, 1.0]`` when the file gives none."""
+    return pixel_spacing(ds) or [1.0, 1.0]
+
+
+def geometry_note(ds) -> str:
+    """What of the file's geometry could not be used, for the user (``""`` when all of it was): a missing or
+    unusable pixel spacing (sizes are then in pixels), an ImageOrientationPatient that is not a plane (the image
+    is then placed without its patient position)."""
+    notes = []
+    if pixel_spacing(ds) is None:
+        given = _unusable_spacing_tags(ds)
+        notes.append(f"{'unusable ' + ' and '.join(given) if given else 'no pixel spacing'} in the file: "
+                     "sizes are in pixels, not mm")
+    if _orientation_not_a_plane(ds):
+        notes.append(f"ImageOrientationPatient {ds.get('ImageOrientationPatient')} is not a plane: patient position "
+                     "ignored")
+    return "; ".join(notes)
+
+
+def _unusable_spacing_tags(ds) -> list[str]:
+    """``"<tag> <value>"`` of the spacing tags the file fills with something that is not a spacing."""
+    return [f"{tag} {ds.get(tag)}" for tag in ("PixelSpacing", "ImagerPixelSpacing")
+            if ds.get(tag) not in (None, "") and _spacing_value(ds.get(tag)) is None]
+
+
+def _orientation_not_a_plane(ds) -> bool:
+    return ds.get("ImageOrientationPatient") not in (None, "") and "ImagePositionPatient" in ds and \
+        patient_geometry(ds, 0)[1] is None
+
+
+def geometry_is_defective(ds) -> bool:
+    """True when the file fills a geometry tag with a value that cannot be one (PixelSpacing ``0\\0``, an
+    ImageOrientationPatient that is not a plane): a defect worth a warning, unlike a tag that is simply absent
+    (secondary captures, ultrasound and uncalibrated radiographs have no spacing)."""
+    return (pixel_spacing(ds) is None and bool(_unusable_spacing_tags(ds))) or _orientation_not_a_plane(ds)
 
 
 def _functional(ds, seq_name: str, tag: str, frame: int | None = None):
@@ -441,8 +520,10 @@ def _functional(ds, seq_name: str, tag: str, frame: int | None = None):
     return None
 
 
-def _geometry(ds, frame: int | None = None):
-    """(IPP, IOP) as float arrays or (None, None)."""
+def patient_geometry(ds, frame: int | None = None):
+    """``(ImagePositionPatient, ImageOrientationPatient)`` of the file (or of ``frame``'s functional groups) as
+    float arrays, the orientation normalised (:func:`orthonormal_orientation`); ``(None, None)`` when either is
+    missing, malformed or not a plane."""
     ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
     if ipp is None:
         ipp = _functional(ds, "PlanePositionSequence", "ImagePositionPatient", frame)
@@ -450,10 +531,31 @@ def _geometry(ds, frame: int | None = None):
         iop = _functional(ds, "PlaneOrientationSequence", "ImageOrientationPatient", frame)
     if ipp is None or iop is None:
         return None, None
-    ipp, iop = np.asarray([float(v) for v in ipp]), np.asarray([float(v) for v in iop])
+    try:
+        ipp, iop = np.asarray([float(v) for v in ipp]), np.asarray([float(v) for v in iop])
+    except (TypeError, ValueError):
+        return None, None
     if ipp.shape != (3,) or iop.shape != (6,) or not (np.isfinite(ipp).all() and np.isfinite(iop).all()):
         return None, None
-    return ipp, iop
+    iop = orthonormal_orientation(iop)
+    return (ipp, iop) if iop is not None else (None, None)
+
+
+def orthonormal_orientation(iop, tolerance: float = 1e-2) -> np.ndarray | None:
+    """ImageOrientationPatient (row cosines, column cosines) with each direction normalised, or None when the
+    six values do not describe a plane: a zero or non-finite direction, or row and column directions further
+    from perpendicular than ``tolerance`` (cosine of their angle). Oblique planes are valid."""
+    iop = np.asarray(iop, dtype=np.float64).reshape(-1)
+    if iop.shape != (6,) or not np.isfinite(iop).all():
+        return None
+    row, col = iop[:3], iop[3:]
+    nr, nc = float(np.linalg.norm(row)), float(np.linalg.norm(col))
+    if nr < 1e-6 or nc < 1e-6:
+        return None
+    row, col = row / nr, col / nc
+    if abs(float(np.dot(row, col))) > tolerance:
+        return None
+    return np.concatenate([row, col])
 
 
 def _affine(ds, first_ipp, iop, slice_step: np.ndarray | None, n_slices: int) -> np.ndarray:
@@ -467,15 +569,28 @@ def _affine(ds, first_ipp, iop, slice_step: np.ndarray | None, n_slices: int) ->
         return affine
     row_cos, col_cos = iop[:3], iop[3:]
     normal = np.cross(row_cos, col_cos)
+    normal /= np.linalg.norm(normal)
     affine[:3, 0] = row_cos * col_sp  # array axis 0 = column index: moves along the row direction
     affine[:3, 1] = col_cos * row_sp  # array axis 1 = row index: moves along the column direction
-    if slice_step is None or n_slices < 2:
-        thick = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
-        affine[:3, 2] = normal * thick
-    else:
-        affine[:3, 2] = slice_step
+    affine[:3, 2] = normal * _slice_thickness(ds)
+    if slice_step is not None and n_slices >= 2:
+        # the step between slice positions, unless it does not leave the image plane (repeated positions)
+        if abs(float(np.dot(slice_step, normal))) > 1e-3 * max(col_sp, row_sp):
+            affine[:3, 2] = slice_step
     affine[:3, 3] = first_ipp
     return orientation_ras_lps(affine)  # DICOM is LPS; MONAI's default space is RAS
+
+
+def _slice_thickness(ds) -> float:
+    """SpacingBetweenSlices, else SliceThickness, in mm (absolute value); 1.0 when neither is a usable number."""
+    for tag in ("SpacingBetweenSlices", "SliceThickness"):
+        try:
+            value = abs(float(ds.get(tag)))
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(value) and value > 0:
+            return value
+    return 1.0
 
 
 class _Study:
@@ -543,7 +658,7 @@ class DicomReader(ImageReader):
 
     @staticmethod
     def _slice_order(datasets: list) -> list[int]:
-        geos = [_geometry(ds) for ds in datasets]
+        geos = [patient_geometry(ds) for ds in datasets]
         if all(g[0] is not None for g in geos):
             normal = np.cross(geos[0][1][:3], geos[0][1][3:])
             keys = [float(np.dot(g[0], normal)) for g in geos]
@@ -617,14 +732,14 @@ class DicomReader(ImageReader):
         array = np.ascontiguousarray(array.astype(self.dtype, copy=False))
 
         # geometry
-        ipp0, iop = _geometry(first, 0)
+        ipp0, iop = patient_geometry(first, 0)
         step = None
         if is_multi and len(study.datasets) > 1:
-            ipp_last, _ = _geometry(study.datasets[-1])
+            ipp_last, _ = patient_geometry(study.datasets[-1])
             if ipp0 is not None and ipp_last is not None:
                 step = (ipp_last - ipp0) / (len(study.datasets) - 1)
         elif is_multi:
-            ipp_last, _ = _geometry(first, n - 1)
+            ipp_last, _ = patient_geometry(first, n - 1)
             if ipp0 is not None and ipp_last is not None and not np.allclose(ipp_last, ipp0):
                 step = (ipp_last - ipp0) / (n - 1)
             elif first.get("GridFrameOffsetVector") and len(first.GridFrameOffsetVector) > 1:
@@ -641,4 +756,6 @@ class DicomReader(ImageReader):
         meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = -1 if color else float("nan")
         meta["spacing"] = affine_to_spacing(affine, r=r)
         meta["is_series"] = bool(study.is_series)
+        if geometry_is_defective(first):
+            warnings.warn(f"{study.path}: {meta['geometry_note']}", stacklevel=2)
         return array, meta

@@ -9,9 +9,10 @@ move), plus what the later steps need to finish the job on the device:
 - ``inversion_sum``: for ``MONOCHROME1``, ``S`` of ``inverted = S - value`` (:mod:`cadpipe.transforms.readers.io_dicom`);
 - ``meta``: the reader's window tags (``WindowCenters``... ``VOILUTSequence``), already consistent with the
   inverted image, for :meth:`cadpipe.transforms.window.Window.spec_for`;
-- ``affine`` (4x4, the reader's: pixel indices in MONAI's ``(X, Y)`` order to millimetres) and ``format``
-  (``LoadStudyImage``'s ``meta["format"]``: ``"dicom"``, ``"image"``...): the geometry a segmentation's mask is
-  given back in (:mod:`cadpipe.pipelines.inference.batched_segmentation`); 128 bytes and a word per image.
+- ``affine`` (4x4, the reader's: pixel indices in MONAI's ``(X, Y)`` order to millimetres), ``format``
+  (``LoadStudyImage``'s ``meta["format"]``: ``"dicom"``, ``"image"``...), ``spacing_known`` (False when the
+  affine steps one unit per pixel) and ``geometry_note`` (why): the geometry a segmentation's mask is given back
+  in (:mod:`cadpipe.pipelines.inference.batched_segmentation`); a few hundred bytes per image.
 
 Layout: ``pixels`` is ``(rows, cols)``, numpy's order for the stored image; ``LoadStudyImage`` gives
 ``(1, cols, rows)`` (MONAI's ``swap_ij``): the batched steps transpose at the end.
@@ -51,6 +52,8 @@ class RawImage:
     path: str = ""
     affine: np.ndarray | None = None  # (4, 4) float64, as LoadStudyImage's meta["affine"]
     format: str = ""  # as LoadStudyImage's meta["format"]
+    spacing_known: bool = True  # as LoadStudyImage's meta["spacing_known"]: False when the affine is in pixels
+    geometry_note: str = ""  # as LoadStudyImage's meta["geometry_note"] (DICOM): the file's unusable geometry
 
 
 def read_raw_2d(path: str | os.PathLike, mode: str = "gray", reject_nan: bool = True) -> RawImage:
@@ -77,8 +80,9 @@ def read_raw_2d(path: str | os.PathLike, mode: str = "gray", reject_nan: bool = 
 def _dicom_as_stored(path: str) -> RawImage | None:
     """The stored pixels of a single-frame greyscale DICOM file with a linear modality LUT; None for any other
     DICOM file (the caller then reads it through ``LoadStudyImage``)."""
-    from cadpipe.transforms.readers.io_dicom import (_affine, _dicom_meta, _functional_rescale, _geometry, _modality_range,
-                                             has_pixel_data, read_dicom_dataset, stored_pixels)
+    from cadpipe.transforms.readers.io_dicom import (_affine, _dicom_meta, _functional_rescale, _modality_range,
+                                                     geometry_is_defective, has_pixel_data, patient_geometry,
+                                                     read_dicom_dataset, stored_pixels)
 
     ds = read_dicom_dataset(path)
     if not has_pixel_data(ds):
@@ -93,7 +97,7 @@ def _dicom_as_stored(path: str) -> RawImage | None:
         return None
     try:
         meta = _dicom_meta(ds, path)
-        affine = _affine(ds, *_geometry(ds, 0), None, 1)  # as DicomReader's for one frame
+        affine = _affine(ds, *patient_geometry(ds, 0), None, 1)  # as DicomReader's for one frame
     except CadpipeInputError:
         raise
     except Exception as err:  # malformed tags (LUTs...): name the file, as DicomReader does
@@ -105,15 +109,20 @@ def _dicom_as_stored(path: str) -> RawImage | None:
     if pi == "MONOCHROME1":
         lo, hi = _modality_range(ds)
         inversion = lo + hi
+    if geometry_is_defective(ds):  # as DicomReader warns
+        import warnings
+
+        warnings.warn(f"{path}: {meta['geometry_note']}", stacklevel=2)
     return RawImage(np.ascontiguousarray(arr), slope, intercept, inversion,
-                    {k: meta[k] for k in WINDOW_META_KEYS if k in meta}, path, affine, "dicom")
+                    {k: meta[k] for k in WINDOW_META_KEYS if k in meta}, path, affine, "dicom",
+                    bool(meta["spacing_known"]), meta["geometry_note"])
 
 
 def _loaded(path: str, mode: str, reject_nan: bool) -> RawImage:
     """Any other input through ``LoadStudyImage`` (modality LUT and inversion already applied), as float32."""
     import torch
 
-    from cadpipe.transforms.readers.io_any import LoadStudyImage
+    from cadpipe.transforms.readers.io_any import LoadStudyImage, spacing_known
 
     img = LoadStudyImage(mode=mode, dtype=np.float32, reject_nan=reject_nan)(path)
     if img.ndim != 3 or img.shape[0] != 1:
@@ -123,4 +132,5 @@ def _loaded(path: str, mode: str, reject_nan: bool) -> RawImage:
     meta = {k: img.meta[k] for k in WINDOW_META_KEYS if k in img.meta}
     affine = img.meta.get("affine")
     affine = None if affine is None else np.asarray(torch.as_tensor(affine), dtype=np.float64)
-    return RawImage(pixels, 1.0, 0.0, None, meta, path, affine, str(img.meta.get("format", "")))
+    return RawImage(pixels, 1.0, 0.0, None, meta, path, affine, str(img.meta.get("format", "")),
+                    spacing_known(img.meta), str(img.meta.get("geometry_note", "")))

@@ -138,3 +138,38 @@ def mixed_2d_folder(root: str) -> dict:
             f.write(data)
         bad.append(p)
     return {"ok": ok, "bad": bad, "dicom_study": study}
+
+
+def journal_row(out_dir, input_path: str) -> dict:
+    """The unit's last journal row (it holds the ``_outputs`` the results table leaves out)."""
+    import json
+
+    rows = [json.loads(line) for line in open(os.path.join(out_dir, ".cadpipe", "journal.jsonl"), encoding="utf-8")
+            if line.strip()]
+    return [r for r in rows if r.get("input_paths") == input_path][-1]
+
+
+def check_mask_in_source_geometry(out_dir, row: dict) -> None:
+    """A 2D DICOM unit's results row (``results.csv`` strings) of a segmentation bundle: its mask is written in the
+    source's geometry (the reader's affine, oblique planes included), its area comes from the file's pixel spacing
+    and its DICOM SEG lies on the source's pixel grid with the mask's pixels."""
+    import nibabel as nib
+    import pydicom
+    import pytest
+
+    from cadpipe.transforms import LoadStudyImage
+
+    source = row["input_paths"]
+    outputs = journal_row(out_dir, source)["_outputs"]
+    img = nib.load(os.path.join(out_dir, outputs["mask"]))
+    loaded = LoadStudyImage(mode="keep")(source)
+    np.testing.assert_allclose(img.affine, np.asarray(loaded.affine), atol=1e-4)
+    mask = np.asarray(img.dataobj)
+    assert mask.shape == tuple(loaded.shape[1:])
+    ds = pydicom.dcmread(source, stop_before_pixels=True)
+    spacing = [float(v) for v in ds.PixelSpacing]
+    area = int(float(row["lesion_voxels"])) * spacing[0] * spacing[1] / 100
+    assert float(row["lesion_area_cm2"]) == pytest.approx(area, rel=1e-4)
+    seg = pydicom.dcmread(os.path.join(out_dir, outputs["dicom_seg"]))
+    assert (seg.Rows, seg.Columns) == (ds.Rows, ds.Columns)
+    assert np.array_equal(seg.pixel_array.astype(bool), (mask > 0).T)  # SEG frame = mask in the source's rows x cols

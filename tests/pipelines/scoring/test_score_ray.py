@@ -36,19 +36,34 @@ def _pngs(root):
     return sorted(f for _, _, fs in os.walk(root) for f in fs if f.endswith(".png"))
 
 
+def _score_batch(actor, units):
+    """Rows from the actor class called in-process with a batch of undecoded units (the per-item path: the tiny
+    bundle's chain has no batched plan) as Ray Data would call it; output files come back as bytes."""
+    import json
+    import pickle
+
+    import numpy as np
+
+    got = actor({"unit": np.asarray([json.dumps(u.to_dict()) for u in units], dtype=object)})
+    results = [pickle.loads(r) for r in got["result"]]
+    return [r["row"] for r in results], {k: v for r in results for k, v in r["files"].items()}
+
+
 def test_actor_gets_the_run_options(tmp_path):
     """The actor class (run in-process here) applies --no-heatmaps / --no-reports like the local path."""
     from cadpipe.pipelines.scoring.discovery import discover
-    from cadpipe.pipelines.scoring.ray_backend import _Scorer, run_options
+    from cadpipe.pipelines.scoring.ray_backend import run_options
+    from cadpipe.pipelines.scoring.ray_stages import UnitScorer as _Scorer
 
     bundle = make_bundle("tiny_classification_bundle", str(tmp_path))
     src = str(tmp_path / "in")
     mixed_2d_folder(src)
     cfg = ScoreConfig(bundle=bundle, input=src, output=str(tmp_path / "o"), heatmaps=False, reports=False)
-    actor = _Scorer(bundle, "cpu", {}, run_options(cfg))
+    actor = _Scorer(bundle, "cpu", {}, run_options(cfg))  # no ledger, no Ray: called in-process
     assert actor.runner.cam_layers is None
-    rows = actor.score([u.to_dict() for u in discover(src)], str(tmp_path / "o"), 4)
-    assert sum(r["status"] == "ok" for r in rows) == 8 and _pngs(str(tmp_path / "o")) == []
+    rows, files = _score_batch(actor, discover(src))
+    assert sum(r["status"] == "ok" for r in rows) == 8 and not [f for f in files if f.endswith(".png")]
+    assert not os.path.exists(str(tmp_path / "o"))  # outputs travel back as bytes
     with_heat = _Scorer(bundle, "cpu", {}, run_options(ScoreConfig(bundle=bundle, input=src, output="x")))
     assert with_heat.runner.cam_layers
 
@@ -57,7 +72,8 @@ def test_actor_gets_precision_and_pixel_limits(tmp_path, monkeypatch):
     """--precision and --max-pixels reach an actor through its options, not through the driver's environment
     (which an actor on another machine does not have): a limit below the images' size makes error rows there."""
     from cadpipe.pipelines.scoring.discovery import discover
-    from cadpipe.pipelines.scoring.ray_backend import _Scorer, run_options
+    from cadpipe.pipelines.scoring.ray_backend import run_options
+    from cadpipe.pipelines.scoring.ray_stages import UnitScorer as _Scorer
     from cadpipe.transforms.readers.limits import ENV_MAX_PIXELS, PixelLimits
 
     bundle = make_bundle("tiny_classification_bundle", str(tmp_path))
@@ -70,7 +86,7 @@ def test_actor_gets_precision_and_pixel_limits(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_MAX_PIXELS)  # the actor's process: no limit in its environment
     actor = _Scorer(bundle, "cpu", {}, options)
     assert actor.runner.precision == "bf16" and PixelLimits.current().max_pixels == 100
-    rows = actor.score([u.to_dict() for u in discover(src)], str(tmp_path / "o"), 4)
+    rows, _ = _score_batch(actor, discover(src))
     readable = [r for r in rows if r["input_paths"].split(";")[0] in expected["ok"]]
     assert len(readable) == 8 and all(r["status"] == "error" and "limit" in r["error"] for r in readable), rows
 
@@ -88,3 +104,14 @@ def test_ray_no_heatmaps_matches_local(tmp_path):
     a = pd.read_csv(str(tmp_path / "local" / "results.csv")).drop(columns=["elapsed_s"])
     b = pd.read_csv(str(tmp_path / "ray" / "results.csv")).drop(columns=["elapsed_s"])
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
+
+
+def test_shared_fs_needs_ray(tmp_path, capsys):
+    from cadpipe.cli import main
+
+    bundle = make_bundle("tiny_classification_bundle", str(tmp_path))
+    src = str(tmp_path / "in")
+    mixed_2d_folder(src)
+    code = main(["score", "--bundle", bundle, "--input", src, "--output", str(tmp_path / "o"), "--ray-shared-fs"])
+    assert code == 2 and "--ray-shared-fs needs --ray" in capsys.readouterr().err
+    assert not os.path.exists(str(tmp_path / "o"))
