@@ -22,6 +22,8 @@ from cadpipe.pipelines.scoring.ray_attempts import MAX_CRASHES  # noqa: E402
 from cadpipe.pipelines.scoring.ray_backend import RayBackend, actor_plan  # noqa: E402
 from cadpipe.pipelines.scoring.score import ScoreConfig, score  # noqa: E402
 from tests.pipelines.scoring import ray_cluster_helpers as helpers  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from tests.pipelines.scoring.score_helpers import make_bundle, mixed_2d_folder, write_png  # noqa: E402
 
 MB = 1 << 20
@@ -49,7 +51,9 @@ def cluster(tmp_path_factory):
     c.wait_for_nodes()
     ray.init(address=c.address, _node_ip_address="127.0.0.1", log_to_driver=False, runtime_env={
         "worker_process_setup_hook": "tests.pipelines.scoring.ray_cluster_helpers.forbid_output_writes",
-        "env_vars": {helpers.FORBIDDEN_ENV: str(outs), helpers.LOG_ENV: str(log)}})
+        # the setup hook lives in tests/: the workers import it from the repository, as this process does
+        "env_vars": {helpers.FORBIDDEN_ENV: str(outs), helpers.LOG_ENV: str(log),
+                     "PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)}})
     try:
         yield {"cluster": c, "outs": str(outs), "log": str(log), "cpu_node": cpu_node, "gpu_node": gpu_node}
     finally:
