@@ -122,9 +122,12 @@ def test_listener_received_instances(tmp_path):
     out = tmp_path / "out"  # created by the listener
     lis = StudyListener(ListenConfig(score=ScoreConfig(bundle=bundle, input=None, output=str(out))))
     ds = _instance(generate_uid(), generate_uid())
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    event = types.SimpleNamespace(dataset=ds, encoded_dataset=lambda: buf.getvalue())
+    received = tmp_path / "received.dcm"  # where pynetdicom's chunked receive leaves an instance
+    pydicom.dcmwrite(str(received), ds, enforce_file_format=True)
+    event = types.SimpleNamespace(
+        dataset_path=received, assoc=types.SimpleNamespace(requestor=types.SimpleNamespace(address="127.0.0.1",
+                                                                                            ae_title="MODALITY")),
+        request=types.SimpleNamespace(AffectedSOPClassUID=ds.SOPClassUID))
     assert lis._on_store(event) == 0  # noqa: SLF001 - the C-STORE handler, without a network
     assert _mode(out) == 0o755  # the shared output folder keeps the umask
     for dirpath, dirs, files in os.walk(out / "dimse_incoming"):
