@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from cadpipe.pipelines.kinds.base import TaskKind, UnitOutputs
+from cadpipe.pipelines.outputs.findings import PLAIN_CALLS
 
 __all__ = ["Classification"]
 
@@ -23,6 +24,7 @@ class Classification(TaskKind):
     heatmaps = True
     batched_output = "probabilities"
     thresholds = True
+    call_words = PLAIN_CALLS  # how the report words a call (outputs/findings.py)
 
     # -- calls ----------------------------------------------------------------------------------------------
     def decide(self, names: list[str], probs, ops) -> dict:
@@ -85,7 +87,8 @@ class Classification(TaskKind):
         u.findings += self.findings(names, probs, thr, ops.positive_class or runner.positive_class, row["predicted"])
         if ops.note:
             u.findings.append({"type": "note", "text": ops.note[0].upper() + ops.note[1:] + "."})
-        u.extra.update({"_task": self.name, "_thresholds": self.threshold_columns(names, thr, ops)})
+        u.extra.update({"_task": self.name, "_thresholds": self.threshold_columns(names, thr, ops),
+                        "_call_words": self.call_words})
         self._heatmaps(u, names, probs, thr)
 
     def _heatmaps(self, u: UnitOutputs, names: list[str], probs: list[float], thr: dict) -> list[str]:
@@ -100,7 +103,7 @@ class Classification(TaskKind):
         from cadpipe.pipelines.outputs.report import overlay_png
 
         runner, pre_item = u.runner, u.pre_item
-        calls = class_calls(self.name, names, probs, u.extra.get("_thresholds") or {}, u.row["predicted"])
+        calls = class_calls(self.call_words, names, probs, u.extra.get("_thresholds") or {}, u.row["predicted"])
         heat = pre_item.get("_heatmap")
         cam_idx = runner.cam_class()
         cam_idx = cam_idx if cam_idx is not None else explained_class(names, probs, u.row["predicted"])
@@ -122,7 +125,7 @@ class Classification(TaskKind):
             if plain_png:
                 u.outputs["image"] = u.rel(plain_png)
             cam_name = names[cam_idx] if cam_idx < len(names) else str(cam_idx)
-            u.add_overlay(png, heatmap_caption(calls, cam_name, self.name) if heat is not None
+            u.add_overlay(png, heatmap_caption(calls, cam_name) if heat is not None
                           else "The image as analysed (no heat map)")
         per_class = []
         for ci in per_class_cams:
@@ -132,7 +135,7 @@ class Classification(TaskKind):
             if class_heat is None:
                 continue
             overlay_png(image, heatmap=on_input_grid(runner, pre_item, class_heat, image), path=cpng, durable=False)
-            u.add_overlay(cpng, heatmap_caption(calls, n, self.name))
+            u.add_overlay(cpng, heatmap_caption(calls, n))
             per_class.append(u.rel(cpng))
         return per_class
 

@@ -13,13 +13,14 @@ import numpy as np
 
 from cadpipe.pipelines.kinds.base import UnitOutputs
 from cadpipe.pipelines.kinds.classification import Classification
-from cadpipe.pipelines.outputs.findings import NO_FINDING
+from cadpipe.pipelines.outputs.findings import NO_FINDING, REPORTED_CALLS
 
 __all__ = ["MultiLabel"]
 
 
 class MultiLabel(Classification):
     name = "multilabel"
+    call_words = REPORTED_CALLS  # findings are "reported"; a No Finding above its threshold beside one is explained
 
     def decide(self, names: list[str], probs, ops) -> dict:
         from cadpipe.pipelines.outputs.calls import at_or_above

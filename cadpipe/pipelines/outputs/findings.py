@@ -19,11 +19,21 @@ from __future__ import annotations
 
 from cadpipe.pipelines.outputs.calls import at_or_above, pct, relation, shown_pair
 
-__all__ = ["classification_findings", "multilabel_findings", "class_calls", "row_calls", "threshold_phrase",
+__all__ = ["classification_findings", "multilabel_findings", "class_calls", "PLAIN_CALLS", "REPORTED_CALLS",
+           "row_calls", "threshold_phrase",
            "heatmap_caption", "segmentation_finding", "segmentation_caption", "select_boxes", "detection_findings",
            "detection_caption", "NO_FINDING", "HEATMAP_COLOURS"]
 
 NO_FINDING = "No Finding"
+
+#: How a kind words its calls (the task kind chooses, :attr:`cadpipe.pipelines.kinds.base.TaskKind.call_words`):
+#: ``positive``/``negative``: the word for each call; ``no_finding_note``: explain a ``No Finding`` at or above its
+#: threshold that is not reported; ``positives_are_findings``: the positive classes are listed as findings, so the
+#: probability table only shows the others.
+PLAIN_CALLS = {"positive": "positive", "negative": "negative", "no_finding_note": False,
+               "positives_are_findings": False}
+REPORTED_CALLS = {"positive": "reported", "negative": "not reported", "no_finding_note": True,
+                  "positives_are_findings": True}
 
 
 def _pct(p: float) -> str:
@@ -41,12 +51,13 @@ def threshold_phrase(p: float, threshold: float) -> str:
     return f"probability {shown_p}, {relation(p, threshold)} the operating threshold {shown_t}"
 
 
-def class_calls(task: str, names: list[str], probs: list[float], deciding: dict[str, float],
+def class_calls(words: dict, names: list[str], probs: list[float], deciding: dict[str, float],
                 predicted: str) -> list[dict]:
-    """One entry per class, highest probability first: ``{"name", "probability", "threshold", "call",
+    """One entry per class, highest probability first: ``{"name", "probability", "threshold", "call", "word",
     "relation", "shown_probability", "shown_threshold", "note"}``, what the report's table, the captions and the
     portal print (they never compute a call themselves).
 
+    ``words``: how the kind words its calls (:data:`PLAIN_CALLS`, :data:`REPORTED_CALLS`).
     ``deciding``: the thresholds that decide (the kind's ``threshold_columns``: every class of a multi-label model, the
     positive class of a binary one, none for multi-class arg-max); the other classes get ``threshold`` None.
     ``call``: ``"positive"`` for the classes in ``predicted`` (the row's column, from
@@ -57,27 +68,28 @@ def class_calls(task: str, names: list[str], probs: list[float], deciding: dict[
     out = []
     for n, p in sorted(zip(names, (float(v) for v in probs)), key=lambda np_: -np_[1]):
         t = float(deciding[n]) if n in deciding else None
-        entry = {"name": n, "probability": p, "threshold": t, "call": "positive" if n in shown else "negative",
-                 "note": ""}
+        call = "positive" if n in shown else "negative"
+        entry = {"name": n, "probability": p, "threshold": t, "call": call, "word": words[call], "note": ""}
         if t is None:
             entry.update(relation="", shown_probability=pct(p), shown_threshold="")
         else:
             sp, st = shown_pair(p, t)
             entry.update(relation=relation(p, t), shown_probability=sp, shown_threshold=st)
-            if task == "multilabel" and n == NO_FINDING and at_or_above(p, t) and entry["call"] == "negative":
+            if words.get("no_finding_note") and n == NO_FINDING and at_or_above(p, t) and call == "negative":
                 entry["note"] = "not reported beside a pathology at or above its threshold"
         out.append(entry)
     return out
 
 
 def row_calls(row: dict) -> list[dict]:
-    """:func:`class_calls` of a results row (its ``prob_<class>`` columns, ``predicted``, ``_task`` and the deciding
-    ``_thresholds`` scoring stored): what the report and the portal print. Empty for rows without probabilities."""
+    """:func:`class_calls` of a results row (its ``prob_<class>`` columns, ``predicted``, the kind's ``_call_words``
+    and the deciding ``_thresholds`` scoring stored): what the report and the portal print. Empty for rows without
+    probabilities."""
     probs = {k[5:]: float(v) for k, v in row.items() if k.startswith("prob_") and v not in (None, "")}
     if not probs:
         return []
-    task = row.get("_task") or "classification"
-    return class_calls(task, list(probs), list(probs.values()), row.get("_thresholds") or {},
+    return class_calls(row.get("_call_words") or PLAIN_CALLS, list(probs), list(probs.values()),
+                       row.get("_thresholds") or {},
                        str(row.get("predicted", "") or ""))
 
 
@@ -122,7 +134,7 @@ HEATMAP_COLOURS = ("scaled to this image: no tint where there is least, then blu
                    "is most")
 
 
-def heatmap_caption(calls: list[dict], class_name: str, task: str, method: str = "Grad-CAM") -> str:
+def heatmap_caption(calls: list[dict], class_name: str, method: str = "Grad-CAM") -> str:
     """What a heat map shows, with the class's call as :func:`class_calls` made it and what its colours mean:
     ``"Grad-CAM for PNEUMONIA (positive: probability 87.0%, at or above the operating threshold 42.0%).
     Colours: where the model found evidence for PNEUMONIA; scaled to this image: ..."``."""
@@ -134,8 +146,7 @@ def heatmap_caption(calls: list[dict], class_name: str, task: str, method: str =
     if c["threshold"] is None:  # multi-class arg-max (or the negative class of a binary model)
         rank = "the predicted class" if c["call"] == "positive" else "not the predicted class"
         return f"{method} for {name}, {rank} (probability {c['shown_probability']}). {colours}"
-    word = {"positive": "positive" if task != "multilabel" else "reported",
-            "negative": "negative" if task != "multilabel" else "not reported"}[c["call"]]
+    word = c["word"]
     note = f"; {c['note']}" if c.get("note") else ""
     return (f"{method} for {name} ({word}: probability {c['shown_probability']}, {c['relation']} the operating "
             f"threshold {c['shown_threshold']}{note}). {colours}")

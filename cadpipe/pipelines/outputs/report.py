@@ -217,13 +217,12 @@ def _probability_block(row: dict, e) -> tuple[str, list[str]]:
     if not calls:
         return "", []
     with_thr = any(c["threshold"] is not None for c in calls)
-    multilabel = row.get("_task") == "multilabel"
+    listed = bool((row.get("_call_words") or {}).get("positives_are_findings"))  # shown as findings already
 
     def cell(c: dict) -> str:
         if c["threshold"] is None:
             return "<td>—</td><td>—</td>" if with_thr else ""
-        call = {"positive": "reported" if multilabel else "positive",
-                "negative": "not reported" if multilabel else "negative"}[c["call"]]
+        call = c["word"]
         note = f" ({c['note']})" if c["note"] else ""
         return f"<td>{c['shown_threshold']}</td><td>{e(c['relation'])}: {e(call)}{e(note)}</td>"
 
@@ -240,7 +239,7 @@ def _probability_block(row: dict, e) -> tuple[str, list[str]]:
             text += f" ({c['relation']} threshold {c['shown_threshold']})"
         return text
 
-    if multilabel:
+    if listed:
         rest = [c for c in calls if c["call"] != "positive"]
         if not rest:
             return "", []

@@ -275,7 +275,7 @@ def _decoders(plan: ActorPlan, nodes: list[dict]) -> int:
 
 def _decode_plan(cfg):
     """The bundle's batched preprocessing plan, decided as the runner decides it (for the decoding tasks), or
-    None (per-item preprocessing in the actors)."""
+    None (per-item preprocessing in the actors: the kind has no batched path, e.g. detection, or the chain none)."""
     if cfg.preprocess == "per-item":
         return None
     from cadpipe.pipelines.inference.bundle_runner import bundle_config, plan_batched_scoring
@@ -283,8 +283,6 @@ def _decode_plan(cfg):
 
     info = _bundle_info(cfg.bundle)
     task, dims = str(info.get("task", "classification")), int(info.get("spatial_dims", 2))
-    if task not in ("classification", "multilabel", "segmentation"):
-        return None
     parser, _ = bundle_config(cfg.bundle, "cpu", cfg.overrides)
     plan, _, _ = plan_batched_scoring(task, dims, parser.get_parsed_content("preprocessing"),
                                       parser.get_parsed_content("postprocessing"))

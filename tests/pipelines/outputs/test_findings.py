@@ -6,13 +6,14 @@ import numpy as np
 
 from cadpipe.pipelines.inference.thresholds import OperatingThresholds, decide
 from cadpipe.pipelines.outputs.calls import at_or_above, shown_pair
-from cadpipe.pipelines.outputs.findings import (class_calls, classification_findings, detection_caption,
+from cadpipe.pipelines.outputs.findings import (PLAIN_CALLS, REPORTED_CALLS, class_calls, classification_findings, detection_caption,
                                                 detection_findings, heatmap_caption, multilabel_findings,
                                                 segmentation_caption, segmentation_finding, select_boxes)
 
 
 def _caption_for(task, names, probs, deciding, predicted, name):
-    return heatmap_caption(class_calls(task, names, probs, deciding, predicted), name, task)
+    words = REPORTED_CALLS if task == "multilabel" else PLAIN_CALLS  # what the kind declares (kinds/)
+    return heatmap_caption(class_calls(words, names, probs, deciding, predicted), name)
 
 
 def test_binary_wording_and_caption():
@@ -54,14 +55,14 @@ def test_no_finding_caption_and_table_agree_with_the_call():
     """ChestX-ray14's report captioned "No Finding, 0.57 above threshold 0.50" while its table put No Finding among
     the classes "below their operating threshold": both now print the one call of class_calls."""
     names, probs, thr = ["Effusion", "No Finding"], [0.2, 0.57], {"Effusion": 0.3, "No Finding": 0.5}
-    calls = class_calls("multilabel", names, probs, thr, "No Finding")
+    calls = class_calls(REPORTED_CALLS, names, probs, thr, "No Finding")
     nf = next(c for c in calls if c["name"] == "No Finding")
     assert (nf["call"], nf["relation"], nf["shown_probability"], nf["shown_threshold"]) == (
         "positive", "at or above", "57.0%", "50.0%")
     assert _caption_for("multilabel", names, probs, thr, "No Finding", "No Finding").startswith(
         "Grad-CAM for No Finding (reported: probability 57.0%, at or above the operating threshold 50.0%)")
     # beside a pathology, No Finding at or above its threshold is not reported, and the caption says why
-    calls = class_calls("multilabel", names, [0.4, 0.57], thr, "Effusion")
+    calls = class_calls(REPORTED_CALLS, names, [0.4, 0.57], thr, "Effusion")
     nf = next(c for c in calls if c["name"] == "No Finding")
     assert nf["call"] == "negative" and nf["relation"] == "at or above" and "beside a pathology" in nf["note"]
 
@@ -73,7 +74,7 @@ def test_the_boundary_equal_values_are_at_or_above_everywhere():
     assert predicted == "PNEUMONIA"  # equal: positive (the one comparison, at_or_above)
     f, = classification_findings(names, [0.58, 0.42], {"PNEUMONIA": 0.42}, "PNEUMONIA", predicted)
     assert f["call"] == "positive" and "probability 42.0%, at or above the operating threshold 42.0%" in f["text"]
-    c = next(c for c in class_calls("classification", names, [0.58, 0.42], {"PNEUMONIA": 0.42}, predicted)
+    c = next(c for c in class_calls(PLAIN_CALLS, names, [0.58, 0.42], {"PNEUMONIA": 0.42}, predicted)
              if c["name"] == "PNEUMONIA")
     assert (c["call"], c["relation"]) == ("positive", "at or above")
     # no saved thresholds: 0.5, positive at a 0.5 / 0.5 tie (arg-max would have picked the first class)

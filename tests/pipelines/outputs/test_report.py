@@ -8,6 +8,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from cadpipe.pipelines.outputs.findings import REPORTED_CALLS
 from cadpipe.pipelines.outputs.report import NOT_FOR_CLINICAL_USE, overlay_png, write_study_report
 
 
@@ -72,6 +73,7 @@ def test_header_human_form_uids_in_technical_details_captions_collapsed_table(tm
                "StudyDate": "20240131", "Modality": "DX", "StudyInstanceUID": "1.2.826.0.1.9"}
     unit = {"ViewPosition": "PA", "SeriesInstanceUID": "1.2.826.0.1.10", "SOPInstanceUID": "1.2.826.0.1.11"}
     rows = [{"series_id": "1.2.826.0.1.10", "input_paths": "/in/IM1.dcm", "status": "ok", "_task": "multilabel",
+             "_call_words": REPORTED_CALLS,
              "prob_Effusion": 0.7, "prob_Mass": 0.1, "prob_No Finding": 0.2, "predicted": "Effusion",
              "_thresholds": {"Effusion": 0.3, "Mass": 0.4, "No Finding": 0.5},
              "_findings": [{"type": "Effusion", "call": "positive", "text": "Effusion: above threshold."}],
@@ -172,13 +174,14 @@ def test_table_caption_and_findings_print_one_call_for_no_finding(tmp_path):
     """The ChestX-ray14 report printed "No Finding, 0.57 above threshold 0.50" under an image while its table put
     No Finding among the classes "below their operating threshold". Table, caption and findings now print the same
     call and numbers (from findings.class_calls)."""
-    from cadpipe.pipelines.outputs.findings import class_calls, heatmap_caption, multilabel_findings
+    from cadpipe.pipelines.outputs.findings import REPORTED_CALLS, class_calls, heatmap_caption, multilabel_findings
 
     names, probs = ["Effusion", "Mass", "No Finding"], [0.2, 0.1, 0.57]
     thr = {"Effusion": 0.3, "Mass": 0.4, "No Finding": 0.5}
-    caption = heatmap_caption(class_calls("multilabel", names, probs, thr, "No Finding"), "No Finding", "multilabel")
+    caption = heatmap_caption(class_calls(REPORTED_CALLS, names, probs, thr, "No Finding"), "No Finding")
     overlay_png(np.random.rand(16, 16), heatmap=np.random.rand(8, 8), path=str(tmp_path / "s" / "u" / "h.png"))
     row = {"series_id": "u", "input_paths": "/in/x.png", "status": "ok", "_task": "multilabel",
+           "_call_words": REPORTED_CALLS,
            "predicted": "No Finding", "_thresholds": thr, **{f"prob_{n}": p for n, p in zip(names, probs)},
            "_findings": multilabel_findings(names, probs, thr, "No Finding"),
            "_outputs": {"overlays": ["s/u/h.png"]}, "_captions": [caption]}
