@@ -45,6 +45,8 @@ bench: venv
 	$(PY) benchmarks/report_pdf.py
 	$(PY) benchmarks/portal.py
 	$(PY) benchmarks/pacs.py
+	$(PY) benchmarks/dicomweb_stream.py
+	$(PY) benchmarks/ray_scale.py
 
 clean:
 	rm -rf $(VENV) .build demo_out
