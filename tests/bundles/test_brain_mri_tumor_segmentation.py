@@ -42,7 +42,10 @@ def _run(bundle, config, **override):
 def test_metadata_classes(bundle):
     """The bundle's own classes and task in metadata.json (the schema and the common keys: test_conformance.py)."""
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-    assert meta["cadpipe"] == {"task": "segmentation", "class_names": ["background", "tumor"], "spatial_dims": 2}
+    cadpipe = dict(meta["cadpipe"])
+    dicom = cadpipe.pop("dicom")  # the DICOM results' codes (docs/pacs.md, "Conformance")
+    assert cadpipe == {"task": "segmentation", "class_names": ["background", "tumor"], "spatial_dims": 2}
+    assert set(dicom["classes"]) == {"tumor"}
     assert list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values()) == ["background", "tumor"]
 
 

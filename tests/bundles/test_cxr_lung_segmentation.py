@@ -40,7 +40,10 @@ def test_config_ids():
               "preprocessing", "postprocessing", "writers", "datalist", "dataset", "dataloader", "evaluator",
               "handlers", "initialize", "run", "threshold", "opening_radius", "keep_components", "image_size"):
         assert k in infer, k
-    assert infer["threshold"] == 0.4 and infer["keep_components"] == 2 and infer["image_size"] == 224
+    # the image size training recorded with the weights (models/preprocessing.json), 224 without a record
+    assert infer["threshold"] == 0.4 and infer["keep_components"] == 2
+    assert infer["image_size"] == ("$cadpipe.pipelines.inference.trained_preprocessing.trained(@ckpt_path, "
+                                   "'image_size', 224)")
     train = json.load(open(os.path.join(BUNDLE, "configs", "train.json")))
     for k in ("bundle_root", "dataset_dir", "dataset_layout", "output_dir", "device", "epochs", "batch_size",
               "image_size", "learning_rate", "num_workers", "val_interval", "use_clahe"):

@@ -116,7 +116,11 @@ def test_evaluate_writes_metrics_and_predictions(trained, capsys):
     m = json.load(open(os.path.join(out, "metrics.json")))
     for k in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "confusion_matrix"):
         assert k in m
-    assert m["n"] == 10 and m["split"] == "test" and m["threshold"] == 0.5
+    # metrics at the operating threshold training saved with these weights, and at 0.5 for comparison
+    saved = json.load(open(os.path.join(trained["bundle"], "models", "thresholds.json")))
+    saved = saved["classes"]["PNEUMONIA"]["threshold"]
+    assert m["n"] == 10 and m["split"] == "test" and m["threshold"] == pytest.approx(saved)
+    assert saved == 0.5 or m["at_0.5"]["threshold"] == 0.5
     cm = np.array(m["confusion_matrix"])
     assert cm.sum() == 10 and cm[1].sum() == 5  # 5 pneumonia rows
     rows = list(csv.DictReader(open(os.path.join(out, "predictions.csv"))))
