@@ -127,7 +127,7 @@ def test_evaluate_writes_metrics_and_predictions(trained, capsys):
     assert list(rows[0]) == ["path", "label", "prob_pneumonia", "predicted"] and len(rows) == 10
     probs = np.array([float(r["prob_pneumonia"]) for r in rows])
     pred = np.array([r["predicted"] == "PNEUMONIA" for r in rows])
-    assert np.array_equal(pred, probs >= 0.5)
+    assert np.array_equal(pred, probs >= m["threshold"])  # the call at the operating threshold the metrics use
     assert sum(r["label"] == "PNEUMONIA" and p for r, p in zip(rows, pred)) == m["tp"]
     assert os.path.isfile(os.path.join(out, "val_metrics.json"))
 
