@@ -33,30 +33,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from score import _studies  # noqa: E402 - benchmarks/score.py: the same synthetic study folder
 
 MB = 1 << 20
-
-
-def _studies(root: str, n: int, size: int, distinct: int = 8) -> None:
-    """``n`` one-image studies: ``distinct`` synthetic CXRs saved again under new UIDs until there are ``n``."""
-    import pydicom
-    from pydicom.uid import generate_uid
-
-    from cadpipe.data.synthetic.dicom import write_cxr_dicom
-
-    templates = []
-    for i in range(n):
-        folder = os.path.join(root, f"study{i:04d}")
-        os.makedirs(folder)
-        path = os.path.join(folder, "synthetic_IM0001")
-        if i < distinct:
-            write_cxr_dicom(path, rows=size, cols=size, seed=i)
-            templates.append(pydicom.dcmread(path))
-            continue
-        ds = templates[i % distinct]
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.save_as(path, enforce_file_format=True)
 
 
 def _cluster(nodes: int, cpus: int):
@@ -107,7 +86,7 @@ def main() -> None:
         bundle = copy_bundle_untrained(args.bundle, os.path.join(tmp, "bundle"), overrides)
         src = os.path.join(tmp, "in")
         t0 = time.perf_counter()
-        _studies(src, args.studies, args.size)
+        _studies(src, args.studies, args.size, args.size)
         print(f"{args.studies} studies {args.size}x{args.size} written in {time.perf_counter() - t0:.1f} s; bundle "
               f"{os.path.basename(args.bundle)} {json.dumps(overrides)}; batch {args.batch_size}; "
               f"{os.cpu_count()} cores here")
